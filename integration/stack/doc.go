@@ -1,0 +1,14 @@
+// Package stack starts the real components latch works with — a Vault dev
+// server, a SPIRE server and agent, and a PostgreSQL server — as child
+// processes on 127.0.0.1, each in a temporary directory, and tears them down
+// again. Every integration test package shares one stack through TestMain:
+//
+//	var st *stack.Stack
+//
+//	func TestMain(m *testing.M) {
+//		os.Exit(stack.Main(m, stack.All, &st))
+//	}
+//
+// The binaries come from `make tools` (.tools/bin). When one is missing the
+// harness fails with "run 'make tools'": integration tests never skip.
+package stack

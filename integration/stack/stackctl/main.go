@@ -1,0 +1,78 @@
+// Command stackctl starts latch's integration stack (Vault, SPIRE server and
+// agent, PostgreSQL) outside of tests, for `make demo` and `make up`.
+//
+//	stackctl demo   start the stack, print versions and addresses, stop it
+//	stackctl up     start the stack and keep it running until Ctrl-C
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/latchbroker/latch/integration/stack"
+)
+
+func main() {
+	if len(os.Args) != 2 || (os.Args[1] != "demo" && os.Args[1] != "up") {
+		fmt.Fprintln(os.Stderr, "usage: stackctl demo|up")
+		os.Exit(2)
+	}
+	if err := run(os.Args[1]); err != nil {
+		fmt.Fprintln(os.Stderr, "stackctl:", err)
+		os.Exit(1)
+	}
+}
+
+func run(mode string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	fmt.Println("starting Vault, SPIRE server + agent and PostgreSQL on 127.0.0.1 ...")
+	startCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	s, err := stack.Start(startCtx, stack.All)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		s.Close()
+		fmt.Println("stack stopped")
+	}()
+
+	if err := describe(ctx, s); err != nil {
+		return err
+	}
+	if mode == "demo" {
+		return nil
+	}
+	fmt.Println("\nthe stack is up; press Ctrl-C to stop it")
+	<-ctx.Done()
+	return nil
+}
+
+func describe(ctx context.Context, s *stack.Stack) error {
+	vaultVersion, err := s.Vault.Version(ctx)
+	if err != nil {
+		return err
+	}
+	spireVersion, err := s.SPIRE.Version(ctx)
+	if err != nil {
+		return err
+	}
+	pgVersion, err := s.Postgres.Version(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\n%-14s %-16s %s\n", "COMPONENT", "VERSION", "ADDRESS")
+	fmt.Printf("%-14s %-16s %s (root token %s)\n", "vault", vaultVersion, s.Vault.Addr, s.Vault.RootToken)
+	fmt.Printf("%-14s %-16s %s (trust domain %s)\n", "spire-server", spireVersion, s.SPIRE.ServerAddr, stack.TrustDomain.Name())
+	fmt.Printf("%-14s %-16s %s\n", "spire-agent", spireVersion, s.SPIRE.WorkloadAPIAddr())
+	fmt.Printf("%-14s %-16s %s (superuser %s)\n", "postgresql", pgVersion, s.Postgres.Addr(), s.Postgres.User)
+	fmt.Printf("\nexport VAULT_ADDR=%s VAULT_TOKEN=%s SPIFFE_ENDPOINT_SOCKET=%s\n",
+		s.Vault.Addr, s.Vault.RootToken, s.SPIRE.WorkloadAPIAddr())
+	return nil
+}

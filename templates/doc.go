@@ -1,0 +1,36 @@
+// Package templates is latch's policy brain: it loads and validates task
+// templates and the policy sections of the config (agents, operators, freeze
+// windows, risk tiers), and evaluates a request into a Decision (allow, deny
+// or approval required) with a rule-by-rule trace.
+//
+// templates is pure and a leaf: it imports no broker code and does no I/O
+// at evaluation time. Everything that can be checked is checked by Load —
+// free-form parameters, unanchored patterns, unknown backends, windows and
+// tiers, CEL conditions (compiled and type-checked), template typos (every
+// template is rendered once with sample values) — so that a request can
+// only fail on its own merits, and Evaluate is fast enough to sit in the
+// request path (see BenchmarkEvaluate).
+//
+// Usage:
+//
+//	files, err := templates.ReadDir(cfg.TemplatesDir)
+//	policy, err := templates.Load(templates.Source{
+//		Policy:    cfg.PolicyConfig, // decoded from latch.yaml with strictyaml
+//		Templates: files,
+//		Backends:  map[string]templates.Backend{"app-db": {Type: "vault-lease", Path: "database/creds/{{ .vars.role }}"}},
+//	})
+//	// err is a strictyaml.Errors: one "file:line:col: message" per problem.
+//
+//	d := policy.Evaluate(templates.Request{
+//		Agent: "spiffe://example.org/agent/report-bot", Task: "nightly-report",
+//		Params: map[string]string{"region": "eu"}, Now: time.Now(),
+//	})
+//	switch d.Outcome {
+//	case templates.Allow: // mint d.Rendered (policy, path, names) for d.TTL
+//	case templates.ApprovalRequired: // wait for d.Approvals distinct approvers
+//	case templates.Deny: // d.Err() is a *templates.Denied with d.Reasons
+//	}
+//
+// Freeze windows are evaluated in their own time zone's wall-clock time (see
+// Window); the IANA database is embedded.
+package templates
