@@ -30,9 +30,9 @@ func newApp() *cli.App {
 			"freeze windows, agent state and risk tier, then mints a short-lived\n" +
 			"secret through HashiCorp Vault and records the lease for audit and revocation.",
 		HideHelpCommand: true,
-		Commands:        []*cli.Command{
-			// Commands are added by later issues: server, check, explain,
-			// fetch, exec, lease, revoke, agent, approval, audit, freeze, report.
+		Commands: []*cli.Command{
+			checkCommand(),
+			explainCommand(),
 		},
 	}
 }

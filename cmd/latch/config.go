@@ -1,0 +1,418 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/latchbroker/latch/templates"
+	"github.com/latchbroker/latch/templates/strictyaml"
+)
+
+// Config is latch.yaml: defaults, then the file, then typed values. Unknown
+// keys, wrong types and duplicates are errors naming file:line:col; the
+// policy sections (operators, agents, freeze_windows, risk_tiers) and the
+// templates are validated and compiled by package templates into Policy.
+//
+// Relative paths in the file are relative to the file's directory, so a
+// config works the same from any working directory.
+type Config struct {
+	// File is the path the config was loaded from.
+	File string `yaml:"-"`
+
+	Server   ServerConfig             `yaml:"server"`
+	SPIFFE   SPIFFEConfig             `yaml:"spiffe"`
+	Store    StoreConfig              `yaml:"store"`
+	Vault    VaultConfig              `yaml:"vault"`
+	Backends map[string]BackendConfig `yaml:"backends"`
+	// operators, agents, freeze_windows, risk_tiers.
+	templates.PolicyConfig `yaml:",inline"`
+	Notify                 NotifyConfig `yaml:"notify"`
+	TemplatesDir           string       `yaml:"templates_dir"`
+
+	// Policy is the compiled policy; LoadConfig sets it.
+	Policy *templates.Policy `yaml:"-"`
+
+	ServerAt       strictyaml.Pos `yaml:"server,pos"`
+	SPIFFEAt       strictyaml.Pos `yaml:"spiffe,pos"`
+	StoreAt        strictyaml.Pos `yaml:"store,pos"`
+	VaultAt        strictyaml.Pos `yaml:"vault,pos"`
+	TemplatesDirAt strictyaml.Pos `yaml:"templates_dir,pos"`
+}
+
+// ServerConfig is server:.
+type ServerConfig struct {
+	// Listen is the agent and operator API address (TLS 1.3).
+	Listen string `yaml:"listen"`
+	// ID is latch's own SPIFFE ID: the audience agents' JWT-SVIDs name.
+	ID string `yaml:"id"`
+	// AdminSocket is the break-glass local socket (mode 0600).
+	AdminSocket string `yaml:"admin_socket"`
+	// MetricsListen serves /metrics, /healthz and /readyz.
+	MetricsListen string `yaml:"metrics_listen"`
+
+	At              strictyaml.Pos `yaml:",pos"`
+	ListenAt        strictyaml.Pos `yaml:"listen,pos"`
+	IDAt            strictyaml.Pos `yaml:"id,pos"`
+	MetricsListenAt strictyaml.Pos `yaml:"metrics_listen,pos"`
+}
+
+// SPIFFEConfig is spiffe: latch's own SVID and trust bundle come from the
+// Workload API, or from files.
+type SPIFFEConfig struct {
+	WorkloadAPI string `yaml:"workload_api"`
+	SVIDCert    string `yaml:"svid_cert"`
+	SVIDKey     string `yaml:"svid_key"`
+	Bundle      string `yaml:"bundle"`
+
+	At            strictyaml.Pos `yaml:",pos"`
+	WorkloadAPIAt strictyaml.Pos `yaml:"workload_api,pos"`
+}
+
+// StoreConfig is store:.
+type StoreConfig struct {
+	// Path is the bbolt database file.
+	Path string `yaml:"path"`
+
+	At strictyaml.Pos `yaml:",pos"`
+}
+
+// VaultConfig is vault:.
+type VaultConfig struct {
+	Address   string          `yaml:"address"`
+	CACert    string          `yaml:"ca_cert"`
+	Namespace string          `yaml:"namespace"`
+	Auth      VaultAuthConfig `yaml:"auth"`
+
+	At        strictyaml.Pos `yaml:",pos"`
+	AddressAt strictyaml.Pos `yaml:"address,pos"`
+	AuthAt    strictyaml.Pos `yaml:"auth,pos"`
+}
+
+// Vault auth methods.
+const (
+	VaultAuthToken   = "token"   // token_file
+	VaultAuthAppRole = "approle" // role_id_file, secret_id_file
+	VaultAuthJWT     = "jwt"     // role; latch logs in with its own JWT-SVID
+)
+
+// VaultAuthConfig is vault.auth:.
+type VaultAuthConfig struct {
+	Method       string `yaml:"method"`
+	TokenFile    string `yaml:"token_file"`
+	RoleIDFile   string `yaml:"role_id_file"`
+	SecretIDFile string `yaml:"secret_id_file"`
+	// Role is the Vault JWT auth role (method jwt).
+	Role string `yaml:"role"`
+	// Mount is the auth method's mount path; defaults to the method name.
+	Mount string `yaml:"mount"`
+
+	At       strictyaml.Pos `yaml:",pos"`
+	MethodAt strictyaml.Pos `yaml:"method,pos"`
+}
+
+// BackendConfig is one entry of backends:. Type picks the implementation;
+// every other key belongs to the backend, which decodes it with Decode.
+type BackendConfig struct {
+	Type    string         `yaml:"type"`
+	Options strictyaml.Raw `yaml:",remain"`
+
+	At     strictyaml.Pos `yaml:",pos"`
+	TypeAt strictyaml.Pos `yaml:"type,pos"`
+}
+
+// Decode strictly decodes the backend's own keys (all but type) into v;
+// errors name file:line:col like the rest of the config.
+func (b BackendConfig) Decode(v any) error { return b.Options.Decode(v) }
+
+// NotifyConfig is notify:.
+type NotifyConfig struct {
+	Webhooks []WebhookConfig `yaml:"webhooks"`
+}
+
+// WebhookConfig is one webhook: events are POSTed to URL as JSON.
+type WebhookConfig struct {
+	URL    string   `yaml:"url"`
+	Events []string `yaml:"events"`
+	// SecretFile holds an HMAC key to sign deliveries with, if set.
+	SecretFile string `yaml:"secret_file"`
+
+	At    strictyaml.Pos `yaml:",pos"`
+	URLAt strictyaml.Pos `yaml:"url,pos"`
+}
+
+// Defaults applied before the file.
+const (
+	defaultListen        = "127.0.0.1:8443"
+	defaultMetricsListen = "127.0.0.1:9102"
+	defaultTemplatesDir  = "templates"
+)
+
+// backendSchemas lists the backend types latch knows and checks each one's
+// own keys. The backend packages own these blocks; until they are wired in
+// here, these structs mirror what they read.
+var backendSchemas = map[string]func(path string, b BackendConfig) (templates.Backend, error){
+	templates.BackendVaultToken: func(path string, b BackendConfig) (templates.Backend, error) {
+		var o struct{}
+		return templates.Backend{Type: b.Type}, b.Decode(&o)
+	},
+	templates.BackendVaultLease: func(path string, b BackendConfig) (templates.Backend, error) {
+		var o struct {
+			Path   string         `yaml:"path"`
+			PathAt strictyaml.Pos `yaml:"path,pos"`
+		}
+		if err := b.Decode(&o); err != nil {
+			return templates.Backend{}, err
+		}
+		if o.Path == "" {
+			return templates.Backend{}, b.At.Errorf("%s: path is required for a vault-lease backend, such as database/creds/{{ .vars.role }}", path)
+		}
+		return templates.Backend{Type: b.Type, Path: o.Path, PathAt: o.PathAt}, nil
+	},
+	templates.BackendVaultPKI: func(path string, b BackendConfig) (templates.Backend, error) {
+		var o struct {
+			Mount string `yaml:"mount"`
+			Role  string `yaml:"role"`
+		}
+		if err := b.Decode(&o); err != nil {
+			return templates.Backend{}, err
+		}
+		var missing []string
+		if o.Mount == "" {
+			missing = append(missing, "mount")
+		}
+		if o.Role == "" {
+			missing = append(missing, "role")
+		}
+		if len(missing) > 0 {
+			return templates.Backend{}, b.At.Errorf("%s: a vault-pki backend needs %s", path, strings.Join(missing, " and "))
+		}
+		return templates.Backend{Type: b.Type}, nil
+	},
+}
+
+var backendNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$`)
+
+// LoadConfig reads, validates and compiles the config at path and the
+// templates in its templates_dir. It is the one loading path: `latch check`
+// and `latch server` both call it. The error lists every problem, one
+// "file:line:col: message" per line (a strictyaml.Errors).
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg := &Config{
+		File:         path,
+		Server:       ServerConfig{Listen: defaultListen, MetricsListen: defaultMetricsListen},
+		TemplatesDir: defaultTemplatesDir,
+	}
+	var errs strictyaml.Errors
+	if err := strictyaml.Unmarshal(path, data, cfg); err != nil {
+		errs.Add(err)
+		if errs.Syntax() {
+			return nil, errs.Err()
+		}
+	}
+	errs = append(errs, cfg.validate()...)
+	backends := map[string]templates.Backend{}
+	for _, name := range configKeys(cfg.Backends) {
+		b := cfg.Backends[name]
+		path := "backends." + name
+		if !backendNameRE.MatchString(name) {
+			errs = append(errs, b.At.Errorf("%s: backend names are lowercase letters, digits and -", path))
+			continue
+		}
+		decode, ok := backendSchemas[b.Type]
+		switch {
+		case b.Type == "":
+			errs = append(errs, b.At.Errorf("%s: type is required; allowed: %s", path, strings.Join(configKeys(backendSchemas), ", ")))
+			continue
+		case !ok:
+			errs = append(errs, b.TypeAt.Errorf("%s.type: unknown backend type %q; allowed: %s", path, b.Type, strings.Join(configKeys(backendSchemas), ", ")))
+			continue
+		}
+		be, err := decode(path, b)
+		errs.Add(err)
+		be.Type = b.Type
+		backends[name] = be
+	}
+	cfg.resolvePaths()
+	var files []templates.File
+	if fi, err := os.Stat(cfg.TemplatesDir); err != nil || !fi.IsDir() {
+		reason := "not a directory"
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			reason = pe.Err.Error()
+		} else if err != nil {
+			reason = err.Error()
+		}
+		errs = append(errs, cfg.at(cfg.TemplatesDirAt).Errorf("templates_dir: cannot read %s: %s", cfg.TemplatesDir, reason))
+	} else if files, err = templates.ReadDir(cfg.TemplatesDir); err != nil {
+		errs = append(errs, cfg.at(cfg.TemplatesDirAt).Errorf("templates_dir: %v", err))
+	}
+	pol, err := templates.Load(templates.Source{Policy: cfg.PolicyConfig, Templates: files, Backends: backends})
+	errs.Add(err)
+	if err := errs.Err(); err != nil {
+		return nil, err
+	}
+	cfg.Policy = pol
+	return cfg, nil
+}
+
+// at returns p, or the start of the file for keys that are absent.
+func (c *Config) at(p strictyaml.Pos) strictyaml.Pos {
+	if p.IsZero() {
+		return strictyaml.Pos{File: c.File, Line: 1, Col: 1}
+	}
+	return p
+}
+
+// validate checks the non-policy sections.
+func (c *Config) validate() strictyaml.Errors {
+	var errs strictyaml.Errors
+	add := func(p strictyaml.Pos, format string, args ...any) {
+		errs = append(errs, c.at(p).Errorf(format, args...))
+	}
+	s := c.Server
+	switch {
+	case s.ID == "":
+		add(configOr(s.At, c.ServerAt), "server.id is required (latch's own SPIFFE ID, such as spiffe://example.org/latch)")
+	default:
+		if _, err := spiffeid.FromString(s.ID); err != nil {
+			add(s.IDAt, "server.id: invalid SPIFFE ID %q: %v", s.ID, err)
+		}
+	}
+	for _, l := range []struct {
+		key, addr string
+		at        strictyaml.Pos
+	}{{"listen", s.Listen, s.ListenAt}, {"metrics_listen", s.MetricsListen, s.MetricsListenAt}} {
+		if _, port, err := net.SplitHostPort(l.addr); err != nil || port == "" {
+			add(l.at, "server.%s: expected host:port, such as 127.0.0.1:8443, got %q", l.key, l.addr)
+		}
+	}
+	if s.Listen == s.MetricsListen && s.Listen != "" {
+		add(s.MetricsListenAt, "server.metrics_listen: must differ from server.listen")
+	}
+
+	sp := c.SPIFFE
+	files := sp.SVIDCert != "" || sp.SVIDKey != "" || sp.Bundle != ""
+	switch {
+	case sp.WorkloadAPI != "" && files:
+		add(configOr(sp.At, c.SPIFFEAt), "spiffe: set workload_api, or svid_cert, svid_key and bundle, not both")
+	case sp.WorkloadAPI != "":
+		if !strings.HasPrefix(sp.WorkloadAPI, "unix://") && !strings.HasPrefix(sp.WorkloadAPI, "tcp://") {
+			add(sp.WorkloadAPIAt, "spiffe.workload_api: expected unix:///path or tcp://host:port, got %q", sp.WorkloadAPI)
+		}
+	case files:
+		var missing []string
+		for _, f := range []struct{ k, v string }{{"svid_cert", sp.SVIDCert}, {"svid_key", sp.SVIDKey}, {"bundle", sp.Bundle}} {
+			if f.v == "" {
+				missing = append(missing, f.k)
+			}
+		}
+		if len(missing) > 0 {
+			add(configOr(sp.At, c.SPIFFEAt), "spiffe: %s missing; file-based SVIDs need svid_cert, svid_key and bundle", strings.Join(missing, ", "))
+		}
+	default:
+		add(configOr(sp.At, c.SPIFFEAt), "spiffe: set workload_api, or svid_cert, svid_key and bundle")
+	}
+
+	if c.Store.Path == "" {
+		add(configOr(c.Store.At, c.StoreAt), "store.path is required (the bbolt database file)")
+	}
+
+	v := c.Vault
+	if v.Address == "" {
+		add(configOr(v.At, c.VaultAt), "vault.address is required, such as https://127.0.0.1:8200")
+	} else if u, err := url.Parse(v.Address); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		add(v.AddressAt, "vault.address: expected an http(s) URL, got %q", v.Address)
+	}
+	a := v.Auth
+	authAt := configOr(a.At, configOr(v.AuthAt, configOr(v.At, c.VaultAt)))
+	used := map[string]string{"token_file": a.TokenFile, "role_id_file": a.RoleIDFile, "secret_id_file": a.SecretIDFile, "role": a.Role}
+	var need []string
+	switch a.Method {
+	case "":
+		add(authAt, "vault.auth.method is required; allowed: token, approle, jwt")
+	case VaultAuthToken:
+		need = []string{"token_file"}
+	case VaultAuthAppRole:
+		need = []string{"role_id_file", "secret_id_file"}
+	case VaultAuthJWT:
+		need = []string{"role"}
+	default:
+		add(a.MethodAt, "vault.auth.method: unknown method %q; allowed: token, approle, jwt", a.Method)
+	}
+	if need != nil {
+		for _, k := range need {
+			if used[k] == "" {
+				add(authAt, "vault.auth.%s is required with method %s", k, a.Method)
+			}
+		}
+		for _, k := range configKeys(used) {
+			if used[k] != "" && !slices.Contains(need, k) {
+				add(authAt, "vault.auth.%s is not used by method %s", k, a.Method)
+			}
+		}
+	}
+
+	for i, w := range c.Notify.Webhooks {
+		if w.URL == "" {
+			add(w.At, "notify.webhooks[%d]: url is required", i)
+		} else if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			add(w.URLAt, "notify.webhooks[%d].url: expected an http(s) URL, got %q", i, w.URL)
+		}
+		if len(w.Events) == 0 {
+			add(w.At, "notify.webhooks[%d]: events is required (which events to send)", i)
+		}
+	}
+	if c.TemplatesDir == "" {
+		add(c.TemplatesDirAt, "templates_dir must not be empty")
+	}
+	return errs
+}
+
+// resolvePaths makes file paths relative to the config file's directory.
+func (c *Config) resolvePaths() {
+	base := filepath.Dir(c.File)
+	for _, p := range []*string{
+		&c.TemplatesDir, &c.Store.Path, &c.Server.AdminSocket,
+		&c.SPIFFE.SVIDCert, &c.SPIFFE.SVIDKey, &c.SPIFFE.Bundle,
+		&c.Vault.CACert, &c.Vault.Auth.TokenFile, &c.Vault.Auth.RoleIDFile, &c.Vault.Auth.SecretIDFile,
+	} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	for i := range c.Notify.Webhooks {
+		if p := &c.Notify.Webhooks[i].SecretFile; *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+}
+
+func configOr(p, fallback strictyaml.Pos) strictyaml.Pos {
+	if p.IsZero() {
+		return fallback
+	}
+	return p
+}
+
+func configKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

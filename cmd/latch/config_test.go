@@ -1,0 +1,185 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/latchbroker/latch/templates"
+	"github.com/latchbroker/latch/templates/strictyaml"
+)
+
+const exampleConfigPath = "../../examples/latch.yaml"
+
+func TestLoadConfig_Example(t *testing.T) {
+	cfg, err := LoadConfig(exampleConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Server.ID != "spiffe://example.org/latch" || cfg.Server.Listen != "127.0.0.1:8443" || cfg.Server.MetricsListen != "127.0.0.1:9102" {
+		t.Fatalf("server = %+v", cfg.Server)
+	}
+	if cfg.SPIFFE.WorkloadAPI != "unix:///run/spire/agent.sock" || cfg.Store.Path != "/var/lib/latch/latch.db" {
+		t.Fatalf("spiffe/store = %+v %+v", cfg.SPIFFE, cfg.Store)
+	}
+	if cfg.Vault.Auth.Method != VaultAuthAppRole || cfg.Vault.Auth.RoleIDFile != "/etc/latch/vault-role-id" {
+		t.Fatalf("vault = %+v", cfg.Vault)
+	}
+	if got, want := cfg.TemplatesDir, filepath.Join("../../examples", "templates"); got != want {
+		t.Fatalf("templates_dir = %q, want %q (relative to the config file)", got, want)
+	}
+	if len(cfg.Backends) != 4 || cfg.Backends["certs"].Type != templates.BackendVaultPKI {
+		t.Fatalf("backends = %+v", cfg.Backends)
+	}
+	var pki struct {
+		Mount string `yaml:"mount"`
+		Role  string `yaml:"role"`
+	}
+	if err := cfg.Backends["certs"].Decode(&pki); err != nil || pki.Mount != "pki" || pki.Role != "agents" {
+		t.Fatalf("certs options = %+v, %v", pki, err)
+	}
+	if len(cfg.Notify.Webhooks) != 1 || cfg.Notify.Webhooks[0].Events[1] != "violation" {
+		t.Fatalf("notify = %+v", cfg.Notify)
+	}
+	if cfg.Policy == nil || len(cfg.Policy.Templates()) != 5 || len(cfg.Policy.Agents()) != 4 || len(cfg.Policy.Operators()) != 3 {
+		t.Fatalf("policy = %+v", cfg.Policy)
+	}
+	if tier := cfg.Policy.Tiers()[2]; tier.Approvals != 1 || tier.MaxTTL.String() != "30m0s" {
+		t.Fatalf("high tier = %+v", tier)
+	}
+}
+
+// writeConfig writes latch.yaml (and templates, name → contents) into a
+// temporary directory and returns the config path.
+func writeConfigDir(t *testing.T, config string, tmpls map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "templates"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range tmpls {
+		if err := os.WriteFile(filepath.Join(dir, "templates", name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "latch.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// minimalConfigYAML is a valid config; tests replace parts of it.
+const minimalConfigYAML = `server: { id: spiffe://example.org/latch }
+spiffe: { workload_api: unix:///run/spire/agent.sock }
+store: { path: latch.db }
+vault: { address: https://127.0.0.1:8200, auth: { method: token, token_file: token } }
+backends:
+  tokens: { type: vault-token }
+  app-db: { type: vault-lease, path: "database/creds/{{ .vars.role }}" }
+agents:
+  - { id: spiffe://example.org/agent/a, owner: spiffe://example.org/ops/o, templates: [read] }
+`
+
+const minimalTemplateYAML = `name: read
+backend: app-db
+vars: { role: reader }
+ttl: 5m
+risk: low
+`
+
+func TestLoadConfig_Minimal(t *testing.T) {
+	path := writeConfigDir(t, minimalConfigYAML, map[string]string{"read.yaml": minimalTemplateYAML})
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(path)
+	if cfg.Store.Path != filepath.Join(dir, "latch.db") || cfg.Vault.Auth.TokenFile != filepath.Join(dir, "token") {
+		t.Fatalf("relative paths not resolved: %+v %+v", cfg.Store, cfg.Vault.Auth)
+	}
+	d := cfg.Policy.Evaluate(templates.Request{Agent: "spiffe://example.org/agent/a", Task: "read"})
+	if d.Outcome != templates.Allow || d.Rendered.Path != "database/creds/reader" {
+		t.Fatalf("decision = %+v", d)
+	}
+}
+
+func TestLoadConfig_Errors(t *testing.T) {
+	tests := []struct {
+		name   string
+		config string
+		tmpls  map[string]string
+		want   []string // lines, with FILE for the config path and DIR for its directory
+	}{
+		{"unknown top-level key", minimalConfigYAML + "servr: {}\n", nil, []string{
+			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, templates_dir`,
+		}},
+		{"unknown nested key", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { path: latch.db, sync: true }", 1), nil, []string{
+			`FILE:3:26: unknown key "sync" in store; allowed: path`,
+		}},
+		{"backend's own keys are strict", strings.Replace(minimalConfigYAML, "{ type: vault-token }", "{ type: vault-token, ttl: 5m }", 1), nil, []string{
+			`FILE:6:32: unknown key "ttl" in backends.tokens; no other keys are allowed here`,
+		}},
+		{"unknown backend type", strings.Replace(minimalConfigYAML, "{ type: vault-token }", "{ type: vault-kv }", 1), nil, []string{
+			`FILE:6:19: backends.tokens.type: unknown backend type "vault-kv"; allowed: vault-lease, vault-pki, vault-token`,
+		}},
+		{"lease backend without path", strings.Replace(minimalConfigYAML, `, path: "database/creds/{{ .vars.role }}"`, "", 1), nil, []string{
+			`FILE:7:3: backends.app-db: path is required for a vault-lease backend, such as database/creds/{{ .vars.role }}`,
+			`DIR/templates/read.yaml:2:10: backend: vault-lease backend "app-db" has no path`,
+		}},
+		{"missing sections", "templates_dir: templates\n", nil, []string{
+			`FILE:1:1: server.id is required (latch's own SPIFFE ID, such as spiffe://example.org/latch)`,
+			`FILE:1:1: spiffe: set workload_api, or svid_cert, svid_key and bundle`,
+			`FILE:1:1: store.path is required (the bbolt database file)`,
+			`FILE:1:1: vault.address is required, such as https://127.0.0.1:8200`,
+			`FILE:1:1: vault.auth.method is required; allowed: token, approle, jwt`,
+			`DIR/templates/read.yaml:2:10: backend: unknown backend "app-db"; no backends are configured`,
+		}},
+		{"vault auth fields", strings.Replace(minimalConfigYAML, "{ method: token, token_file: token }", "{ method: approle, token_file: token }", 1), nil, []string{
+			`FILE:4:43: vault.auth.role_id_file is required with method approle`,
+			`FILE:4:43: vault.auth.secret_id_file is required with method approle`,
+			`FILE:4:43: vault.auth.token_file is not used by method approle`,
+		}},
+		{"bad server id", strings.Replace(minimalConfigYAML, "spiffe://example.org/latch", "latch", 1), nil, []string{
+			`FILE:1:15: server.id: invalid SPIFFE ID "latch": scheme is missing or invalid`,
+		}},
+		{"template error next to config error", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: {}", 1),
+			map[string]string{"read.yaml": strings.Replace(minimalTemplateYAML, "ttl: 5m", "ttl: 5m\nmax_ttl: 1m", 1)}, []string{
+				`FILE:3:1: store.path is required (the bbolt database file)`,
+				`DIR/templates/read.yaml:4:6: ttl: 5m exceeds max_ttl 1m`,
+			}},
+		{"missing templates dir", minimalConfigYAML + "templates_dir: nope\n", nil, []string{
+			`FILE:9:88: agents[0].templates[0]: unknown template "read"`,
+			`FILE:10:16: templates_dir: cannot read DIR/nope: no such file or directory`,
+		}},
+		{"syntax error stops early", "server: { id: \"x }\n", nil, []string{
+			`FILE:1:15: invalid YAML: could not find end character of double-quoted text`,
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tmpls := tt.tmpls
+			if tmpls == nil {
+				tmpls = map[string]string{"read.yaml": minimalTemplateYAML}
+			}
+			path := writeConfigDir(t, tt.config, tmpls)
+			_, err := LoadConfig(path)
+			var errs strictyaml.Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("err = %v (%T), want strictyaml.Errors", err, err)
+			}
+			got := strings.Split(err.Error(), "\n")
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %d errors:\n%s\nwant %d", len(got), err, len(tt.want))
+			}
+			for i, w := range tt.want {
+				w = strings.ReplaceAll(strings.ReplaceAll(w, "FILE", path), "DIR", filepath.Dir(path))
+				if got[i] != w {
+					t.Errorf("error %d:\n got %s\nwant %s", i, got[i], w)
+				}
+			}
+		})
+	}
+}
