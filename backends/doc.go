@@ -1,5 +1,66 @@
 // Package backends groups the Vault secret backends that implement
 // broker.Backend: backends/vaulttoken, backends/vaultlease and
 // backends/vaultpki, over the shared Vault client in backends/vault.
-// Vault admins plug them in through the backends: section of the config.
+// Vault admins plug them in through the backends: section of the config;
+// cmd/latch lists them and hands each its own config block:
+//
+//	c, _ := vault.New(vaultCfg)                  // one client, latch's own login
+//	tokens, _ := vaulttoken.New(c, vaulttoken.Config{})
+//	leases, _ := vaultlease.New(c, vaultlease.Config{Path: "database/creds/{{ .vars.role }}"})
+//	certs, _ := vaultpki.New(c, vaultpki.Config{Mount: "pki", Role: "agents"})
+//
+// # Crash safety
+//
+// latch may die (kill -9, power loss) after a backend created something in
+// Vault and before the lease recording it is committed. The broker closes
+// that gap with an intent record written before the backend is called. All
+// three backends implement broker.Preparer so that the intent can name, in
+// advance, a handle through which everything Mint creates can be revoked;
+// at restart, reconciliation calls Revoke with the refs of every intent that
+// has no committed lease. Whatever happens, the worst case is bounded by
+// the lease TTL, because everything is created with that TTL in Vault.
+//
+// vault-token — deterministic name. Prepare makes no Vault call: the policy
+// Mint will write is latch-<lease id>, a function of the lease ID, and that
+// name is the intent's ref. Revoke with only the policy name deletes the
+// policy. The agent's token (whose accessor was never recorded) then has
+// no capabilities at all — its only policy is gone and it was created
+// without the default policy — so it is inert at once, and it expires at
+// the lease TTL (explicit_max_ttl; nothing renews it). A crash after the
+// policy write but before the token create leaves only the policy, which
+// the same Revoke deletes.
+//
+// vault-lease — per-lease mint token. Prepare creates an orphan token with
+// TTL = lease TTL through the latch-mint token role, carrying only the
+// latch_mint policy, and the intent records its accessor. Mint reads the
+// engine path with that token, so the Vault lease belongs to it. Vault
+// revokes every lease a token created when the token is revoked or
+// expires: Revoke with only the mint accessor revokes the database user
+// (or AWS key ...), and if latch never comes back, Vault does it by itself
+// when the mint token expires at the lease TTL. The same mechanism makes
+// "latch revokes at its own TTL even where the role's TTL is longer" hold
+// without latch running.
+//
+// vault-pki — per-lease mint token, plus the certificate's own lifetime.
+// Prepare is the same as vault-lease. A certificate's serial is only known
+// from Vault's answer, so after a crash it cannot be put on the CRL by
+// serial. Instead: the certificate's NotAfter is now + lease TTL (Mint
+// refuses longer ones), which bounds it; and if the PKI role sets
+// generate_lease=true, the certificate has a Vault lease owned by the mint
+// token, so revoking the intent's mint accessor also revokes the
+// certificate and adds it to the CRL.
+//
+// Failures between the steps are covered the same way: a Mint that fails
+// after Prepare revokes its mint token itself when Vault answered (a 4xx),
+// and leaves the rest to the broker's revocation of the prepared refs when
+// Vault was unreachable. A request whose response was lost (Vault created
+// the object, latch timed out) created an object whose secret nobody
+// knows; it is revoked through the same refs, or expires with its TTL.
+// Revoke is idempotent, so reconciliation and the revocation queue may
+// repeat it freely.
+//
+// integration/backends tests each case: Prepare, Mint, drop the Minted
+// value, Revoke with the prepared refs only, and check the token is inert,
+// the database role is gone from pg_roles, or the certificate is on the
+// CRL (generate_lease) or expires with the lease (no lease).
 package backends

@@ -1,0 +1,229 @@
+package vault
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// TokenRequest creates a token through a token role
+// (auth/token/create/<role>). The role decides what a non-root creator may
+// do: which policies (allowed_policies, allowed_policies_glob), orphan, and
+// a ceiling on explicit_max_ttl; latch's own policy needs only update on
+// that one path.
+type TokenRequest struct {
+	Role string
+	// Policies are the token's policies; empty means the role's
+	// allowed_policies. The default policy is never attached.
+	Policies []string
+	// TTL is the token's TTL; ExplicitMaxTTL the hard limit that no
+	// renewal passes (0: the role's or the system's).
+	TTL, ExplicitMaxTTL time.Duration
+	Renewable           bool
+	// DisplayName appears in Vault's audit log (Vault prefixes "token-").
+	DisplayName string
+	// Meta is stored with the token and shown by lookups and audit logs.
+	Meta map[string]string
+}
+
+// Token is a token Vault created.
+type Token struct {
+	// Secret holds the token value as field "token".
+	Secret    broker.Secret
+	Accessor  string
+	TTL       time.Duration
+	Renewable bool
+	Policies  []string
+}
+
+// CreateToken creates a token (op names the call for metrics).
+func (c *Client) CreateToken(ctx context.Context, op string, r TokenRequest) (Token, error) {
+	if r.Role == "" {
+		return Token{}, errors.New("vault: create token: no token role")
+	}
+	data := map[string]any{
+		// The default policy grants things like cubbyhole and
+		// sys/capabilities-self that a task token has no use for.
+		"no_default_policy": true,
+		"renewable":         r.Renewable,
+		"ttl":               seconds(r.TTL),
+		"type":              "service", // batch tokens cannot be revoked
+	}
+	if len(r.Policies) > 0 {
+		data["policies"] = r.Policies
+	}
+	if r.ExplicitMaxTTL > 0 {
+		data["explicit_max_ttl"] = seconds(r.ExplicitMaxTTL)
+	}
+	if r.DisplayName != "" {
+		data["display_name"] = r.DisplayName
+	}
+	if len(r.Meta) > 0 {
+		data["meta"] = r.Meta
+	}
+	s, err := c.Write(ctx, op, "auth/token/create/"+r.Role, data)
+	if err != nil {
+		return Token{}, err
+	}
+	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
+		return Token{}, &Error{Op: op, Path: "auth/token/create/" + r.Role, Messages: []string{"Vault returned no token"}}
+	}
+	return Token{
+		Secret:    broker.NewSecret(map[string]string{"token": s.Auth.ClientToken}),
+		Accessor:  s.Auth.Accessor,
+		TTL:       time.Duration(s.Auth.LeaseDuration) * time.Second,
+		Renewable: s.Auth.Renewable,
+		Policies:  s.Auth.Policies,
+	}, nil
+}
+
+// RevokeAccessor revokes the token with this accessor and, with it, its
+// child tokens and every lease it created. A token that is already gone
+// counts as revoked.
+func (c *Client) RevokeAccessor(ctx context.Context, accessor string) error {
+	_, err := c.Write(ctx, "token.revoke-accessor", "auth/token/revoke-accessor", map[string]any{"accessor": accessor})
+	if err != nil && isInvalidAccessor(err) {
+		return nil
+	}
+	return err
+}
+
+// LookupAccessor reports whether the token with this accessor still exists.
+func (c *Client) LookupAccessor(ctx context.Context, accessor string) (alive bool, err error) {
+	_, err = c.Write(ctx, "token.lookup-accessor", "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
+	switch {
+	case err == nil:
+		return true, nil
+	case isInvalidAccessor(err):
+		return false, nil
+	}
+	return false, err
+}
+
+// RenewAccessor renews the token with this accessor by increment and
+// returns the TTL granted. It never renews past the token's own
+// explicit_max_ttl: Vault applies only the token role's
+// token_explicit_max_ttl when renewing a token created through a role, so
+// the per-token limit (the lease's max TTL) is enforced here, from the
+// token's creation time. A token that is gone, not renewable or at its max
+// TTL yields broker.ErrNotRenewable.
+func (c *Client) RenewAccessor(ctx context.Context, accessor string, increment time.Duration) (time.Duration, error) {
+	info, err := c.Write(ctx, "token.lookup-accessor", "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
+	if err != nil {
+		if isInvalidAccessor(err) {
+			return 0, fmt.Errorf("%w: token is gone", broker.ErrNotRenewable)
+		}
+		return 0, err
+	}
+	if info == nil || info.Data == nil {
+		return 0, &Error{Op: "token.lookup-accessor", Path: "auth/token/lookup-accessor", Messages: []string{"Vault returned no token data"}}
+	}
+	if renewable, _ := info.TokenIsRenewable(); !renewable {
+		return 0, fmt.Errorf("%w: the token was created non-renewable", broker.ErrNotRenewable)
+	}
+	if maxTTL, created := number(info.Data["explicit_max_ttl"]), number(info.Data["creation_time"]); maxTTL > 0 && created > 0 {
+		left := time.Unix(created+maxTTL, 0).Sub(c.cfg.Now())
+		if left < time.Second {
+			return 0, fmt.Errorf("%w: the token reached its max TTL", broker.ErrNotRenewable)
+		}
+		increment = min(increment, left.Truncate(time.Second))
+	}
+	s, err := c.Write(ctx, "token.renew-accessor", "auth/token/renew-accessor",
+		map[string]any{"accessor": accessor, "increment": seconds(increment)})
+	if err != nil {
+		if isInvalidAccessor(err) {
+			return 0, fmt.Errorf("%w: token is gone", broker.ErrNotRenewable)
+		}
+		var e *Error
+		if errors.As(err, &e) && e.Status == http.StatusBadRequest && e.HasMessage("not renewable") {
+			return 0, fmt.Errorf("%w: %v", broker.ErrNotRenewable, err)
+		}
+		return 0, err
+	}
+	if s == nil || s.Auth == nil {
+		return 0, &Error{Op: "token.renew-accessor", Path: "auth/token/renew-accessor", Messages: []string{"Vault returned no auth data"}}
+	}
+	return time.Duration(s.Auth.LeaseDuration) * time.Second, nil
+}
+
+// number reads a JSON number Vault returned (json.Number), or 0.
+func number(v any) int64 {
+	if n, ok := v.(json.Number); ok {
+		i, _ := n.Int64()
+		return i
+	}
+	return 0
+}
+
+// isInvalidAccessor recognises Vault's answer for an accessor whose token
+// no longer exists (400 "invalid accessor").
+func isInvalidAccessor(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == http.StatusBadRequest && e.HasMessage("invalid accessor")
+}
+
+// RevokeLease revokes a Vault lease and waits until the engine has
+// destroyed the secret (sys/leases/revoke/<id>, sync). The lease ID goes
+// into the path, not the body, so latch's policy can allow revocation per
+// engine prefix (sys/leases/revoke/database/creds/*) instead of for every
+// lease in Vault. A lease that is already gone counts as revoked.
+func (c *Client) RevokeLease(ctx context.Context, leaseID string) error {
+	p, err := CleanPath(leaseID)
+	if err != nil {
+		return fmt.Errorf("vault: revoke lease: %w", err)
+	}
+	_, err = c.Write(ctx, "lease.revoke", "sys/leases/revoke/"+p, map[string]any{"sync": true})
+	return err
+}
+
+// LookupLease reports whether a Vault lease still exists, and when it
+// expires.
+func (c *Client) LookupLease(ctx context.Context, leaseID string) (alive bool, expires time.Time, err error) {
+	s, err := c.Write(ctx, "lease.lookup", "sys/leases/lookup", map[string]any{"lease_id": leaseID})
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) && e.Status == http.StatusBadRequest && e.HasMessage("invalid lease") {
+			return false, time.Time{}, nil
+		}
+		return false, time.Time{}, err
+	}
+	if s != nil {
+		if v, ok := s.Data["expire_time"].(string); ok && v != "" {
+			expires, _ = time.Parse(time.RFC3339Nano, v)
+		}
+	}
+	return true, expires, nil
+}
+
+// RenewLease renews a Vault lease by increment (sys/leases/renew/<id>) and
+// returns the TTL granted, which the engine may cap.
+func (c *Client) RenewLease(ctx context.Context, leaseID string, increment time.Duration) (time.Duration, error) {
+	p, err := CleanPath(leaseID)
+	if err != nil {
+		return 0, fmt.Errorf("vault: renew lease: %w", err)
+	}
+	s, err := c.Write(ctx, "lease.renew", "sys/leases/renew/"+p, map[string]any{"increment": seconds(increment)})
+	if err != nil {
+		return 0, err
+	}
+	if s == nil {
+		return 0, &Error{Op: "lease.renew", Path: "sys/leases/renew/" + p, Messages: []string{"Vault returned no lease"}}
+	}
+	if !s.Renewable && s.LeaseDuration == 0 {
+		return 0, broker.ErrNotRenewable
+	}
+	return time.Duration(s.LeaseDuration) * time.Second, nil
+}
+
+// seconds formats d for Vault duration fields: whole seconds, rounded up so
+// a sub-second TTL does not become 0 (which Vault reads as "default").
+func seconds(d time.Duration) string {
+	s := int64((d + time.Second - 1) / time.Second)
+	return strconv.FormatInt(s, 10) + "s"
+}

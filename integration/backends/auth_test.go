@@ -1,0 +1,252 @@
+package backends
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/latchbroker/latch/backends/vault"
+)
+
+// TestLatch_RunsWithREADMEPolicyOnly: the client every other test uses is
+// logged in through AppRole with the README's latch policy and nothing
+// else — no root, no default policy.
+func TestLatch_RunsWithREADMEPolicyOnly(t *testing.T) {
+	e := setup(t)
+	info, err := e.lookupAccessor(t.Context(), e.latch.Accessor())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := info.TokenPolicies(); !slices.Equal(p, []string{"latch"}) {
+		t.Fatalf("latch's token policies %v, want exactly [latch]", p)
+	}
+	if path, _ := info.Data["path"].(string); path != "auth/approle/login" {
+		t.Fatalf("latch's token came from %q, want auth/approle/login", path)
+	}
+	// And latch's own token reads no secret: only mint tokens do.
+	_, err = e.latch.Read(t.Context(), "test.read", "database/creds/"+dbRole)
+	if vault.StatusOf(err) != 403 {
+		t.Fatalf("latch's own token reading database creds: %v, want 403", err)
+	}
+}
+
+// TestClient_RenewsAndLogsInAgain runs latch's client on an AppRole whose
+// tokens live 2s, renewable up to 5s, and keeps calling Vault for three
+// max TTLs: Run renews with the LifetimeWatcher and logs in again whenever
+// renewal ends, so no call fails.
+func TestClient_RenewsAndLogsInAgain(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	if _, err := e.root.Logical().WriteWithContext(ctx, "auth/approle/role/latch-short", map[string]any{
+		"token_policies": "latch", "token_no_default_policy": true, "token_ttl": "2s", "token_max_ttl": "5s",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	roleID, secretID, err := e.appRoleFiles(ctx, "latch-short")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := vault.New(vault.Config{Address: st.Vault.Addr,
+		Auth: vault.AuthConfig{Method: vault.AuthAppRole, RoleIDFile: roleID, SecretIDFile: secretID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = c.Run(runCtx); close(done) }()
+	defer func() { stop(); <-done }()
+
+	accessors := map[string]bool{c.Accessor(): true}
+	end := time.Now().Add(15 * time.Second)
+	for time.Now().Before(end) {
+		if _, err := c.Read(ctx, "test.lookup-self", "auth/token/lookup-self"); err != nil {
+			t.Fatalf("call failed %s into the test: %v", time.Until(end), err)
+		}
+		accessors[c.Accessor()] = true
+		time.Sleep(250 * time.Millisecond)
+	}
+	if len(accessors) < 3 {
+		t.Fatalf("saw %d tokens in 15s of 5s-max-TTL tokens; want re-logins", len(accessors))
+	}
+	t.Logf("%d tokens over 15s", len(accessors))
+}
+
+// TestClient_JWTLogin logs latch in with a JWT from its JWTSource, as it
+// does with its own JWT-SVID.
+func TestClient_JWTLogin(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.root.Sys().EnableAuthWithOptionsWithContext(ctx, "jwt", &vaultapi.EnableAuthOptions{Type: "jwt"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.root.Logical().WriteWithContext(ctx, "auth/jwt/config", map[string]any{
+		"jwt_validation_pubkeys": []string{string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const latchID = "spiffe://example.org/latch"
+	if _, err := e.root.Logical().WriteWithContext(ctx, "auth/jwt/role/latch", map[string]any{
+		"role_type": "jwt", "user_claim": "sub", "bound_subject": latchID, "bound_audiences": "vault",
+		"token_policies": "latch", "token_no_default_policy": true, "token_ttl": "1h",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	source := func(context.Context) (string, error) {
+		calls.Add(1)
+		return signJWT(t, key, map[string]any{"sub": latchID, "aud": []string{"vault"},
+			"iat": time.Now().Unix(), "exp": time.Now().Add(5 * time.Minute).Unix()}), nil
+	}
+	c, err := vault.New(vault.Config{Address: st.Vault.Addr, Auth: vault.AuthConfig{Method: vault.AuthJWT, Role: "latch", JWT: source}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(ctx); err != nil {
+		t.Fatalf("JWT login: %v", err)
+	}
+	info, err := e.lookupAccessor(ctx, c.Accessor())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := info.TokenPolicies(); !slices.Equal(p, []string{"latch"}) || calls.Load() != 1 {
+		t.Fatalf("policies %v after %d JWT fetches", p, calls.Load())
+	}
+
+	// A JWT for another subject is refused, permanently.
+	bad, _ := vault.New(vault.Config{Address: st.Vault.Addr, Auth: vault.AuthConfig{Method: vault.AuthJWT, Role: "latch",
+		JWT: func(context.Context) (string, error) {
+			return signJWT(t, key, map[string]any{"sub": "spiffe://example.org/agent/x", "aud": "vault", "exp": time.Now().Add(time.Minute).Unix()}), nil
+		}}})
+	if err := bad.Login(ctx); err == nil || vault.StatusOf(err) != 400 && vault.StatusOf(err) != 403 {
+		t.Fatalf("login with a foreign subject = %v", err)
+	}
+}
+
+// signJWT builds an ES256 JWT.
+func signJWT(t *testing.T, key *ecdsa.PrivateKey, claims map[string]any) string {
+	t.Helper()
+	enc := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	signing := enc(map[string]string{"alg": "ES256", "typ": "JWT"}) + "." + enc(claims)
+	h := sha256.Sum256([]byte(signing))
+	r, s, err := ecdsa.Sign(rand.Reader, key, h[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	return signing + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// TestClient_TokenFile logs in with a token file, as with Vault Agent.
+func TestClient_TokenFile(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	s, err := e.root.Logical().WriteWithContext(ctx, "auth/token/create-orphan", map[string]any{
+		"policies": []string{"latch"}, "no_default_policy": true, "ttl": "1h", "renewable": true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte(s.Auth.ClientToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := vault.New(vault.Config{Address: st.Vault.Addr, Auth: vault.AuthConfig{Method: vault.AuthToken, TokenFile: file}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.Accessor() != s.Auth.Accessor {
+		t.Fatalf("accessor %q, want %q", c.Accessor(), s.Auth.Accessor)
+	}
+	if _, err := c.Read(ctx, "test.lookup-self", "auth/token/lookup-self"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestClient_Metrics: every Vault call the backends made is in the
+// latency histogram, by operation.
+func TestClient_Metrics(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	req := request("close-ticket", time.Minute)
+	req.Policy = ticketPolicy
+	m, err := e.tokens.Mint(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.tokens.Revoke(ctx, m.Refs); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := e.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]uint64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "latch_vault_call_duration_seconds" || mf.GetType() != dto.MetricType_HISTOGRAM {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var op, outcome string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "op":
+					op = l.GetValue()
+				case "outcome":
+					outcome = l.GetValue()
+				}
+			}
+			seen[op+"/"+outcome] += m.GetHistogram().GetSampleCount()
+		}
+	}
+	for _, want := range []string{"auth.login/ok", "policy.write/ok", "token.create/ok", "token.revoke-accessor/ok", "policy.delete/ok"} {
+		if seen[want] == 0 {
+			t.Errorf("no observation for %s in %v", want, seen)
+		}
+	}
+	for k := range seen {
+		if op, _, _ := strings.Cut(k, "/"); strings.Contains(op, "/") || strings.ContainsAny(op, "0123456789") {
+			t.Errorf("operation label %q is not a fixed name", op)
+		}
+	}
+}

@@ -1,0 +1,154 @@
+package backends
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// The crash tests play the broker's part as it will be after a kill -9
+// between Mint and the commit of the lease: the intent holds only what
+// Prepare returned, the Minted value is lost with the process, and
+// reconciliation calls Revoke with the intent's refs. (The broker service
+// with its failpoint does not exist yet; these pin down the backends' half
+// of the guarantee.)
+
+// crashAfterMint prepares, "stores the intent", mints, and loses the result
+// — except what the test needs to check afterwards, which no real caller
+// would have.
+func crashAfterMint(t *testing.T, b interface {
+	broker.Backend
+	broker.Preparer
+}, req broker.MintRequest) (intent broker.Refs, lost broker.Minted) {
+	t.Helper()
+	prep, err := b.Prepare(t.Context(), req)
+	if err != nil {
+		t.Fatalf("Prepare: %v", err)
+	}
+	intent = prep.Refs // written to bbolt before the Vault call
+	req.Prepared = prep
+	lost, err = b.Mint(t.Context(), req)
+	if err != nil {
+		t.Fatalf("Mint: %v", err)
+	}
+	// kill -9 here: no lease record, no Minted.
+	return intent, lost
+}
+
+// reconcile is what the broker does at restart for an uncommitted intent.
+func reconcile(t *testing.T, b broker.Backend, intent broker.Refs) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := b.Revoke(ctx, intent); err != nil {
+		t.Fatalf("reconciliation Revoke(%+v): %v", intent, err)
+	}
+}
+
+func TestCrashSafety_VaultToken(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	req := request("close-ticket", 2*time.Minute)
+	req.Policy = ticketPolicy
+	intent, lost := crashAfterMint(t, e.tokens, req)
+	if intent.Policy == "" || intent.TokenAccessor != "" {
+		t.Fatalf("intent refs %+v: want the policy name only (known before Mint)", intent)
+	}
+	reconcile(t, e.tokens, intent)
+
+	if p, _ := e.root.Sys().GetPolicyWithContext(ctx, intent.Policy); p != "" {
+		t.Fatalf("policy %s survived reconciliation", intent.Policy)
+	}
+	// The orphaned token is powerless at once: its only policy is gone
+	// and it never had the default policy ...
+	agent := clientWithToken(t, lost.Secret.Reveal()["token"])
+	if _, err := agent.KVv2("secret").Get(ctx, "tickets/42"); statusOf(err) != http.StatusForbidden {
+		t.Fatalf("orphaned token reads the rendered path after reconciliation: %v", err)
+	}
+	// ... and bounded by the lease TTL, which no renewal can pass.
+	info, err := e.lookupAccessor(ctx, lost.Refs.TokenAccessor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl, _ := info.TokenTTL(); ttl > req.TTL {
+		t.Fatalf("orphaned token TTL %s beyond the lease TTL %s", ttl, req.TTL)
+	}
+	if alive, err := e.tokens.Lookup(ctx, intent); err != nil || alive {
+		t.Fatalf("Lookup(intent) after reconciliation = %v, %v", alive, err)
+	}
+	_ = e.tokens.Revoke(ctx, lost.Refs) // tidy up
+}
+
+func TestCrashSafety_VaultLease(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	intent, lost := crashAfterMint(t, e.leases, leaseRequest(10*time.Minute))
+	if intent.MintAccessor == "" || intent.VaultLeaseID != "" {
+		t.Fatalf("intent refs %+v: want the mint token accessor only", intent)
+	}
+	creds := lost.Secret.Reveal()
+	if !pgRoleExists(ctx, t, creds["username"]) {
+		t.Fatal("no database role after Mint")
+	}
+	reconcile(t, e.leases, intent)
+
+	// Revoking the mint token revokes the leases it created; Vault does
+	// that part asynchronously.
+	eventually(t, 30*time.Second, "database role survives reconciliation", func() bool {
+		return !pgRoleExists(ctx, t, creds["username"])
+	})
+	if _, err := pgLogin(ctx, creds["username"], creds["password"]); err == nil {
+		t.Fatal("login works after reconciliation")
+	}
+	if alive, err := e.leases.Lookup(ctx, lost.Refs); err != nil || alive {
+		t.Fatalf("Lookup(full refs) after reconciliation = %v, %v", alive, err)
+	}
+}
+
+func TestCrashSafety_VaultPKI(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+
+	t.Run("GenerateLease", func(t *testing.T) {
+		// With generate_lease the certificate's Vault lease belongs to
+		// the mint token: reconciliation puts it on the CRL.
+		if err := e.setPKIRole(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = e.setPKIRole(context.Background(), false) }()
+		intent, lost := crashAfterMint(t, e.certs, certRequest(10*time.Minute))
+		if intent.MintAccessor == "" || intent.Serial != "" {
+			t.Fatalf("intent refs %+v", intent)
+		}
+		if lost.Refs.VaultLeaseID == "" {
+			t.Fatal("role with generate_lease issued no lease")
+		}
+		reconcile(t, e.certs, intent)
+		serial := serialHex(t, lost.Refs.Serial)
+		eventually(t, 30*time.Second, "certificate not on the CRL after reconciliation", func() bool {
+			return e.crlSerials(ctx, t)[serial]
+		})
+		if alive, err := e.certs.Lookup(ctx, lost.Refs); err != nil || alive {
+			t.Fatalf("Lookup after reconciliation = %v, %v", alive, err)
+		}
+	})
+
+	t.Run("NoLease", func(t *testing.T) {
+		// Without a lease nothing can find the certificate, so the
+		// bound is its lifetime: NotAfter = the lease TTL.
+		req := certRequest(2 * time.Minute)
+		intent, lost := crashAfterMint(t, e.certs, req)
+		reconcile(t, e.certs, intent)
+		cert := parseCert(t, lost.Secret.Reveal()["certificate"])
+		if d := time.Until(cert.NotAfter); d > req.TTL {
+			t.Fatalf("orphaned certificate valid for %s, beyond the lease TTL %s", d, req.TTL)
+		}
+		if alive, err := e.certs.Lookup(ctx, intent); err != nil || alive {
+			t.Fatalf("mint token alive after reconciliation: %v, %v", alive, err)
+		}
+		_ = e.certs.Revoke(ctx, lost.Refs)
+	})
+}

@@ -1,0 +1,220 @@
+package backends
+
+import (
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	vaultapi "github.com/hashicorp/vault/api"
+
+	"github.com/latchbroker/latch/backends/vaulttoken"
+	"github.com/latchbroker/latch/broker"
+)
+
+const ticketPolicy = `path "secret/data/tickets/42" {
+  capabilities = ["read"]
+}
+`
+
+func statusOf(err error) int {
+	var re *vaultapi.ResponseError
+	if errors.As(err, &re) {
+		return re.StatusCode
+	}
+	return 0
+}
+
+func TestVaultToken_Mint(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	req := request("close-ticket", 5*time.Minute)
+	req.MaxTTL = 15 * time.Minute // ignored: the template does not allow renewal
+	req.Policy = ticketPolicy
+
+	prep, err := e.tokens.Prepare(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Prepared = prep
+	before := time.Now()
+	m, err := e.tokens.Mint(ctx, req)
+	if err != nil {
+		t.Fatalf("Mint: %v", err)
+	}
+	policy := vaulttoken.PolicyName(req.LeaseID)
+	if m.Refs.Policy != policy || prep.Refs.Policy != policy || m.Refs.TokenAccessor == "" {
+		t.Fatalf("refs = %+v, prepared %+v", m.Refs, prep.Refs)
+	}
+	if m.Renewable {
+		t.Error("token renewable though the template does not allow it")
+	}
+	if lo, hi := before.Add(req.TTL-5*time.Second), time.Now().Add(req.TTL); m.ExpiresAt.Before(lo) || m.ExpiresAt.After(hi) {
+		t.Errorf("ExpiresAt %s, want about now + %s", m.ExpiresAt, req.TTL)
+	}
+	if keys := m.Secret.Keys(); !slices.Equal(keys, []string{"token"}) {
+		t.Fatalf("secret fields %v", keys)
+	}
+
+	// The agent can read exactly the rendered path.
+	agent := clientWithToken(t, m.Secret.Reveal()["token"])
+	got, err := agent.KVv2("secret").Get(ctx, "tickets/42")
+	if err != nil {
+		t.Fatalf("read the rendered path: %v", err)
+	}
+	if got.Data["body"] != "ticket 42" {
+		t.Fatalf("read %v", got.Data)
+	}
+	for name, try := range map[string]func() error{
+		"sibling path": func() error { _, err := agent.Logical().ReadWithContext(ctx, "secret/data/tickets/43"); return err },
+		"write": func() error {
+			_, err := agent.KVv2("secret").Put(ctx, "tickets/42", map[string]any{"x": 1})
+			return err
+		},
+		"metadata":       func() error { _, err := agent.Logical().ReadWithContext(ctx, "secret/metadata/tickets/42"); return err },
+		"lookup-self":    func() error { _, err := agent.Auth().Token().LookupSelfWithContext(ctx); return err },
+		"cubbyhole":      func() error { _, err := agent.Logical().ReadWithContext(ctx, "cubbyhole/x"); return err },
+		"its own policy": func() error { _, err := agent.Sys().GetPolicyWithContext(ctx, policy); return err },
+		"create child token": func() error {
+			_, err := agent.Auth().Token().CreateWithContext(ctx, &vaultapi.TokenCreateRequest{})
+			return err
+		},
+	} {
+		if err := try(); statusOf(err) != http.StatusForbidden {
+			t.Errorf("%s: got %v, want 403", name, err)
+		}
+	}
+
+	// Root's view: only the lease's policy, orphan, TTL-bound, traceable.
+	info, err := e.lookupAccessor(ctx, m.Refs.TokenAccessor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	policies, _ := info.TokenPolicies()
+	if !slices.Equal(policies, []string{policy}) {
+		t.Errorf("token policies %v, want only %s", policies, policy)
+	}
+	meta, _ := info.TokenMetadata()
+	if meta["latch_lease"] != req.LeaseID || meta["latch_agent"] != req.Agent || meta["latch_task"] != "close-ticket" {
+		t.Errorf("token metadata %v", meta)
+	}
+	if info.Data["display_name"] != "token-latch-close-ticket" || info.Data["orphan"] != true {
+		t.Errorf("display_name %v orphan %v", info.Data["display_name"], info.Data["orphan"])
+	}
+	if ttl, _ := info.TokenTTL(); ttl > req.TTL || ttl < req.TTL-10*time.Second {
+		t.Errorf("token TTL %s, want %s", ttl, req.TTL)
+	}
+	if v := info.Data["explicit_max_ttl"]; v == nil || v.(interface{ String() string }).String() != "300" {
+		t.Errorf("explicit_max_ttl %v, want 300 (the TTL, since not renewable)", v)
+	}
+
+	if alive, err := e.tokens.Lookup(ctx, m.Refs); err != nil || !alive {
+		t.Fatalf("Lookup before revoke = %v, %v", alive, err)
+	}
+	if err := e.tokens.Revoke(ctx, m.Refs); err != nil {
+		t.Fatalf("Revoke: %v", err)
+	}
+	if _, err := agent.KVv2("secret").Get(ctx, "tickets/42"); statusOf(err) != http.StatusForbidden {
+		t.Errorf("read after revoke: %v, want 403", err)
+	}
+	if _, err := e.lookupAccessor(ctx, m.Refs.TokenAccessor); err == nil || !strings.Contains(err.Error(), "invalid accessor") {
+		t.Errorf("lookup of revoked token: %v, want invalid accessor", err)
+	}
+	if p, err := e.root.Sys().GetPolicyWithContext(ctx, policy); err != nil || p != "" {
+		t.Errorf("policy %s after revoke: %q, %v; want it gone", policy, p, err)
+	}
+	if alive, err := e.tokens.Lookup(ctx, m.Refs); err != nil || alive {
+		t.Fatalf("Lookup after revoke = %v, %v", alive, err)
+	}
+	if err := e.tokens.Revoke(ctx, m.Refs); err != nil {
+		t.Fatalf("second Revoke: %v, want idempotent", err)
+	}
+}
+
+func TestVaultToken_RevokeDeletesPolicyWhenTokenGone(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	req := request("close-ticket", time.Minute)
+	req.Policy = ticketPolicy
+	m, err := e.tokens.Mint(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Someone revoked the token behind latch's back.
+	if _, err := e.root.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": m.Refs.TokenAccessor}); err != nil {
+		t.Fatal(err)
+	}
+	if alive, err := e.tokens.Lookup(ctx, m.Refs); err != nil || !alive {
+		t.Fatalf("Lookup with the policy left = %v, %v; want alive until the policy is gone", alive, err)
+	}
+	if err := e.tokens.Revoke(ctx, m.Refs); err != nil {
+		t.Fatalf("Revoke: %v", err)
+	}
+	if p, _ := e.root.Sys().GetPolicyWithContext(ctx, m.Refs.Policy); p != "" {
+		t.Fatalf("policy %s survived Revoke", m.Refs.Policy)
+	}
+}
+
+func TestVaultToken_Renew(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	req := request("close-ticket", time.Minute)
+	req.MaxTTL, req.Renewable = 3*time.Minute, true
+	req.Policy = ticketPolicy
+	m, err := e.tokens.Mint(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.tokens.Revoke(ctx, m.Refs)
+	if !m.Renewable {
+		t.Fatal("Minted.Renewable false for a renewable template")
+	}
+	exp, err := e.tokens.Renew(ctx, m.Refs, 2*time.Minute)
+	if err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	if d := time.Until(exp); d < 110*time.Second || d > 2*time.Minute {
+		t.Errorf("renewed until now + %s, want 2m", d)
+	}
+	// Past the max TTL, Vault caps at explicit_max_ttl.
+	exp, err = e.tokens.Renew(ctx, m.Refs, time.Hour)
+	if err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	if d := time.Until(exp); d > 3*time.Minute {
+		t.Errorf("renewed until now + %s, past the max TTL of 3m", d)
+	}
+
+	// A non-renewable lease cannot be renewed.
+	req2 := request("close-ticket", time.Minute)
+	req2.Policy = ticketPolicy
+	m2, err := e.tokens.Mint(ctx, req2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.tokens.Revoke(ctx, m2.Refs)
+	if _, err := e.tokens.Renew(ctx, m2.Refs, time.Minute); !errors.Is(err, broker.ErrNotRenewable) {
+		t.Fatalf("Renew of a non-renewable token = %v, want ErrNotRenewable", err)
+	}
+}
+
+func TestVaultToken_BadPolicy(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	req := request("close-ticket", time.Minute)
+	req.Policy = `path "secret/data/x" { capabilities = [`
+	prep, err := e.tokens.Prepare(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Prepared = prep
+	_, err = e.tokens.Mint(ctx, req)
+	if err == nil || errors.Is(err, broker.ErrBackendUnavailable) || !strings.Contains(err.Error(), "write policy") {
+		t.Fatalf("Mint with a broken policy = %v, want a permanent policy error", err)
+	}
+	if alive, err := e.tokens.Lookup(ctx, prep.Refs); err != nil || alive {
+		t.Fatalf("Lookup(prepared) = %v, %v; nothing should exist", alive, err)
+	}
+}
