@@ -162,13 +162,16 @@ const (
 // here, these structs mirror what they read.
 var backendSchemas = map[string]func(path string, b BackendConfig) (templates.Backend, error){
 	templates.BackendVaultToken: func(path string, b BackendConfig) (templates.Backend, error) {
-		var o struct{}
+		var o struct {
+			TokenRole string `yaml:"token_role"`
+		}
 		return templates.Backend{Type: b.Type}, b.Decode(&o)
 	},
 	templates.BackendVaultLease: func(path string, b BackendConfig) (templates.Backend, error) {
 		var o struct {
-			Path   string         `yaml:"path"`
-			PathAt strictyaml.Pos `yaml:"path,pos"`
+			Path      string         `yaml:"path"`
+			PathAt    strictyaml.Pos `yaml:"path,pos"`
+			TokenRole string         `yaml:"token_role"`
 		}
 		if err := b.Decode(&o); err != nil {
 			return templates.Backend{}, err
@@ -180,8 +183,9 @@ var backendSchemas = map[string]func(path string, b BackendConfig) (templates.Ba
 	},
 	templates.BackendVaultPKI: func(path string, b BackendConfig) (templates.Backend, error) {
 		var o struct {
-			Mount string `yaml:"mount"`
-			Role  string `yaml:"role"`
+			Mount     string `yaml:"mount"`
+			Role      string `yaml:"role"`
+			TokenRole string `yaml:"token_role"`
 		}
 		if err := b.Decode(&o); err != nil {
 			return templates.Backend{}, err
