@@ -120,7 +120,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 			`FILE:3:26: unknown key "sync" in store; allowed: path`,
 		}},
 		{"backend's own keys are strict", strings.Replace(minimalConfigYAML, "{ type: vault-token }", "{ type: vault-token, ttl: 5m }", 1), nil, []string{
-			`FILE:6:32: unknown key "ttl" in backends.tokens; no other keys are allowed here`,
+			`FILE:6:32: unknown key "ttl" in backends.tokens; allowed: token_role`,
 		}},
 		{"unknown backend type", strings.Replace(minimalConfigYAML, "{ type: vault-token }", "{ type: vault-kv }", 1), nil, []string{
 			`FILE:6:19: backends.tokens.type: unknown backend type "vault-kv"; allowed: vault-lease, vault-pki, vault-token`,
