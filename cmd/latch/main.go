@@ -14,7 +14,9 @@ var version = "dev"
 
 func main() {
 	if err := newApp().Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "latch:", err)
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintln(os.Stderr, "latch:", msg)
+		}
 		os.Exit(exitCode(err))
 	}
 }
@@ -33,6 +35,7 @@ func newApp() *cli.App {
 		Commands: []*cli.Command{
 			checkCommand(),
 			explainCommand(),
+			auditCommand(),
 		},
 	}
 }

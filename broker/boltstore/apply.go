@@ -1,0 +1,536 @@
+package boltstore
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// Apply makes c durable in one transaction, grouped with concurrent Applys
+// into a shared commit, and returns c.Events chained after the audit head.
+//
+// Within a change, deletions run before puts (DeleteIntents before
+// PutIntents, Dequeue before Enqueue); lease puts maintain every index.
+// Apply refuses, with ErrInvalidChange and nothing written: a lease or
+// intent without ID, agent or task; an ID containing a NUL byte or longer
+// than 4096 bytes; an unknown lease or agent state; an active lease
+// without ExpiresAt (the sweeper would never end it); a revocation or agent
+// without ID; an event without type or with a time outside the years 1 to
+// 9999 (its hash could not be computed). Events without a time get
+// Options.Now.
+//
+// Errors: ctx.Err() when ctx ends before the change entered a transaction
+// (nothing was written; once its transaction is committing, Apply waits for
+// the outcome, so an error always means nothing was written);
+// ErrInvalidChange; broker.ErrStoreUnavailable wrapping bbolt's error when
+// the file cannot be written (full disk, read-only, closed), also wrapping
+// ErrCorrupt when a record it must read cannot be decoded or the audit
+// head does not match the log.
+func (s *Store) Apply(ctx context.Context, c broker.Change) ([]broker.Event, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if s.readOnly {
+		return nil, fmt.Errorf("boltstore: apply: %w: %s is open read-only", broker.ErrStoreUnavailable, s.path)
+	}
+	w, err := s.prepare(c)
+	if err != nil {
+		return nil, fmt.Errorf("boltstore: apply: %w", err)
+	}
+	if w.empty() {
+		return []broker.Event{}, nil
+	}
+
+	var (
+		out  []broker.Event
+		gate gate
+	)
+	fn := func(tx *bolt.Tx) error {
+		if !gate.enter() {
+			return nil // the caller gave up before this ran: write nothing
+		}
+		// fn runs again when a neighbour in its batch failed: start afresh.
+		out = append(out[:0], w.events...)
+		return w.write(tx, out)
+	}
+	done := s.submit(fn)
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		if gate.abandon() {
+			return nil, ctx.Err()
+		}
+		// fn ran: its transaction may commit. Report what happened.
+		err = <-done
+	}
+	if err != nil {
+		return nil, classify("apply", err)
+	}
+	return out, nil
+}
+
+// gate lets Apply give up on a change still waiting for its transaction
+// without racing the committer that is about to run it: either the change
+// is withdrawn and never written, or it has entered a transaction and
+// Apply waits for the outcome.
+type gate struct {
+	mu      sync.Mutex
+	entered bool
+	gone    bool
+}
+
+// enter reports whether fn may write; after it returns true, abandon fails.
+func (g *gate) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gone {
+		return false
+	}
+	g.entered = true
+	return true
+}
+
+// abandon reports whether the change was withdrawn before any run.
+func (g *gate) abandon() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.entered {
+		return false
+	}
+	g.gone = true
+	return true
+}
+
+// write is a validated, encoded change: what the transaction does, with
+// everything that does not depend on the stored state done beforehand so
+// the write lock is held as briefly as possible.
+type write struct {
+	deleteIntents []string
+	putIntents    []kv
+	leases        []leaseWrite
+	dequeue       []string
+	enqueue       []revWrite
+	agents        []kv
+	freeze        []byte
+	events        []broker.Event
+}
+
+type kv struct{ k, v []byte }
+
+type leaseWrite struct {
+	id  string
+	val []byte
+	ix  leaseIndex
+}
+
+type revWrite struct {
+	id   string
+	val  []byte
+	next time.Time
+}
+
+// leaseIndex is the part of a lease the indexes are built from; the old
+// version of a lease is decoded into it to find its index entries.
+type leaseIndex struct {
+	Agent     string            `json:"agent"`
+	Task      string            `json:"task"`
+	RequestID string            `json:"request_id"`
+	ExpiresAt time.Time         `json:"expires_at"`
+	State     broker.LeaseState `json:"state"`
+}
+
+func (w *write) empty() bool {
+	return len(w.deleteIntents) == 0 && len(w.putIntents) == 0 && len(w.leases) == 0 &&
+		len(w.dequeue) == 0 && len(w.enqueue) == 0 && len(w.agents) == 0 &&
+		w.freeze == nil && len(w.events) == 0
+}
+
+var leaseStates = map[broker.LeaseState]bool{
+	broker.StatePending: true, broker.StateActive: true, broker.StateRevoking: true,
+	broker.StateRevoked: true, broker.StateExpired: true, broker.StateFailed: true,
+	broker.StateIrrevocable: true,
+}
+
+var agentStates = map[broker.AgentState]bool{
+	broker.AgentActive: true, broker.AgentPaused: true, broker.AgentQuarantined: true,
+}
+
+// checkID refuses what would break a key: empty, NUL, too long.
+func checkID(what, id string, required bool) error {
+	switch {
+	case id == "" && required:
+		return fmt.Errorf("%w: %s is empty", ErrInvalidChange, what)
+	case strings.IndexByte(id, sep) >= 0:
+		return fmt.Errorf("%w: %s %q contains a NUL byte", ErrInvalidChange, what, id)
+	case len(id) > maxIDLen:
+		return fmt.Errorf("%w: %s is %d bytes, more than %d", ErrInvalidChange, what, len(id), maxIDLen)
+	}
+	return nil
+}
+
+func checkLease(what string, l *broker.Lease) error {
+	if l == nil {
+		return fmt.Errorf("%w: nil %s", ErrInvalidChange, what)
+	}
+	if err := checkID(what+" ID", l.ID, true); err != nil {
+		return err
+	}
+	if err := checkID(what+" "+l.ID+" agent", l.Agent, true); err != nil {
+		return err
+	}
+	if err := checkID(what+" "+l.ID+" task", l.Task, true); err != nil {
+		return err
+	}
+	return checkID(what+" "+l.ID+" request ID", l.RequestID, false)
+}
+
+// prepare validates c and encodes what does not depend on stored state.
+func (s *Store) prepare(c broker.Change) (*write, error) {
+	w := &write{}
+	for _, id := range c.DeleteIntents {
+		if err := checkID("intent ID to delete", id, true); err != nil {
+			return nil, err
+		}
+		w.deleteIntents = append(w.deleteIntents, id)
+	}
+	for _, l := range c.PutIntents {
+		if err := checkLease("intent", l); err != nil {
+			return nil, err
+		}
+		v, err := json.Marshal(l)
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode intent %s: %v", ErrInvalidChange, l.ID, err)
+		}
+		w.putIntents = append(w.putIntents, kv{[]byte(l.ID), v})
+	}
+	for _, l := range c.PutLeases {
+		if err := checkLease("lease", l); err != nil {
+			return nil, err
+		}
+		if !leaseStates[l.State] {
+			return nil, fmt.Errorf("%w: lease %s has unknown state %q", ErrInvalidChange, l.ID, l.State)
+		}
+		if l.State == broker.StateActive && l.ExpiresAt.IsZero() {
+			return nil, fmt.Errorf("%w: active lease %s has no expiry", ErrInvalidChange, l.ID)
+		}
+		v, err := json.Marshal(l)
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode lease %s: %v", ErrInvalidChange, l.ID, err)
+		}
+		w.leases = append(w.leases, leaseWrite{id: l.ID, val: v, ix: leaseIndex{
+			Agent: l.Agent, Task: l.Task, RequestID: l.RequestID, ExpiresAt: l.ExpiresAt, State: l.State,
+		}})
+	}
+	for _, id := range c.Dequeue {
+		if err := checkID("revocation to dequeue", id, true); err != nil {
+			return nil, err
+		}
+		w.dequeue = append(w.dequeue, id)
+	}
+	for _, r := range c.Enqueue {
+		if err := checkID("revocation lease ID", r.LeaseID, true); err != nil {
+			return nil, err
+		}
+		v, err := json.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode revocation %s: %v", ErrInvalidChange, r.LeaseID, err)
+		}
+		w.enqueue = append(w.enqueue, revWrite{id: r.LeaseID, val: v, next: r.NextAttempt})
+	}
+	for _, a := range c.PutAgents {
+		if err := checkID("agent ID", a.ID, true); err != nil {
+			return nil, err
+		}
+		if !agentStates[a.State] {
+			return nil, fmt.Errorf("%w: agent %s has unknown state %q", ErrInvalidChange, a.ID, a.State)
+		}
+		v, err := json.Marshal(a)
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode agent %s: %v", ErrInvalidChange, a.ID, err)
+		}
+		w.agents = append(w.agents, kv{[]byte(a.ID), v})
+	}
+	if c.Freeze != nil {
+		v, err := json.Marshal(c.Freeze)
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode freeze: %v", ErrInvalidChange, err)
+		}
+		w.freeze = v
+	}
+	if len(c.Events) > 0 {
+		now := s.now()
+		w.events = make([]broker.Event, len(c.Events))
+		for i, e := range c.Events {
+			if e.Type == "" {
+				return nil, fmt.Errorf("%w: event %d has no type", ErrInvalidChange, i)
+			}
+			if e.Time.IsZero() {
+				e.Time = now
+			}
+			// The canonical encoding is RFC 3339, which has four-digit
+			// years: outside them the hash cannot be computed.
+			if y := e.Time.UTC().Year(); y < 1 || y > 9999 {
+				return nil, fmt.Errorf("%w: event %d time %s is outside the years 1 to 9999", ErrInvalidChange, i, e.Time)
+			}
+			w.events[i] = e
+		}
+	}
+	return w, nil
+}
+
+// write applies w in tx, chaining events (a copy of w.events) in place.
+// It depends on nothing but tx and w, so it may run more than once.
+func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
+	intents := tx.Bucket(bktIntents)
+	for _, id := range w.deleteIntents {
+		if err := intents.Delete([]byte(id)); err != nil {
+			return err
+		}
+	}
+	for _, p := range w.putIntents {
+		if err := intents.Put(p.k, p.v); err != nil {
+			return err
+		}
+	}
+	if len(w.leases) > 0 {
+		ix := openLeaseBuckets(tx)
+		for i := range w.leases {
+			if err := ix.put(&w.leases[i]); err != nil {
+				return err
+			}
+		}
+	}
+	if err := w.writeQueue(tx); err != nil {
+		return err
+	}
+	agents := tx.Bucket(bktAgents)
+	for _, a := range w.agents {
+		if err := agents.Put(a.k, a.v); err != nil {
+			return err
+		}
+	}
+	if w.freeze != nil {
+		if err := tx.Bucket(bktFreeze).Put(keyFreeze, w.freeze); err != nil {
+			return err
+		}
+	}
+	if len(events) > 0 {
+		return appendEvents(tx, events)
+	}
+	return nil
+}
+
+func (w *write) writeQueue(tx *bolt.Tx) error {
+	if len(w.dequeue) == 0 && len(w.enqueue) == 0 {
+		return nil
+	}
+	revs, due := tx.Bucket(bktRevocations), tx.Bucket(bktIdxDue)
+	// unqueue removes id's record and its due-index entry.
+	unqueue := func(id string) error {
+		old := revs.Get([]byte(id))
+		if old == nil {
+			return nil
+		}
+		var r struct {
+			NextAttempt time.Time `json:"next_attempt"`
+		}
+		if err := json.Unmarshal(old, &r); err != nil {
+			return fmt.Errorf("%w: revocation %s: %v", ErrCorrupt, id, err)
+		}
+		if err := due.Delete(timeKey(r.NextAttempt, id)); err != nil {
+			return err
+		}
+		return revs.Delete([]byte(id))
+	}
+	for _, id := range w.dequeue {
+		if err := unqueue(id); err != nil {
+			return err
+		}
+	}
+	for _, r := range w.enqueue {
+		if err := unqueue(r.id); err != nil {
+			return err
+		}
+		if err := revs.Put([]byte(r.id), r.val); err != nil {
+			return err
+		}
+		if err := due.Put(timeKey(r.next, r.id), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// leaseBuckets are the lease record and its indexes, opened once per
+// transaction.
+type leaseBuckets struct {
+	leases, agent, task, state, expiry, request *bolt.Bucket
+}
+
+func openLeaseBuckets(tx *bolt.Tx) leaseBuckets {
+	b := leaseBuckets{
+		leases:  tx.Bucket(bktLeases),
+		agent:   tx.Bucket(bktIdxAgent),
+		task:    tx.Bucket(bktIdxTask),
+		state:   tx.Bucket(bktIdxState),
+		expiry:  tx.Bucket(bktIdxExpiry),
+		request: tx.Bucket(bktIdxRequest),
+	}
+	// Lease IDs are ULIDs, so new leases land at the right edge: fuller
+	// pages waste less space when appends split them.
+	b.leases.FillPercent = 0.9
+	return b
+}
+
+// put stores one lease, first removing the index entries of the version it
+// replaces so that no index points at a state the lease has left.
+func (b leaseBuckets) put(l *leaseWrite) error {
+	id := []byte(l.id)
+	if old := b.leases.Get(id); old != nil {
+		var prev leaseIndex
+		if err := json.Unmarshal(old, &prev); err != nil {
+			return fmt.Errorf("%w: lease %s: %v", ErrCorrupt, l.id, err)
+		}
+		if err := b.unindex(l.id, &prev, &l.ix); err != nil {
+			return err
+		}
+	}
+	if err := b.leases.Put(id, l.val); err != nil {
+		return err
+	}
+	return b.index(l.id, &l.ix)
+}
+
+func (b leaseBuckets) index(id string, ix *leaseIndex) error {
+	st := []byte(ix.State)
+	if err := b.agent.Put(pairKey(ix.Agent, id), st); err != nil {
+		return err
+	}
+	if err := b.task.Put(pairKey(ix.Task, id), st); err != nil {
+		return err
+	}
+	if err := b.state.Put(pairKey(string(ix.State), id), nil); err != nil {
+		return err
+	}
+	if ix.State == broker.StateActive {
+		if err := b.expiry.Put(timeKey(ix.ExpiresAt, id), nil); err != nil {
+			return err
+		}
+	}
+	if ix.RequestID != "" {
+		// The newest lease for a request (say, a retry after a failed
+		// mint) owns the key: that is the answer to replay. ULIDs sort by
+		// time, so an update of an older lease leaves the key alone.
+		k := pairKey(ix.Agent, ix.RequestID)
+		if cur := b.request.Get(k); cur == nil || string(cur) <= id {
+			if err := b.request.Put(k, []byte(id)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// unindex deletes the entries of the old version that the next version's
+// index call will not overwrite. A state change keeps the agent and task
+// keys (only their values, the state, change), so index overwrites those
+// in place.
+func (b leaseBuckets) unindex(id string, old, next *leaseIndex) error {
+	if old.Agent != next.Agent {
+		if err := b.agent.Delete(pairKey(old.Agent, id)); err != nil {
+			return err
+		}
+	}
+	if old.Task != next.Task {
+		if err := b.task.Delete(pairKey(old.Task, id)); err != nil {
+			return err
+		}
+	}
+	if old.State != next.State {
+		if err := b.state.Delete(pairKey(string(old.State), id)); err != nil {
+			return err
+		}
+	}
+	if old.State == broker.StateActive &&
+		(next.State != broker.StateActive || timeOrd(old.ExpiresAt) != timeOrd(next.ExpiresAt)) {
+		if err := b.expiry.Delete(timeKey(old.ExpiresAt, id)); err != nil {
+			return err
+		}
+	}
+	if old.RequestID != "" && (old.RequestID != next.RequestID || old.Agent != next.Agent) {
+		// Only if it is still ours: a newer lease may have taken it over.
+		k := pairKey(old.Agent, old.RequestID)
+		if string(b.request.Get(k)) == id {
+			if err := b.request.Delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// auditHead is the last event written: where the next one chains from.
+type auditHead struct {
+	seq  uint64
+	hash string
+}
+
+func readHead(meta *bolt.Bucket) (auditHead, error) {
+	v := meta.Get(keyAuditHead)
+	if v == nil {
+		return auditHead{}, nil
+	}
+	if len(v) < 8 {
+		return auditHead{}, fmt.Errorf("%w: audit head is %d bytes", ErrCorrupt, len(v))
+	}
+	return auditHead{seq: binary.BigEndian.Uint64(v), hash: string(v[8:])}, nil
+}
+
+func putHead(meta *bolt.Bucket, h auditHead) error {
+	v := make([]byte, 8, 8+len(h.hash))
+	binary.BigEndian.PutUint64(v, h.seq)
+	return meta.Put(keyAuditHead, append(v, h.hash...))
+}
+
+// appendEvents chains events after the audit head, stores them and moves
+// the head.
+func appendEvents(tx *bolt.Tx, events []broker.Event) error {
+	meta, audit := tx.Bucket(bktMeta), tx.Bucket(bktAudit)
+	// Sequence keys only grow: pack pages full.
+	audit.FillPercent = 1.0
+	head, err := readHead(meta)
+	if err != nil {
+		return err
+	}
+	var prev *broker.Event
+	if head.seq > 0 {
+		prev = &broker.Event{Seq: head.seq, Hash: head.hash}
+	}
+	for i := range events {
+		e := &events[i]
+		e.Chain(prev)
+		k := seqKey(e.Seq)
+		if audit.Get(k) != nil {
+			// The head was rolled back under a longer log: appending would
+			// fork the chain. Refuse every write until someone looks.
+			return fmt.Errorf("%w: %w: audit record %d exists past the audit head %d", broker.ErrStoreUnavailable, ErrCorrupt, e.Seq, head.seq)
+		}
+		v, err := json.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("%w: encode event %d: %v", ErrInvalidChange, e.Seq, err)
+		}
+		if err := audit.Put(k, v); err != nil {
+			return err
+		}
+		prev = e
+	}
+	return putHead(meta, auditHead{seq: prev.Seq, hash: prev.Hash})
+}

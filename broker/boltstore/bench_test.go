@@ -1,0 +1,403 @@
+package boltstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// BenchmarkApply_Parallel measures issuance as the Service writes it: 32
+// callers, each storing an intent, then committing the lease with its audit
+// event and dropping the intent. Two Applys per op; issues/s is issuances
+// per second, p50/p99 the time of both Applys together. The dbbatch
+// variants run the same load through bbolt's DB.Batch, the baseline the
+// committer replaced.
+func BenchmarkApply_Parallel(b *testing.B) {
+	for _, v := range []struct {
+		name string
+		opts Options
+	}{
+		{"commit/delay=0", Options{}},
+		{"commit/delay=250us", Options{BatchDelay: 250 * time.Microsecond}},
+		{"dbbatch/delay=500us", Options{BatchDelay: 500 * time.Microsecond, dbBatch: true}},
+		{"dbbatch/delay=1ms", Options{BatchDelay: time.Millisecond, dbBatch: true}},
+	} {
+		b.Run(v.name, func(b *testing.B) { benchIssue(b, v.opts, 32, 0) })
+	}
+}
+
+// BenchmarkApply_WithMint puts a simulated 2 ms Vault call between the
+// intent and the commit, as in a real issuance, at several loads: p50/p99
+// are the store's share of an issuance (both Applys), what the design's
+// "broker overhead" budget (p50 ≤ 2 ms, p99 ≤ 15 ms) has to cover.
+func BenchmarkApply_WithMint(b *testing.B) {
+	for _, v := range []struct {
+		name string
+		opts Options
+	}{
+		{"commit/delay=0", Options{}},
+		{"dbbatch/delay=1ms", Options{BatchDelay: time.Millisecond, dbBatch: true}},
+	} {
+		for _, callers := range []int{2, 8, 32} {
+			b.Run(fmt.Sprintf("%s/callers=%d", v.name, callers), func(b *testing.B) { benchIssue(b, v.opts, callers, 2*time.Millisecond) })
+		}
+	}
+}
+
+func benchIssue(b *testing.B, opts Options, callers int, mint time.Duration) {
+	s := openTest(b, opts)
+	ctx := context.Background()
+	g := newIDs()
+	procs := runtime.GOMAXPROCS(0)
+	if callers < procs {
+		b.Fatalf("callers %d < GOMAXPROCS %d", callers, procs)
+	}
+	b.SetParallelism((callers + procs - 1) / procs)
+	var (
+		mu  sync.Mutex
+		lat []time.Duration
+	)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var mine []time.Duration
+		for pb.Next() {
+			start := time.Now()
+			id := g.next()
+			l := lease(id, "spiffe://example.org/agent/bench", "report", broker.StatePending, t0.Add(10*time.Minute))
+			if _, err := s.Apply(ctx, broker.Change{PutIntents: []*broker.Lease{l}}); err != nil {
+				b.Error(err)
+				return
+			}
+			store := time.Since(start)
+			if mint > 0 {
+				time.Sleep(mint)
+			}
+			start = time.Now()
+			l.State = broker.StateActive
+			if _, err := s.Apply(ctx, broker.Change{
+				DeleteIntents: []string{id},
+				PutLeases:     []*broker.Lease{l},
+				Events:        []broker.Event{ev(broker.EventIssue, id)},
+			}); err != nil {
+				b.Error(err)
+				return
+			}
+			mine = append(mine, store+time.Since(start))
+		}
+		mu.Lock()
+		lat = append(lat, mine...)
+		mu.Unlock()
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "issues/s")
+	reportLatency(b, lat)
+}
+
+// BenchmarkApply_Serial is one caller alone: the latency a lone request
+// pays (batch delay + one fsync per Apply), the baseline that shows what
+// grouping buys under load.
+func BenchmarkApply_Serial(b *testing.B) {
+	s := openTest(b, Options{})
+	ctx := context.Background()
+	g := newIDs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		id := g.next()
+		l := lease(id, "a", "t", broker.StateActive, t0.Add(time.Hour))
+		if _, err := s.Apply(ctx, broker.Change{PutLeases: []*broker.Lease{l}, Events: []broker.Event{ev(broker.EventIssue, id)}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "applies/s")
+}
+
+func reportLatency(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(q(0.50), "p50-ms")
+	b.ReportMetric(q(0.99), "p99-ms")
+}
+
+// scanLeases is the size of the store the scan, open and reindex
+// benchmarks read: 1,000 agents, 50 tasks, one lease in ten active.
+// LATCH_BENCH_LEASES=1000000 runs them at the design's million (building
+// that file takes minutes, so it is not the default).
+var scanLeases = 100_000
+
+func init() {
+	if n, err := strconv.Atoi(os.Getenv("LATCH_BENCH_LEASES")); err == nil && n > 0 {
+		scanLeases = n
+	}
+}
+
+var scanFile struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+// scanDB builds the benchmark store once per process and returns its path.
+func scanDB(b *testing.B) string {
+	scanFile.once.Do(func() {
+		scanFile.dir, scanFile.err = os.MkdirTemp("", "boltstore-bench")
+		if scanFile.err != nil {
+			return
+		}
+		scanFile.path = filepath.Join(scanFile.dir, "latch.db")
+		s, err := Open(scanFile.path, Options{})
+		if err != nil {
+			scanFile.err = err
+			return
+		}
+		defer s.Close()
+		g := newIDs()
+		for n := 0; n < scanLeases; {
+			var c broker.Change
+			for ; len(c.PutLeases) < 2000 && n < scanLeases; n++ {
+				st := broker.StateRevoked
+				if (n/1000)%10 == 0 {
+					st = broker.StateActive
+				}
+				l := lease(g.next(), fmt.Sprintf("spiffe://example.org/agent/bot-%d", n%1000), fmt.Sprintf("task-%d", n%50), st, t0.Add(time.Duration(n)*time.Second))
+				l.TraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+				c.PutLeases = append(c.PutLeases, l)
+			}
+			if _, err := s.Apply(context.Background(), c); err != nil {
+				scanFile.err = err
+				return
+			}
+		}
+	})
+	if scanFile.err != nil {
+		b.Fatal(scanFile.err)
+	}
+	return scanFile.path
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if scanFile.dir != "" {
+		os.RemoveAll(scanFile.dir)
+	}
+	os.Exit(code)
+}
+
+// BenchmarkLeases_Scan reads a store of scanLeases leases. B/lease is heap
+// allocated per lease returned (decoding included); the store itself keeps
+// no per-lease memory, the file is mapped.
+func BenchmarkLeases_Scan(b *testing.B) {
+	path := scanDB(b)
+	s, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if fi, err := os.Stat(path); err == nil {
+		b.Logf("file: %d bytes, %.0f bytes/lease", fi.Size(), float64(fi.Size())/float64(scanLeases))
+	}
+
+	run := func(name string, query func() (int, error)) {
+		b.Run(name, func(b *testing.B) {
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			total := 0
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				n, err := query()
+				if err != nil {
+					b.Fatal(err)
+				}
+				total += n
+			}
+			b.StopTimer()
+			runtime.ReadMemStats(&after)
+			if total > 0 {
+				b.ReportMetric(float64(total)/float64(b.N), "leases/op")
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(total), "ns/lease")
+				b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/float64(total), "B/lease")
+			}
+		})
+	}
+	leases := func(f broker.LeaseFilter) func() (int, error) {
+		return func() (int, error) {
+			ls, err := s.Leases(ctx, f)
+			return len(ls), err
+		}
+	}
+	run("All", leases(broker.LeaseFilter{}))
+	run("LiveOnly", leases(broker.LeaseFilter{LiveOnly: true}))
+	run("Agent", leases(broker.LeaseFilter{Agent: "spiffe://example.org/agent/bot-500"}))
+	run("AgentLive", leases(broker.LeaseFilter{Agent: "spiffe://example.org/agent/bot-500", LiveOnly: true}))
+	run("TaskLimit50", leases(broker.LeaseFilter{Task: "task-7", Limit: 50}))
+	run("ExpiringBefore1000", func() (int, error) {
+		ls, err := s.ExpiringBefore(ctx, t0.Add(24*time.Hour), 1000)
+		return len(ls), err
+	})
+}
+
+// BenchmarkOpen opens the scanLeases store and reads the audit head: the
+// indexes are stored, so open time and heap do not grow with the leases.
+func BenchmarkOpen(b *testing.B) {
+	path := scanDB(b)
+	var heap uint64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		s, err := Open(path, Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.LastEvent(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		heap = after.HeapAlloc - min(after.HeapAlloc, before.HeapAlloc)
+		s.Close()
+	}
+	b.ReportMetric(float64(heap)/float64(scanLeases), "heap-B/lease")
+}
+
+// BenchmarkDecodeLease is the cost of one stored lease read back: the
+// bulk of every scan above.
+func BenchmarkDecodeLease(b *testing.B) {
+	l := lease(newIDs().next(), "spiffe://example.org/agent/bot-1", "task-1", broker.StateActive, t0.Add(time.Hour))
+	l.TraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	v, _ := json.Marshal(l)
+	b.SetBytes(int64(len(v)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if _, err := decodeLease("bench", v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkReindex compares rebuilding every index of the scanLeases store
+// with a raw scan that decodes every lease, the design's yardstick
+// (rebuild ≤ 1.5× raw scan). It works on a copy of the file.
+func BenchmarkReindex(b *testing.B) {
+	src := scanDB(b)
+	path := filepath.Join(b.TempDir(), "latch.db")
+	if err := copyTo(src, path); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("RawScan", func(b *testing.B) {
+		s, err := Open(path, Options{ReadOnly: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			n := 0
+			err := s.db.View(func(tx *bolt.Tx) error {
+				return tx.Bucket(bktLeases).ForEach(func(k, v []byte) error {
+					_, err := decodeLease("scan", v)
+					n++
+					return err
+				})
+			})
+			if err != nil || n != scanLeases {
+				b.Fatalf("scan: %d leases, %v", n, err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*scanLeases), "ns/lease")
+	})
+	b.Run("Reindex", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if err := Reindex(path, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*scanLeases), "ns/lease")
+	})
+}
+
+func copyTo(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// BenchmarkApply_Revoke10k is the store's part of revoking 10,000 leases
+// of one agent (quarantine): one change marks them revoking and queues
+// them, then the confirmations come back in changes of 100 that mark them
+// revoked, dequeue them and record an event each.
+func BenchmarkApply_Revoke10k(b *testing.B) {
+	const n = 10_000
+	ctx := context.Background()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		s := openTest(b, Options{})
+		g := newIDs()
+		var ls []*broker.Lease
+		for len(ls) < n {
+			var c broker.Change
+			for j := 0; j < 1000; j++ {
+				l := lease(g.next(), "spiffe://example.org/agent/rogue", fmt.Sprintf("task-%d", j%5), broker.StateActive, t0.Add(time.Hour))
+				ls = append(ls, l)
+				c.PutLeases = append(c.PutLeases, l)
+			}
+			apply(b, s, c)
+		}
+		b.StartTimer()
+
+		var c broker.Change
+		for _, l := range ls {
+			l.State = broker.StateRevoking
+			c.PutLeases = append(c.PutLeases, l)
+			c.Enqueue = append(c.Enqueue, broker.Revocation{LeaseID: l.ID, Reason: "quarantine", Actor: "ops", NextAttempt: t0})
+		}
+		c.Events = []broker.Event{ev(broker.EventQuarantine, "")}
+		apply(b, s, c)
+		for k := 0; k < n; k += 100 {
+			var done broker.Change
+			for _, l := range ls[k : k+100] {
+				l.State, l.EndedAt = broker.StateRevoked, t0
+				done.PutLeases = append(done.PutLeases, l)
+				done.Dequeue = append(done.Dequeue, l.ID)
+				done.Events = append(done.Events, ev(broker.EventRevoked, l.ID))
+			}
+			apply(b, s, done)
+		}
+		b.StopTimer()
+		if d, _ := s.QueueDepth(ctx); d != 0 {
+			b.Fatalf("queue depth %d after revoking all", d)
+		}
+		s.Close()
+	}
+}

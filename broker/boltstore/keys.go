@@ -1,0 +1,108 @@
+package boltstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"math"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// sep joins the fields of a composite key. Apply refuses IDs containing it,
+// so "agent ␀" is a prefix of that agent's keys and of no other agent's.
+const sep = 0
+
+// maxIDLen bounds each ID that goes into a key. A SPIFFE ID is at most
+// 2048 bytes; two fields and a time stay far below bbolt's 32 KiB key
+// limit.
+const maxIDLen = 4096
+
+// pairKey returns a ␀ b.
+func pairKey(a, b string) []byte {
+	k := make([]byte, 0, len(a)+1+len(b))
+	k = append(k, a...)
+	k = append(k, sep)
+	return append(k, b...)
+}
+
+// prefixKey returns a ␀, the prefix of every pairKey(a, ·).
+func prefixKey(a string) []byte {
+	k := make([]byte, 0, len(a)+1)
+	k = append(k, a...)
+	return append(k, sep)
+}
+
+var (
+	minTime = time.Unix(0, math.MinInt64)
+	maxTime = time.Unix(0, math.MaxInt64)
+)
+
+// timeOrd maps t to a uint64 whose big-endian bytes sort as t does. Times
+// outside int64 nanoseconds (the zero time, year 1) are clamped, where
+// UnixNano would be undefined; the sign bit is flipped so that times before
+// 1970 sort before those after.
+func timeOrd(t time.Time) uint64 {
+	var n int64
+	switch {
+	case t.Before(minTime):
+		n = math.MinInt64
+	case t.After(maxTime):
+		n = math.MaxInt64
+	default:
+		n = t.UnixNano()
+	}
+	return uint64(n) ^ (1 << 63)
+}
+
+// timeKey returns time ‖ id.
+func timeKey(t time.Time, id string) []byte {
+	k := make([]byte, 8, 8+len(id))
+	binary.BigEndian.PutUint64(k, timeOrd(t))
+	return append(k, id...)
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+
+// prefixIter walks the keys of one prefix backwards: newest lease first in
+// an index keyed prefix ␀ leaseID.
+type prefixIter struct {
+	c      *bolt.Cursor
+	prefix []byte
+	k, v   []byte
+}
+
+// newPrefixIter positions a backward iterator on the last key with prefix.
+func newPrefixIter(c *bolt.Cursor, prefix []byte) *prefixIter {
+	it := &prefixIter{c: c, prefix: prefix}
+	// Every prefix ends in sep (0x00); the first key past the prefix is
+	// at or after the prefix with its last byte raised to 0x01.
+	end := bytes.Clone(prefix)
+	end[len(end)-1]++
+	k, v := c.Seek(end)
+	if k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	it.set(k, v)
+	return it
+}
+
+func (it *prefixIter) set(k, v []byte) {
+	if k == nil || !bytes.HasPrefix(k, it.prefix) {
+		it.k, it.v = nil, nil
+		return
+	}
+	it.k, it.v = k, v
+}
+
+// id is the lease ID of the current key, nil when done.
+func (it *prefixIter) id() []byte {
+	if it.k == nil {
+		return nil
+	}
+	return it.k[len(it.prefix):]
+}
+
+func (it *prefixIter) next() { it.set(it.c.Prev()) }

@@ -1,0 +1,302 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// checkEvery is how many records a long scan walks between looks at its
+// context.
+const checkEvery = 1024
+
+func decodeLease(what string, v []byte) (*broker.Lease, error) {
+	l := new(broker.Lease)
+	if err := json.Unmarshal(v, l); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, what, err)
+	}
+	return l, nil
+}
+
+// Lease returns one lease; broker.ErrLeaseNotFound when there is none.
+func (s *Store) Lease(ctx context.Context, id string) (*broker.Lease, error) {
+	var l *broker.Lease
+	err := s.view(ctx, "lease "+id, func(tx *bolt.Tx) error {
+		v := tx.Bucket(bktLeases).Get([]byte(id))
+		if v == nil {
+			return broker.ErrLeaseNotFound
+		}
+		var err error
+		l, err = decodeLease("lease "+id, v)
+		return err
+	})
+	return l, err
+}
+
+// LeaseByRequest returns the newest lease that the agent's request ID
+// produced; broker.ErrLeaseNotFound when there is none. Intents are not
+// found here: a request still minting is guarded by the Service in memory,
+// and one interrupted by a crash is finished by reconciliation.
+func (s *Store) LeaseByRequest(ctx context.Context, agent, requestID string) (*broker.Lease, error) {
+	var l *broker.Lease
+	err := s.view(ctx, "lease by request", func(tx *bolt.Tx) error {
+		id := tx.Bucket(bktIdxRequest).Get(pairKey(agent, requestID))
+		if id == nil {
+			return broker.ErrLeaseNotFound
+		}
+		v := tx.Bucket(bktLeases).Get(id)
+		if v == nil {
+			return fmt.Errorf("%w: request index names lease %s, which does not exist", ErrCorrupt, id)
+		}
+		var err error
+		l, err = decodeLease("lease "+string(id), v)
+		return err
+	})
+	return l, err
+}
+
+// Leases returns the leases that match f, newest first, at most f.Limit.
+// It walks the agent index when f names an agent, else the task index,
+// else the state index, else all leases; the agent and task indexes hold
+// each lease's state, so dead leases are skipped without being decoded.
+// Memory grows with the result, not with the store.
+func (s *Store) Leases(ctx context.Context, f broker.LeaseFilter) ([]*broker.Lease, error) {
+	out := []*broker.Lease{}
+	if f.State != "" && f.LiveOnly && !f.State.Live() {
+		return out, nil
+	}
+	stateOK := func(st []byte) bool {
+		return (f.State == "" || string(st) == string(f.State)) &&
+			(!f.LiveOnly || broker.LeaseState(st).Live())
+	}
+	err := s.view(ctx, "list leases", func(tx *bolt.Tx) error {
+		leases := tx.Bucket(bktLeases)
+		n := 0
+		// add decodes one candidate and reports whether to go on.
+		add := func(id, v []byte) (bool, error) {
+			if n++; n%checkEvery == 0 {
+				if err := ctx.Err(); err != nil {
+					return false, err
+				}
+			}
+			if v == nil {
+				if v = leases.Get(id); v == nil {
+					return false, fmt.Errorf("%w: an index names lease %s, which does not exist", ErrCorrupt, id)
+				}
+			}
+			l, err := decodeLease("lease "+string(id), v)
+			if err != nil {
+				return false, err
+			}
+			if f.Match(l) {
+				out = append(out, l)
+			}
+			return f.Limit <= 0 || len(out) < f.Limit, nil
+		}
+
+		var its []*prefixIter
+		check := false // whether iterator values are states to check
+		switch {
+		case f.Agent != "":
+			its, check = []*prefixIter{newPrefixIter(tx.Bucket(bktIdxAgent).Cursor(), prefixKey(f.Agent))}, true
+		case f.Task != "":
+			its, check = []*prefixIter{newPrefixIter(tx.Bucket(bktIdxTask).Cursor(), prefixKey(f.Task))}, true
+		case f.State != "":
+			its = []*prefixIter{newPrefixIter(tx.Bucket(bktIdxState).Cursor(), prefixKey(string(f.State)))}
+		case f.LiveOnly:
+			for _, st := range []broker.LeaseState{broker.StatePending, broker.StateActive, broker.StateRevoking, broker.StateIrrevocable} {
+				its = append(its, newPrefixIter(tx.Bucket(bktIdxState).Cursor(), prefixKey(string(st))))
+			}
+		default:
+			c := leases.Cursor()
+			for k, v := c.Last(); k != nil; k, v = c.Prev() {
+				if more, err := add(k, v); !more || err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		// Merge the iterators newest first: each walks lease IDs
+		// backwards, so the largest current ID is the next newest.
+		for {
+			var top *prefixIter
+			for _, it := range its {
+				if id := it.id(); id != nil && (top == nil || bytes.Compare(id, top.id()) > 0) {
+					top = it
+				}
+			}
+			if top == nil {
+				return nil
+			}
+			if !check || stateOK(top.v) {
+				if more, err := add(top.id(), nil); !more || err != nil {
+					return err
+				}
+			}
+			top.next()
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ExpiringBefore returns active leases whose ExpiresAt is before t, soonest
+// first, at most limit (no bound when limit ≤ 0).
+func (s *Store) ExpiringBefore(ctx context.Context, t time.Time, limit int) ([]*broker.Lease, error) {
+	out := []*broker.Lease{}
+	end := timeOrd(t)
+	err := s.view(ctx, "leases expiring", func(tx *bolt.Tx) error {
+		leases := tx.Bucket(bktLeases)
+		c := tx.Bucket(bktIdxExpiry).Cursor()
+		for k, _ := c.First(); k != nil && (limit <= 0 || len(out) < limit); k, _ = c.Next() {
+			if len(k) < 8 {
+				return fmt.Errorf("%w: expiry index key %x", ErrCorrupt, k)
+			}
+			if binary.BigEndian.Uint64(k) >= end {
+				break
+			}
+			id := k[8:]
+			v := leases.Get(id)
+			if v == nil {
+				return fmt.Errorf("%w: expiry index names lease %s, which does not exist", ErrCorrupt, id)
+			}
+			l, err := decodeLease("lease "+string(id), v)
+			if err != nil {
+				return err
+			}
+			if l.State == broker.StateActive {
+				out = append(out, l)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Intents returns every stored intent, oldest first.
+func (s *Store) Intents(ctx context.Context) ([]*broker.Lease, error) {
+	out := []*broker.Lease{}
+	err := s.view(ctx, "list intents", func(tx *bolt.Tx) error {
+		return tx.Bucket(bktIntents).ForEach(func(k, v []byte) error {
+			l, err := decodeLease("intent "+string(k), v)
+			if err != nil {
+				return err
+			}
+			out = append(out, l)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// DueRevocations returns queued revocations whose NextAttempt is not after
+// now, earliest first, at most limit (no bound when limit ≤ 0).
+func (s *Store) DueRevocations(ctx context.Context, now time.Time, limit int) ([]broker.Revocation, error) {
+	out := []broker.Revocation{}
+	end := timeOrd(now)
+	err := s.view(ctx, "due revocations", func(tx *bolt.Tx) error {
+		revs := tx.Bucket(bktRevocations)
+		c := tx.Bucket(bktIdxDue).Cursor()
+		for k, _ := c.First(); k != nil && (limit <= 0 || len(out) < limit); k, _ = c.Next() {
+			if len(k) < 8 {
+				return fmt.Errorf("%w: due index key %x", ErrCorrupt, k)
+			}
+			if binary.BigEndian.Uint64(k) > end {
+				break
+			}
+			id := k[8:]
+			v := revs.Get(id)
+			if v == nil {
+				return fmt.Errorf("%w: due index names revocation %s, which does not exist", ErrCorrupt, id)
+			}
+			var r broker.Revocation
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("%w: revocation %s: %v", ErrCorrupt, id, err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// QueueDepth is the number of queued revocations.
+func (s *Store) QueueDepth(ctx context.Context) (int, error) {
+	var n int
+	err := s.view(ctx, "queue depth", func(tx *bolt.Tx) error {
+		// Stats sums key counts page by page: no record is decoded.
+		n = tx.Bucket(bktRevocations).Stats().KeyN
+		return nil
+	})
+	return n, err
+}
+
+// Agent returns the stored record of one agent, or a record with only ID
+// and State broker.AgentActive when latch has none.
+func (s *Store) Agent(ctx context.Context, id string) (broker.AgentRecord, error) {
+	rec := broker.AgentRecord{ID: id, State: broker.AgentActive}
+	err := s.view(ctx, "agent "+id, func(tx *bolt.Tx) error {
+		v := tx.Bucket(bktAgents).Get([]byte(id))
+		if v == nil {
+			return nil
+		}
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return fmt.Errorf("%w: agent %s: %v", ErrCorrupt, id, err)
+		}
+		return nil
+	})
+	return rec, err
+}
+
+// Agents returns every agent record, by ID.
+func (s *Store) Agents(ctx context.Context) ([]broker.AgentRecord, error) {
+	out := []broker.AgentRecord{}
+	err := s.view(ctx, "list agents", func(tx *bolt.Tx) error {
+		return tx.Bucket(bktAgents).ForEach(func(k, v []byte) error {
+			var rec broker.AgentRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("%w: agent %s: %v", ErrCorrupt, k, err)
+			}
+			out = append(out, rec)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Freeze returns the global freeze; inactive when never set.
+func (s *Store) Freeze(ctx context.Context) (broker.FreezeState, error) {
+	var fs broker.FreezeState
+	err := s.view(ctx, "freeze", func(tx *bolt.Tx) error {
+		v := tx.Bucket(bktFreeze).Get(keyFreeze)
+		if v == nil {
+			return nil
+		}
+		if err := json.Unmarshal(v, &fs); err != nil {
+			return fmt.Errorf("%w: freeze: %v", ErrCorrupt, err)
+		}
+		return nil
+	})
+	return fs, err
+}

@@ -1,0 +1,119 @@
+package broker
+
+import (
+	"time"
+)
+
+// LeaseState is where a lease is in its life:
+//
+//	pending → active → revoking → revoked | expired
+//	pending → failed                 (the backend refused; nothing minted)
+//	revoking → irrevocable           (retries exhausted; listed, never dropped)
+type LeaseState string
+
+const (
+	StatePending     LeaseState = "pending"
+	StateActive      LeaseState = "active"
+	StateRevoking    LeaseState = "revoking"
+	StateRevoked     LeaseState = "revoked"
+	StateExpired     LeaseState = "expired"
+	StateFailed      LeaseState = "failed"
+	StateIrrevocable LeaseState = "irrevocable"
+)
+
+// Live reports whether a lease in this state may still have a credential
+// in the backend.
+func (s LeaseState) Live() bool {
+	switch s {
+	case StatePending, StateActive, StateRevoking, StateIrrevocable:
+		return true
+	}
+	return false
+}
+
+// Lease is one issued credential: who got it, for what, and the references
+// needed to revoke it. It never holds the secret.
+type Lease struct {
+	ID              string            `json:"id"` // ULID: sorts by issue time
+	Agent           string            `json:"agent"`
+	Task            string            `json:"task"`
+	TemplateVersion string            `json:"template_version"`
+	Backend         string            `json:"backend"`
+	Params          map[string]string `json:"params,omitempty"`
+	Reason          string            `json:"reason,omitempty"`
+	TraceID         string            `json:"trace_id,omitempty"`
+	RequestID       string            `json:"request_id,omitempty"`
+	Tier            string            `json:"tier,omitempty"`
+	ApprovalID      string            `json:"approval_id,omitempty"`
+
+	Refs Refs `json:"refs"`
+
+	IssuedAt     time.Time  `json:"issued_at"`
+	ExpiresAt    time.Time  `json:"expires_at"`
+	MaxExpiresAt time.Time  `json:"max_expires_at"`
+	State        LeaseState `json:"state"`
+
+	// Set when the lease leaves the active state.
+	EndedAt      time.Time `json:"ended_at,omitzero"`
+	RevokeReason string    `json:"revoke_reason,omitempty"`
+	LastError    string    `json:"last_error,omitempty"`
+}
+
+// LeaseFilter selects leases; zero fields match everything.
+type LeaseFilter struct {
+	Agent    string
+	Task     string // template name
+	State    LeaseState
+	LiveOnly bool // pending, active, revoking or irrevocable
+	Limit    int  // 0: no limit
+}
+
+// Match reports whether l passes the filter (Limit aside).
+func (f LeaseFilter) Match(l *Lease) bool {
+	return (f.Agent == "" || l.Agent == f.Agent) &&
+		(f.Task == "" || l.Task == f.Task) &&
+		(f.State == "" || l.State == f.State) &&
+		(!f.LiveOnly || l.State.Live())
+}
+
+// Revocation is a queued revocation of one lease: durable, retried with
+// backoff until the backend confirms.
+type Revocation struct {
+	LeaseID     string    `json:"lease_id"`
+	Reason      string    `json:"reason"`
+	Actor       string    `json:"actor"`
+	Attempts    int       `json:"attempts"`
+	NextAttempt time.Time `json:"next_attempt"`
+	LastError   string    `json:"last_error,omitempty"`
+	// Expiry marks a revocation caused by the lease's TTL running out, so
+	// the lease ends as expired rather than revoked.
+	Expiry bool `json:"expiry,omitempty"`
+}
+
+// AgentState is an operator's hold on an agent.
+type AgentState string
+
+const (
+	AgentActive      AgentState = "active"
+	AgentPaused      AgentState = "paused"
+	AgentQuarantined AgentState = "quarantined"
+)
+
+// AgentRecord is what latch remembers of one agent: its state, who set it
+// and why, and when it last got a credential.
+type AgentRecord struct {
+	ID        string     `json:"id"`
+	State     AgentState `json:"state"`
+	Reason    string     `json:"reason,omitempty"`
+	Actor     string     `json:"actor,omitempty"`
+	ChangedAt time.Time  `json:"changed_at,omitzero"`
+	LastUsed  time.Time  `json:"last_used,omitzero"`
+}
+
+// FreezeState is the global emergency freeze.
+type FreezeState struct {
+	Active bool      `json:"active"`
+	Reason string    `json:"reason,omitempty"`
+	Actor  string    `json:"actor,omitempty"`
+	Since  time.Time `json:"since,omitzero"`
+}

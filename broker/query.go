@@ -1,0 +1,37 @@
+package broker
+
+import (
+	"context"
+	"errors"
+)
+
+// Lease returns one lease. Errors: ENOTFOUND, EUNAVAILABLE.
+func (s *Service) Lease(ctx context.Context, id string) (*Lease, error) {
+	l, err := s.store.Lease(ctx, id)
+	if errors.Is(err, ErrLeaseNotFound) {
+		return nil, Errorf(ENOTFOUND, "no lease %s", id)
+	}
+	if err != nil {
+		return nil, &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
+	}
+	return l, nil
+}
+
+// Leases lists leases matching f, newest first.
+func (s *Service) Leases(ctx context.Context, f LeaseFilter) ([]*Lease, error) {
+	ls, err := s.store.Leases(ctx, f)
+	if err != nil {
+		return nil, &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
+	}
+	return ls, nil
+}
+
+// Agents lists every agent latch holds a record of (it got a credential,
+// or an operator changed its state), with state and last use.
+func (s *Service) Agents(ctx context.Context) ([]AgentRecord, error) {
+	rs, err := s.store.Agents(ctx)
+	if err != nil {
+		return nil, &Error{Code: EUNAVAILABLE, Message: "the store is unavailable", Err: err}
+	}
+	return rs, nil
+}

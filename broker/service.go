@@ -1,0 +1,195 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/latchbroker/latch/templates"
+)
+
+// Config wires a Service. Store, Policy and Backends are required.
+type Config struct {
+	Store    Store
+	Policy   *templates.Policy
+	Backends map[string]Backend // by the name used in backends: and templates
+
+	Logger  *slog.Logger
+	Metrics Metrics
+	Now     func() time.Time // the clock; time.Now by default
+
+	// MintTimeout bounds one backend Mint (default 30 s). AuditTimeout
+	// bounds writing a decision to the store: past it the request fails
+	// closed instead of hanging (default 5 s).
+	MintTimeout  time.Duration
+	AuditTimeout time.Duration
+
+	// Revocation queue: retries back off from RetryBase to RetryMax with
+	// jitter; after MaxAttempts a lease is marked irrevocable (and still
+	// retried at RetryMax). RevokeConcurrency bounds concurrent backend
+	// calls. Defaults: 1 s, 5 min, 10, 8.
+	RetryBase         time.Duration
+	RetryMax          time.Duration
+	MaxAttempts       int
+	RevokeConcurrency int
+}
+
+// Service turns a verified identity and a policy decision into a recorded
+// lease, and revokes leases on request, on expiry and after crashes. It
+// knows nothing of HTTP: callers pass identities already verified.
+type Service struct {
+	store    Store
+	backends map[string]Backend
+	policy   atomic.Pointer[templates.Policy]
+	log      *slog.Logger
+	metrics  Metrics
+	now      func() time.Time
+	cfg      Config
+
+	// In-memory copies of what every request reads, kept in step with the
+	// store by the Service, its only writer.
+	mu     sync.RWMutex
+	agents map[string]AgentState
+	frozen bool
+
+	inflight sync.Map // agent+"\x00"+request_id → *sync.Mutex, for idempotent retries
+	kick     chan struct{}
+	idMu     sync.Mutex
+	entropy  *ulid.MonotonicEntropy
+}
+
+// NewService checks cfg and loads the agent states and freeze from the
+// store. Call Run to reconcile and start the expiry sweeper and the
+// revocation queue.
+func NewService(ctx context.Context, cfg Config) (*Service, error) {
+	if cfg.Store == nil || cfg.Policy == nil {
+		return nil, errors.New("broker: NewService needs a Store and a Policy")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopMetrics{}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	setDefault(&cfg.MintTimeout, 30*time.Second)
+	setDefault(&cfg.AuditTimeout, 5*time.Second)
+	setDefault(&cfg.RetryBase, time.Second)
+	setDefault(&cfg.RetryMax, 5*time.Minute)
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 10
+	}
+	if cfg.RevokeConcurrency <= 0 {
+		cfg.RevokeConcurrency = 8
+	}
+	s := &Service{
+		store:    cfg.Store,
+		backends: cfg.Backends,
+		log:      cfg.Logger,
+		metrics:  cfg.Metrics,
+		now:      cfg.Now,
+		cfg:      cfg,
+		agents:   map[string]AgentState{},
+		kick:     make(chan struct{}, 1),
+		entropy:  ulid.Monotonic(rand.Reader, 0),
+	}
+	s.policy.Store(cfg.Policy)
+	records, err := cfg.Store.Agents(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("broker: load agent states: %w", err)
+	}
+	for _, r := range records {
+		s.agents[r.ID] = r.State
+	}
+	fr, err := cfg.Store.Freeze(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("broker: load freeze: %w", err)
+	}
+	s.frozen = fr.Active
+	return s, nil
+}
+
+func setDefault(d *time.Duration, v time.Duration) {
+	if *d <= 0 {
+		*d = v
+	}
+}
+
+// Policy returns the policy in force.
+func (s *Service) Policy() *templates.Policy { return s.policy.Load() }
+
+// SetPolicy replaces the policy atomically (config reload); requests
+// already being decided finish with the old one. The load is audited.
+func (s *Service) SetPolicy(ctx context.Context, p *templates.Policy, actor string) error {
+	s.policy.Store(p)
+	details := map[string]string{}
+	for _, t := range p.Templates() {
+		details["template."+t.Name] = t.Version
+	}
+	return s.audit(ctx, Event{Type: EventConfigLoad, Actor: actor, Outcome: "loaded", Details: details})
+}
+
+func (s *Service) newLeaseID() string {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	return ulid.MustNew(ulid.Timestamp(s.now()), s.entropy).String()
+}
+
+// audit appends events on their own, within the audit deadline.
+func (s *Service) audit(ctx context.Context, events ...Event) error {
+	_, err := s.apply(ctx, Change{Events: events})
+	return err
+}
+
+// apply writes c within the audit deadline; a failure is an unavailable
+// error: latch fails closed when it cannot record.
+func (s *Service) apply(ctx context.Context, c Change) ([]Event, error) {
+	now := s.now()
+	for i := range c.Events {
+		if c.Events[i].Time.IsZero() {
+			c.Events[i].Time = now
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.AuditTimeout)
+	defer cancel()
+	events, err := s.store.Apply(ctx, c)
+	if err != nil {
+		if len(c.Events) > 0 {
+			s.metrics.AuditAppendFailed()
+		}
+		return nil, &Error{Code: EUNAVAILABLE, Message: "the audit log is unavailable", Err: err}
+	}
+	return events, nil
+}
+
+func (s *Service) agentState(id string) AgentState {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if st, ok := s.agents[id]; ok {
+		return st
+	}
+	return AgentActive
+}
+
+func (s *Service) isFrozen() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.frozen
+}
+
+// wake asks the revocation worker to look at the queue now.
+func (s *Service) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,686 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/templates"
+)
+
+const (
+	reportBot = "spiffe://example.org/agent/report-bot"
+	ticketBot = "spiffe://example.org/agent/ticket-bot"
+	operator  = "spiffe://example.org/ops/alice"
+)
+
+const testPolicy = `
+operators:
+  - { id: spiffe://example.org/ops/alice, roles: [revoker] }
+agents:
+  - id: spiffe://example.org/agent/report-*
+    owner: spiffe://example.org/ops/bob
+    templates: [report]
+  - id: spiffe://example.org/agent/ticket-bot
+    owner: spiffe://example.org/ops/bob
+    templates: [ticket, report]
+freeze_windows:
+  billing-close: { cron: "0 0 28 * *", duration: 120h, timezone: Europe/Berlin }
+`
+
+var testTemplates = map[string]string{
+	"report.yaml": `
+name: report
+description: Read one region's sales tables.
+backend: fake
+params:
+  region: { enum: [eu, us] }
+ttl: 10m
+max_ttl: 30m
+risk: low
+windows:
+  - { window: billing-close, effect: deny }
+`,
+	"ticket.yaml": `
+name: ticket
+description: Touch one ticket; needs approval.
+backend: fake
+params:
+  ticket: { pattern: "^[0-9]{1,9}$" }
+ttl: 5m
+max_ttl: 5m
+risk: high
+`,
+}
+
+// canary is the secret the fake backend mints: it must never show up in
+// the store, the audit log or an error (invariant 1).
+const canary = "CANARY-s3cr3t-7f3a9c"
+
+// fakeBackend mints canary secrets and records what it was asked to do.
+type fakeBackend struct {
+	mu        sync.Mutex
+	minted    map[string]bool // lease ID → alive
+	mintErr   error
+	revokeErr error
+	mints     atomic.Int64
+	revokes   atomic.Int64
+}
+
+func newFakeBackend() *fakeBackend { return &fakeBackend{minted: map[string]bool{}} }
+
+func (f *fakeBackend) Mint(_ context.Context, req broker.MintRequest) (broker.Minted, error) {
+	f.mints.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.mintErr != nil {
+		return broker.Minted{}, f.mintErr
+	}
+	f.minted[req.LeaseID] = true
+	return broker.Minted{
+		Secret:    broker.NewSecret(map[string]string{"password": canary}),
+		Refs:      broker.Refs{TokenAccessor: "acc-" + req.LeaseID},
+		ExpiresAt: time.Now().Add(time.Hour), // longer than any test TTL: latch's own TTL wins
+	}, nil
+}
+
+func (f *fakeBackend) Revoke(_ context.Context, refs broker.Refs) error {
+	f.revokes.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.revokeErr != nil {
+		return f.revokeErr
+	}
+	if len(refs.TokenAccessor) > 4 {
+		f.minted[refs.TokenAccessor[4:]] = false
+	}
+	return nil
+}
+
+func (f *fakeBackend) Lookup(_ context.Context, refs broker.Refs) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.minted[refs.TokenAccessor[4:]], nil
+}
+
+func (f *fakeBackend) Renew(_ context.Context, _ broker.Refs, ttl time.Duration) (time.Time, error) {
+	return time.Time{}, nil
+}
+
+func (f *fakeBackend) alive(leaseID string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.minted[leaseID]
+}
+
+func (f *fakeBackend) set(mintErr, revokeErr error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mintErr, f.revokeErr = mintErr, revokeErr
+}
+
+// clock is a settable test clock.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func loadPolicy(t testing.TB) *templates.Policy {
+	t.Helper()
+	pc, err := templates.ParsePolicy("policy.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake"}}}
+	for name, body := range testTemplates {
+		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
+	}
+	p, err := templates.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// failingStore wraps a Store and fails Apply when failNext says so.
+type failingStore struct {
+	broker.Store
+	fail func(broker.Change) bool
+}
+
+func (s *failingStore) Apply(ctx context.Context, c broker.Change) ([]broker.Event, error) {
+	if s.fail != nil && s.fail(c) {
+		return nil, fmt.Errorf("injected: %w", broker.ErrStoreUnavailable)
+	}
+	return s.Store.Apply(ctx, c)
+}
+
+type fixture struct {
+	svc     *broker.Service
+	store   *failingStore
+	backend *fakeBackend
+	clock   *clock
+	dbPath  string
+}
+
+func newFixture(t testing.TB) *fixture {
+	t.Helper()
+	dbPath := filepath.Join(t.TempDir(), "latch.db")
+	// A Tuesday in March, outside the billing-close window (28th..2nd).
+	clk := &clock{now: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)}
+	bs, err := boltstore.Open(dbPath, boltstore.Options{Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bs.Close() })
+	fs := &failingStore{Store: bs}
+	fb := newFakeBackend()
+	svc, err := broker.NewService(context.Background(), broker.Config{
+		Store:        fs,
+		Policy:       loadPolicy(t),
+		Backends:     map[string]broker.Backend{"fake": fb},
+		Now:          clk.Now,
+		AuditTimeout: 2 * time.Second,
+		RetryBase:    time.Second,
+		RetryMax:     8 * time.Second,
+		MaxAttempts:  3,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{svc: svc, store: fs, backend: fb, clock: clk, dbPath: dbPath}
+}
+
+func (f *fixture) issue(t testing.TB, agent, task string, params map[string]string) *broker.Issued {
+	t.Helper()
+	res, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: agent, Task: task, Params: params, Reason: "test"})
+	if err != nil {
+		t.Fatalf("Issue(%s, %s): %v", agent, task, err)
+	}
+	return res
+}
+
+func (f *fixture) events(t testing.TB) []broker.Event {
+	t.Helper()
+	var evs []broker.Event
+	var v broker.ChainVerifier
+	err := f.store.Events(context.Background(), 0, func(e broker.Event) (bool, error) {
+		if err := v.Next(e); err != nil {
+			return false, err
+		}
+		evs = append(evs, e)
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("audit chain: %v", err)
+	}
+	return evs
+}
+
+func lastEvent(t testing.TB, f *fixture) broker.Event {
+	evs := f.events(t)
+	if len(evs) == 0 {
+		t.Fatal("no audit events")
+	}
+	return evs[len(evs)-1]
+}
+
+func TestService_Issue(t *testing.T) {
+	f := newFixture(t)
+	res := f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
+	if res.Secret.Reveal()["password"] != canary {
+		t.Fatal("issued secret is not the minted one")
+	}
+	l := res.Lease
+	if l.State != broker.StateActive || l.Agent != reportBot || l.Task != "report" || l.TemplateVersion == "" {
+		t.Fatalf("lease = %+v", l)
+	}
+	if want := f.clock.Now().Add(10 * time.Minute); !l.ExpiresAt.Equal(want) {
+		t.Fatalf("ExpiresAt = %s, want latch's TTL %s (not the backend's longer one)", l.ExpiresAt, want)
+	}
+	stored, err := f.svc.Lease(context.Background(), l.ID)
+	if err != nil || stored.State != broker.StateActive {
+		t.Fatalf("stored lease = %+v, %v", stored, err)
+	}
+	if intents, _ := f.store.Intents(context.Background()); len(intents) != 0 {
+		t.Fatalf("intent left after commit: %d", len(intents))
+	}
+	ev := lastEvent(t, f)
+	if ev.Type != broker.EventIssue || ev.Lease != l.ID || ev.Actor != reportBot {
+		t.Fatalf("last event = %+v, want the issue of %s", ev, l.ID)
+	}
+}
+
+func TestService_Issue_Denied(t *testing.T) {
+	tests := []struct {
+		name      string
+		agent     string
+		task      string
+		params    map[string]string
+		setup     func(*fixture)
+		reason    templates.ReasonCode
+		violation bool
+	}{
+		{name: "ErrUnknownAgent", agent: "spiffe://example.org/intruder", task: "report", params: map[string]string{"region": "eu"}, reason: templates.ReasonUnknownAgent, violation: true},
+		{name: "ErrUnknownTask", agent: reportBot, task: "drop-tables", reason: templates.ReasonUnknownTask, violation: true},
+		{name: "ErrTaskNotGranted", agent: reportBot, task: "ticket", params: map[string]string{"ticket": "1"}, reason: templates.ReasonTaskNotGranted, violation: true},
+		{name: "ErrParamConstraint", agent: reportBot, task: "report", params: map[string]string{"region": "mars"}, reason: templates.ReasonParamConstraint, violation: true},
+		{name: "ErrUnknownParam", agent: reportBot, task: "report", params: map[string]string{"region": "eu", "x": "1"}, reason: templates.ReasonUnknownParam, violation: true},
+		{name: "ErrMissingParam", agent: reportBot, task: "report", reason: templates.ReasonMissingParam},
+		{name: "ErrFrozen", agent: reportBot, task: "report", params: map[string]string{"region": "eu"},
+			setup:  func(f *fixture) { f.clock.Add(18 * 24 * time.Hour) }, // March 28th
+			reason: templates.ReasonFrozen},
+		{name: "ErrGlobalFreeze", agent: reportBot, task: "report", params: map[string]string{"region": "eu"},
+			setup: func(f *fixture) {
+				if err := f.svc.SetFreeze(context.Background(), operator, true, "incident"); err != nil {
+					panic(err)
+				}
+			}, reason: templates.ReasonGlobalFreeze},
+		{name: "ErrAgentPaused", agent: reportBot, task: "report", params: map[string]string{"region": "eu"},
+			setup: func(f *fixture) {
+				if err := f.svc.SetAgentState(context.Background(), operator, reportBot, broker.AgentPaused, "odd"); err != nil {
+					panic(err)
+				}
+			}, reason: templates.ReasonAgentPaused, violation: true},
+		{name: "ErrAgentQuarantined", agent: reportBot, task: "report", params: map[string]string{"region": "eu"},
+			setup: func(f *fixture) {
+				if err := f.svc.SetAgentState(context.Background(), operator, reportBot, broker.AgentQuarantined, "leak"); err != nil {
+					panic(err)
+				}
+			}, reason: templates.ReasonAgentQuarantined, violation: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			if tt.setup != nil {
+				tt.setup(f)
+			}
+			_, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: tt.agent, Task: tt.task, Params: tt.params})
+			var e *broker.Error
+			if !errors.As(err, &e) || e.Code != broker.EFORBIDDEN {
+				t.Fatalf("err = %v, want a forbidden *broker.Error", err)
+			}
+			if len(e.Reasons) == 0 || !bytes.HasPrefix([]byte(e.Reasons[0]), []byte(tt.reason)) {
+				t.Fatalf("reasons = %v, want %s first", e.Reasons, tt.reason)
+			}
+			if tt.reason == templates.ReasonFrozen && (e.NextAllowedAt.IsZero() || e.Reasons[0] != "frozen:billing-close") {
+				t.Fatalf("frozen denial must name the window and next_allowed_at: %+v", e)
+			}
+			if f.backend.mints.Load() != 0 {
+				t.Fatal("a denied request reached the backend")
+			}
+			ev := lastEvent(t, f)
+			wantType := broker.EventDeny
+			if tt.violation {
+				wantType = broker.EventViolation
+			}
+			if ev.Type != wantType || ev.Actor != tt.agent {
+				t.Fatalf("last event = %s by %s, want %s by %s", ev.Type, ev.Actor, wantType, tt.agent)
+			}
+		})
+	}
+}
+
+func TestService_Issue_ApprovalRequiredIsRefused(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: ticketBot, Task: "ticket", Params: map[string]string{"ticket": "42"}})
+	if broker.ErrorCode(err) != broker.EFORBIDDEN || f.backend.mints.Load() != 0 {
+		t.Fatalf("err = %v, mints = %d; a high-tier task must not be minted without approval", err, f.backend.mints.Load())
+	}
+}
+
+func TestService_Issue_Idempotent(t *testing.T) {
+	f := newFixture(t)
+	req := broker.IssueRequest{Agent: reportBot, Task: "report", Params: map[string]string{"region": "us"}, RequestID: "req-1"}
+	var wg sync.WaitGroup
+	results := make([]*broker.Issued, 8)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := f.svc.Issue(context.Background(), req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			results[i] = res
+		}()
+	}
+	wg.Wait()
+	if n := f.backend.mints.Load(); n != 1 {
+		t.Fatalf("backend minted %d times for one request_id, want 1", n)
+	}
+	fresh := 0
+	for _, r := range results {
+		if r == nil {
+			t.FailNow()
+		}
+		if r.Lease.ID != results[0].Lease.ID {
+			t.Fatalf("retries got different leases: %s vs %s", r.Lease.ID, results[0].Lease.ID)
+		}
+		if !r.Replayed {
+			fresh++
+		}
+	}
+	if fresh != 1 {
+		t.Fatalf("%d responses carried a fresh secret, want exactly 1", fresh)
+	}
+}
+
+func TestService_Issue_BackendUnavailable(t *testing.T) {
+	f := newFixture(t)
+	f.backend.set(fmt.Errorf("vault down: %w", broker.ErrBackendUnavailable), nil)
+	_, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: reportBot, Task: "report", Params: map[string]string{"region": "eu"}})
+	if broker.ErrorCode(err) != broker.EUNAVAILABLE {
+		t.Fatalf("err = %v, want unavailable", err)
+	}
+	ls, _ := f.svc.Leases(context.Background(), broker.LeaseFilter{})
+	if len(ls) != 1 || ls[0].State != broker.StateFailed {
+		t.Fatalf("leases = %+v, want one failed lease", ls)
+	}
+	if intents, _ := f.store.Intents(context.Background()); len(intents) != 0 {
+		t.Fatal("failed mint left its intent")
+	}
+}
+
+// Invariant 5: when the lease and its audit event cannot be committed, no
+// secret is returned and the minted one is revoked.
+func TestService_Issue_AuditFailsClosed(t *testing.T) {
+	f := newFixture(t)
+	f.store.fail = func(c broker.Change) bool { return len(c.PutLeases) > 0 }
+	start := time.Now()
+	res, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: reportBot, Task: "report", Params: map[string]string{"region": "eu"}})
+	if err == nil || res != nil {
+		t.Fatalf("Issue returned %+v, %v; want no result when the audit append fails", res, err)
+	}
+	if broker.ErrorCode(err) != broker.EUNAVAILABLE {
+		t.Fatalf("err = %v, want unavailable", err)
+	}
+	if bytes.Contains([]byte(err.Error()), []byte(canary)) {
+		t.Fatal("the error carries the secret")
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatalf("failing closed took %s", time.Since(start))
+	}
+	if f.backend.revokes.Load() != 1 {
+		t.Fatalf("minted secret revoked %d times, want 1", f.backend.revokes.Load())
+	}
+}
+
+func TestService_RevokeSelectors(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		sel  broker.RevokeSelector
+		want int // of: report-bot report eu, report-bot report us, ticket-bot report eu
+	}{
+		{"Agent", broker.RevokeSelector{Agent: reportBot}, 2},
+		{"Task", broker.RevokeSelector{Task: "report"}, 3},
+		{"All", broker.RevokeSelector{All: true}, 3},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			a := f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
+			f.issue(t, reportBot, "report", map[string]string{"region": "us"})
+			f.issue(t, ticketBot, "report", map[string]string{"region": "eu"})
+			n, err := f.svc.Revoke(ctx, operator, "test", tt.sel)
+			if err != nil || n != tt.want {
+				t.Fatalf("Revoke = %d, %v; want %d", n, err, tt.want)
+			}
+			if done, err := f.svc.ProcessRevocations(ctx); err != nil || done != tt.want {
+				t.Fatalf("ProcessRevocations = %d, %v; want %d", done, err, tt.want)
+			}
+			if f.backend.alive(a.Lease.ID) {
+				t.Fatal("revoked lease still alive in the backend")
+			}
+			revoked, _ := f.svc.Leases(ctx, broker.LeaseFilter{State: broker.StateRevoked})
+			if len(revoked) != tt.want {
+				t.Fatalf("%d leases revoked, want %d", len(revoked), tt.want)
+			}
+		})
+	}
+	t.Run("Template", func(t *testing.T) {
+		f := newFixture(t)
+		a := f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
+		n, err := f.svc.Revoke(ctx, operator, "drift", broker.RevokeSelector{Template: a.Lease.TemplateVersion})
+		if err != nil || n != 1 {
+			t.Fatalf("Revoke by template version = %d, %v", n, err)
+		}
+	})
+	t.Run("ErrNotFound", func(t *testing.T) {
+		f := newFixture(t)
+		_, err := f.svc.Revoke(ctx, operator, "x", broker.RevokeSelector{Lease: "01NOSUCHLEASE"})
+		if broker.ErrorCode(err) != broker.ENOTFOUND {
+			t.Fatalf("err = %v, want not found", err)
+		}
+	})
+	t.Run("ErrInvalid", func(t *testing.T) {
+		f := newFixture(t)
+		_, err := f.svc.Revoke(ctx, operator, "x", broker.RevokeSelector{Agent: reportBot, All: true})
+		if broker.ErrorCode(err) != broker.EINVALID {
+			t.Fatalf("err = %v, want invalid", err)
+		}
+	})
+}
+
+func TestService_Quarantine(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	a := f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
+	b := f.issue(t, reportBot, "report", map[string]string{"region": "us"})
+	if err := f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentQuarantined, "leak"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.ProcessRevocations(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []*broker.Lease{a.Lease, b.Lease} {
+		if f.backend.alive(l.ID) {
+			t.Fatalf("lease %s alive after quarantine", l.ID)
+		}
+	}
+	if _, err := f.svc.Issue(ctx, broker.IssueRequest{Agent: reportBot, Task: "report", Params: map[string]string{"region": "eu"}}); broker.ErrorCode(err) != broker.EFORBIDDEN {
+		t.Fatalf("quarantined agent got %v, want forbidden", err)
+	}
+	if err := f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentActive, "fixed"); err != nil {
+		t.Fatal(err)
+	}
+	f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
+}
+
+func TestService_RenewUpToMaxTTL(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
+	max := l.MaxExpiresAt
+	for i := 0; i < 5; i++ {
+		f.clock.Add(8 * time.Minute)
+		got, err := f.svc.Renew(ctx, reportBot, l.ID, 0)
+		if err != nil {
+			if broker.ErrorCode(err) != broker.ECONFLICT {
+				t.Fatalf("renew %d: %v", i, err)
+			}
+			if !f.clock.Now().Add(10 * time.Minute).After(max) {
+				t.Fatalf("renew %d refused before the max TTL: %v", i, err)
+			}
+			break
+		}
+		if got.ExpiresAt.After(max) {
+			t.Fatalf("renewed past max TTL: %s > %s", got.ExpiresAt, max)
+		}
+	}
+	got, _ := f.svc.Lease(ctx, l.ID)
+	if !got.ExpiresAt.Equal(max) {
+		t.Fatalf("after renewals ExpiresAt = %s, want max %s", got.ExpiresAt, max)
+	}
+	if _, err := f.svc.Renew(ctx, ticketBot, l.ID, 0); broker.ErrorCode(err) != broker.ENOTFOUND {
+		t.Fatalf("another agent renewing: %v, want not found", err)
+	}
+}
+
+func TestService_Release(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
+	if err := f.svc.Release(ctx, ticketBot, l.ID); broker.ErrorCode(err) != broker.ENOTFOUND {
+		t.Fatalf("release of another agent's lease: %v, want not found", err)
+	}
+	if err := f.svc.Release(ctx, reportBot, l.ID); err != nil {
+		t.Fatal(err)
+	}
+	f.svc.ProcessRevocations(ctx)
+	if got, _ := f.svc.Lease(ctx, l.ID); got.State != broker.StateRevoked || f.backend.alive(l.ID) {
+		t.Fatalf("released lease state = %s", got.State)
+	}
+	if err := f.svc.Release(ctx, reportBot, l.ID); broker.ErrorCode(err) != broker.ECONFLICT {
+		t.Fatalf("second release: %v, want conflict", err)
+	}
+}
+
+func TestService_ExpirySweep(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
+	if n, _ := f.svc.Sweep(ctx); n != 0 {
+		t.Fatalf("swept %d leases before their TTL", n)
+	}
+	f.clock.Add(10*time.Minute + time.Second)
+	if n, err := f.svc.Sweep(ctx); n != 1 || err != nil {
+		t.Fatalf("Sweep = %d, %v; want 1", n, err)
+	}
+	f.svc.ProcessRevocations(ctx)
+	got, _ := f.svc.Lease(ctx, l.ID)
+	if got.State != broker.StateExpired || f.backend.alive(l.ID) {
+		t.Fatalf("state after expiry = %s, alive = %v", got.State, f.backend.alive(l.ID))
+	}
+	if ev := lastEvent(t, f); ev.Type != broker.EventExpire || ev.Lease != l.ID {
+		t.Fatalf("last event = %+v, want expire of %s", ev, l.ID)
+	}
+}
+
+// Invariant 4: a revocation is retried with backoff, marked irrevocable
+// when retries run out, and still completed when the backend returns.
+func TestService_RevocationRetries(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
+	f.backend.set(nil, fmt.Errorf("vault sealed: %w", broker.ErrBackendUnavailable))
+	if _, err := f.svc.Revoke(ctx, operator, "leak", broker.RevokeSelector{Lease: l.ID}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // MaxAttempts
+		f.svc.ProcessRevocations(ctx)
+		f.clock.Add(time.Minute)
+	}
+	got, _ := f.svc.Lease(ctx, l.ID)
+	if got.State != broker.StateIrrevocable || got.LastError == "" {
+		t.Fatalf("after exhausting retries: state %s, last error %q", got.State, got.LastError)
+	}
+	if depth, _ := f.store.QueueDepth(ctx); depth != 1 {
+		t.Fatalf("queue depth = %d; an irrevocable lease must stay queued", depth)
+	}
+	f.backend.set(nil, nil)
+	f.clock.Add(time.Minute)
+	f.svc.ProcessRevocations(ctx)
+	if got, _ := f.svc.Lease(ctx, l.ID); got.State != broker.StateRevoked {
+		t.Fatalf("after Vault returned: state %s, want revoked", got.State)
+	}
+}
+
+// Invariant 3: intents left by a crash are revoked (when they name
+// something) or closed (when they do not) at the next start.
+func TestService_Reconcile(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	now := f.clock.Now()
+	withRefs := &broker.Lease{ID: "01JCRASHWITHREFS000000000A", Agent: reportBot, Task: "report", Backend: "fake",
+		Refs: broker.Refs{TokenAccessor: "acc-01JCRASHWITHREFS000000000A"}, IssuedAt: now, ExpiresAt: now.Add(time.Minute), State: broker.StatePending}
+	noRefs := &broker.Lease{ID: "01JCRASHNOREFS00000000000B", Agent: reportBot, Task: "report", Backend: "fake",
+		IssuedAt: now, ExpiresAt: now.Add(time.Minute), State: broker.StatePending}
+	f.backend.minted[withRefs.ID] = true
+	if _, err := f.store.Apply(ctx, broker.Change{PutIntents: []*broker.Lease{withRefs, noRefs}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f.backend.alive(withRefs.ID) {
+		t.Fatal("the crashed mint is still alive in the backend")
+	}
+	for id, want := range map[string]broker.LeaseState{withRefs.ID: broker.StateRevoked, noRefs.ID: broker.StateFailed} {
+		if got, err := f.svc.Lease(ctx, id); err != nil || got.State != want {
+			t.Fatalf("lease %s after reconcile: %+v, %v; want %s", id, got, err, want)
+		}
+	}
+	if intents, _ := f.store.Intents(ctx); len(intents) != 0 {
+		t.Fatalf("%d intents left after reconcile", len(intents))
+	}
+}
+
+// Invariant 1: the minted secret appears nowhere in the database file.
+func TestService_SecretNeverStored(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
+	f.svc.Renew(ctx, reportBot, l.ID, 0)
+	f.svc.Revoke(ctx, operator, "done", broker.RevokeSelector{All: true})
+	f.svc.ProcessRevocations(ctx)
+	f.events(t)
+	db, err := os.ReadFile(f.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(db, []byte(canary)) {
+		t.Fatal("the secret was written to the bbolt file")
+	}
+	if !bytes.Contains(db, []byte(l.ID)) {
+		t.Fatal("the canary scan read the wrong file: the lease ID is not in it either")
+	}
+}
+
+func BenchmarkService_Issue(b *testing.B) {
+	f := newFixture(b)
+	params := map[string]string{"region": "eu"}
+	var mu sync.Mutex
+	var lat []time.Duration
+	b.SetParallelism(16) // 2 cores × 16 = 32 concurrent callers
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		var local []time.Duration
+		for pb.Next() {
+			start := time.Now()
+			if _, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: reportBot, Task: "report", Params: params}); err != nil {
+				b.Error(err)
+				return
+			}
+			local = append(local, time.Since(start))
+		}
+		mu.Lock()
+		lat = append(lat, local...)
+		mu.Unlock()
+	})
+	b.StopTimer()
+	reportLatency(b, lat)
+}
