@@ -57,7 +57,7 @@ func (s *Service) templatesRequest(req IssueRequest) templates.Request {
 		Params:       req.Params,
 		TTL:          req.TTL,
 		Now:          s.now(),
-		AgentState:   templates.AgentState(s.agentState(req.Agent)),
+		AgentState:   s.agentState(req.Agent),
 		GlobalFreeze: s.isFrozen(),
 	}
 }

@@ -2,6 +2,8 @@ package broker
 
 import (
 	"time"
+
+	"github.com/latchbroker/latch/templates"
 )
 
 // LeaseState is where a lease is in its life:
@@ -90,13 +92,14 @@ type Revocation struct {
 	Expiry bool `json:"expiry,omitempty"`
 }
 
-// AgentState is an operator's hold on an agent.
-type AgentState string
+// AgentState is an operator's hold on an agent: the same states the policy
+// decides on.
+type AgentState = templates.AgentState
 
 const (
-	AgentActive      AgentState = "active"
-	AgentPaused      AgentState = "paused"
-	AgentQuarantined AgentState = "quarantined"
+	AgentActive      = templates.AgentActive
+	AgentPaused      = templates.AgentPaused
+	AgentQuarantined = templates.AgentQuarantined
 )
 
 // AgentRecord is what latch remembers of one agent: its state, who set it
