@@ -26,6 +26,8 @@ type Error struct {
 	Message       string
 	Reasons       []string
 	NextAllowedAt time.Time
+	// RetryAfter, for ELIMIT, is how long to wait before trying again.
+	RetryAfter time.Duration
 	// Err is the internal cause: logged, never sent.
 	Err error
 }

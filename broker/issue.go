@@ -77,6 +77,8 @@ func (s *Service) Issue(ctx context.Context, req IssueRequest) (*Issued, error) 
 	switch {
 	case err != nil && ErrorCode(err) == EFORBIDDEN:
 		outcome = "denied"
+	case err != nil && ErrorCode(err) == ELIMIT:
+		outcome = "limited"
 	case err != nil:
 		outcome = "failed"
 	}
@@ -123,6 +125,9 @@ func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, string,
 			Reasons: reasonCodes(d.Reasons)}
 	}
 
+	if err := s.checkLimits(ctx, req.Agent, d); err != nil {
+		return nil, "limit", err
+	}
 	backend, ok := s.backends[d.Backend]
 	if !ok {
 		s.log.Error("template names a backend that is not configured", "task", d.Task, "backend", d.Backend)

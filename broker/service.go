@@ -59,6 +59,7 @@ type Service struct {
 	agents map[string]AgentState
 	frozen bool
 
+	limits   limiters
 	inflight sync.Map // agent+"\x00"+request_id → *sync.Mutex, for idempotent retries
 	kick     chan struct{}
 	idMu     sync.Mutex

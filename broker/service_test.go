@@ -33,11 +33,30 @@ agents:
   - id: spiffe://example.org/agent/ticket-bot
     owner: spiffe://example.org/ops/bob
     templates: [ticket, report]
+  - id: spiffe://example.org/agent/chatty
+    owner: spiffe://example.org/ops/bob
+    templates: [report]
+    rate: 2/m
+  - id: spiffe://example.org/agent/hoarder
+    owner: spiffe://example.org/ops/bob
+    templates: [report, budgeted]
+    max_active: 2
 freeze_windows:
   billing-close: { cron: "0 0 28 * *", duration: 120h, timezone: Europe/Berlin }
 `
 
 var testTemplates = map[string]string{
+	"budgeted.yaml": `
+name: budgeted
+description: One at a time.
+backend: fake
+params:
+  region: { enum: [eu, us] }
+ttl: 10m
+max_ttl: 10m
+risk: low
+max_active: 1
+`,
 	"report.yaml": `
 name: report
 description: Read one region's sales tables.
@@ -683,4 +702,44 @@ func BenchmarkService_Issue(b *testing.B) {
 	})
 	b.StopTimer()
 	reportLatency(b, lat)
+}
+
+func TestService_Issue_Limits(t *testing.T) {
+	ctx := context.Background()
+	eu := map[string]string{"region": "eu"}
+	tests := []struct {
+		name   string
+		agent  string
+		task   string
+		ok     int // requests that succeed before the limit
+		reason string
+	}{
+		{"ErrRateLimited", "spiffe://example.org/agent/chatty", "report", 2, "rate_limited"},
+		{"ErrAgentBudget", "spiffe://example.org/agent/hoarder", "report", 2, "agent_budget"},
+		{"ErrTemplateBudget", "spiffe://example.org/agent/hoarder", "budgeted", 1, "template_budget"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			for range tt.ok {
+				f.issue(t, tt.agent, tt.task, eu)
+			}
+			_, err := f.svc.Issue(ctx, broker.IssueRequest{Agent: tt.agent, Task: tt.task, Params: eu})
+			var e *broker.Error
+			if !errors.As(err, &e) || e.Code != broker.ELIMIT || len(e.Reasons) != 1 || e.Reasons[0] != tt.reason || e.RetryAfter <= 0 {
+				t.Fatalf("err = %#v, want limit %s with a retry-after", err, tt.reason)
+			}
+			if n := f.backend.mints.Load(); n != int64(tt.ok) {
+				t.Fatalf("backend minted %d, want %d", n, tt.ok)
+			}
+		})
+	}
+	t.Run("BudgetFreedByRelease", func(t *testing.T) {
+		f := newFixture(t)
+		l := f.issue(t, "spiffe://example.org/agent/hoarder", "budgeted", eu).Lease
+		if err := f.svc.Release(ctx, l.Agent, l.ID); err != nil {
+			t.Fatal(err)
+		}
+		f.issue(t, "spiffe://example.org/agent/hoarder", "budgeted", eu)
+	})
 }
