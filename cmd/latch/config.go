@@ -41,6 +41,8 @@ type Config struct {
 
 	// Policy is the compiled policy; LoadConfig sets it.
 	Policy *templates.Policy `yaml:"-"`
+	// backends build each configured backend over latch's Vault client.
+	backends map[string]backendBuilder
 
 	ServerAt       strictyaml.Pos `yaml:"server,pos"`
 	SPIFFEAt       strictyaml.Pos `yaml:"spiffe,pos"`
@@ -157,53 +159,6 @@ const (
 	defaultTemplatesDir  = "templates"
 )
 
-// backendSchemas lists the backend types latch knows and checks each one's
-// own keys. The backend packages own these blocks; until they are wired in
-// here, these structs mirror what they read.
-var backendSchemas = map[string]func(path string, b BackendConfig) (templates.Backend, error){
-	templates.BackendVaultToken: func(path string, b BackendConfig) (templates.Backend, error) {
-		var o struct {
-			TokenRole string `yaml:"token_role"`
-		}
-		return templates.Backend{Type: b.Type}, b.Decode(&o)
-	},
-	templates.BackendVaultLease: func(path string, b BackendConfig) (templates.Backend, error) {
-		var o struct {
-			Path      string         `yaml:"path"`
-			PathAt    strictyaml.Pos `yaml:"path,pos"`
-			TokenRole string         `yaml:"token_role"`
-		}
-		if err := b.Decode(&o); err != nil {
-			return templates.Backend{}, err
-		}
-		if o.Path == "" {
-			return templates.Backend{}, b.At.Errorf("%s: path is required for a vault-lease backend, such as database/creds/{{ .vars.role }}", path)
-		}
-		return templates.Backend{Type: b.Type, Path: o.Path, PathAt: o.PathAt}, nil
-	},
-	templates.BackendVaultPKI: func(path string, b BackendConfig) (templates.Backend, error) {
-		var o struct {
-			Mount     string `yaml:"mount"`
-			Role      string `yaml:"role"`
-			TokenRole string `yaml:"token_role"`
-		}
-		if err := b.Decode(&o); err != nil {
-			return templates.Backend{}, err
-		}
-		var missing []string
-		if o.Mount == "" {
-			missing = append(missing, "mount")
-		}
-		if o.Role == "" {
-			missing = append(missing, "role")
-		}
-		if len(missing) > 0 {
-			return templates.Backend{}, b.At.Errorf("%s: a vault-pki backend needs %s", path, strings.Join(missing, " and "))
-		}
-		return templates.Backend{Type: b.Type}, nil
-	},
-}
-
 var backendNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$`)
 
 // LoadConfig reads, validates and compiles the config at path and the
@@ -229,6 +184,7 @@ func LoadConfig(path string) (*Config, error) {
 	}
 	errs = append(errs, cfg.validate()...)
 	backends := map[string]templates.Backend{}
+	cfg.backends = map[string]backendBuilder{}
 	for _, name := range configKeys(cfg.Backends) {
 		b := cfg.Backends[name]
 		path := "backends." + name
@@ -236,19 +192,20 @@ func LoadConfig(path string) (*Config, error) {
 			errs = append(errs, b.At.Errorf("%s: backend names are lowercase letters, digits and -", path))
 			continue
 		}
-		decode, ok := backendSchemas[b.Type]
+		decode, ok := builtinBackends[b.Type]
 		switch {
 		case b.Type == "":
-			errs = append(errs, b.At.Errorf("%s: type is required; allowed: %s", path, strings.Join(configKeys(backendSchemas), ", ")))
+			errs = append(errs, b.At.Errorf("%s: type is required; allowed: %s", path, strings.Join(configKeys(builtinBackends), ", ")))
 			continue
 		case !ok:
-			errs = append(errs, b.TypeAt.Errorf("%s.type: unknown backend type %q; allowed: %s", path, b.Type, strings.Join(configKeys(backendSchemas), ", ")))
+			errs = append(errs, b.TypeAt.Errorf("%s.type: unknown backend type %q; allowed: %s", path, b.Type, strings.Join(configKeys(builtinBackends), ", ")))
 			continue
 		}
-		be, err := decode(path, b)
+		be, build, err := decode(path, b)
 		errs.Add(err)
 		be.Type = b.Type
 		backends[name] = be
+		cfg.backends[name] = build
 	}
 	cfg.resolvePaths()
 	var files []templates.File

@@ -122,6 +122,9 @@ func TestLoadConfig_Errors(t *testing.T) {
 		{"backend's own keys are strict", strings.Replace(minimalConfigYAML, "{ type: vault-token }", "{ type: vault-token, ttl: 5m }", 1), nil, []string{
 			`FILE:6:32: unknown key "ttl" in backends.tokens; allowed: token_role`,
 		}},
+		{"backend's own validation", strings.Replace(minimalConfigYAML, "{ type: vault-token }", `{ type: vault-token, token_role: "../root" }`, 1), nil, []string{
+			`FILE:6:3: backends.tokens: vaulttoken: token_role: "../root" is not a valid Vault name (letters, digits, and - _ . inside)`,
+		}},
 		{"unknown backend type", strings.Replace(minimalConfigYAML, "{ type: vault-token }", "{ type: vault-kv }", 1), nil, []string{
 			`FILE:6:19: backends.tokens.type: unknown backend type "vault-kv"; allowed: vault-lease, vault-pki, vault-token`,
 		}},
