@@ -287,6 +287,9 @@ func readOnly(path string, fn func(*bolt.Tx) error) (err error) {
 		if err := checkSchema(tx, true); err != nil {
 			return err
 		}
+		if tx.Bucket(bktAudit) == nil {
+			return fmt.Errorf("%w: the audit bucket is missing", ErrCorrupt)
+		}
 		return fn(tx)
 	})
 	if err != nil {

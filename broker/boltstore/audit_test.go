@@ -216,8 +216,23 @@ func TestVerifyAudit_Garbage(t *testing.T) {
 			t.Errorf("value %q: %+v, %v; want record 3 named", v, res, err)
 		}
 	}
+	// The audit bucket itself deleted.
+	cp := copyFile(t, path)
+	db, err := bolt.Open(cp, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bktAudit) })
+	db.Close()
+	if _, err := VerifyAudit(cp, nil); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("no audit bucket: err = %v, want ErrCorrupt", err)
+	}
+	if _, err := Open(cp, Options{ReadOnly: true}); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("read-only Open without the audit bucket: err = %v, want ErrCorrupt", err)
+	}
+
 	// A corrupt head.
-	cp := tamper(t, path, func(_, meta *bolt.Bucket) error { return meta.Put(keyAuditHead, []byte{1}) })
+	cp = tamper(t, path, func(_, meta *bolt.Bucket) error { return meta.Put(keyAuditHead, []byte{1}) })
 	if _, err := VerifyAudit(cp, nil); !errors.Is(err, ErrCorrupt) {
 		t.Errorf("short head: err = %v, want ErrCorrupt", err)
 	}

@@ -65,21 +65,33 @@ func timeKey(t time.Time, id string) []byte {
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
 
 // prefixIter walks the keys of one prefix backwards: newest lease first in
-// an index keyed prefix ␀ leaseID.
+// an index keyed prefix ␀ leaseID, or in the leases bucket itself when the
+// prefix is empty.
 type prefixIter struct {
 	c      *bolt.Cursor
 	prefix []byte
 	k, v   []byte
 }
 
-// newPrefixIter positions a backward iterator on the last key with prefix.
-func newPrefixIter(c *bolt.Cursor, prefix []byte) *prefixIter {
+// newPrefixIter positions a backward iterator on the last key with prefix
+// whose lease ID is below before (the last of the prefix when before is
+// nil): where a listing left off.
+func newPrefixIter(c *bolt.Cursor, prefix, before []byte) *prefixIter {
 	it := &prefixIter{c: c, prefix: prefix}
-	// Every prefix ends in sep (0x00); the first key past the prefix is
-	// at or after the prefix with its last byte raised to 0x01.
-	end := bytes.Clone(prefix)
-	end[len(end)-1]++
-	k, v := c.Seek(end)
+	var seek []byte
+	switch {
+	case before != nil:
+		seek = append(bytes.Clone(prefix), before...)
+	case len(prefix) > 0:
+		// Every prefix ends in sep (0x00); the first key past the prefix
+		// is at or after the prefix with its last byte raised to 0x01.
+		seek = bytes.Clone(prefix)
+		seek[len(seek)-1]++
+	}
+	var k, v []byte
+	if seek != nil {
+		k, v = c.Seek(seek)
+	}
 	if k == nil {
 		k, v = c.Last()
 	} else {

@@ -67,86 +67,107 @@ func (s *Store) LeaseByRequest(ctx context.Context, agent, requestID string) (*b
 // else the state index, else all leases; the agent and task indexes hold
 // each lease's state, so dead leases are skipped without being decoded.
 // Memory grows with the result, not with the store.
+//
+// A long listing is read in several short transactions, each ending after
+// listPage keys, because a writer that must grow the file's mapping waits
+// for every open read transaction: one long listing could stall issuance.
+// So a lease that changes state during the listing may be missed; none is
+// listed twice, since each transaction resumes below the last lease ID.
 func (s *Store) Leases(ctx context.Context, f broker.LeaseFilter) ([]*broker.Lease, error) {
 	out := []*broker.Lease{}
 	if f.State != "" && f.LiveOnly && !f.State.Live() {
 		return out, nil
 	}
+	var before []byte
+	for {
+		done := false
+		err := s.view(ctx, "list leases", func(tx *bolt.Tx) error {
+			var err error
+			done, before, err = listLeases(ctx, tx, f, before, &out)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if done {
+			return out, nil
+		}
+	}
+}
+
+// listPage is how many keys one transaction of Leases walks: about 40 ms of
+// decoding at worst on a slow machine.
+var listPage = 4096
+
+// listLeases walks up to listPage keys of the index that suits f, from the
+// lease ID before down, appending matches to out. It returns whether the
+// listing is complete, and otherwise the lease ID to resume below.
+func listLeases(ctx context.Context, tx *bolt.Tx, f broker.LeaseFilter, before []byte, out *[]*broker.Lease) (bool, []byte, error) {
+	leases := tx.Bucket(bktLeases)
+	var its []*prefixIter
+	check, inline := false, false // values are states to check; values are the leases
+	switch {
+	case f.Agent != "":
+		its, check = []*prefixIter{newPrefixIter(tx.Bucket(bktIdxAgent).Cursor(), prefixKey(f.Agent), before)}, true
+	case f.Task != "":
+		its, check = []*prefixIter{newPrefixIter(tx.Bucket(bktIdxTask).Cursor(), prefixKey(f.Task), before)}, true
+	case f.State != "":
+		its = []*prefixIter{newPrefixIter(tx.Bucket(bktIdxState).Cursor(), prefixKey(string(f.State)), before)}
+	case f.LiveOnly:
+		for _, st := range []broker.LeaseState{broker.StatePending, broker.StateActive, broker.StateRevoking, broker.StateIrrevocable} {
+			its = append(its, newPrefixIter(tx.Bucket(bktIdxState).Cursor(), prefixKey(string(st)), before))
+		}
+	default:
+		its, inline = []*prefixIter{newPrefixIter(leases.Cursor(), nil, before)}, true
+	}
 	stateOK := func(st []byte) bool {
 		return (f.State == "" || string(st) == string(f.State)) &&
 			(!f.LiveOnly || broker.LeaseState(st).Live())
 	}
-	err := s.view(ctx, "list leases", func(tx *bolt.Tx) error {
-		leases := tx.Bucket(bktLeases)
-		n := 0
-		// add decodes one candidate and reports whether to go on.
-		add := func(id, v []byte) (bool, error) {
-			if n++; n%checkEvery == 0 {
-				if err := ctx.Err(); err != nil {
-					return false, err
-				}
+
+	// Merge the iterators newest first: each walks lease IDs backwards,
+	// so the largest current ID is the next newest.
+	var last []byte // the lease ID walked last: a resumed listing goes on below it
+	for n := 0; ; n++ {
+		var top *prefixIter
+		for _, it := range its {
+			if id := it.id(); id != nil && (top == nil || bytes.Compare(id, top.id()) > 0) {
+				top = it
 			}
-			if v == nil {
+		}
+		if top == nil {
+			return true, nil, nil
+		}
+		if n == listPage {
+			return false, bytes.Clone(last), nil
+		}
+		id := top.id()
+		if n%checkEvery == checkEvery-1 {
+			if err := ctx.Err(); err != nil {
+				return false, nil, err
+			}
+		}
+		if !check || stateOK(top.v) {
+			v := top.v
+			if !inline {
 				if v = leases.Get(id); v == nil {
-					return false, fmt.Errorf("%w: an index names lease %s, which does not exist", ErrCorrupt, id)
+					return false, nil, fmt.Errorf("%w: an index names lease %s, which does not exist", ErrCorrupt, id)
 				}
 			}
 			l, err := decodeLease("lease "+string(id), v)
 			if err != nil {
-				return false, err
+				return false, nil, err
 			}
 			if f.Match(l) {
-				out = append(out, l)
-			}
-			return f.Limit <= 0 || len(out) < f.Limit, nil
-		}
-
-		var its []*prefixIter
-		check := false // whether iterator values are states to check
-		switch {
-		case f.Agent != "":
-			its, check = []*prefixIter{newPrefixIter(tx.Bucket(bktIdxAgent).Cursor(), prefixKey(f.Agent))}, true
-		case f.Task != "":
-			its, check = []*prefixIter{newPrefixIter(tx.Bucket(bktIdxTask).Cursor(), prefixKey(f.Task))}, true
-		case f.State != "":
-			its = []*prefixIter{newPrefixIter(tx.Bucket(bktIdxState).Cursor(), prefixKey(string(f.State)))}
-		case f.LiveOnly:
-			for _, st := range []broker.LeaseState{broker.StatePending, broker.StateActive, broker.StateRevoking, broker.StateIrrevocable} {
-				its = append(its, newPrefixIter(tx.Bucket(bktIdxState).Cursor(), prefixKey(string(st))))
-			}
-		default:
-			c := leases.Cursor()
-			for k, v := c.Last(); k != nil; k, v = c.Prev() {
-				if more, err := add(k, v); !more || err != nil {
-					return err
+				*out = append(*out, l)
+				if f.Limit > 0 && len(*out) >= f.Limit {
+					return true, nil, nil
 				}
 			}
-			return nil
 		}
-		// Merge the iterators newest first: each walks lease IDs
-		// backwards, so the largest current ID is the next newest.
-		for {
-			var top *prefixIter
-			for _, it := range its {
-				if id := it.id(); id != nil && (top == nil || bytes.Compare(id, top.id()) > 0) {
-					top = it
-				}
-			}
-			if top == nil {
-				return nil
-			}
-			if !check || stateOK(top.v) {
-				if more, err := add(top.id(), nil); !more || err != nil {
-					return err
-				}
-			}
-			top.next()
-		}
-	})
-	if err != nil {
-		return nil, err
+		last = id
+		top.next()
 	}
-	return out, nil
 }
 
 // ExpiringBefore returns active leases whose ExpiresAt is before t, soonest

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"runtime"
 	"slices"
-	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -21,7 +19,7 @@ var keyReindex = []byte("reindex")
 // reindexChunk is how many leases one rebuild transaction indexes: bbolt
 // keeps a transaction's dirty pages in memory, so a million leases in one
 // transaction would hold gigabytes.
-var reindexChunkSize = 50_000
+const reindexChunkSize = 50_000
 
 // indexBuckets are the buckets Reindex derives; everything else is a
 // record.
@@ -109,17 +107,12 @@ func (s *Store) reindex(progress func(done, total uint64)) error {
 
 // reindexChunk indexes up to reindexChunkSize leases after the lease ID
 // after (from the first when nil) and returns how many it did and the last
-// one.
-//
-// Decoding is most of the work, so the chunk's records are decoded on
-// every CPU; the values stay valid because nothing is written until all
-// are decoded. Each index's entries are then sorted before they are
-// written: bbolt splits nodes only at commit, so entries put in random
-// order into one node cost a copy of the node each, and a chunk of them
-// went quadratic.
+// one. Each index's entries are sorted before they are written: bbolt
+// splits nodes only at commit, so entries put in random order into one node
+// cost a copy of the node each, and a chunk of them went quadratic.
 func reindexChunk(tx *bolt.Tx, after []byte) (int, []byte, error) {
 	b := openLeaseBuckets(tx)
-	var ks, vs [][]byte
+	var agent, task, state, expiry, request []kv
 	c := b.leases.Cursor()
 	k, v := c.First()
 	if after != nil {
@@ -127,35 +120,13 @@ func reindexChunk(tx *bolt.Tx, after []byte) (int, []byte, error) {
 			k, v = c.Next()
 		}
 	}
-	for ; k != nil && len(ks) < reindexChunkSize; k, v = c.Next() {
-		ks, vs = append(ks, k), append(vs, v)
-	}
-	n := len(ks)
-	if n == 0 {
-		return 0, after, nil
-	}
-
-	ixs := make([]leaseIndex, n)
-	errs := make([]error, n)
-	workers := min(runtime.GOMAXPROCS(0), n)
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			for i := lo; i < hi; i++ {
-				errs[i] = json.Unmarshal(vs[i], &ixs[i])
-			}
-		}(w*n/workers, (w+1)*n/workers)
-	}
-	wg.Wait()
-
-	var agent, task, state, expiry, request []kv
-	for i, ix := range ixs {
-		if errs[i] != nil {
-			return 0, nil, fmt.Errorf("%w: lease %s: %v", ErrCorrupt, ks[i], errs[i])
+	n := 0
+	for ; k != nil && n < reindexChunkSize; k, v = c.Next() {
+		var ix leaseIndex
+		if err := json.Unmarshal(v, &ix); err != nil {
+			return 0, nil, fmt.Errorf("%w: lease %s: %v", ErrCorrupt, k, err)
 		}
-		id := string(ks[i])
+		id := string(k)
 		st := []byte(ix.State)
 		agent = append(agent, kv{pairKey(ix.Agent, id), st})
 		task = append(task, kv{pairKey(ix.Task, id), st})
@@ -169,6 +140,8 @@ func reindexChunk(tx *bolt.Tx, after []byte) (int, []byte, error) {
 			// Apply keeps it.
 			request = append(request, kv{pairKey(ix.Agent, ix.RequestID), []byte(id)})
 		}
+		after = append(after[:0], k...)
+		n++
 	}
 	for _, w := range []struct {
 		b   *bolt.Bucket
@@ -182,5 +155,5 @@ func reindexChunk(tx *bolt.Tx, after []byte) (int, []byte, error) {
 			}
 		}
 	}
-	return n, append(after[:0], ks[n-1]...), nil
+	return n, after, nil
 }

@@ -148,6 +148,9 @@ func Open(path string, opts Options) (*Store, error) {
 			if err := checkSchema(tx, false); err != nil {
 				return err
 			}
+			if err := checkBuckets(tx); err != nil {
+				return err
+			}
 			if tx.Bucket(bktMeta).Get(keyReindex) != nil {
 				return fmt.Errorf("%w: an index rebuild was interrupted; open the file read-write once to finish it", ErrCorrupt)
 			}
@@ -184,7 +187,7 @@ func Open(path string, opts Options) (*Store, error) {
 // openBolt opens the file and turns bbolt's lock timeout into an error a
 // person can act on.
 func openBolt(path string, readOnly bool, timeout time.Duration, maxSize int) (*bolt.DB, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
+	o := &bolt.Options{
 		Timeout:  timeout,
 		ReadOnly: readOnly,
 		MaxSize:  maxSize,
@@ -192,10 +195,11 @@ func openBolt(path string, readOnly bool, timeout time.Duration, maxSize int) (*
 		// many pages. The freelist is still synced with each commit, so
 		// opening a large file does not scan every page to rebuild it.
 		FreelistType: bolt.FreelistMapType,
-	})
+	}
+	db, err := bolt.Open(path, 0o600, o)
 	switch {
 	case errors.Is(err, berrors.ErrTimeout):
-		return nil, fmt.Errorf("boltstore: open %s: %w (waited %s; is a latch server running on it? work on a copy made with Store.Backup)", path, ErrLocked, timeout)
+		return nil, fmt.Errorf("boltstore: open %s: %w (waited %s; is a latch server using it? stop it, or work on a copy)", path, ErrLocked, timeout)
 	case err != nil:
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
@@ -260,6 +264,17 @@ func checkSchema(tx *bolt.Tx, canMigrate bool) error {
 	return nil
 }
 
+// checkBuckets makes sure every bucket exists, for openers that cannot
+// create them: the reads assume they do.
+func checkBuckets(tx *bolt.Tx) error {
+	for _, name := range allBuckets {
+		if tx.Bucket(name) == nil {
+			return fmt.Errorf("%w: bucket %s is missing; open the file read-write once to add it", ErrCorrupt, name)
+		}
+	}
+	return nil
+}
+
 func isEmpty(tx *bolt.Tx) bool {
 	k, _ := tx.Cursor().First()
 	return k == nil
@@ -293,9 +308,10 @@ func (s *Store) Close() error {
 }
 
 // Backup writes a consistent copy of the whole database to w while the
-// store keeps serving (one read transaction), so VerifyAudit and
-// ExportAudit can run on the copy. A plain cp of a file being written may
-// be torn.
+// store keeps serving, so VerifyAudit and ExportAudit can run on the copy;
+// a plain cp of a file being written may be torn. It is one read
+// transaction for as long as w takes: if a write must grow the file's
+// mapping meanwhile, it waits for the backup to end.
 func (s *Store) Backup(ctx context.Context, w io.Writer) (int64, error) {
 	var n int64
 	err := s.view(ctx, "backup", func(tx *bolt.Tx) error {
