@@ -162,7 +162,27 @@ func (s *Service) apply(ctx context.Context, c Change) ([]Event, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.AuditTimeout)
 	defer cancel()
-	events, err := s.store.Apply(ctx, c)
+	// A store stuck in a write (a hung disk) must not hang the request
+	// (invariant 5): past the deadline the outcome is unknown, which the
+	// caller treats as a failure — no secret leaves, and a write that lands
+	// later only records a lease whose credential was revoked.
+	type result struct {
+		events []Event
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		events, err := s.store.Apply(ctx, c)
+		done <- result{events, err}
+	}()
+	var events []Event
+	var err error
+	select {
+	case r := <-done:
+		events, err = r.events, r.err
+	case <-ctx.Done():
+		err = fmt.Errorf("store did not confirm the write within %s: %w", s.cfg.AuditTimeout, ErrStoreUnavailable)
+	}
 	if err != nil {
 		if len(c.Events) > 0 {
 			s.metrics.AuditAppendFailed()

@@ -185,10 +185,15 @@ func loadPolicy(t testing.TB) *templates.Policy {
 // failingStore wraps a Store and fails Apply when failNext says so.
 type failingStore struct {
 	broker.Store
-	fail func(broker.Change) bool
+	fail   func(broker.Change) bool
+	hang   func(broker.Change) bool // blocks, ignoring ctx, until unhang is closed: a hung disk
+	unhang chan struct{}
 }
 
 func (s *failingStore) Apply(ctx context.Context, c broker.Change) ([]broker.Event, error) {
+	if s.hang != nil && s.hang(c) {
+		<-s.unhang
+	}
 	if s.fail != nil && s.fail(c) {
 		return nil, fmt.Errorf("injected: %w", broker.ErrStoreUnavailable)
 	}
@@ -212,8 +217,9 @@ func newFixture(t testing.TB) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { bs.Close() })
-	fs := &failingStore{Store: bs}
+	t.Cleanup(func() { bs.Close() }) // after unhang: cleanups run last first
+	fs := &failingStore{Store: bs, unhang: make(chan struct{})}
+	t.Cleanup(func() { close(fs.unhang) })
 	fb := newFakeBackend()
 	svc, err := broker.NewService(context.Background(), broker.Config{
 		Store:        fs,
@@ -742,4 +748,22 @@ func TestService_Issue_Limits(t *testing.T) {
 		}
 		f.issue(t, "spiffe://example.org/agent/hoarder", "budgeted", eu)
 	})
+}
+
+// Invariant 5, hung disk: a commit that never returns still ends the
+// request within the audit deadline, without the secret.
+func TestService_Issue_HungStoreEndsWithinDeadline(t *testing.T) {
+	f := newFixture(t)
+	f.store.hang = func(c broker.Change) bool { return len(c.PutLeases) > 0 }
+	start := time.Now()
+	res, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: reportBot, Task: "report", Params: map[string]string{"region": "eu"}})
+	if res != nil || broker.ErrorCode(err) != broker.EUNAVAILABLE {
+		t.Fatalf("Issue = %+v, %v; want unavailable and no result", res, err)
+	}
+	if took := time.Since(start); took > 4*time.Second {
+		t.Fatalf("request took %s with a 2s audit deadline", took)
+	}
+	if f.backend.revokes.Load() != 1 {
+		t.Fatalf("minted secret revoked %d times, want 1", f.backend.revokes.Load())
+	}
 }
