@@ -31,6 +31,12 @@ const (
 	EventUnfreeze    EventType = "unfreeze"
 	EventReconcile   EventType = "reconcile" // restart reconciliation completed or revoked an intent
 	EventConfigLoad  EventType = "config_load"
+
+	EventApprovalRequested EventType = "approval_requested" // a request needs approval: a pending approval was created
+	EventApprovalReview    EventType = "approval_review"    // an approver approved, and more approvals are needed
+	EventApprovalApproved  EventType = "approval_approved"  // the last approval needed: the agent may pick up
+	EventApprovalDenied    EventType = "approval_denied"    // an approver denied
+	EventApprovalExpired   EventType = "approval_expired"   // pending past its deadline, or approved and never picked up
 )
 
 // Event is one audit record. Events form a SHA-256 hash chain: each holds

@@ -19,16 +19,21 @@ type IssueRequest struct {
 	TraceID    string
 	RequestID  string        // optional: retries with the same ID get the same lease
 	TTL        time.Duration // 0: the template's default
-	ApprovalID string
+	ApprovalID string        // picks up an approved request (see Issue)
 }
 
-// Issued is the result of a successful Issue.
+// Issued is the result of a successful Issue: a lease and its secret, or,
+// when the request needs approval, a pending approval.
 type Issued struct {
 	Lease  *Lease
 	Secret Secret
-	// Replayed is set when RequestID named an earlier request: Lease is
-	// that request's lease and Secret is empty, because latch never keeps
-	// secrets to hand out twice.
+	// Pending, when set, is the approval the request is waiting for, and
+	// Lease is nil: nothing was minted. The agent waits for the approval
+	// (WaitApproval) and picks it up with IssueRequest.ApprovalID.
+	Pending *Approval
+	// Replayed is set when RequestID named an earlier request: Lease (or
+	// Pending) is that request's, and Secret is empty, because latch never
+	// keeps secrets to hand out twice.
 	Replayed bool
 	Decision templates.Decision
 }
@@ -67,14 +72,24 @@ func (s *Service) templatesRequest(req IssueRequest) templates.Request {
 // an intent is stored before the backend is called, and the lease is
 // committed with its audit event in one transaction after.
 //
+// A request that needs approval is not an error: Issue records a pending
+// approval and returns it in Issued.Pending. A pickup (req.ApprovalID) is
+// decided again when it arrives and mints then: the approval must be this
+// agent's and approved, and Task and Params those approved (both empty
+// means "as approved"); TTL may be shorter than approved, never longer.
+//
 // Errors (*Error codes): EFORBIDDEN for a policy denial (with reasons and
-// NextAllowedAt), EUNAVAILABLE when the backend or the audit log cannot be
-// reached, EINTERNAL for a backend that refused.
+// NextAllowedAt) or a denied approval, EUNAVAILABLE when the backend or the
+// audit log cannot be reached, EINTERNAL for a backend that refused; for a
+// pickup also ENOTFOUND (no such approval of this agent's) and ECONFLICT
+// (still pending, already used, expired, or not the request approved).
 func (s *Service) Issue(ctx context.Context, req IssueRequest) (*Issued, error) {
 	start := time.Now()
 	res, reason, err := s.issue(ctx, req)
 	outcome := "issued"
 	switch {
+	case err == nil && res.Pending != nil:
+		outcome = "pending"
 	case err != nil && ErrorCode(err) == EFORBIDDEN:
 		outcome = "denied"
 	case err != nil && ErrorCode(err) == ELIMIT:
@@ -99,8 +114,13 @@ func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, string,
 			s.inflight.Delete(key)
 		}()
 		prev, err := s.store.LeaseByRequest(ctx, req.Agent, req.RequestID)
-		if err == nil {
-			if prev.Task != req.Task {
+		if err == nil && prev.State == StateFailed {
+			// Nothing was minted for it: a retry after a failed mint (the
+			// backend was down) tries again rather than replaying the
+			// failure forever.
+			err = ErrLeaseNotFound
+		} else if err == nil {
+			if prev.Task != req.Task && !(req.Task == "" && req.ApprovalID != "") {
 				return nil, "request_id_reused", Errorf(ECONFLICT, "request_id %q was already used for task %q", req.RequestID, prev.Task)
 			}
 			return &Issued{Lease: prev, Replayed: true}, "replayed", nil
@@ -108,6 +128,15 @@ func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, string,
 		if !errors.Is(err, ErrLeaseNotFound) {
 			return nil, "store", &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
 		}
+		if req.ApprovalID == "" {
+			if res, reason, err := s.replayApproval(ctx, req); res != nil || err != nil {
+				return res, reason, err
+			}
+		}
+	}
+
+	if req.ApprovalID != "" {
+		return s.pickup(ctx, req)
 	}
 
 	d := s.Policy().Evaluate(s.templatesRequest(req))
@@ -115,16 +144,14 @@ func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, string,
 	case templates.Deny:
 		return nil, s.deny(ctx, req, d), deniedError(d)
 	case templates.ApprovalRequired:
-		// Approvals arrive with their own issue; until then a request that
-		// needs one is refused, and says so.
-		ev := s.decisionEvent(EventDeny, req, d)
-		ev.Outcome = "approval_required"
-		_ = s.audit(ctx, ev)
-		return nil, "approval_required", &Error{Code: EFORBIDDEN,
-			Message: "this request needs approval, and this latch server does not take approvals yet",
-			Reasons: reasonCodes(d.Reasons)}
+		return s.requestApproval(ctx, req, d)
 	}
+	return s.issueAllowed(ctx, req, d, nil)
+}
 
+// issueAllowed mints what an allowed decision (or an approved pickup, with
+// its approval) grants, within the agent's limits.
+func (s *Service) issueAllowed(ctx context.Context, req IssueRequest, d templates.Decision, approval *Approval) (*Issued, string, error) {
 	if err := s.checkLimits(ctx, req.Agent, d); err != nil {
 		return nil, "limit", err
 	}
@@ -133,7 +160,7 @@ func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, string,
 		s.log.Error("template names a backend that is not configured", "task", d.Task, "backend", d.Backend)
 		return nil, "backend_missing", Errorf(EINTERNAL, "backend %q of task %q is not configured", d.Backend, d.Task)
 	}
-	issued, err := s.mint(ctx, req, d, backend)
+	issued, err := s.mint(ctx, req, d, backend, approval)
 	if err != nil {
 		return nil, "mint", err
 	}
@@ -182,6 +209,9 @@ func (s *Service) decisionEvent(typ EventType, req IssueRequest, d templates.Dec
 	if d.TemplateVersion != "" {
 		ev.Details["template_version"] = d.TemplateVersion
 	}
+	if req.ApprovalID != "" {
+		ev.Details["approval_id"] = req.ApprovalID
+	}
 	if !d.NextAllowedAt.IsZero() {
 		ev.Details["next_allowed_at"] = d.NextAllowedAt.UTC().Format(time.RFC3339)
 	}
@@ -211,8 +241,9 @@ func deniedError(d templates.Decision) *Error {
 // mint runs the two-phase issue: intent, (prepare, intent with refs),
 // mint, commit. Any failure after something may exist in the backend
 // leaves it queued for revocation — or, when even that cannot be written,
-// in the intent that reconciliation revokes at the next start.
-func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decision, backend Backend) (*Issued, error) {
+// in the intent that reconciliation revokes at the next start. approval,
+// when not nil, is consumed in the commit: with the lease or not at all.
+func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decision, backend Backend, approval *Approval) (*Issued, error) {
 	now := s.now()
 	lease := &Lease{
 		ID:              s.newLeaseID(),
@@ -234,6 +265,7 @@ func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decisi
 	if _, err := s.apply(ctx, Change{PutIntents: []*Lease{lease}}); err != nil {
 		return nil, err
 	}
+	failpoint("issue-after-intent")
 	mreq := MintRequest{
 		LeaseID:   lease.ID,
 		Agent:     req.Agent,
@@ -263,10 +295,12 @@ func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decisi
 			return nil, err
 		}
 	}
+	failpoint("issue-before-mint")
 	minted, err := backend.Mint(mctx, mreq)
 	if err != nil {
 		return nil, s.mintFailed(ctx, lease, req, d, err)
 	}
+	failpoint("issue-after-mint")
 
 	lease.Refs = minted.Refs.Merge(lease.Refs)
 	if !minted.ExpiresAt.IsZero() && minted.ExpiresAt.Before(lease.ExpiresAt) {
@@ -277,12 +311,20 @@ func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decisi
 	ev.Lease = lease.ID
 	ev.Outcome = "issued"
 	ev.Details["expires_at"] = lease.ExpiresAt.UTC().Format(time.RFC3339)
-	_, err = s.apply(ctx, Change{
+	commit := Change{
 		DeleteIntents: []string{lease.ID},
 		PutLeases:     []*Lease{lease},
 		PutAgents:     []AgentRecord{s.touchAgent(ctx, req.Agent, now)},
 		Events:        []Event{ev},
-	})
+	}
+	if approval != nil {
+		// A copy: if the commit fails, the caller's approval is still
+		// approved, as the store's is.
+		used := *approval
+		used.Status, used.ConsumedAt, used.LeaseID = ApprovalConsumed, s.now(), lease.ID
+		commit.PutApprovals = []*Approval{&used}
+	}
+	_, err = s.apply(ctx, commit)
 	if err != nil {
 		// Fail closed (invariant 5): no secret leaves without its record.
 		// The intent, with refs, stays for reconciliation if this fails.

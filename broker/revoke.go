@@ -115,6 +115,9 @@ func (s *Service) ownLease(ctx context.Context, agent, leaseID string) (*Lease, 
 	return l, nil
 }
 
+// renewSlack is how close to its max TTL a lease counts as at its max.
+const renewSlack = 3 * time.Second
+
 // Renew extends an agent's own active lease by ttl from now (the
 // template's TTL when 0), never past its max TTL. Errors: ENOTFOUND,
 // ECONFLICT (not active, not renewable, or at its max TTL), EUNAVAILABLE.
@@ -134,7 +137,11 @@ func (s *Service) Renew(ctx context.Context, agent, leaseID string, ttl time.Dur
 	if want.After(l.MaxExpiresAt) {
 		want = l.MaxExpiresAt
 	}
-	if !want.After(l.ExpiresAt) {
+	// Backends grant whole seconds counted on their own clock (Vault
+	// counts a token's max TTL from its creation second), so a lease
+	// renewed to its max TTL can end up a second or two short of it:
+	// within renewSlack of the max there is nothing left to renew.
+	if !want.After(l.ExpiresAt) || l.MaxExpiresAt.Sub(l.ExpiresAt) < renewSlack {
 		return nil, Errorf(ECONFLICT, "lease %s is at its max TTL and cannot be renewed further", l.ID)
 	}
 	r, ok := s.backends[l.Backend].(Renewer)
@@ -223,17 +230,20 @@ func (s *Service) SetFreeze(ctx context.Context, actor string, on bool, reason s
 	return err
 }
 
-// Sweep queues the revocation of every active lease past its expiry. Run
-// calls it every second; tests call it with an injected clock.
+// Sweep queues the revocation of every active lease past its expiry and
+// expires the approvals past their deadline (ExpireApprovals); it returns
+// how many leases and approvals it ended. Run calls it every second;
+// tests call it with an injected clock.
 func (s *Service) Sweep(ctx context.Context) (int, error) {
-	total := 0
+	// An approval that cannot be expired must not hold up the leases.
+	total, approvalErr := s.ExpireApprovals(ctx)
 	for {
 		leases, err := s.store.ExpiringBefore(ctx, s.now(), revokeBatch)
 		if err != nil || len(leases) == 0 {
-			return total, err
+			return total, errors.Join(approvalErr, err)
 		}
 		if err := s.queueRevocations(ctx, "latch", "expired", EventExpire, leases, true); err != nil {
-			return total, err
+			return total, errors.Join(approvalErr, err)
 		}
 		total += len(leases)
 	}
@@ -286,6 +296,7 @@ func (s *Service) revokeOne(ctx context.Context, r Revocation) bool {
 	}
 	now := s.now()
 	if err == nil {
+		failpoint("revoke-after-backend")
 		typ, state := EventRevoked, StateRevoked
 		if r.Expiry {
 			typ, state = EventExpire, StateExpired

@@ -39,6 +39,13 @@ type Config struct {
 	RetryMax          time.Duration
 	MaxAttempts       int
 	RevokeConcurrency int
+
+	// Approvals: a pending approval expires when no decision is reached
+	// within ApprovalTTL; an approved one must be picked up within
+	// PickupTTL of its approval, or it expires unused. Defaults: 1 h,
+	// 15 min.
+	ApprovalTTL time.Duration
+	PickupTTL   time.Duration
 }
 
 // Service turns a verified identity and a policy decision into a recorded
@@ -64,6 +71,9 @@ type Service struct {
 	kick     chan struct{}
 	idMu     sync.Mutex
 	entropy  *ulid.MonotonicEntropy
+
+	approvalLocks   keyedLocks      // per approval ID: review, pickup and expiry one at a time
+	approvalWaiters approvalWaiters // long polls of approvals still pending
 }
 
 // NewService checks cfg and loads the agent states and freeze from the
@@ -86,6 +96,8 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	setDefault(&cfg.AuditTimeout, 5*time.Second)
 	setDefault(&cfg.RetryBase, time.Second)
 	setDefault(&cfg.RetryMax, 5*time.Minute)
+	setDefault(&cfg.ApprovalTTL, time.Hour)
+	setDefault(&cfg.PickupTTL, 15*time.Minute)
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 10
 	}
@@ -189,6 +201,7 @@ func (s *Service) apply(ctx context.Context, c Change) ([]Event, error) {
 		}
 		return nil, &Error{Code: EUNAVAILABLE, Message: "the audit log is unavailable", Err: err}
 	}
+	s.publish(events)
 	return events, nil
 }
 

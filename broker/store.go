@@ -7,8 +7,8 @@ import (
 )
 
 // Store persists leases, intents, the revocation queue, agent states, the
-// global freeze and the audit chain. broker/boltstore implements it on
-// bbolt.
+// global freeze, approvals and the audit chain. broker/boltstore
+// implements it on bbolt.
 //
 // Every write goes through Apply, which makes one Change durable as a
 // whole — records and audit events together — so a lease is never
@@ -56,6 +56,20 @@ type Store interface {
 	// LastEvent returns the newest audit event, nil when there is none.
 	LastEvent(ctx context.Context) (*Event, error)
 
+	// Approval returns one approval; ErrApprovalNotFound when there is
+	// none.
+	Approval(ctx context.Context, id string) (*Approval, error)
+	// Approvals returns the approvals that match f, newest first.
+	Approvals(ctx context.Context, f ApprovalFilter) ([]*Approval, error)
+	// ApprovalByRequest returns the newest approval an agent's request_id
+	// produced, for idempotent retries; ErrApprovalNotFound when there is
+	// none.
+	ApprovalByRequest(ctx context.Context, agent, requestID string) (*Approval, error)
+	// ExpiringApprovals returns open approvals whose deadline (ExpiresAt
+	// while pending, PickupBy once approved) is before now, soonest first,
+	// at most limit.
+	ExpiringApprovals(ctx context.Context, now time.Time, limit int) ([]*Approval, error)
+
 	Close() error
 }
 
@@ -68,13 +82,17 @@ type Change struct {
 	Dequeue       []string // lease IDs whose revocation is done
 	PutAgents     []AgentRecord
 	Freeze        *FreezeState
-	Events        []Event // appended to the audit chain, in order
+	PutApprovals  []*Approval // approval records, with their indexes
+	Events        []Event     // appended to the audit chain, in order
 }
 
 // Store errors.
 var (
 	// ErrLeaseNotFound is returned when no lease has the ID asked for.
 	ErrLeaseNotFound = errors.New("lease not found")
+	// ErrApprovalNotFound is returned when no approval has the ID asked
+	// for.
+	ErrApprovalNotFound = errors.New("approval not found")
 	// ErrStoreUnavailable marks a store that cannot write: disk full,
 	// read-only filesystem, or closed.
 	ErrStoreUnavailable = errors.New("store unavailable")

@@ -120,6 +120,7 @@ type write struct {
 	enqueue       []revWrite
 	agents        []kv
 	freeze        []byte
+	approvals     []approvalWrite
 	events        []broker.Event
 }
 
@@ -150,7 +151,7 @@ type leaseIndex struct {
 func (w *write) empty() bool {
 	return len(w.deleteIntents) == 0 && len(w.putIntents) == 0 && len(w.leases) == 0 &&
 		len(w.dequeue) == 0 && len(w.enqueue) == 0 && len(w.agents) == 0 &&
-		w.freeze == nil && len(w.events) == 0
+		w.freeze == nil && len(w.approvals) == 0 && len(w.events) == 0
 }
 
 var leaseStates = map[broker.LeaseState]bool{
@@ -265,6 +266,11 @@ func (s *Store) prepare(c broker.Change) (*write, error) {
 		}
 		w.freeze = v
 	}
+	approvals, err := prepareApprovals(c.PutApprovals)
+	if err != nil {
+		return nil, err
+	}
+	w.approvals = approvals
 	if len(c.Events) > 0 {
 		now := s.now()
 		w.events = make([]broker.Event, len(c.Events))
@@ -321,6 +327,9 @@ func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
 		if err := tx.Bucket(bktFreeze).Put(keyFreeze, w.freeze); err != nil {
 			return err
 		}
+	}
+	if err := writeApprovals(tx, w.approvals); err != nil {
+		return err
 	}
 	if len(events) > 0 {
 		return appendEvents(tx, events)

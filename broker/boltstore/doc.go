@@ -1,6 +1,6 @@
 // Package boltstore implements broker.Store on bbolt: leases and their
-// indexes, intents, the revocation queue, agent states, the global freeze
-// and the hash-chained audit log, in one file.
+// indexes, intents, the revocation queue, agent states, the global freeze,
+// approvals and the hash-chained audit log, in one file.
 //
 // # Usage
 //
@@ -57,6 +57,14 @@
 //	agents       agent ID      → broker.AgentRecord JSON
 //	freeze       "global"      → broker.FreezeState JSON
 //	audit        uint64 seq    → broker.Event JSON
+//
+//	approvals              approval ID   → broker.Approval JSON
+//	idx_approval_status    status ␀ ID   → empty
+//	idx_approval_agent     agent ␀ ID    → approval status
+//	idx_approval_request   agent ␀ reqID → approval ID (ApprovalByRequest)
+//	idx_approval_deadline  time ‖ ID     → empty, open approvals only: ExpiresAt
+//	                                       while pending, PickupBy once approved
+//	                                       (ExpiringApprovals)
 //
 // The agent and task indexes carry the lease state as their value, so the
 // common "live leases of this agent" scan skips dead leases without

@@ -23,10 +23,11 @@ const reindexChunkSize = 50_000
 
 // indexBuckets are the buckets Reindex derives; everything else is a
 // record.
-var indexBuckets = [][]byte{bktIdxAgent, bktIdxTask, bktIdxState, bktIdxExpiry, bktIdxRequest, bktIdxDue}
+var indexBuckets = [][]byte{bktIdxAgent, bktIdxTask, bktIdxState, bktIdxExpiry, bktIdxRequest, bktIdxDue,
+	bktIdxApprovalStatus, bktIdxApprovalAgent, bktIdxApprovalRequest, bktIdxApprovalDeadline}
 
-// Reindex rebuilds every index of the database at path from the lease and
-// revocation records. Indexes are written in the same transaction as their
+// Reindex rebuilds every index of the database at path from the lease,
+// revocation and approval records. Indexes are written in the same transaction as their
 // records, so a healthy store never needs this; it is the tool for a
 // migration that changes an index's encoding and for repair after
 // ErrCorrupt. The file must not be held by a server. An interrupted rebuild
@@ -95,6 +96,9 @@ func (s *Store) reindex(progress func(done, total uint64)) error {
 			return due.Put(timeKey(r.NextAttempt, string(k)), nil)
 		})
 		if err != nil {
+			return err
+		}
+		if err := reindexApprovals(tx); err != nil {
 			return err
 		}
 		return tx.Bucket(bktMeta).Delete(keyReindex)

@@ -64,6 +64,7 @@ var (
 		bktMeta, bktLeases, bktIntents, bktIdxAgent, bktIdxTask, bktIdxState,
 		bktIdxExpiry, bktIdxRequest, bktRevocations, bktIdxDue, bktAgents,
 		bktFreeze, bktAudit,
+		bktApprovals, bktIdxApprovalStatus, bktIdxApprovalAgent, bktIdxApprovalRequest, bktIdxApprovalDeadline,
 	}
 
 	keySchema    = []byte("schema")

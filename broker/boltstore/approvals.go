@@ -1,0 +1,353 @@
+package boltstore
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// Approval buckets. See doc.go for what each holds.
+var (
+	bktApprovals           = []byte("approvals")
+	bktIdxApprovalStatus   = []byte("idx_approval_status")
+	bktIdxApprovalAgent    = []byte("idx_approval_agent")
+	bktIdxApprovalRequest  = []byte("idx_approval_request")
+	bktIdxApprovalDeadline = []byte("idx_approval_deadline")
+)
+
+// approvalIndex is the part of an approval the indexes are built from;
+// the old version of an approval is decoded into it to find its entries.
+type approvalIndex struct {
+	Agent     string                `json:"agent"`
+	RequestID string                `json:"request_id"`
+	Status    broker.ApprovalStatus `json:"status"`
+	ExpiresAt time.Time             `json:"expires_at"`
+	PickupBy  time.Time             `json:"pickup_by"`
+}
+
+// deadline is when the sweeper must look at the approval again: the end
+// of the review while pending, of the pickup once approved. Closed
+// approvals have none and leave the deadline index.
+func (ix *approvalIndex) deadline() (time.Time, bool) {
+	switch ix.Status {
+	case broker.ApprovalPending:
+		return ix.ExpiresAt, true
+	case broker.ApprovalApproved:
+		return ix.PickupBy, true
+	}
+	return time.Time{}, false
+}
+
+type approvalWrite struct {
+	id  string
+	val []byte
+	ix  approvalIndex
+}
+
+// prepareApprovals validates and encodes the approvals of a change. An
+// open approval without its deadline would never expire, so it is refused
+// like an active lease without expiry.
+func prepareApprovals(as []*broker.Approval) ([]approvalWrite, error) {
+	var out []approvalWrite
+	for _, a := range as {
+		if a == nil {
+			return nil, fmt.Errorf("%w: nil approval", ErrInvalidChange)
+		}
+		if err := checkID("approval ID", a.ID, true); err != nil {
+			return nil, err
+		}
+		if err := checkID("approval "+a.ID+" agent", a.Agent, true); err != nil {
+			return nil, err
+		}
+		if err := checkID("approval "+a.ID+" task", a.Task, true); err != nil {
+			return nil, err
+		}
+		if err := checkID("approval "+a.ID+" request ID", a.RequestID, false); err != nil {
+			return nil, err
+		}
+		switch {
+		case !a.Status.Valid():
+			return nil, fmt.Errorf("%w: approval %s has unknown status %q", ErrInvalidChange, a.ID, a.Status)
+		case a.Status == broker.ApprovalPending && a.ExpiresAt.IsZero():
+			return nil, fmt.Errorf("%w: pending approval %s has no expiry", ErrInvalidChange, a.ID)
+		case a.Status == broker.ApprovalApproved && a.PickupBy.IsZero():
+			return nil, fmt.Errorf("%w: approved approval %s has no pickup deadline", ErrInvalidChange, a.ID)
+		case a.Status == broker.ApprovalConsumed && a.LeaseID == "":
+			return nil, fmt.Errorf("%w: consumed approval %s names no lease", ErrInvalidChange, a.ID)
+		}
+		v, err := json.Marshal(a)
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode approval %s: %v", ErrInvalidChange, a.ID, err)
+		}
+		out = append(out, approvalWrite{id: a.ID, val: v, ix: approvalIndex{
+			Agent: a.Agent, RequestID: a.RequestID, Status: a.Status, ExpiresAt: a.ExpiresAt, PickupBy: a.PickupBy,
+		}})
+	}
+	return out, nil
+}
+
+// approvalBuckets are the approval record and its indexes, opened once per
+// transaction.
+type approvalBuckets struct {
+	records, status, agent, request, deadline *bolt.Bucket
+}
+
+func openApprovalBuckets(tx *bolt.Tx) approvalBuckets {
+	return approvalBuckets{
+		records:  tx.Bucket(bktApprovals),
+		status:   tx.Bucket(bktIdxApprovalStatus),
+		agent:    tx.Bucket(bktIdxApprovalAgent),
+		request:  tx.Bucket(bktIdxApprovalRequest),
+		deadline: tx.Bucket(bktIdxApprovalDeadline),
+	}
+}
+
+// writeApprovals stores approvals in tx, keeping every index in step.
+func writeApprovals(tx *bolt.Tx, as []approvalWrite) error {
+	if len(as) == 0 {
+		return nil
+	}
+	b := openApprovalBuckets(tx)
+	for i := range as {
+		if err := b.put(&as[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// put stores one approval, first removing every index entry of the
+// version it replaces: an approval changes a handful of times in its
+// life, so rewriting its few entries costs nothing worth saving.
+func (b approvalBuckets) put(w *approvalWrite) error {
+	id := []byte(w.id)
+	if old := b.records.Get(id); old != nil {
+		var prev approvalIndex
+		if err := json.Unmarshal(old, &prev); err != nil {
+			return fmt.Errorf("%w: approval %s: %v", ErrCorrupt, w.id, err)
+		}
+		if err := b.unindex(w.id, &prev); err != nil {
+			return err
+		}
+	}
+	if err := b.records.Put(id, w.val); err != nil {
+		return err
+	}
+	return b.index(w.id, &w.ix)
+}
+
+func (b approvalBuckets) index(id string, ix *approvalIndex) error {
+	if err := b.status.Put(pairKey(string(ix.Status), id), nil); err != nil {
+		return err
+	}
+	if err := b.agent.Put(pairKey(ix.Agent, id), []byte(ix.Status)); err != nil {
+		return err
+	}
+	if t, ok := ix.deadline(); ok {
+		if err := b.deadline.Put(timeKey(t, id), nil); err != nil {
+			return err
+		}
+	}
+	if ix.RequestID != "" {
+		// The newest approval for a request owns the key, as for leases:
+		// approval IDs are ULIDs, so an update of an older one leaves it.
+		k := pairKey(ix.Agent, ix.RequestID)
+		if cur := b.request.Get(k); cur == nil || string(cur) <= id {
+			if err := b.request.Put(k, []byte(id)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (b approvalBuckets) unindex(id string, old *approvalIndex) error {
+	if err := b.status.Delete(pairKey(string(old.Status), id)); err != nil {
+		return err
+	}
+	if err := b.agent.Delete(pairKey(old.Agent, id)); err != nil {
+		return err
+	}
+	if t, ok := old.deadline(); ok {
+		if err := b.deadline.Delete(timeKey(t, id)); err != nil {
+			return err
+		}
+	}
+	if old.RequestID != "" {
+		// Only if it is still ours: a newer approval may have taken it.
+		k := pairKey(old.Agent, old.RequestID)
+		if string(b.request.Get(k)) == id {
+			if err := b.request.Delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// reindexApprovals rebuilds the approval indexes from the records. There
+// are few approvals (people decide each one), so one transaction holds
+// them all.
+func reindexApprovals(tx *bolt.Tx) error {
+	b := openApprovalBuckets(tx)
+	return b.records.ForEach(func(k, v []byte) error {
+		var ix approvalIndex
+		if err := json.Unmarshal(v, &ix); err != nil {
+			return fmt.Errorf("%w: approval %s: %v", ErrCorrupt, k, err)
+		}
+		return b.index(string(k), &ix)
+	})
+}
+
+func decodeApproval(what string, v []byte) (*broker.Approval, error) {
+	a := new(broker.Approval)
+	if err := json.Unmarshal(v, a); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, what, err)
+	}
+	return a, nil
+}
+
+// errNoApproval is returned from inside a read and turned into
+// broker.ErrApprovalNotFound outside it, so that classify does not take a
+// missing approval for a store that cannot serve.
+var errNoApproval = errors.New("no approval")
+
+// Approval returns one approval; broker.ErrApprovalNotFound when there is
+// none.
+func (s *Store) Approval(ctx context.Context, id string) (*broker.Approval, error) {
+	var a *broker.Approval
+	err := s.view(ctx, "approval "+id, func(tx *bolt.Tx) error {
+		v := tx.Bucket(bktApprovals).Get([]byte(id))
+		if v == nil {
+			return errNoApproval
+		}
+		var err error
+		a, err = decodeApproval("approval "+id, v)
+		return err
+	})
+	return a, notFound(err, "approval "+id)
+}
+
+// ApprovalByRequest returns the newest approval the agent's request ID
+// produced; broker.ErrApprovalNotFound when there is none.
+func (s *Store) ApprovalByRequest(ctx context.Context, agent, requestID string) (*broker.Approval, error) {
+	var a *broker.Approval
+	err := s.view(ctx, "approval by request", func(tx *bolt.Tx) error {
+		id := tx.Bucket(bktIdxApprovalRequest).Get(pairKey(agent, requestID))
+		if id == nil {
+			return errNoApproval
+		}
+		v := tx.Bucket(bktApprovals).Get(id)
+		if v == nil {
+			return fmt.Errorf("%w: request index names approval %s, which does not exist", ErrCorrupt, id)
+		}
+		var err error
+		a, err = decodeApproval("approval "+string(id), v)
+		return err
+	})
+	return a, notFound(err, "approval by request")
+}
+
+func notFound(err error, op string) error {
+	if errors.Is(err, errNoApproval) {
+		return fmt.Errorf("boltstore: %s: %w", op, broker.ErrApprovalNotFound)
+	}
+	return err
+}
+
+// Approvals returns the approvals that match f, newest first, at most
+// f.Limit. It walks the agent index when f names an agent (whose values
+// are the statuses, so other statuses are skipped undecoded), else the
+// status index, else every approval.
+func (s *Store) Approvals(ctx context.Context, f broker.ApprovalFilter) ([]*broker.Approval, error) {
+	out := []*broker.Approval{}
+	err := s.view(ctx, "list approvals", func(tx *bolt.Tx) error {
+		records := tx.Bucket(bktApprovals)
+		var it *prefixIter
+		check, inline := false, false
+		switch {
+		case f.Agent != "":
+			it, check = newPrefixIter(tx.Bucket(bktIdxApprovalAgent).Cursor(), prefixKey(f.Agent), nil), true
+		case f.Status != "":
+			it = newPrefixIter(tx.Bucket(bktIdxApprovalStatus).Cursor(), prefixKey(string(f.Status)), nil)
+		default:
+			it, inline = newPrefixIter(records.Cursor(), nil, nil), true
+		}
+		for n := 0; it.id() != nil; n++ {
+			if n%checkEvery == checkEvery-1 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			id := it.id()
+			if !check || f.Status == "" || string(it.v) == string(f.Status) {
+				v := it.v
+				if !inline {
+					if v = records.Get(id); v == nil {
+						return fmt.Errorf("%w: an index names approval %s, which does not exist", ErrCorrupt, id)
+					}
+				}
+				a, err := decodeApproval("approval "+string(id), v)
+				if err != nil {
+					return err
+				}
+				if f.Match(a) {
+					out = append(out, a)
+					if f.Limit > 0 && len(out) >= f.Limit {
+						return nil
+					}
+				}
+			}
+			it.next()
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ExpiringApprovals returns open approvals whose deadline is before now
+// (pending past ExpiresAt, approved past PickupBy), soonest first, at most
+// limit (no bound when limit ≤ 0).
+func (s *Store) ExpiringApprovals(ctx context.Context, now time.Time, limit int) ([]*broker.Approval, error) {
+	out := []*broker.Approval{}
+	end := timeOrd(now)
+	err := s.view(ctx, "approvals expiring", func(tx *bolt.Tx) error {
+		records := tx.Bucket(bktApprovals)
+		c := tx.Bucket(bktIdxApprovalDeadline).Cursor()
+		for k, _ := c.First(); k != nil && (limit <= 0 || len(out) < limit); k, _ = c.Next() {
+			if len(k) < 8 {
+				return fmt.Errorf("%w: approval deadline index key %x", ErrCorrupt, k)
+			}
+			if binary.BigEndian.Uint64(k) >= end {
+				break
+			}
+			id := k[8:]
+			v := records.Get(id)
+			if v == nil {
+				return fmt.Errorf("%w: deadline index names approval %s, which does not exist", ErrCorrupt, id)
+			}
+			a, err := decodeApproval("approval "+string(id), v)
+			if err != nil {
+				return err
+			}
+			if a.Status.Open() {
+				out = append(out, a)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
