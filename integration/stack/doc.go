@@ -9,6 +9,12 @@
 //		os.Exit(stack.Main(m, stack.All, &st))
 //	}
 //
+// A package that needs to stop Vault and start it again with its state
+// (an outage) asks for stack.WithPersistentVault: Vault then runs as a
+// regular server on file storage, initialised and unsealed by the harness,
+// and st.Vault.Stop / st.Vault.Start take it down and bring it back on the
+// same address.
+//
 // The binaries come from `make tools` (.tools/bin). When one is missing the
 // harness fails with "run 'make tools'": integration tests never skip.
 package stack

@@ -20,6 +20,11 @@ const (
 	WithVault Components = 1 << iota
 	WithSPIRE
 	WithPostgres
+	// WithPersistentVault runs Vault as a regular server on file storage
+	// instead of the in-memory dev server, so that Vault.Stop and
+	// Vault.Start can take it down and bring it back with its state. It
+	// implies WithVault.
+	WithPersistentVault
 
 	All = WithVault | WithSPIRE | WithPostgres
 )
@@ -42,13 +47,17 @@ func Start(ctx context.Context, which Components) (*Stack, error) {
 		return nil, fmt.Errorf("stack: %w", err)
 	}
 	s := &Stack{Dir: dir}
+	persistent := which&WithPersistentVault != 0
+	if persistent {
+		which |= WithVault
+	}
 	type starter struct {
 		want  Components
 		start func() error
 	}
 	steps := []starter{
 		{WithPostgres, func() (err error) { s.Postgres, err = startPostgres(ctx, mkdir(dir, "postgres")); return }},
-		{WithVault, func() (err error) { s.Vault, err = startVault(ctx, mkdir(dir, "vault")); return }},
+		{WithVault, func() (err error) { s.Vault, err = startVault(ctx, mkdir(dir, "vault"), persistent); return }},
 		{WithSPIRE, func() (err error) { s.SPIRE, err = startSPIRE(ctx, mkdir(dir, "spire")); return }},
 	}
 	for _, st := range steps {
