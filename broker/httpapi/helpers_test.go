@@ -1,0 +1,521 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/latchbroker/latch/attest"
+	"github.com/latchbroker/latch/attest/attesttest"
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/broker/client"
+	"github.com/latchbroker/latch/broker/httpapi"
+	"github.com/latchbroker/latch/broker/promstats"
+	"github.com/latchbroker/latch/templates"
+)
+
+var (
+	td       = spiffeid.RequireTrustDomainFromString("example.org")
+	otherTD  = spiffeid.RequireTrustDomainFromString("other.org")
+	serverID = spiffeid.RequireFromPath(td, "/latch")
+
+	reportBot = spiffeid.RequireFromPath(td, "/agent/report-bot")
+	ticketBot = spiffeid.RequireFromPath(td, "/agent/ticket-bot")
+	chatty    = spiffeid.RequireFromPath(td, "/agent/chatty")
+	hoarder   = spiffeid.RequireFromPath(td, "/agent/hoarder")
+	intruder  = spiffeid.RequireFromPath(td, "/intruder")
+
+	viewer   = spiffeid.RequireFromPath(td, "/ops/vera")
+	revoker  = spiffeid.RequireFromPath(td, "/ops/rex")
+	admin    = spiffeid.RequireFromPath(td, "/ops/ada")
+	approver = spiffeid.RequireFromPath(td, "/ops/abe")
+)
+
+const testPolicy = `
+operators:
+  - { id: spiffe://example.org/ops/vera, roles: [viewer] }
+  - { id: spiffe://example.org/ops/rex, roles: [revoker] }
+  - { id: spiffe://example.org/ops/ada, roles: [admin] }
+  - { id: spiffe://example.org/ops/abe, roles: [approver] }
+agents:
+  - id: spiffe://example.org/agent/report-*
+    owner: spiffe://example.org/ops/bob
+    templates: [report]
+  - id: spiffe://example.org/agent/ticket-bot
+    owner: spiffe://example.org/ops/bob
+    templates: [ticket, report]
+  - id: spiffe://example.org/agent/chatty
+    owner: spiffe://example.org/ops/bob
+    templates: [report]
+    rate: 2/m
+  - id: spiffe://example.org/agent/hoarder
+    owner: spiffe://example.org/ops/bob
+    templates: [report, budgeted]
+    max_active: 2
+freeze_windows:
+  billing-close: { cron: "0 0 28 * *", duration: 120h, timezone: Europe/Berlin }
+`
+
+var testTemplates = map[string]string{
+	"budgeted.yaml": `
+name: budgeted
+description: One at a time.
+backend: fake
+params:
+  region: { enum: [eu, us] }
+ttl: 10m
+max_ttl: 10m
+risk: low
+max_active: 1
+`,
+	"report.yaml": `
+name: report
+description: Read one region's sales tables.
+backend: fake
+params:
+  region: { enum: [eu, us] }
+ttl: 10m
+max_ttl: 30m
+risk: low
+windows:
+  - { window: billing-close, effect: deny }
+`,
+	"ticket.yaml": `
+name: ticket
+description: Touch one ticket; needs approval.
+backend: fake
+params:
+  ticket: { pattern: "^[0-9]{1,9}$" }
+ttl: 5m
+max_ttl: 5m
+risk: high
+`,
+}
+
+// canary is the secret the fake backend mints. Only the credentials
+// response to the agent that asked may contain it.
+const canary = "CANARY-h77p-s3cr3t-41c9"
+
+// fakeBackend mints canary secrets.
+type fakeBackend struct {
+	mu      sync.Mutex
+	mintErr error
+	minted  map[string]bool
+	mints   atomic.Int64
+}
+
+func (f *fakeBackend) Mint(_ context.Context, req broker.MintRequest) (broker.Minted, error) {
+	f.mints.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.mintErr != nil {
+		return broker.Minted{}, f.mintErr
+	}
+	f.minted[req.LeaseID] = true
+	return broker.Minted{
+		Secret:    broker.NewSecret(map[string]string{"username": "u-" + req.LeaseID, "password": canary}),
+		Refs:      broker.Refs{TokenAccessor: "acc-" + req.LeaseID},
+		ExpiresAt: time.Now().Add(24 * time.Hour),
+	}, nil
+}
+
+func (f *fakeBackend) Revoke(_ context.Context, refs broker.Refs) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.minted[strings.TrimPrefix(refs.TokenAccessor, "acc-")] = false
+	return nil
+}
+
+func (f *fakeBackend) Lookup(_ context.Context, refs broker.Refs) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.minted[strings.TrimPrefix(refs.TokenAccessor, "acc-")], nil
+}
+
+func (f *fakeBackend) Renew(_ context.Context, _ broker.Refs, _ time.Duration) (time.Time, error) {
+	return time.Time{}, nil
+}
+
+func (f *fakeBackend) setMintErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mintErr = err
+}
+
+// clock is the Service's settable clock. attest keeps the wall clock:
+// go-spiffe checks JWT-SVIDs against it.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// failingStore fails Apply while fail is set.
+type failingStore struct {
+	broker.Store
+	fail atomic.Bool
+}
+
+func (s *failingStore) Apply(ctx context.Context, c broker.Change) ([]broker.Event, error) {
+	if s.fail.Load() {
+		return nil, fmt.Errorf("injected: %w", broker.ErrStoreUnavailable)
+	}
+	return s.Store.Apply(ctx, c)
+}
+
+// syncBuffer is a log sink the tests read.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// env is one test's latch: a Service on a real bbolt file, the handler
+// behind a TLS 1.3 listener configured by attest, and a SPIFFE test CA
+// for the callers.
+type env struct {
+	t        *testing.T
+	ca       *attesttest.CA
+	other    *attesttest.CA
+	svc      *broker.Service
+	store    *failingStore
+	backend  *fakeBackend
+	clock    *clock
+	metrics  *promstats.Metrics
+	handler  *httpapi.Handler
+	verifier *attest.Verifier
+	url      string
+	logs     *syncBuffer
+	notReady atomic.Pointer[string]
+	// seen collects every body the tests read, for the canary scan.
+	seenMu sync.Mutex
+	seen   []string
+}
+
+func newEnv(t *testing.T, configure ...func(*httpapi.Config)) *env {
+	t.Helper()
+	e := &env{
+		t:       t,
+		ca:      attesttest.New(t, td),
+		other:   attesttest.New(t, otherTD),
+		backend: &fakeBackend{minted: map[string]bool{}},
+		// A Tuesday in March, outside the billing-close window (28th..2nd).
+		clock:   &clock{now: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)},
+		metrics: promstats.New(),
+		logs:    &syncBuffer{},
+	}
+	bs, err := boltstore.Open(filepath.Join(t.TempDir(), "latch.db"), boltstore.Options{Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bs.Close() })
+	e.store = &failingStore{Store: bs}
+	e.svc, err = broker.NewService(context.Background(), broker.Config{
+		Store:        e.store,
+		Policy:       loadPolicy(t),
+		Backends:     map[string]broker.Backend{"fake": e.backend},
+		Logger:       slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Metrics:      e.metrics,
+		Now:          e.clock.Now,
+		AuditTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.verifier, err = attest.NewVerifier(attest.Config{
+		ID:          serverID,
+		X509Bundles: x509bundle.NewSet(e.ca.X509Bundle(), e.other.X509Bundle()),
+		JWTBundles:  jwtbundle.NewSet(e.ca.JWTBundle(), e.other.JWTBundle()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := httpapi.Config{
+		Service:  e.svc,
+		Verifier: e.verifier,
+		Logger:   slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Metrics:  e.metrics,
+		Ready: func() error {
+			if msg := e.notReady.Load(); msg != nil {
+				return errors.New(*msg)
+			}
+			return nil
+		},
+		Heartbeat: 100 * time.Millisecond,
+	}
+	for _, c := range configure {
+		c(&cfg)
+	}
+	e.handler, err = httpapi.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConfig, err := e.verifier.ServerTLSConfig(e.ca.X509SVID(serverID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(e.handler)
+	srv.Listener = tls.NewListener(srv.Listener, tlsConfig)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	e.url = "https://" + srv.Listener.Addr().String()
+	return e
+}
+
+func loadPolicy(t testing.TB) *templates.Policy {
+	t.Helper()
+	pc, err := templates.ParsePolicy("policy.yaml", []byte(testPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake"}}}
+	for name, body := range testTemplates {
+		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
+	}
+	p, err := templates.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// recorder keeps every response body, for the canary scan.
+type recorder struct {
+	e    *env
+	base http.RoundTripper
+}
+
+func (r recorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := r.base.RoundTrip(req)
+	if err != nil || resp.Header.Get("Content-Type") == "text/event-stream" {
+		return resp, err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	r.e.seenMu.Lock()
+	r.e.seen = append(r.e.seen, req.Method+" "+req.URL.Path+" → "+string(b))
+	r.e.seenMu.Unlock()
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	return resp, nil
+}
+
+// httpClient returns an *http.Client presenting svid (nil: no client
+// certificate) and, if jwt is set, bearer tokens from it.
+func (e *env) httpClient(svid *x509svid.SVID, jwt *attest.BearerTransport) *http.Client {
+	var src x509svid.Source
+	if svid != nil {
+		src = svid
+	}
+	tr := &http.Transport{TLSClientConfig: attest.ClientTLSConfig(src, e.ca.X509Bundle(), serverID), ForceAttemptHTTP2: true}
+	var rt http.RoundTripper = tr
+	if jwt != nil {
+		jwt.Base = tr
+		rt = jwt
+	}
+	return &http.Client{Transport: recorder{e: e, base: rt}}
+}
+
+func (e *env) newClient(hc *http.Client) *client.Client {
+	c, err := client.New(hc, e.url)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c
+}
+
+// as returns a client authenticated by an X.509-SVID for id.
+func (e *env) as(id spiffeid.ID) *client.Client {
+	return e.newClient(e.httpClient(e.ca.X509SVID(id), nil))
+}
+
+// asJWT returns a client authenticated by JWT-SVIDs for id.
+func (e *env) asJWT(id spiffeid.ID, opts ...attesttest.JWTOption) *client.Client {
+	return e.newClient(e.httpClient(nil, &attest.BearerTransport{Source: e.ca.JWTSource(id, opts...), Audience: serverID}))
+}
+
+// raw sends a request with any body and headers as id (mTLS) and returns
+// the status, headers and body.
+func (e *env) raw(id spiffeid.ID, method, path, contentType string, body []byte) (int, http.Header, []byte) {
+	e.t.Helper()
+	return e.rawWith(e.httpClient(e.ca.X509SVID(id), nil), method, path, contentType, body)
+}
+
+func (e *env) rawWith(hc *http.Client, method, path, contentType string, body []byte) (int, http.Header, []byte) {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.url+path, bytes.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, b
+}
+
+// events returns the audit log, verifying its chain.
+func (e *env) events() []broker.Event {
+	e.t.Helper()
+	var out []broker.Event
+	var v broker.ChainVerifier
+	err := e.store.Events(context.Background(), 0, func(ev broker.Event) (bool, error) {
+		if err := v.Next(ev); err != nil {
+			return false, err
+		}
+		out = append(out, ev)
+		return true, nil
+	})
+	if err != nil {
+		e.t.Fatalf("audit chain: %v", err)
+	}
+	return out
+}
+
+// issue gets credentials for agent and fails the test otherwise.
+func (e *env) issue(agent spiffeid.ID, task, region string) *clientResponse {
+	e.t.Helper()
+	res, err := e.as(agent).Credentials(context.Background(), credReq(task, region))
+	if err != nil {
+		e.t.Fatalf("credentials for %s: %v", agent, err)
+	}
+	return res
+}
+
+// metricsText scrapes the metrics handler.
+func (e *env) metricsText() string {
+	e.t.Helper()
+	rec := httptest.NewRecorder()
+	e.metrics.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != http.StatusOK {
+		e.t.Fatalf("/metrics: %d %s", rec.Code, rec.Body)
+	}
+	return rec.Body.String()
+}
+
+// apiError decodes an error envelope.
+func apiError(t *testing.T, body []byte) errorBody {
+	t.Helper()
+	var env struct {
+		Error errorBody `json:"error"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&env); err != nil {
+		t.Fatalf("error body %q: %v", body, err)
+	}
+	if env.Error.Reasons == nil {
+		t.Fatalf("error body %s: reasons must be an array, even empty", body)
+	}
+	return env.Error
+}
+
+type errorBody struct {
+	Code          string    `json:"code"`
+	Message       string    `json:"message"`
+	Reasons       []string  `json:"reasons"`
+	NextAllowedAt time.Time `json:"next_allowed_at"`
+	RetryAfter    int       `json:"retry_after"`
+	RequestID     string    `json:"request_id"`
+}
+
+func spiffeidIn(d spiffeid.TrustDomain, path string) spiffeid.ID {
+	return spiffeid.RequireFromPath(d, path)
+}
+
+// grep returns the lines of s that contain sub.
+func grep(s, sub string) string {
+	var out []string
+	for line := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(line, sub) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
+	t.Helper()
+	return context.WithTimeout(context.Background(), d)
+}
+
+// promstatsCount recounts the active leases into the metrics, as
+// TrackActiveLeases does periodically.
+func promstatsCount(e *env) (map[string]int, error) {
+	counts, err := promstats.CountActiveLeases(context.Background(), e.svc)
+	if err != nil {
+		return nil, err
+	}
+	e.metrics.SetActiveLeases(counts)
+	return counts, nil
+}
+
+func mapString(m map[string]string) string { return fmt.Sprint(m) }
+
+// bearerClient sends token as it is, however bad.
+func (e *env) bearerClient(token string) *http.Client {
+	tr := &http.Transport{TLSClientConfig: attest.ClientTLSConfig(nil, e.ca.X509Bundle(), serverID)}
+	return &http.Client{Transport: recorder{e: e, base: fixedBearer{base: tr, token: token}}}
+}
+
+type fixedBearer struct {
+	base  http.RoundTripper
+	token string
+}
+
+func (f fixedBearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+f.token)
+	return f.base.RoundTrip(r)
+}

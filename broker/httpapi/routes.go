@@ -1,0 +1,444 @@
+package httpapi
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strconv"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/api"
+	"github.com/latchbroker/latch/templates"
+)
+
+// routes is the route table.
+func (h *Handler) routes() {
+	h.handle("GET /healthz", permNone, h.healthz)
+	h.handle("GET /readyz", permNone, h.readyz)
+
+	// Agents.
+	h.handle("POST /v1/credentials", permAgent, h.credentials)
+	h.handle("POST /v1/explain", permAgent, h.explain)
+	h.handle("POST /v1/leases/{id}/renew", permAgent, h.renew)
+	h.handle("DELETE /v1/leases/{id}", permAgent, h.release)
+
+	// Operators.
+	h.handle("GET /v1/leases", permRead, h.leases)
+	h.handle("GET /v1/leases/{id}", permRead, h.lease)
+	h.handle("POST /v1/revoke", permAct, h.revoke)
+	h.handle("GET /v1/agents", permRead, h.agents)
+	h.handle("POST /v1/agents/{id}/{action}", permAct, h.agentAction)
+	h.handle("POST /v1/freeze", permAct, h.freeze)
+	h.handle("GET /v1/audit", permRead, h.audit)
+	h.handle("GET /v1/events", permRead, h.events)
+}
+
+func (h *Handler) healthz(c *call) error {
+	return c.writeJSON(http.StatusOK, api.Health{Status: "ok"})
+}
+
+func (h *Handler) readyz(c *call) error {
+	if err := h.ready(); err != nil {
+		return &broker.Error{Code: broker.EUNAVAILABLE, Message: "not ready: " + err.Error()}
+	}
+	return c.writeJSON(http.StatusOK, api.Health{Status: "ready"})
+}
+
+// credentials issues a lease for the calling agent. The secret is
+// revealed here and nowhere else; if the response cannot be delivered,
+// the lease is revoked rather than left live with nobody holding it.
+func (h *Handler) credentials(c *call) error {
+	var req api.CredentialsRequest
+	if err := c.decode(&req, false); err != nil {
+		return err
+	}
+	res, err := h.svc.Issue(c.r.Context(), issueRequest(c.who.id, &req))
+	if err != nil {
+		return err
+	}
+	if res.Pending != nil {
+		// Nothing was minted: the agent asks again with the approval's ID
+		// once it is approved.
+		a := approvalOut(res.Pending)
+		return c.writeJSON(http.StatusAccepted, credentialsWire{Approval: &a, Replayed: res.Replayed})
+	}
+	resp := credentialsWire{Lease: leaseOut(res.Lease), Replayed: res.Replayed}
+	if !res.Replayed {
+		resp.Secret = res.Secret.Reveal()
+	}
+	if err := c.writeJSON(http.StatusOK, resp); err != nil {
+		h.log.Warn("credentials response not delivered; revoking its lease", "request_id", c.requestID, "lease", res.Lease.ID, "err", err)
+		ctx := context.WithoutCancel(c.r.Context())
+		if _, rerr := h.svc.Revoke(ctx, "latch", "response not delivered", broker.RevokeSelector{Lease: res.Lease.ID}); rerr != nil {
+			h.log.Error("revoke an undelivered lease", "lease", res.Lease.ID, "err", rerr)
+		}
+	}
+	return nil
+}
+
+// credentialsWire is api.CredentialsResponse as the server writes it: the
+// secret as a plain map, where api.Secret would encode as [redacted].
+type credentialsWire struct {
+	Lease    api.Lease         `json:"lease,omitzero"`
+	Secret   map[string]string `json:"secret,omitempty"`
+	Approval *api.Approval     `json:"approval,omitempty"`
+	Replayed bool              `json:"replayed,omitempty"`
+}
+
+func issueRequest(agent string, req *api.CredentialsRequest) broker.IssueRequest {
+	return broker.IssueRequest{
+		Agent:      agent,
+		Task:       req.Task,
+		Params:     req.Params,
+		Reason:     req.Reason,
+		TraceID:    req.TraceID,
+		RequestID:  req.RequestID,
+		TTL:        req.TTL.D(),
+		ApprovalID: req.ApprovalID,
+	}
+}
+
+// explainVisible are the reasons an agent may see about a task it is not
+// granted (or when it is not a registered agent at all): that much, and
+// nothing of the template.
+var explainVisible = []templates.ReasonCode{
+	templates.ReasonUnknownAgent, templates.ReasonTaskNotGranted, templates.ReasonUnknownTask,
+	templates.ReasonAgentPaused, templates.ReasonAgentQuarantined, templates.ReasonGlobalFreeze,
+}
+
+// explain evaluates the caller's request without issuing anything. An
+// unregistered caller, or one asking about a task not granted to it,
+// learns why it is denied but nothing of the template, and the probe is
+// audited as a violation.
+func (h *Handler) explain(c *call) error {
+	var req api.ExplainRequest
+	if err := c.decode(&req, false); err != nil {
+		return err
+	}
+	d := h.svc.Explain(issueRequest(c.who.id, &req))
+	for _, r := range d.Reasons {
+		if r.Code == templates.ReasonUnknownAgent || r.Code == templates.ReasonTaskNotGranted {
+			if err := h.svc.Violation(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route, Reason: string(r.Code),
+				Message: r.Message, Remote: c.r.RemoteAddr}); err != nil {
+				h.log.Error("audit an explain probe", "request_id", c.requestID, "err", err)
+			}
+			d = templates.Decision{Outcome: d.Outcome, Agent: d.Agent, Task: d.Task, Reasons: visibleReasons(d.Reasons), EvaluatedAt: d.EvaluatedAt}
+			break
+		}
+	}
+	return c.writeJSON(http.StatusOK, api.ExplainResponse{Decision: decisionOut(d)})
+}
+
+func visibleReasons(rs []templates.Reason) []templates.Reason {
+	var out []templates.Reason
+	for _, r := range rs {
+		if slices.Contains(explainVisible, r.Code) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (h *Handler) renew(c *call) error {
+	id, err := leaseID(c)
+	if err != nil {
+		return err
+	}
+	var req api.RenewRequest
+	if err := c.decode(&req, true); err != nil {
+		return err
+	}
+	l, err := h.svc.Renew(c.r.Context(), c.who.id, id, req.TTL.D())
+	if err != nil {
+		return err
+	}
+	return c.writeJSON(http.StatusOK, api.LeaseResponse{Lease: leaseOut(l)})
+}
+
+func (h *Handler) release(c *call) error {
+	id, err := leaseID(c)
+	if err != nil {
+		return err
+	}
+	if err := c.noBody(); err != nil {
+		return err
+	}
+	if err := h.svc.Release(c.r.Context(), c.who.id, id); err != nil {
+		return err
+	}
+	return c.writeJSON(http.StatusOK, api.ReleaseResponse{LeaseID: id, State: string(broker.StateRevoking)})
+}
+
+func (h *Handler) leases(c *call) error {
+	q, err := query(c, "agent", "task", "state", "limit")
+	if err != nil {
+		return err
+	}
+	f := broker.LeaseFilter{Agent: q["agent"], Task: q["task"], State: broker.LeaseState(q["state"])}
+	if f.Agent != "" {
+		if err := agentID("agent", f.Agent); err != nil {
+			return err
+		}
+	}
+	if f.State != "" && !slices.Contains(api.LeaseStates, q["state"]) {
+		return invalid(reasonBadQuery, "query parameter state=%q: want one of %v", truncate(q["state"], 32), api.LeaseStates)
+	}
+	limit, err := limitParam(q["limit"])
+	if err != nil {
+		return err
+	}
+	f.Limit = limit + 1 // one more says whether there are more
+	ls, err := h.svc.Leases(c.r.Context(), f)
+	if err != nil {
+		return err
+	}
+	resp := api.LeasesResponse{Leases: make([]api.Lease, 0, min(len(ls), limit))}
+	for i, l := range ls {
+		if i == limit {
+			resp.More = true
+			break
+		}
+		resp.Leases = append(resp.Leases, leaseOut(l))
+	}
+	return c.writeJSON(http.StatusOK, resp)
+}
+
+func (h *Handler) lease(c *call) error {
+	id, err := leaseID(c)
+	if err != nil {
+		return err
+	}
+	if _, err := query(c); err != nil {
+		return err
+	}
+	l, err := h.svc.Lease(c.r.Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.writeJSON(http.StatusOK, api.LeaseResponse{Lease: leaseOut(l)})
+}
+
+func (h *Handler) revoke(c *call) error {
+	var req api.RevokeRequest
+	if err := c.decode(&req, false); err != nil {
+		return err
+	}
+	if req.Agent != "" {
+		if err := agentID("agent", req.Agent); err != nil {
+			return err
+		}
+	}
+	sel := broker.RevokeSelector{Lease: req.Lease, Agent: req.Agent, Task: req.Task, Template: req.Template, All: req.All}
+	if req.DryRun {
+		ls, err := h.wouldRevoke(c.r.Context(), sel)
+		if err != nil {
+			return err
+		}
+		resp := api.RevokeResponse{Count: len(ls), DryRun: true, Leases: make([]api.Lease, len(ls))}
+		for i, l := range ls {
+			resp.Leases[i] = leaseOut(l)
+		}
+		return c.writeJSON(http.StatusOK, resp)
+	}
+	n, err := h.svc.Revoke(c.r.Context(), c.who.id, req.Reason, sel)
+	if err != nil {
+		return err
+	}
+	return c.writeJSON(http.StatusOK, api.RevokeResponse{Count: n})
+}
+
+// wouldRevoke lists what Service.Revoke would queue for sel: the active
+// leases it selects.
+func (h *Handler) wouldRevoke(ctx context.Context, sel broker.RevokeSelector) ([]*broker.Lease, error) {
+	if sel.Lease != "" {
+		l, err := h.svc.Lease(ctx, sel.Lease)
+		if err != nil {
+			return nil, err
+		}
+		if l.State != broker.StateActive {
+			return nil, nil
+		}
+		return []*broker.Lease{l}, nil
+	}
+	all, err := h.svc.Leases(ctx, broker.LeaseFilter{Agent: sel.Agent, Task: sel.Task, State: broker.StateActive})
+	if err != nil {
+		return nil, err
+	}
+	var out []*broker.Lease
+	for _, l := range all {
+		if sel.Template == "" || l.TemplateVersion == sel.Template {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+func (h *Handler) agents(c *call) error {
+	if _, err := query(c); err != nil {
+		return err
+	}
+	recs, err := h.svc.Agents(c.r.Context())
+	if err != nil {
+		return err
+	}
+	p := h.svc.Policy()
+	resp := api.AgentsResponse{Entries: []api.AgentEntry{}, Agents: make([]api.Agent, 0, len(recs))}
+	for _, a := range p.Agents() {
+		resp.Entries = append(resp.Entries, entryOut(a))
+	}
+	for _, r := range recs {
+		resp.Agents = append(resp.Agents, agentOut(r, p))
+	}
+	return c.writeJSON(http.StatusOK, resp)
+}
+
+var agentActions = map[string]broker.AgentState{
+	api.ActionPause:      broker.AgentPaused,
+	api.ActionQuarantine: broker.AgentQuarantined,
+	api.ActionResume:     broker.AgentActive,
+}
+
+// agentAction pauses, quarantines (pause and revoke every live lease) or
+// resumes an agent. The agent's SPIFFE ID is one path segment, escaped.
+func (h *Handler) agentAction(c *call) error {
+	state, ok := agentActions[c.r.PathValue("action")]
+	if !ok {
+		return broker.Errorf(broker.ENOTFOUND, "no agent action %q: use pause, quarantine or resume", truncate(c.r.PathValue("action"), 32))
+	}
+	id := c.r.PathValue("id")
+	if err := agentID("agent ID in the path", id); err != nil {
+		return err
+	}
+	var req api.AgentActionRequest
+	if err := c.decode(&req, false); err != nil {
+		return err
+	}
+	if err := h.svc.SetAgentState(c.r.Context(), c.who.id, id, state, req.Reason); err != nil {
+		return err
+	}
+	out := api.Agent{ID: id, State: string(state), Reason: req.Reason, Actor: c.who.id, ChangedAt: h.now().UTC()}
+	if recs, err := h.svc.Agents(c.r.Context()); err == nil {
+		for _, r := range recs {
+			if r.ID == id {
+				out = agentOut(r, h.svc.Policy())
+			}
+		}
+	}
+	return c.writeJSON(http.StatusOK, api.AgentResponse{Agent: out})
+}
+
+func (h *Handler) freeze(c *call) error {
+	var req api.FreezeRequest
+	if err := c.decode(&req, false); err != nil {
+		return err
+	}
+	if err := h.svc.SetFreeze(c.r.Context(), c.who.id, *req.On, req.Reason); err != nil {
+		return err
+	}
+	return c.writeJSON(http.StatusOK, api.FreezeResponse{Freeze: api.Freeze{Active: *req.On, Reason: req.Reason, Actor: c.who.id, Since: h.now().UTC()}})
+}
+
+// maxAuditScan bounds how many events one audit page reads looking for
+// matches of a filter; a page that hits it ends early with more set.
+const maxAuditScan = 10 * api.MaxListLimit
+
+func (h *Handler) audit(c *call) error {
+	q, err := query(c, "after", "limit", "agent", "type")
+	if err != nil {
+		return err
+	}
+	after, err := seqParam("after", q["after"])
+	if err != nil {
+		return err
+	}
+	limit, err := limitParam(q["limit"])
+	if err != nil {
+		return err
+	}
+	f, err := eventFilter(q["agent"], q["type"])
+	if err != nil {
+		return err
+	}
+	resp := api.AuditResponse{Events: []api.Event{}, Next: after}
+	scanned := 0
+	err = h.svc.AuditEvents(c.r.Context(), after, func(e broker.Event) (bool, error) {
+		if len(resp.Events) == limit || scanned == maxAuditScan {
+			resp.More = true
+			return false, nil
+		}
+		scanned++
+		resp.Next = e.Seq
+		if f.Match(e) {
+			resp.Events = append(resp.Events, eventOut(e))
+		}
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	return c.writeJSON(http.StatusOK, resp)
+}
+
+// leaseID returns the {id} path value, which must look like a lease ID.
+func leaseID(c *call) (string, error) {
+	id := c.r.PathValue("id")
+	if !api.ValidLeaseID(id) {
+		return "", invalid(reasonBadPath, "%q is not a lease ID (26 characters of Crockford base32)", truncate(id, 64))
+	}
+	return id, nil
+}
+
+// agentID checks that s is a SPIFFE ID.
+func agentID(what, s string) error {
+	if err := api.SPIFFEID("agent", s); err != nil {
+		return invalid(reasonBadPath, "%s: %s", what, err.(*api.FieldError).Problem)
+	}
+	if _, err := spiffeid.FromString(s); err != nil {
+		return invalid(reasonBadPath, "%s %q is not a SPIFFE ID: %v", what, truncate(s, 64), err)
+	}
+	return nil
+}
+
+// query returns the request's query parameters, refusing any not in
+// allowed and any given twice.
+func query(c *call, allowed ...string) (map[string]string, error) {
+	vals := c.r.URL.Query()
+	out := make(map[string]string, len(vals))
+	for k, v := range vals {
+		if !slices.Contains(allowed, k) {
+			if len(allowed) == 0 {
+				return nil, invalid(reasonBadQuery, "unknown query parameter %q: %s takes none", truncate(k, 32), c.route)
+			}
+			return nil, invalid(reasonBadQuery, "unknown query parameter %q: %s takes %v", truncate(k, 32), c.route, allowed)
+		}
+		if len(v) > 1 {
+			return nil, invalid(reasonBadQuery, "query parameter %q given %d times: give it once", k, len(v))
+		}
+		out[k] = v[0]
+	}
+	return out, nil
+}
+
+func limitParam(s string) (int, error) {
+	if s == "" {
+		return api.DefaultListLimit, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > api.MaxListLimit {
+		return 0, invalid(reasonBadQuery, "query parameter limit=%q: want an integer from 1 to %d", truncate(s, 32), api.MaxListLimit)
+	}
+	return n, nil
+}
+
+func seqParam(name, s string) (uint64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, invalid(reasonBadQuery, "%s=%q: want an audit sequence number (an integer ≥ 0)", name, truncate(s, 32))
+	}
+	return n, nil
+}

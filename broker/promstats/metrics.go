@@ -1,0 +1,260 @@
+package promstats
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// Metrics is latch's Prometheus instrumentation on a registry of its own.
+// It implements broker.Metrics, broker.EventDropCounter, httpapi.Metrics
+// and vault.Metrics. It is safe for concurrent use.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests      *prometheus.CounterVec
+	issueDuration prometheus.Histogram
+	activeLeases  *prometheus.GaugeVec
+	revocations   *prometheus.CounterVec
+	queueDepth    prometheus.Gauge
+	violations    *prometheus.CounterVec
+	vault         *prometheus.HistogramVec
+	auditFailures prometheus.Counter
+	eventsDropped prometheus.Counter
+	httpRequests  *prometheus.CounterVec
+	httpDuration  *prometheus.HistogramVec
+
+	labels labelGuard
+
+	mu     sync.Mutex
+	active map[string]bool // templates with an active-lease gauge
+}
+
+var _ broker.Metrics = (*Metrics)(nil)
+var _ broker.EventDropCounter = (*Metrics)(nil)
+
+// New returns Metrics registered on a new registry, with the Go runtime
+// and process collectors beside latch's own.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "latch_requests_total",
+			Help: "Credential requests by outcome (issued, denied, limited, failed) and reason code (empty when none).",
+		}, []string{"outcome", "reason"}),
+		issueDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "latch_issue_duration_seconds",
+			Help: "Time to issue a credential, from request to committed lease, for issued requests.",
+			// 1 ms to ~8 s: a local Vault mints in milliseconds, a PKI
+			// issue with RSA keys in seconds.
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		activeLeases: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "latch_active_leases",
+			Help: "Active leases by template, counted from the store periodically (see TrackActiveLeases).",
+		}, []string{"template"}),
+		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "latch_revocations_total",
+			Help: "Revocation attempts by result (ok, retry, irrevocable).",
+		}, []string{"result"}),
+		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "latch_revocation_queue_depth",
+			Help: "Revocations queued and not yet confirmed by the backend.",
+		}),
+		violations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "latch_violations_total",
+			Help: "Refusals that point at misuse, by reason (unknown_agent, task_not_granted, expired, wrong_audience, missing_role, ...).",
+		}, []string{"reason"}),
+		vault: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "latch_vault_request_duration_seconds",
+			Help:    "Duration of Vault API calls by operation, retries included.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+		}, []string{"op"}),
+		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "latch_audit_append_failures_total",
+			Help: "Audit events that could not be written (the request they belong to failed closed).",
+		}),
+		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "latch_events_dropped_total",
+			Help: "Audit events dropped from the live feed of a slow subscriber (the event stream refills the gap from the audit log).",
+		}),
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "latch_http_requests_total",
+			Help: "HTTP API requests by route and status code.",
+		}, []string{"route", "code"}),
+		httpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "latch_http_request_duration_seconds",
+			Help:    "HTTP API request duration by route (event streams count their whole life).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"route"}),
+		active: map[string]bool{},
+	}
+	m.reg.MustRegister(
+		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations,
+		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// Registry is the registry the metrics live on, for callers that add
+// their own collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus exposition format: mount
+// it at /metrics on the metrics listener, not on the API's.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, ErrorHandling: promhttp.ContinueOnError})
+}
+
+// RequestDone implements broker.Metrics. Only issued requests are timed:
+// denials take microseconds and would hide the latency that matters.
+func (m *Metrics) RequestDone(outcome, reason string, d time.Duration) {
+	m.requests.WithLabelValues(m.labels.value("outcome", outcome), m.labels.value("reason", reason)).Inc()
+	if outcome == "issued" {
+		m.issueDuration.Observe(d.Seconds())
+	}
+}
+
+// Violation implements broker.Metrics and httpapi.Metrics.
+func (m *Metrics) Violation(reason string) {
+	m.violations.WithLabelValues(m.labels.value("violation", reason)).Inc()
+}
+
+// RevocationDone implements broker.Metrics.
+func (m *Metrics) RevocationDone(result string) {
+	m.revocations.WithLabelValues(m.labels.value("result", result)).Inc()
+}
+
+// QueueDepth implements broker.Metrics.
+func (m *Metrics) QueueDepth(n int) { m.queueDepth.Set(float64(n)) }
+
+// AuditAppendFailed implements broker.Metrics.
+func (m *Metrics) AuditAppendFailed() { m.auditFailures.Inc() }
+
+// EventDropped implements broker.EventDropCounter.
+func (m *Metrics) EventDropped() { m.eventsDropped.Inc() }
+
+// ObserveVaultCall implements vault.Metrics (backends/vault).
+func (m *Metrics) ObserveVaultCall(op string, d time.Duration, _ error) {
+	m.vault.WithLabelValues(m.labels.value("op", op)).Observe(d.Seconds())
+}
+
+// HTTPRequest implements httpapi.Metrics.
+func (m *Metrics) HTTPRequest(route string, status int, d time.Duration) {
+	route = m.labels.value("route", route)
+	m.httpRequests.WithLabelValues(route, strconv.Itoa(status)).Inc()
+	m.httpDuration.WithLabelValues(route).Observe(d.Seconds())
+}
+
+// SetActiveLeases sets latch_active_leases to counts (template → active
+// leases); templates missing from counts are removed.
+func (m *Metrics) SetActiveLeases(counts map[string]int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := map[string]float64{}
+	for t, n := range counts {
+		now[m.labels.value("template", t)] += float64(n)
+	}
+	for t, n := range now {
+		m.activeLeases.WithLabelValues(t).Set(n)
+		m.active[t] = true
+	}
+	for t := range m.active {
+		if _, ok := now[t]; !ok {
+			m.activeLeases.DeleteLabelValues(t)
+			delete(m.active, t)
+		}
+	}
+}
+
+// LeaseLister is what TrackActiveLeases counts from; *broker.Service
+// implements it.
+type LeaseLister interface {
+	Leases(ctx context.Context, f broker.LeaseFilter) ([]*broker.Lease, error)
+}
+
+// CountActiveLeases counts the active leases of src by template.
+func CountActiveLeases(ctx context.Context, src LeaseLister) (map[string]int, error) {
+	ls, err := src.Leases(ctx, broker.LeaseFilter{State: broker.StateActive})
+	if err != nil {
+		return nil, err
+	}
+	counts := map[string]int{}
+	for _, l := range ls {
+		counts[l.Task]++
+	}
+	return counts, nil
+}
+
+// TrackActiveLeases keeps latch_active_leases up to date: it counts the
+// active leases in src now and then every interval (default 15 s) until
+// ctx ends. Counting from the store, rather than adding and subtracting
+// on events, cannot drift: a lost event, a crash or a restart corrects
+// itself at the next count. A failed count keeps the last values.
+func (m *Metrics) TrackActiveLeases(ctx context.Context, src LeaseLister, every time.Duration) {
+	if every <= 0 {
+		every = 15 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if counts, err := CountActiveLeases(ctx, src); err == nil {
+			m.SetActiveLeases(counts)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// labelGuard keeps label values valid and their number bounded: a label
+// takes at most maxLabelValues distinct values, past which new ones are
+// counted as "other", so that no caller can grow the registry without
+// bound.
+type labelGuard struct {
+	mu   sync.Mutex
+	seen map[string]map[string]bool
+}
+
+const (
+	maxLabelValues = 200
+	maxLabelLen    = 128
+)
+
+func (g *labelGuard) value(label, v string) string {
+	v = strings.ToValidUTF8(v, "?")
+	if len(v) > maxLabelLen {
+		v = strings.ToValidUTF8(v[:maxLabelLen], "")
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.seen == nil {
+		g.seen = map[string]map[string]bool{}
+	}
+	s := g.seen[label]
+	if s == nil {
+		s = map[string]bool{}
+		g.seen[label] = s
+	}
+	if s[v] {
+		return v
+	}
+	if len(s) >= maxLabelValues {
+		return "other"
+	}
+	s[v] = true
+	return v
+}
