@@ -1,0 +1,329 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/urfave/cli/v2"
+
+	"github.com/latchbroker/latch/attest"
+	"github.com/latchbroker/latch/backends/vault"
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/broker/httpapi"
+	"github.com/latchbroker/latch/broker/promstats"
+)
+
+func serverCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "server",
+		Usage:     "run the broker: agent and operator API, admin socket, metrics",
+		UsageText: "latch server --config FILE",
+		Description: "Starts in order: the lease store, latch's own SPIFFE identity, the Vault\n" +
+			"login, restart reconciliation (every interrupted issue completed or revoked,\n" +
+			"leases that expired while latch was down revoked), then the listeners.\n" +
+			"SIGHUP reloads the config and templates (a bad reload keeps the running\n" +
+			"config); SIGINT or SIGTERM shut down gracefully.",
+		Flags:  []cli.Flag{configFlagFor()},
+		Action: runServer,
+	}
+}
+
+func runServer(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewJSONHandler(c.App.ErrWriter, nil))
+	cfg, err := LoadConfig(c.String("config"))
+	if err != nil {
+		return printConfigErrors(c, err)
+	}
+	srv, err := OpenServer(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				srv.Reload(ctx, c.String("config"))
+			}
+		}
+	}()
+	return srv.Run(ctx)
+}
+
+// Server is a running latch: everything `latch server` opens, in the order
+// it opens it. Integration tests use it directly.
+type Server struct {
+	cfg      *Config
+	log      *slog.Logger
+	store    *boltstore.Store
+	source   *attest.Source
+	vault    *vault.Client
+	service  *broker.Service
+	verifier *attest.Verifier
+	metrics  *promstats.Metrics
+
+	// Listeners are opened by OpenServer, before serving, so that bind
+	// errors surface at start; Addr reports what they bound.
+	apiLn, adminLn, metricsLn net.Listener
+
+	ready    chan struct{} // closed once reconciliation is done
+	runErr   chan error
+	stopBg   context.CancelFunc
+	bg       sync.WaitGroup
+	reloadMu sync.Mutex
+}
+
+// OpenServer opens the store, latch's SPIFFE identity and the Vault
+// client, and builds the service. Run starts it.
+func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, err error) {
+	s = &Server{cfg: cfg, log: log, ready: make(chan struct{}), runErr: make(chan error, 1), metrics: promstats.New()}
+	defer func() {
+		if err != nil {
+			s.Close()
+			s = nil
+		}
+	}()
+	serverID, err := spiffeid.FromString(cfg.Server.ID)
+	if err != nil {
+		return nil, fmt.Errorf("server.id: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	s.store, err = boltstore.Open(cfg.Store.Path, boltstore.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.SPIFFE.WorkloadAPI != "" {
+		s.source, err = attest.OpenWorkloadAPI(ctx, attest.WorkloadAPIConfig{Addr: cfg.SPIFFE.WorkloadAPI, ID: serverID, Logger: log})
+	} else {
+		s.source, err = attest.OpenFiles(attest.FilesConfig{CertFile: cfg.SPIFFE.SVIDCert, KeyFile: cfg.SPIFFE.SVIDKey,
+			BundleFile: cfg.SPIFFE.Bundle, JWTBundleFile: cfg.SPIFFE.Bundle, Logger: log})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spiffe: %w", err)
+	}
+	s.verifier, err = attest.NewVerifier(attest.Config{ID: serverID, TrustDomains: []spiffeid.TrustDomain{serverID.TrustDomain()},
+		X509Bundles: s.source, JWTBundles: s.source})
+	if err != nil {
+		return nil, err
+	}
+	s.vault, err = vault.New(vault.Config{
+		Address:   cfg.Vault.Address,
+		CACert:    cfg.Vault.CACert,
+		Namespace: cfg.Vault.Namespace,
+		Logger:    log,
+		Metrics:   s.metrics,
+		Auth: vault.AuthConfig{
+			Method: cfg.Vault.Auth.Method, TokenFile: cfg.Vault.Auth.TokenFile,
+			RoleIDFile: cfg.Vault.Auth.RoleIDFile, SecretIDFile: cfg.Vault.Auth.SecretIDFile,
+			Role: cfg.Vault.Auth.Role, Mount: cfg.Vault.Auth.Mount,
+			JWT: s.vaultJWT,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.vault.Login(ctx); err != nil {
+		return nil, fmt.Errorf("vault login: %w", err)
+	}
+	backends, err := cfg.buildBackends(s.vault)
+	if err != nil {
+		return nil, err
+	}
+	s.service, err = broker.NewService(ctx, broker.Config{Store: s.store, Policy: cfg.Policy, Backends: backends,
+		Logger: log, Metrics: s.metrics})
+	if err != nil {
+		return nil, err
+	}
+	// The drift record: every load names each template's version.
+	if err := s.service.SetPolicy(ctx, cfg.Policy, "latch"); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// vaultJWT is latch's own JWT-SVID for Vault's JWT auth, audience "vault".
+func (s *Server) vaultJWT(ctx context.Context) (string, error) {
+	svid, err := s.source.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "vault"})
+	if err != nil {
+		return "", err
+	}
+	return svid.Marshal(), nil
+}
+
+// Run keeps latch's Vault token alive, reconciles, serves until ctx ends,
+// then shuts down gracefully: in-flight requests get a deadline to finish
+// (an issuance that cannot deliver its secret revokes it).
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.listen(); err != nil {
+		return err
+	}
+	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopBg = cancel
+	s.bg.Add(3)
+	go func() { defer s.bg.Done(); _ = s.vault.Run(bgCtx) }()
+	go func() {
+		defer s.bg.Done()
+		if err := s.service.Run(bgCtx, s.ready); err != nil {
+			s.log.Error("reconciliation failed", "err", err)
+			s.runErr <- err
+		}
+	}()
+	go func() { defer s.bg.Done(); s.metrics.TrackActiveLeases(bgCtx, s.service, 15*time.Second) }()
+
+	api, err := httpapi.New(httpapi.Config{Service: s.service, Verifier: s.verifier, Logger: s.log, Metrics: s.metrics, Ready: s.Ready})
+	if err != nil {
+		return err
+	}
+	tlsConfig, err := s.verifier.ServerTLSConfig(s.source)
+	if err != nil {
+		return err
+	}
+	servers := []*http.Server{
+		{Handler: api, TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)},
+		{Handler: s.metricsMux(), ReadHeaderTimeout: 10 * time.Second},
+	}
+	serveErr := make(chan error, 3)
+	go func() { serveErr <- servers[0].ServeTLS(s.apiLn, "", "") }()
+	go func() { serveErr <- servers[1].Serve(s.metricsLn) }()
+	if s.adminLn != nil {
+		admin, err := httpapi.New(httpapi.Config{Service: s.service, AdminSocket: true, Logger: s.log, Metrics: s.metrics, Ready: s.Ready})
+		if err != nil {
+			return err
+		}
+		as := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, as)
+		go func() { serveErr <- as.Serve(s.adminLn) }()
+	}
+	s.log.Info("listening", "api", s.apiLn.Addr().String(), "metrics", s.metricsLn.Addr().String(), "admin_socket", s.cfg.Server.AdminSocket)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-s.runErr:
+		runErr = fmt.Errorf("reconcile: %w", err)
+	case err := <-serveErr:
+		runErr = fmt.Errorf("serve: %w", err)
+	}
+	s.log.Info("shutting down")
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancelShutdown()
+	for _, srv := range servers {
+		_ = srv.Shutdown(shutdownCtx)
+	}
+	return runErr
+}
+
+// listen opens the API, metrics and admin listeners before anything is
+// served, so that a bad address fails the start.
+func (s *Server) listen() error {
+	var err error
+	if s.apiLn, err = net.Listen("tcp", s.cfg.Server.Listen); err != nil {
+		return fmt.Errorf("server.listen: %w", err)
+	}
+	if s.metricsLn, err = net.Listen("tcp", s.cfg.Server.MetricsListen); err != nil {
+		return fmt.Errorf("server.metrics_listen: %w", err)
+	}
+	if p := s.cfg.Server.AdminSocket; p != "" {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return fmt.Errorf("server.admin_socket: %w", err)
+		}
+		if s.adminLn, err = httpapi.ListenUnix(p); err != nil {
+			return fmt.Errorf("server.admin_socket: %w", err)
+		}
+	}
+	return nil
+}
+
+// APIAddr and MetricsAddr are the bound addresses, once Run has listened.
+func (s *Server) APIAddr() string     { return s.apiLn.Addr().String() }
+func (s *Server) MetricsAddr() string { return s.metricsLn.Addr().String() }
+
+// metricsMux serves /metrics, /healthz and /readyz on the metrics listener.
+func (s *Server) metricsMux() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metrics.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := s.Ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// Ready reports nil once reconciliation has finished.
+func (s *Server) Ready() error {
+	select {
+	case <-s.ready:
+		return nil
+	default:
+		return errors.New("reconciliation has not finished")
+	}
+}
+
+// Reload loads the config file again and swaps the policy in atomically;
+// a config that does not load is logged and the running one kept.
+func (s *Server) Reload(ctx context.Context, path string) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		s.log.Error("config reload failed; keeping the running config", "file", path, "err", err)
+		return
+	}
+	if err := s.service.SetPolicy(ctx, cfg.Policy, "latch"); err != nil {
+		s.log.Error("audit the config reload", "err", err)
+		return
+	}
+	s.log.Info("config reloaded", "file", path, "templates", len(cfg.Policy.Templates()))
+}
+
+// Close stops the background work and closes in reverse order of open.
+func (s *Server) Close() {
+	if s.stopBg != nil {
+		s.stopBg()
+		s.bg.Wait()
+	}
+	for _, l := range []net.Listener{s.apiLn, s.metricsLn, s.adminLn} {
+		if l != nil {
+			l.Close() // already closed by Shutdown after Run; harmless
+		}
+	}
+	if s.vault != nil {
+		s.vault.Close()
+	}
+	if s.source != nil {
+		s.source.Close()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+}
