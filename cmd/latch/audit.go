@@ -18,7 +18,7 @@ func auditCommand() *cli.Command {
 	}
 	return &cli.Command{
 		Name:  "audit",
-		Usage: "verify or export the hash-chained audit log",
+		Usage: "tail, verify or export the hash-chained audit log",
 		Subcommands: []*cli.Command{
 			{
 				Name:      "verify",
@@ -40,6 +40,7 @@ func auditCommand() *cli.Command {
 					&cli.TimestampFlag{Name: "since", Layout: time.RFC3339, Usage: "only records at or after this time (RFC 3339)"}},
 				Action: runAuditExport,
 			},
+			auditTailCommand(),
 		},
 	}
 }

@@ -37,6 +37,12 @@ func newApp() *cli.App {
 			explainCommand(),
 			serverCommand(),
 			auditCommand(),
+			fetchCommand(),
+			execCommand(),
+			leaseCommand(),
+			revokeCommand(),
+			agentCommand(),
+			freezeCommand(),
 		},
 	}
 }

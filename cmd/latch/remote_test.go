@@ -1,0 +1,702 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"io"
+	stdlog "log"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/urfave/cli/v2"
+
+	"github.com/latchbroker/latch/attest"
+	"github.com/latchbroker/latch/attest/attesttest"
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/api"
+	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/broker/client"
+	"github.com/latchbroker/latch/broker/httpapi"
+	"github.com/latchbroker/latch/broker/promstats"
+	"github.com/latchbroker/latch/templates"
+)
+
+var (
+	rtTD       = spiffeid.RequireTrustDomainFromString("example.org")
+	rtServerID = spiffeid.RequireFromPath(rtTD, "/latch")
+	rtAgent    = spiffeid.RequireFromPath(rtTD, "/agent/report-bot")
+	rtRevoker  = spiffeid.RequireFromPath(rtTD, "/ops/rex")
+	rtViewer   = spiffeid.RequireFromPath(rtTD, "/ops/vera")
+)
+
+// rtSecret is what the fake backend mints; the quote tests shell quoting.
+const rtSecret = "s3cr3t'with quote"
+
+const rtPolicy = `
+operators:
+  - { id: spiffe://example.org/ops/vera, roles: [viewer] }
+  - { id: spiffe://example.org/ops/rex, roles: [revoker] }
+  - { id: spiffe://example.org/ops/abe, roles: [approver] }
+agents:
+  - id: spiffe://example.org/agent/report-*
+    owner: spiffe://example.org/ops/bob
+    templates: [report, ticket]
+`
+
+var rtTemplates = map[string]string{
+	"report.yaml": `
+name: report
+description: Read one region's sales tables.
+backend: fake
+params:
+  region: { enum: [eu, us] }
+ttl: 10m
+max_ttl: 30m
+risk: low
+`,
+	"ticket.yaml": `
+name: ticket
+description: Touch one ticket; needs approval.
+backend: fake
+params:
+  ticket: { pattern: "^[0-9]{1,9}$" }
+ttl: 5m
+max_ttl: 5m
+risk: high
+`,
+}
+
+type rtBackend struct {
+	mu     sync.Mutex
+	minted map[string]bool
+}
+
+func (f *rtBackend) Mint(_ context.Context, req broker.MintRequest) (broker.Minted, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.minted[req.LeaseID] = true
+	return broker.Minted{
+		Secret:    broker.NewSecret(map[string]string{"username": "u-" + req.LeaseID, "password": rtSecret}),
+		Refs:      broker.Refs{TokenAccessor: "acc-" + req.LeaseID},
+		ExpiresAt: time.Now().Add(24 * time.Hour),
+	}, nil
+}
+
+func (f *rtBackend) Revoke(_ context.Context, refs broker.Refs) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.minted[strings.TrimPrefix(refs.TokenAccessor, "acc-")] = false
+	return nil
+}
+
+func (f *rtBackend) Lookup(_ context.Context, refs broker.Refs) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.minted[strings.TrimPrefix(refs.TokenAccessor, "acc-")], nil
+}
+
+// rtEnv is a latch server in the test: the real HTTP API over a Service
+// on bbolt, its admin socket, and SVID files for an agent and operators.
+type rtEnv struct {
+	t      *testing.T
+	url    string
+	socket string
+	svc    *broker.Service
+	dir    string
+	bundle string
+	ca     *attesttest.CA
+}
+
+func newRTEnv(t *testing.T) *rtEnv {
+	t.Helper()
+	e := &rtEnv{t: t, dir: t.TempDir()}
+	ca := attesttest.New(t, rtTD)
+	e.ca = ca
+	st, err := boltstore.Open(filepath.Join(e.dir, "latch.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	pc, err := templates.ParsePolicy("policy.yaml", []byte(rtPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake"}}}
+	for name, body := range rtTemplates {
+		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
+	}
+	pol, err := templates.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	metrics := promstats.New()
+	e.svc, err = broker.NewService(context.Background(), broker.Config{
+		Store: st, Policy: pol, Backends: map[string]broker.Backend{"fake": &rtBackend{minted: map[string]bool{}}},
+		Logger: log, Metrics: metrics,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifier, err := attest.NewVerifier(attest.Config{ID: rtServerID, X509Bundles: x509bundle.NewSet(ca.X509Bundle()), JWTBundles: jwtbundle.NewSet(ca.JWTBundle())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := httpapi.New(httpapi.Config{Service: e.svc, Verifier: verifier, Logger: log, Metrics: metrics, Heartbeat: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsConfig, err := verifier.ServerTLSConfig(ca.X509SVID(rtServerID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ErrorLog = stdlog.New(io.Discard, "", 0) // the impostor test's handshake
+	srv.Listener = tls.NewListener(srv.Listener, tlsConfig)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	e.url = "https://" + srv.Listener.Addr().String()
+
+	admin, err := httpapi.New(httpapi.Config{Service: e.svc, AdminSocket: true, Logger: log, Metrics: metrics})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Unix socket paths are short; t.TempDir may be too long.
+	sockDir, err := os.MkdirTemp("", "latch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	e.socket = filepath.Join(sockDir, "admin.sock")
+	ln, err := httpapi.ListenUnix(e.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	asrv := &http.Server{Handler: admin}
+	go asrv.Serve(ln)
+	t.Cleanup(func() { asrv.Close() })
+
+	e.bundle = filepath.Join(e.dir, "bundle.pem")
+	ca.WriteBundle(e.bundle)
+	for _, id := range []spiffeid.ID{rtAgent, rtRevoker, rtViewer} {
+		name := filepath.Base(id.Path())
+		attesttest.WriteSVID(t, ca.X509SVID(id), filepath.Join(e.dir, name+".pem"), filepath.Join(e.dir, name+".key"))
+	}
+	return e
+}
+
+// as returns the connection flags of the SVID files of id.
+func (e *rtEnv) as(id spiffeid.ID) []string {
+	name := filepath.Base(id.Path())
+	return []string{"--addr", e.url, "--server-id", rtServerID.String(),
+		"--cert", filepath.Join(e.dir, name+".pem"), "--key", filepath.Join(e.dir, name+".key"), "--bundle", e.bundle}
+}
+
+// run runs latch with stdin and returns stdout, stderr and the exit status.
+func (e *rtEnv) run(stdin string, args ...string) (string, string, int) {
+	e.t.Helper()
+	var out, errOut bytes.Buffer
+	code := 0
+	old := cli.OsExiter
+	cli.OsExiter = func(c int) { code = c }
+	defer func() { cli.OsExiter = old }()
+	app := newApp()
+	app.Writer, app.ErrWriter, app.Reader = &out, &errOut, strings.NewReader(stdin)
+	if err := app.Run(append([]string{"latch"}, args...)); err != nil && code == 0 {
+		code = exitCode(err)
+		errOut.WriteString(err.Error())
+	}
+	return out.String(), errOut.String(), code
+}
+
+// cmd builds an argument list: the command words, then the flags.
+func cmd(words []string, flags ...[]string) []string {
+	out := append([]string(nil), words...)
+	for _, f := range flags {
+		out = append(out, f...)
+	}
+	return out
+}
+
+func (e *rtEnv) mustRun(args ...string) string {
+	e.t.Helper()
+	out, errOut, code := e.run("", args...)
+	if code != 0 {
+		e.t.Fatalf("latch %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+func (e *rtEnv) lease(id string) api.Lease {
+	e.t.Helper()
+	out := e.mustRun(cmd([]string{"lease", "show", id, "-o", "json"}, e.as(rtViewer))...)
+	var res api.LeaseResponse
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		e.t.Fatalf("lease show -o json: %v\n%s", err, out)
+	}
+	return res.Lease
+}
+
+// fetchJSON fetches report credentials for the agent.
+func (e *rtEnv) fetchJSON() fetchJSON {
+	e.t.Helper()
+	out := e.mustRun(cmd([]string{"fetch", "--task", "report", "--param", "region=eu", "--reason", "nightly run", "-o", "json"}, e.as(rtAgent))...)
+	var res fetchJSON
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		e.t.Fatalf("fetch -o json: %v\n%s", err, out)
+	}
+	return res
+}
+
+func TestFetch_EnvAndJSON(t *testing.T) {
+	e := newRTEnv(t)
+	out := e.mustRun(cmd([]string{"fetch", "--task", "report", "-p", "region=eu", "--reason", "nightly run"}, e.as(rtAgent))...)
+	if !strings.Contains(out, `export LATCH_PASSWORD='s3cr3t'\''with quote'`) {
+		t.Errorf("env output lacks the shell-quoted password:\n%s", out)
+	}
+	for _, want := range []string{"export LATCH_LEASE_ID='", "export LATCH_LEASE_EXPIRES_AT='", "export LATCH_USERNAME='u-"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("env output lacks %q:\n%s", want, out)
+		}
+	}
+
+	res := e.fetchJSON()
+	if res.Lease == nil || res.Lease.ID == "" || res.Lease.State != api.StateActive || res.Secret["password"] != rtSecret {
+		t.Fatalf("fetch -o json: %+v", res)
+	}
+}
+
+func TestFetch_DeniedExit3(t *testing.T) {
+	e := newRTEnv(t)
+	// An operator is no registered agent.
+	_, errOut, code := e.run("", cmd([]string{"fetch", "--task", "report", "-p", "region=eu", "--reason", "x"}, e.as(rtViewer))...)
+	if code != exitDenied || !strings.Contains(errOut, "403") || !strings.Contains(errOut, "forbidden") {
+		t.Fatalf("unregistered agent: exit %d, stderr %q; want 3 with the reason", code, errOut)
+	}
+	// Bad param value: invalid, exit 1 or 3 naming the param — not 0.
+	_, errOut, code = e.run("", cmd([]string{"fetch", "--task", "report", "-p", "region=mars", "--reason", "x"}, e.as(rtAgent))...)
+	if code == 0 || !strings.Contains(errOut, "region") {
+		t.Fatalf("bad param: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestFetch_Usage(t *testing.T) {
+	e := newRTEnv(t)
+	for name, args := range map[string][]string{
+		"no task":      cmd([]string{"fetch", "--reason", "x"}, e.as(rtAgent)),
+		"no reason":    cmd([]string{"fetch", "--task", "report"}, e.as(rtAgent)),
+		"bad output":   cmd([]string{"fetch", "--task", "report", "--reason", "x", "-o", "yaml"}, e.as(rtAgent)),
+		"unknown flag": cmd([]string{"fetch", "--tusk", "report"}, e.as(rtAgent)),
+		"no identity":  {"fetch", "--task", "report", "--reason", "x"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Setenv("SPIFFE_ENDPOINT_SOCKET", "")
+			_, errOut, code := e.run("", args...)
+			if code != exitUsage {
+				t.Fatalf("exit %d, stderr %q; want 2", code, errOut)
+			}
+		})
+	}
+}
+
+func TestFetch_PendingApprovalExit4(t *testing.T) {
+	e := newRTEnv(t)
+	out, errOut, code := e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--wait", "300ms", "--poll", "100ms", "-o", "json"}, e.as(rtAgent))...)
+	if code != exitPending {
+		t.Fatalf("exit %d, stderr %q; want 4", code, errOut)
+	}
+	var res fetchJSON
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Approval == nil || res.Approval.ID == "" {
+		t.Fatalf("pending -o json: %v %s", err, out)
+	}
+	if !strings.Contains(errOut, res.Approval.ID) || !strings.Contains(errOut, "waiting for approval") || !strings.Contains(errOut, "--approval-id") {
+		t.Fatalf("stderr should name the approval, show progress and how to pick it up: %q", errOut)
+	}
+}
+
+func TestFetch_WaitsForApproval(t *testing.T) {
+	e := newRTEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	approved := make(chan error, 1)
+	go func() {
+		for ctx.Err() == nil {
+			as, err := e.svc.Approvals(ctx, broker.ApprovalFilter{Status: broker.ApprovalPending})
+			if err != nil {
+				approved <- err
+				return
+			}
+			if len(as) > 0 {
+				time.Sleep(150 * time.Millisecond) // let fetch poll once while pending
+				_, err := e.svc.Review(ctx, "spiffe://example.org/ops/abe", as[0].ID, true, "looks right", false)
+				approved <- err
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	out, errOut, code := e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--request-id", "run-1", "--wait", "20s", "--poll", "100ms"}, e.as(rtAgent))...)
+	if err := <-approved; err != nil {
+		t.Fatalf("approve: %v", err)
+	}
+	if code != 0 || !strings.Contains(out, "export LATCH_PASSWORD=") {
+		t.Fatalf("fetch --wait: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	if !strings.Contains(errOut, "approval required") || !strings.Contains(errOut, "waiting for approval") {
+		t.Fatalf("fetch --wait shows no progress: %q", errOut)
+	}
+}
+
+func TestFetch_JWTSVIDFile(t *testing.T) {
+	e := newRTEnv(t)
+	tok := filepath.Join(e.dir, "agent.jwt")
+	if err := os.WriteFile(tok, []byte(e.ca.JWTSVID(rtAgent, []string{rtServerID.String()})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := e.mustRun("fetch", "--task", "report", "-p", "region=eu", "--reason", "jwt", "-o", "json",
+		"--addr", e.url, "--server-id", rtServerID.String(), "--jwt", "--jwt-svid", tok, "--bundle", e.bundle)
+	var res fetchJSON
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Lease == nil || res.Lease.Agent != rtAgent.String() {
+		t.Fatalf("fetch with a JWT-SVID: %v %s", err, out)
+	}
+	// The server must prove it is --server-id.
+	args := cmd([]string{"fetch", "--task", "report", "-p", "region=eu", "--reason", "mtls"}, e.as(rtAgent), []string{"--server-id", "spiffe://example.org/impostor"})
+	_, errOut, code := e.run("", args...)
+	t.Logf("wrong server: %s", errOut)
+	if code != exitError || !strings.Contains(errOut, "impostor") {
+		t.Fatalf("wrong server ID: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestLeaseList_JSONAndTable(t *testing.T) {
+	e := newRTEnv(t)
+	id := e.fetchJSON().Lease.ID
+	out := e.mustRun(cmd([]string{"lease", "list", "--agent", rtAgent.String(), "-o", "json"}, e.as(rtViewer))...)
+	var res api.LeasesResponse
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("lease list -o json: %v\n%s", err, out)
+	}
+	if len(res.Leases) != 1 || res.Leases[0].ID != id {
+		t.Fatalf("lease list: %+v; want lease %s", res.Leases, id)
+	}
+	if strings.Contains(out, rtSecret) {
+		t.Fatal("lease list shows the secret")
+	}
+	out = e.mustRun(cmd([]string{"lease", "list"}, e.as(rtViewer))...)
+	if !strings.Contains(out, "ID") || !strings.Contains(out, id) || !strings.Contains(out, "report") {
+		t.Fatalf("lease list table:\n%s", out)
+	}
+	// Flags after the argument.
+	out = e.mustRun(append([]string{"lease", "show", id}, e.as(rtViewer)...)...)
+	if !strings.Contains(out, "State:") || !strings.Contains(out, "active") {
+		t.Fatalf("lease show:\n%s", out)
+	}
+}
+
+func TestRevoke_LeaseWithFlagsAfterArgument(t *testing.T) {
+	e := newRTEnv(t)
+	id := e.fetchJSON().Lease.ID
+	// The viewer lacks the revoker role: denied, exit 3.
+	_, errOut, code := e.run("", append([]string{"revoke", id, "--reason", "leak"}, e.as(rtViewer)...)...)
+	if code != exitDenied {
+		t.Fatalf("viewer revoke: exit %d, stderr %q; want 3", code, errOut)
+	}
+	out := e.mustRun(append([]string{"revoke", id, "--reason", "leak"}, e.as(rtRevoker)...)...)
+	if !strings.Contains(out, "queued 1 lease") {
+		t.Fatalf("revoke: %q", out)
+	}
+	if st := e.lease(id).State; st == api.StateActive {
+		t.Fatalf("lease still active after revoke")
+	}
+}
+
+func TestRevoke_Usage(t *testing.T) {
+	e := newRTEnv(t)
+	for name, args := range map[string][]string{
+		"no selector":  {"revoke", "--reason", "x", "--admin-socket", e.socket},
+		"two":          {"revoke", "--agent", rtAgent.String(), "--all", "--reason", "x", "--admin-socket", e.socket},
+		"no reason":    {"revoke", "--all", "--admin-socket", e.socket},
+		"flag no val":  {"revoke", "--all", "--admin-socket", e.socket, "--reason"},
+		"unknown flag": {"revoke", "01J0000000000000000000000A", "--bogus"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, errOut, code := e.run("", args...)
+			if code != exitUsage {
+				t.Fatalf("exit %d, stderr %q; want 2", code, errOut)
+			}
+		})
+	}
+}
+
+func TestRevoke_BulkConfirmation(t *testing.T) {
+	e := newRTEnv(t)
+	a, b := e.fetchJSON().Lease.ID, e.fetchJSON().Lease.ID
+
+	// Not a terminal and no --yes: shows the plan, refuses, revokes nothing.
+	_, errOut, code := e.run("yes\n", "revoke", "--agent", rtAgent.String(), "--reason", "compromised", "--admin-socket", e.socket)
+	t.Logf("bulk revoke refused: %s", errOut)
+	if code != exitUsage || !strings.Contains(errOut, "--yes") || !strings.Contains(errOut, "2 active lease") || !strings.Contains(errOut, a) {
+		t.Fatalf("bulk revoke without --yes: exit %d, stderr %q", code, errOut)
+	}
+	if e.lease(a).State != api.StateActive || e.lease(b).State != api.StateActive {
+		t.Fatal("a refused bulk revoke revoked leases")
+	}
+
+	out := e.mustRun("revoke", "--agent", rtAgent.String(), "--reason", "compromised", "--yes", "--admin-socket", e.socket)
+	if !strings.Contains(out, "queued 2 lease") {
+		t.Fatalf("bulk revoke --yes: %q", out)
+	}
+	if e.lease(a).State == api.StateActive || e.lease(b).State == api.StateActive {
+		t.Fatal("bulk revoke left leases active")
+	}
+	out = e.mustRun("revoke", "--all", "--reason", "again", "--admin-socket", e.socket)
+	if !strings.Contains(out, "nothing to revoke") {
+		t.Fatalf("revoke --all with nothing active: %q", out)
+	}
+}
+
+func TestAgent_QuarantineThenFetchDenied(t *testing.T) {
+	e := newRTEnv(t)
+	id := e.fetchJSON().Lease.ID
+	out := e.mustRun("agent", "quarantine", rtAgent.String(), "--reason", "odd behaviour", "--admin-socket", e.socket)
+	if !strings.Contains(out, "quarantined") {
+		t.Fatalf("agent quarantine: %q", out)
+	}
+	if e.lease(id).State == api.StateActive {
+		t.Fatal("quarantine left the agent's lease active")
+	}
+	_, errOut, code := e.run("", cmd([]string{"fetch", "--task", "report", "-p", "region=eu", "--reason", "x"}, e.as(rtAgent))...)
+	t.Logf("denied fetch: %s", errOut)
+	if code != exitDenied || !strings.Contains(errOut, "quarantined") {
+		t.Fatalf("fetch of a quarantined agent: exit %d, stderr %q; want 3 naming the quarantine", code, errOut)
+	}
+
+	out = e.mustRun("agent", "list", "-o", "json", "--admin-socket", e.socket)
+	var inv api.AgentsResponse
+	if err := json.Unmarshal([]byte(out), &inv); err != nil {
+		t.Fatalf("agent list -o json: %v\n%s", err, out)
+	}
+	found := false
+	for _, a := range inv.Agents {
+		found = found || a.ID == rtAgent.String() && a.State == api.AgentQuarantined
+	}
+	if !found || len(inv.Entries) != 1 {
+		t.Fatalf("agent list: %+v", inv)
+	}
+	if out := e.mustRun("agent", "list", "--admin-socket", e.socket); !strings.Contains(out, "quarantined") || !strings.Contains(out, "report-*") {
+		t.Fatalf("agent list table:\n%s", out)
+	}
+
+	e.mustRun("agent", "resume", rtAgent.String(), "--reason", "checked", "--admin-socket", e.socket)
+	e.fetchJSON()
+
+	_, errOut, code = e.run("", "agent", "pause", rtAgent.String(), "--admin-socket", e.socket)
+	if code != exitUsage || !strings.Contains(errOut, "--reason") {
+		t.Fatalf("pause without reason: exit %d, %q", code, errOut)
+	}
+}
+
+func TestFreeze_StartEnd(t *testing.T) {
+	e := newRTEnv(t)
+	out := e.mustRun("freeze", "start", "--reason", "incident 42", "--admin-socket", e.socket)
+	if !strings.Contains(out, "freeze on") {
+		t.Fatalf("freeze start: %q", out)
+	}
+	_, errOut, code := e.run("", cmd([]string{"fetch", "--task", "report", "-p", "region=eu", "--reason", "x"}, e.as(rtAgent))...)
+	if code != exitDenied || !strings.Contains(errOut, "freeze") {
+		t.Fatalf("fetch during freeze: exit %d, stderr %q", code, errOut)
+	}
+	out = e.mustRun(cmd([]string{"freeze", "end", "--reason", "resolved"}, e.as(rtRevoker))...)
+	if !strings.Contains(out, "freeze off") {
+		t.Fatalf("freeze end: %q", out)
+	}
+	e.fetchJSON()
+}
+
+func TestExec_RunsWithSecretAndReleases(t *testing.T) {
+	e := newRTEnv(t)
+	script := `test "$LATCH_PASSWORD" = "s3cr3t'with quote" || exit 9; echo "lease=$LATCH_LEASE_ID"; exit 7`
+	out, errOut, code := e.run("", cmd([]string{"exec", "--task", "report", "-p", "region=us", "--reason", "job"}, e.as(rtAgent), []string{"--", "sh", "-c", script})...)
+	if code != 7 {
+		t.Fatalf("exec: exit %d, want the command's 7\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	id := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(out), "lease="))
+	if id == "" {
+		t.Fatalf("exec output: %q", out)
+	}
+	if st := e.lease(id).State; st == api.StateActive {
+		t.Fatalf("lease %s still active after exec", id)
+	}
+
+	_, errOut, code = e.run("", cmd([]string{"exec", "--task", "report", "-p", "region=us", "--reason", "job"}, e.as(rtAgent))...)
+	if code != exitUsage {
+		t.Fatalf("exec without a command: exit %d, %q", code, errOut)
+	}
+}
+
+func TestAuditTail(t *testing.T) {
+	e := newRTEnv(t)
+	for range 3 {
+		e.fetchJSON()
+	}
+	out := e.mustRun("audit", "tail", "-n", "2", "-o", "json", "--admin-socket", e.socket)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("audit tail -n 2: %d lines:\n%s", len(lines), out)
+	}
+	var last api.Event
+	if err := json.Unmarshal([]byte(lines[1]), &last); err != nil {
+		t.Fatal(err)
+	}
+	out = e.mustRun("audit", "tail", "-n", "1000", "--type", "issue", "--admin-socket", e.socket)
+	if n := strings.Count(out, " issue "); n != 3 {
+		t.Fatalf("audit tail --type issue: %d issue events, want 3:\n%s", n, out)
+	}
+	if strings.Contains(out, rtSecret) {
+		t.Fatal("audit tail shows a secret")
+	}
+}
+
+func TestInterspersedFlags(t *testing.T) {
+	e := newRTEnv(t)
+	id := e.fetchJSON().Lease.ID
+	before := e.mustRun(cmd([]string{"lease", "show", "-o", "json"}, e.as(rtViewer), []string{id})...)
+	after := e.mustRun(cmd([]string{"lease", "show", id, "-o", "json"}, e.as(rtViewer))...)
+	mixed := e.mustRun(cmd([]string{"lease", "show", "--output=json", id}, e.as(rtViewer))...)
+	if before != after || after != mixed {
+		t.Fatalf("flag order changes the output:\n%s\n%s\n%s", before, after, mixed)
+	}
+
+	// --help after an argument shows the help, and runs nothing.
+	out, errOut, code := e.run("", "revoke", id, "--help")
+	if code != 0 || !strings.Contains(out, "latch revoke - ") {
+		t.Fatalf("revoke ID --help: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// A bool flag and --name=value after the argument; a bulk revoke
+	// with --yes=false on a non-terminal refuses.
+	_, errOut, code = e.run("", "revoke", "--admin-socket="+e.socket, "--agent", rtAgent.String(), "--yes=false", "--reason=x")
+	if code != exitUsage || !strings.Contains(errOut, "add --yes") {
+		t.Fatalf("--yes=false: exit %d, %q", code, errOut)
+	}
+	out = e.mustRun("agent", "pause", rtAgent.String(), "--admin-socket="+e.socket, "-r", "flags after", "-o", "json")
+	if !strings.Contains(out, `"state": "paused"`) {
+		t.Fatalf("agent pause ID with flags after: %s", out)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a writer and a reader in two
+// goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestAuditTail_Follow(t *testing.T) {
+	e := newRTEnv(t)
+	e.fetchJSON()
+	out := &lockedBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		app := newApp()
+		app.Writer, app.ErrWriter, app.Reader = out, out, strings.NewReader("")
+		done <- app.RunContext(ctx, []string{"latch", "audit", "tail", "-f", "-n", "0", "-o", "json", "--agent", rtAgent.String(), "--admin-socket", e.socket})
+	}()
+	// Events after the head tail found are replayed, so it sees these
+	// whenever its stream opens.
+	cl := client.NewUnix(e.socket)
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), `"type":"pause"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("audit tail -f printed no pause event:\n%s", out)
+		}
+		if _, err := cl.PauseAgent(ctx, rtAgent.String(), "test"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.ResumeAgent(ctx, rtAgent.String(), "test"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("audit tail -f ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("audit tail -f did not end with its context")
+	}
+}
+
+func TestExec_ForwardsSignals(t *testing.T) {
+	e := newRTEnv(t)
+	out := &lockedBuffer{}
+	code := make(chan int, 1)
+	old := cli.OsExiter
+	cli.OsExiter = func(c int) { code <- c }
+	defer func() { cli.OsExiter = old }()
+	script := `trap 'echo "got USR1"; exit 42' USR1; echo "ready $LATCH_LEASE_ID"; while :; do sleep 0.05; done`
+	go func() {
+		app := newApp()
+		app.Writer, app.ErrWriter, app.Reader = out, out, strings.NewReader("")
+		if err := app.Run(cmd([]string{"latch", "exec", "--task", "report", "-p", "region=eu", "--reason", "signal test"}, e.as(rtAgent), []string{"--", "sh", "-c", script})); err != nil {
+			out.Write([]byte(err.Error()))
+			code <- exitCode(err)
+			return
+		}
+		code <- 0
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "ready ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("exec did not start the command:\n%s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// latch is this test process: while exec runs, it catches USR1 and
+	// passes it on.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-code:
+		if c != 42 || !strings.Contains(out.String(), "got USR1") {
+			t.Fatalf("exec: exit %d, want the command's 42 after USR1:\n%s", c, out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("exec did not end after USR1:\n%s", out)
+	}
+	line := out.String()[strings.Index(out.String(), "ready ")+len("ready "):]
+	id := strings.Fields(line)[0]
+	if st := e.lease(id).State; st == api.StateActive {
+		t.Fatalf("lease %s still active after exec", id)
+	}
+}
