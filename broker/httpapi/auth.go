@@ -91,6 +91,10 @@ func (h *Handler) authorize(c *call, p perm) error {
 			return broker.Errorf(broker.EFORBIDDEN, "the admin socket may never approve: an approval must be attributable to a person")
 		}
 		role = templates.RoleApprover
+	case permDeny:
+		role = templates.RoleApprover
+	case permIdentified:
+		return nil
 	default:
 		return broker.Errorf(broker.EFORBIDDEN, "%s is not open to anyone", c.route)
 	}

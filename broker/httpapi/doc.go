@@ -38,12 +38,19 @@
 //	POST   /v1/freeze                     revoker   {"on":true|false,"reason":...}
 //	GET    /v1/audit                      viewer    ?after=&limit=&agent=&type=
 //	GET    /v1/events                     viewer    Server-Sent Events, ?agent=&type=&after=
+//	GET    /v1/approvals                  viewer*   list, ?status=&agent=&limit=
+//	GET    /v1/approvals/{id}             viewer*   show; ?wait=60s long-polls (capped at api.MaxApprovalWait)
+//	POST   /v1/approvals/{id}/approve     approver  {"reason":...}; never the admin socket
+//	POST   /v1/approvals/{id}/deny        approver  {"reason":...}; the admin socket too
 //
-// admin holds every role; approver has no route yet (the approval routes
-// — list, show, approve, deny, GET /v1/approvals/{id}?wait= — are to come;
-// a 202 names the approval, and the agent picks it up by asking again with
-// approval_id). The admin socket may
-// use every operator route and no agent route. Agent routes are open to
+// admin holds every role. viewer* is viewer or approver (an approver reads
+// what it is asked to approve); the agent that asked may also show and
+// wait on its own approval, and another agent's is not found. A 202 from
+// POST /v1/credentials names the approval; the agent waits on it and
+// picks it up by asking again with approval_id. Review rules (distinct
+// approvers, never the requester, its owner or the admin socket) are the
+// Service's. The admin socket may use every operator route except
+// approve, and no agent route. Agent routes are open to
 // every verified identity: the Service denies unregistered agents (and
 // audits the attempt), and acts on a lease only for the agent that holds
 // it.

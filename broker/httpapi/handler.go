@@ -180,10 +180,15 @@ const (
 	permAgent             // any verified identity but the admin socket; the Service decides
 	permRead              // viewer, admin, the admin socket
 	permAct               // revoker, admin, the admin socket: revoke, pause, quarantine, resume, freeze
-	// permApprove is for approving (no route yet): approver or admin,
-	// never the admin socket, so that granting is always attributable to
-	// a person.
+	// permApprove is for approving: approver or admin, never the admin
+	// socket, so that granting is always attributable to a person.
 	permApprove
+	// permDeny is for denying an approval: approver or admin, and the
+	// admin socket (refusing is always easy).
+	permDeny
+	// permIdentified is any verified identity, the admin socket included;
+	// the route itself decides (an agent may read its own approval).
+	permIdentified
 )
 
 // call is one request being served.

@@ -33,6 +33,12 @@ func (h *Handler) routes() {
 	h.handle("POST /v1/freeze", permAct, h.freeze)
 	h.handle("GET /v1/audit", permRead, h.audit)
 	h.handle("GET /v1/events", permRead, h.events)
+
+	// Approvals (approvals.go).
+	h.handle("GET /v1/approvals", permIdentified, h.approvals)
+	h.handle("GET /v1/approvals/{id}", permIdentified, h.approval)
+	h.handle("POST /v1/approvals/{id}/approve", permApprove, h.approve)
+	h.handle("POST /v1/approvals/{id}/deny", permDeny, h.deny)
 }
 
 func (h *Handler) healthz(c *call) error {

@@ -1,0 +1,126 @@
+package notify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/templates"
+)
+
+// AutoPauseActor is the actor of the pauses AutoPause makes, as the audit
+// log records them.
+const AutoPauseActor = "latch"
+
+// AutoPauseConfig configures AutoPause. Auto-pausing is off unless a
+// server runs an AutoPause: Threshold and Window are both required.
+type AutoPauseConfig struct {
+	// Threshold denials of one agent within Window pause it.
+	Threshold int
+	Window    time.Duration
+	Logger    *slog.Logger
+}
+
+// Pauser is what AutoPause watches and acts on. *broker.Service
+// implements it.
+type Pauser interface {
+	Subscribe(broker.EventFilter) (<-chan broker.Event, func())
+	Policy() *templates.Policy
+	Agents(ctx context.Context) ([]broker.AgentRecord, error)
+	SetAgentState(ctx context.Context, actor, agent string, state broker.AgentState, reason string) error
+}
+
+var _ Pauser = (*broker.Service)(nil)
+
+// notCounted are denial reasons that say nothing about the agent's
+// behaviour: policy schedules, operators' own actions, config bugs.
+var notCounted = []string{
+	string(templates.ReasonFrozen), string(templates.ReasonGlobalFreeze), string(templates.ReasonAgentPaused),
+	string(templates.ReasonAgentQuarantined), string(templates.ReasonRenderFailed),
+}
+
+// AutoPause pauses an agent whose requests are denied (deny and violation
+// events) Threshold times within Window. Only registered agents are
+// counted, denials for freezes, pauses and render failures are not, and an
+// agent that is not active is left as it is. The pause is an ordinary
+// pause event (actor AutoPauseActor, with the count in its reason), so it
+// is audited and, through a Notifier, notified; an operator resumes the
+// agent as after any pause.
+type AutoPause struct {
+	threshold int
+	window    time.Duration
+	log       *slog.Logger
+}
+
+// NewAutoPause checks cfg.
+func NewAutoPause(cfg AutoPauseConfig) (*AutoPause, error) {
+	if cfg.Threshold < 1 || cfg.Window <= 0 {
+		return nil, errors.New("notify: auto-pause needs a threshold ≥ 1 and a window > 0")
+	}
+	a := &AutoPause{threshold: cfg.Threshold, window: cfg.Window, log: cfg.Logger}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	return a, nil
+}
+
+// Run watches svc's denials until ctx ends, and returns nil then.
+func (a *AutoPause) Run(ctx context.Context, svc Pauser) error {
+	events, cancel := svc.Subscribe(broker.EventFilter{Types: []broker.EventType{broker.EventDeny, broker.EventViolation}})
+	defer cancel()
+	recent := map[string][]time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-events:
+			if !ok {
+				return nil
+			}
+			agent := e.Actor
+			if agent == "" || slices.ContainsFunc(e.Reasons, func(r string) bool { return slices.Contains(notCounted, r) }) {
+				continue
+			}
+			if _, ok := svc.Policy().Agent(agent); !ok {
+				continue
+			}
+			ts := append(recent[agent], e.Time)
+			ts = slices.DeleteFunc(ts, func(t time.Time) bool { return e.Time.Sub(t) >= a.window })
+			recent[agent] = ts
+			// Forget agents whose denials have all aged out.
+			for id, t := range recent {
+				if len(t) == 0 || e.Time.Sub(t[len(t)-1]) >= a.window {
+					delete(recent, id)
+				}
+			}
+			if len(ts) < a.threshold {
+				continue
+			}
+			delete(recent, agent)
+			a.pause(ctx, svc, agent, len(ts), e)
+		}
+	}
+}
+
+func (a *AutoPause) pause(ctx context.Context, svc Pauser, agent string, n int, last broker.Event) {
+	recs, err := svc.Agents(ctx)
+	if err != nil {
+		a.log.Error("auto-pause: read the agent's state", "agent", agent, "err", err)
+		return
+	}
+	for _, r := range recs {
+		if r.ID == agent && r.State != "" && r.State != broker.AgentActive {
+			return // paused or quarantined already: never downgrade
+		}
+	}
+	reason := fmt.Sprintf("auto-pause: %d denials within %s (last: %s %v)", n, a.window, last.Type, last.Reasons)
+	if err := svc.SetAgentState(ctx, AutoPauseActor, agent, broker.AgentPaused, reason); err != nil {
+		a.log.Error("auto-pause an agent", "agent", agent, "err", err)
+		return
+	}
+	a.log.Warn("agent paused after repeated denials", "agent", agent, "denials", n, "window", a.window)
+}

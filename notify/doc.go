@@ -1,0 +1,47 @@
+// Package notify sends latch's audit events to webhooks: approvals
+// requested, approved, denied and expired, violations, pauses,
+// quarantines, freezes and irrevocable leases (DefaultEvents), so that
+// people hear of them where they are.
+//
+// A Notifier subscribes to the Service's live events (Service.Subscribe),
+// writes one delivery per event and matching webhook to a durable outbox
+// — a bbolt file of its own, separate from the store — and POSTs them,
+// retrying failures with exponential backoff (MinBackoff doubling up to
+// MaxBackoff) across restarts until MaxAttempts, after which a delivery
+// is moved to a dead-letter bucket and logged as an error. Publishing
+// never waits for the notifier, so delivery can neither block nor fail
+// issuance. Events the live stream dropped, or that were written while
+// the notifier was not running, are read back from the audit log (the
+// outbox remembers how far it got); on first use it starts at the log's
+// end. Delivery is at least once: X-Latch-Delivery is the same across
+// retries, for receivers to deduplicate.
+//
+// Bodies are JSON Payloads — the audit event without its hash-chain
+// fields, plus a one-line Text — or, for a webhook with Slack set, just
+// {"text": "..."}. Audit events never hold secrets, and neither do
+// payloads. Each attempt carries X-Latch-Timestamp (Unix seconds) and,
+// when the webhook has a secret, X-Latch-Signature: "sha256=" and the hex
+// HMAC-SHA256 of timestamp + "." + body (see Sign; receivers use Verify,
+// which also bounds the timestamp's age).
+//
+// Usage:
+//
+//	n, err := notify.New(notify.Config{
+//		Webhooks: []notify.Webhook{
+//			{URL: "https://hooks.example.org/latch", Secret: secret},                      // DefaultEvents
+//			{URL: "https://hooks.slack.com/services/…", Events: []string{"approval_requested"}, Slack: true},
+//		},
+//		OutboxPath: "/var/lib/latch/notify.db",
+//		Logger:     logger,
+//	})
+//	if err != nil { ... }
+//	defer n.Close()                // after Run has returned
+//	go n.Run(ctx, svc)             // svc is the *broker.Service; returns when ctx ends
+//
+// AutoPause (off unless a server runs one) pauses an agent whose requests
+// are denied Threshold times within Window, as actor "latch"; the pause is
+// audited like any other and reaches webhooks as a pause event:
+//
+//	ap, err := notify.NewAutoPause(notify.AutoPauseConfig{Threshold: 10, Window: 5 * time.Minute, Logger: logger})
+//	go ap.Run(ctx, svc)
+package notify

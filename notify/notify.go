@@ -1,0 +1,699 @@
+package notify
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// Headers set on every delivery.
+const (
+	// HeaderSignature is "sha256=" and the hex HMAC-SHA256, keyed with the
+	// webhook's secret, of the timestamp header's value, ".", and the body.
+	HeaderSignature = "X-Latch-Signature"
+	// HeaderTimestamp is the Unix time in seconds the attempt was signed.
+	HeaderTimestamp = "X-Latch-Timestamp"
+	// HeaderEvent is the event type; HeaderDelivery identifies the
+	// delivery, the same across retries (receivers deduplicate by it:
+	// delivery is at least once).
+	HeaderEvent    = "X-Latch-Event"
+	HeaderDelivery = "X-Latch-Delivery"
+)
+
+// DefaultEvents are the event types a webhook without Events receives.
+var DefaultEvents = []string{
+	string(broker.EventApprovalRequested), string(broker.EventApprovalApproved),
+	string(broker.EventApprovalDenied), string(broker.EventApprovalExpired),
+	string(broker.EventViolation), string(broker.EventPause), string(broker.EventQuarantine),
+	string(broker.EventFreeze), string(broker.EventIrrevocable),
+}
+
+// knownEvents are the types a webhook may ask for.
+var knownEvents = append(slices.Clone(DefaultEvents),
+	string(broker.EventApprovalReview), string(broker.EventResume), string(broker.EventUnfreeze),
+	string(broker.EventDeny), string(broker.EventIssue), string(broker.EventRevoke), string(broker.EventExpire),
+	string(broker.EventFail), string(broker.EventConfigLoad), string(broker.EventReconcile))
+
+// Webhook is one receiver.
+type Webhook struct {
+	// URL is where events are POSTed (http or https).
+	URL string
+	// Events are the event types sent to it; empty means DefaultEvents.
+	Events []string
+	// Secret keys the X-Latch-Signature HMAC. Empty: deliveries are not
+	// signed (a warning is logged at New).
+	Secret []byte
+	// Slack sends {"text": "..."} instead of the JSON Payload, for Slack
+	// (and compatible) incoming webhooks.
+	Slack bool
+}
+
+// Config configures a Notifier. OutboxPath is required.
+type Config struct {
+	Webhooks []Webhook
+	// OutboxPath is the bbolt file of the durable outbox, separate from the
+	// store's. It is created if missing.
+	OutboxPath string
+	Logger     *slog.Logger
+	// Now is the clock (time.Now by default): timestamps, signatures and
+	// retry schedule.
+	Now func() time.Time
+	// Client sends the deliveries (default: a client with a 10 s timeout).
+	Client *http.Client
+	// MinBackoff and MaxBackoff bound the wait before a retry, doubled
+	// after each failure (defaults 1 s and 5 min).
+	MinBackoff, MaxBackoff time.Duration
+	// MaxAttempts is how many times a delivery is tried before it is moved
+	// to the dead-letter bucket and logged as an error (default 30).
+	MaxAttempts int
+	// Poll is how often the outbox is checked for due retries (default 1 s).
+	Poll time.Duration
+}
+
+// Source is where events come from. *broker.Service implements it.
+type Source interface {
+	// Subscribe is broker.Service.Subscribe.
+	Subscribe(broker.EventFilter) (<-chan broker.Event, func())
+	// AuditEvents is broker.Service.AuditEvents: gaps in the live stream
+	// (events dropped for a slow subscriber, or written while latch's
+	// notifier was not running) are filled from the audit log.
+	AuditEvents(ctx context.Context, after uint64, fn func(broker.Event) (bool, error)) error
+	// LastAuditSeq is broker.Service.LastAuditSeq.
+	LastAuditSeq(ctx context.Context) (uint64, error)
+}
+
+var _ Source = (*broker.Service)(nil)
+
+// Payload is the JSON body of a (non-Slack) delivery: the audit event
+// without its hash-chain fields, and a one-line summary. Events never
+// carry secrets, and neither does a payload.
+type Payload struct {
+	Seq     uint64            `json:"seq"`
+	Time    time.Time         `json:"time"`
+	Type    string            `json:"type"`
+	Actor   string            `json:"actor,omitempty"`
+	Subject string            `json:"subject,omitempty"`
+	Task    string            `json:"task,omitempty"`
+	Lease   string            `json:"lease,omitempty"`
+	Outcome string            `json:"outcome,omitempty"`
+	Reasons []string          `json:"reasons,omitempty"`
+	Details map[string]string `json:"details,omitempty"`
+	Text    string            `json:"text"`
+}
+
+var (
+	bucketOutbox = []byte("outbox")
+	bucketDead   = []byte("dead")
+	bucketMeta   = []byte("meta")
+	keyCursor    = []byte("cursor")
+)
+
+// item is one pending delivery in the outbox.
+type item struct {
+	URL       string    `json:"url"`
+	Delivery  string    `json:"delivery"`
+	Type      string    `json:"type"`
+	Body      []byte    `json:"body"`
+	Attempts  int       `json:"attempts"`
+	NextAt    time.Time `json:"next_at"`
+	CreatedAt time.Time `json:"created_at"`
+	LastError string    `json:"last_error,omitempty"`
+}
+
+// Notifier delivers audit events to webhooks. It is safe for concurrent
+// use; Run it once.
+type Notifier struct {
+	hooks   []Webhook
+	db      *bolt.DB
+	log     *slog.Logger
+	now     func() time.Time
+	hc      *http.Client
+	minBack time.Duration
+	maxBack time.Duration
+	maxTry  int
+	poll    time.Duration
+	types   []broker.EventType // union of the webhooks' events
+	wake    chan struct{}
+}
+
+// New checks cfg, opens (or creates) the outbox and returns the notifier.
+// Nothing is sent until Run.
+func New(cfg Config) (*Notifier, error) {
+	if cfg.OutboxPath == "" {
+		return nil, errors.New("notify: Config.OutboxPath is required")
+	}
+	n := &Notifier{
+		log: cfg.Logger, now: cfg.Now, hc: cfg.Client, minBack: cfg.MinBackoff, maxBack: cfg.MaxBackoff,
+		maxTry: cfg.MaxAttempts, poll: cfg.Poll, wake: make(chan struct{}, 1),
+	}
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	if n.now == nil {
+		n.now = time.Now
+	}
+	if n.hc == nil {
+		n.hc = &http.Client{Timeout: 10 * time.Second}
+	}
+	if n.minBack <= 0 {
+		n.minBack = time.Second
+	}
+	if n.maxBack <= 0 {
+		n.maxBack = 5 * time.Minute
+	}
+	n.maxBack = max(n.maxBack, n.minBack)
+	if n.maxTry <= 0 {
+		n.maxTry = 30
+	}
+	if n.poll <= 0 {
+		n.poll = time.Second
+	}
+	for i, w := range cfg.Webhooks {
+		u, err := url.Parse(w.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("notify: webhooks[%d].url %q: want http(s)://host/path", i, w.URL)
+		}
+		for _, prev := range n.hooks {
+			if prev.URL == w.URL {
+				return nil, fmt.Errorf("notify: webhooks[%d].url %q is listed twice: merge their events", i, w.URL)
+			}
+		}
+		if len(w.Events) == 0 {
+			w.Events = DefaultEvents
+		}
+		for _, e := range w.Events {
+			if !slices.Contains(knownEvents, e) {
+				return nil, fmt.Errorf("notify: webhooks[%d].events: unknown event type %q (known: %s)", i, e, strings.Join(knownEvents, ", "))
+			}
+			if !slices.Contains(n.types, broker.EventType(e)) {
+				n.types = append(n.types, broker.EventType(e))
+			}
+		}
+		w.Events = slices.Clone(w.Events)
+		w.Secret = slices.Clone(w.Secret)
+		if len(w.Secret) == 0 {
+			n.log.Warn("webhook has no secret: its deliveries are not signed", "url", redactURL(w.URL))
+		}
+		n.hooks = append(n.hooks, w)
+	}
+	db, err := bolt.Open(cfg.OutboxPath, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("notify: open outbox %s: %w", cfg.OutboxPath, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketOutbox, bucketDead, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("notify: init outbox %s: %w", cfg.OutboxPath, err)
+	}
+	n.db = db
+	return n, nil
+}
+
+// Close closes the outbox. Call it after Run has returned.
+func (n *Notifier) Close() error { return n.db.Close() }
+
+// Run delivers src's events until ctx ends: it subscribes to the live
+// events, writes a delivery per matching webhook to the outbox, and sends
+// them, retrying failures with exponential backoff. Publishing never waits
+// for Run, so delivery can neither block nor fail issuance. Run returns
+// nil when ctx ends; an error only when the outbox cannot be read or
+// written at start.
+func (n *Notifier) Run(ctx context.Context, src Source) error {
+	if len(n.hooks) == 0 {
+		<-ctx.Done()
+		return nil
+	}
+	// Subscribe to every type: the contiguous sequence numbers tell us
+	// when an event was dropped for us.
+	events, cancel := src.Subscribe(broker.EventFilter{})
+	defer cancel()
+	cursor, err := n.loadCursor(ctx, src)
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { n.deliverLoop(ctx) })
+	defer wg.Wait()
+
+	seen := map[uint64]bool{} // seqs > cursor enqueued from the live stream
+	// Whatever was written since the cursor (while we were down, or
+	// before the subscription) is read from the audit log first.
+	cursor = n.catchUp(ctx, src, cursor, seen)
+	gapSince := time.Time{}
+	tick := time.NewTicker(n.poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-events:
+			if !ok {
+				return nil
+			}
+			batch := []broker.Event{e}
+		drain:
+			for len(batch) < broker.SubscriberBuffer {
+				select {
+				case e, ok := <-events:
+					if !ok {
+						break drain
+					}
+					batch = append(batch, e)
+				default:
+					break drain
+				}
+			}
+			var fresh []broker.Event
+			for _, e := range batch {
+				if e.Seq > cursor && !seen[e.Seq] {
+					fresh = append(fresh, e)
+				}
+			}
+			if err := n.enqueue(fresh); err != nil {
+				n.log.Error("write webhook deliveries to the outbox; will read them again from the audit log", "err", err)
+				gapSince = time.Now()
+				continue
+			}
+			for _, e := range fresh {
+				seen[e.Seq] = true
+			}
+			cursor = n.advance(cursor, seen)
+			if len(seen) == 0 {
+				gapSince = time.Time{}
+			} else if gapSince.IsZero() {
+				gapSince = time.Now()
+			}
+		case <-tick.C:
+			// Events of one group commit may arrive out of order; a gap
+			// that lasts a poll interval was dropped: read it back.
+			if !gapSince.IsZero() && time.Since(gapSince) >= n.poll {
+				cursor = n.catchUp(ctx, src, cursor, seen)
+				gapSince = time.Time{}
+			}
+		}
+	}
+}
+
+// loadCursor returns the last sequence number whose events are all in
+// the outbox. On first use it starts at the audit log's end: a new
+// webhook is not sent the past.
+func (n *Notifier) loadCursor(ctx context.Context, src Source) (uint64, error) {
+	var cur uint64
+	var found bool
+	err := n.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyCursor); len(v) == 8 {
+			cur, found = binary.BigEndian.Uint64(v), true
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("notify: read the outbox cursor: %w", err)
+	}
+	if found {
+		return cur, nil
+	}
+	last, err := src.LastAuditSeq(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("notify: read the audit log's end: %w", err)
+	}
+	return last, n.saveCursor(last)
+}
+
+func (n *Notifier) saveCursor(c uint64) error {
+	return n.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyCursor, binary.BigEndian.AppendUint64(nil, c))
+	})
+}
+
+// advance moves the cursor over the contiguous seqs in seen and persists it.
+func (n *Notifier) advance(cursor uint64, seen map[uint64]bool) uint64 {
+	start := cursor
+	for seen[cursor+1] {
+		cursor++
+		delete(seen, cursor)
+	}
+	if cursor != start {
+		if err := n.saveCursor(cursor); err != nil {
+			n.log.Error("save the outbox cursor", "err", err)
+		}
+	}
+	return cursor
+}
+
+// catchUp enqueues the events after cursor that the live stream has not
+// delivered, from the audit log, and returns the new cursor.
+func (n *Notifier) catchUp(ctx context.Context, src Source, cursor uint64, seen map[uint64]bool) uint64 {
+	var missed []broker.Event
+	last := cursor
+	err := src.AuditEvents(ctx, cursor, func(e broker.Event) (bool, error) {
+		if !seen[e.Seq] {
+			missed = append(missed, e)
+		}
+		last = max(last, e.Seq)
+		return true, nil
+	})
+	if err != nil {
+		n.log.Error("read missed events from the audit log; will retry", "after", cursor, "err", err)
+		return cursor
+	}
+	if err := n.enqueue(missed); err != nil {
+		n.log.Error("write webhook deliveries to the outbox; will retry", "err", err)
+		return cursor
+	}
+	clear(seen)
+	if last != cursor {
+		if err := n.saveCursor(last); err != nil {
+			n.log.Error("save the outbox cursor", "err", err)
+		}
+	}
+	return last
+}
+
+// enqueue writes one delivery per event and matching webhook, in one
+// transaction, and wakes the sender.
+func (n *Notifier) enqueue(events []broker.Event) error {
+	now := n.now()
+	var items []item
+	for _, e := range events {
+		for _, w := range n.hooks {
+			if !slices.Contains(w.Events, string(e.Type)) {
+				continue
+			}
+			body, err := render(e, w.Slack)
+			if err != nil {
+				return err
+			}
+			items = append(items, item{URL: w.URL, Delivery: deliveryID(e.Seq, w.URL), Type: string(e.Type), Body: body, NextAt: now, CreatedAt: now})
+		}
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	err := n.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOutbox)
+		for _, it := range items {
+			v, err := json.Marshal(it)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(it.Delivery), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// deliveryID is the outbox key: the event's sequence number (so the
+// outbox sorts by event) and the webhook. The same event for the same
+// webhook is one delivery, however often it is enqueued.
+func deliveryID(seq uint64, u string) string {
+	sum := sha256.Sum256([]byte(u))
+	return fmt.Sprintf("%020d-%s", seq, hex.EncodeToString(sum[:6]))
+}
+
+// deliverLoop sends due deliveries whenever woken or polled.
+func (n *Notifier) deliverLoop(ctx context.Context) {
+	tick := time.NewTicker(n.poll)
+	defer tick.Stop()
+	for {
+		n.deliverDue(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// deliverDue tries every delivery that is due, oldest event first.
+func (n *Notifier) deliverDue(ctx context.Context) {
+	now := n.now()
+	var due []item
+	err := n.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketOutbox).ForEach(func(_, v []byte) error {
+			var it item
+			if err := json.Unmarshal(v, &it); err != nil {
+				return err
+			}
+			if !it.NextAt.After(now) {
+				due = append(due, it)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		n.log.Error("read the webhook outbox", "err", err)
+		return
+	}
+	for _, it := range due {
+		if ctx.Err() != nil {
+			return
+		}
+		w, ok := n.hook(it.URL)
+		if !ok {
+			n.log.Warn("dropping a delivery to a webhook no longer configured", "url", redactURL(it.URL), "delivery", it.Delivery)
+			n.finish(it, false)
+			continue
+		}
+		err := n.send(ctx, w, it)
+		if err == nil {
+			n.finish(it, true)
+			continue
+		}
+		if ctx.Err() != nil {
+			return // shutting down: not the receiver's failure
+		}
+		it.Attempts++
+		it.LastError = err.Error()
+		if it.Attempts >= n.maxTry {
+			n.log.Error("webhook delivery failed for good; kept in the outbox's dead-letter bucket",
+				"url", redactURL(it.URL), "delivery", it.Delivery, "type", it.Type, "attempts", it.Attempts, "err", err)
+			n.finish(it, false)
+			continue
+		}
+		it.NextAt = n.now().Add(n.backoff(it.Attempts))
+		n.log.Warn("webhook delivery failed; will retry", "url", redactURL(it.URL), "delivery", it.Delivery,
+			"attempts", it.Attempts, "next_at", it.NextAt, "err", err)
+		if err := n.put(bucketOutbox, it); err != nil {
+			n.log.Error("update the webhook outbox", "err", err)
+		}
+	}
+}
+
+// backoff is the wait after the given number of failed attempts.
+func (n *Notifier) backoff(attempts int) time.Duration {
+	d := n.minBack
+	for i := 1; i < attempts && d < n.maxBack; i++ {
+		d *= 2
+	}
+	return min(d, n.maxBack)
+}
+
+func (n *Notifier) hook(u string) (Webhook, bool) {
+	for _, w := range n.hooks {
+		if w.URL == u {
+			return w, true
+		}
+	}
+	return Webhook{}, false
+}
+
+func (n *Notifier) put(bucket []byte, it item) error {
+	v, err := json.Marshal(it)
+	if err != nil {
+		return err
+	}
+	return n.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(it.Delivery), v) })
+}
+
+// finish removes a delivery from the outbox; one that was not delivered
+// is kept in the dead-letter bucket.
+func (n *Notifier) finish(it item, delivered bool) {
+	err := n.db.Update(func(tx *bolt.Tx) error {
+		if !delivered {
+			v, err := json.Marshal(it)
+			if err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketDead).Put([]byte(it.Delivery), v); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketOutbox).Delete([]byte(it.Delivery))
+	})
+	if err != nil {
+		n.log.Error("update the webhook outbox", "delivery", it.Delivery, "err", err)
+	}
+}
+
+// send makes one attempt: a 2xx answer is success.
+func (n *Notifier) send(ctx context.Context, w Webhook, it item) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(it.Body))
+	if err != nil {
+		return err
+	}
+	ts := strconv.FormatInt(n.now().Unix(), 10)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "latch-notify")
+	req.Header.Set(HeaderTimestamp, ts)
+	req.Header.Set(HeaderEvent, it.Type)
+	req.Header.Set(HeaderDelivery, it.Delivery)
+	if len(w.Secret) > 0 {
+		req.Header.Set(HeaderSignature, Sign(w.Secret, ts, it.Body))
+	}
+	resp, err := n.hc.Do(req)
+	if err != nil {
+		// The error names the URL, which may hold a token (Slack's do).
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return fmt.Errorf("post: %w", ue.Err)
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("receiver answered %s", resp.Status)
+	}
+	return nil
+}
+
+// Sign returns the X-Latch-Signature value for a body signed at timestamp
+// ts (the X-Latch-Timestamp value): "sha256=" and the hex HMAC-SHA256 of
+// ts + "." + body, keyed with secret.
+func Sign(secret []byte, ts string, body []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(ts))
+	m.Write([]byte("."))
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// Verify checks a delivery as a receiver should: the signature matches
+// (in constant time) and the timestamp is within tolerance of now, which
+// stops replays of old deliveries.
+func Verify(secret []byte, ts, sig string, body []byte, now time.Time, tolerance time.Duration) error {
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return fmt.Errorf("notify: bad %s %q", HeaderTimestamp, ts)
+	}
+	if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
+		return fmt.Errorf("notify: %s is %s away from now, more than %s", HeaderTimestamp, d, tolerance)
+	}
+	if !hmac.Equal([]byte(sig), []byte(Sign(secret, ts, body))) {
+		return errors.New("notify: signature does not match")
+	}
+	return nil
+}
+
+// render builds a delivery's body.
+func render(e broker.Event, slack bool) ([]byte, error) {
+	text := Summary(e)
+	if slack {
+		return json.Marshal(struct {
+			Text string `json:"text"`
+		}{text})
+	}
+	return json.Marshal(Payload{Seq: e.Seq, Time: e.Time.UTC(), Type: string(e.Type), Actor: e.Actor, Subject: e.Subject,
+		Task: e.Task, Lease: e.Lease, Outcome: e.Outcome, Reasons: e.Reasons, Details: e.Details, Text: text})
+}
+
+// Summary is the one-line text of an event, as in Slack messages.
+func Summary(e broker.Event) string {
+	var b strings.Builder
+	b.WriteString("latch: ")
+	d := e.Details
+	switch e.Type {
+	case broker.EventApprovalRequested:
+		fmt.Fprintf(&b, "approval requested: %s asks for task %s", e.Actor, e.Task)
+		if d["approval_id"] != "" {
+			fmt.Fprintf(&b, " (approval %s, %s approval(s) needed by %s)", d["approval_id"], d["required"], d["expires_at"])
+		}
+	case broker.EventApprovalApproved, broker.EventApprovalDenied, broker.EventApprovalExpired, broker.EventApprovalReview:
+		fmt.Fprintf(&b, "%s", strings.ReplaceAll(string(e.Type), "_", " "))
+		if id := d["approval_id"]; id != "" {
+			fmt.Fprintf(&b, ": approval %s", id)
+		}
+		if e.Task != "" {
+			fmt.Fprintf(&b, " for task %s", e.Task)
+		}
+		if e.Subject != "" {
+			fmt.Fprintf(&b, " of %s", e.Subject)
+		}
+		if e.Actor != "" {
+			fmt.Fprintf(&b, " by %s", e.Actor)
+		}
+	default:
+		b.WriteString(string(e.Type))
+		if e.Subject != "" {
+			fmt.Fprintf(&b, ": %s", e.Subject)
+		} else if e.Actor != "" {
+			fmt.Fprintf(&b, ": %s", e.Actor)
+		}
+		if e.Task != "" {
+			fmt.Fprintf(&b, " task %s", e.Task)
+		}
+		if e.Lease != "" {
+			fmt.Fprintf(&b, " lease %s", e.Lease)
+		}
+		if e.Actor != "" && e.Subject != "" {
+			fmt.Fprintf(&b, " by %s", e.Actor)
+		}
+	}
+	if e.Outcome != "" {
+		fmt.Fprintf(&b, " [%s]", e.Outcome)
+	}
+	if len(e.Reasons) > 0 {
+		fmt.Fprintf(&b, " reasons: %s", strings.Join(e.Reasons, ", "))
+	}
+	if r := d["reason"]; r != "" {
+		fmt.Fprintf(&b, " — %q", r)
+	}
+	return b.String()
+}
+
+// redactURL keeps a webhook URL's scheme and host for logs: its path and
+// query often hold a token.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Scheme + "://" + u.Host + "/…"
+}

@@ -1,0 +1,363 @@
+package notify_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/notify"
+)
+
+// source is an in-memory event log with a live stream, as the Service
+// has. publish appends and streams; hide appends without streaming (an
+// event dropped for a slow subscriber).
+type source struct {
+	mu   sync.Mutex
+	log  []broker.Event
+	subs []chan broker.Event
+}
+
+func (s *source) Subscribe(broker.EventFilter) (<-chan broker.Event, func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan broker.Event, broker.SubscriberBuffer)
+	s.subs = append(s.subs, ch)
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			for i, c := range s.subs {
+				if c == ch {
+					s.subs = append(s.subs[:i], s.subs[i+1:]...)
+				}
+			}
+			close(ch)
+		})
+	}
+}
+
+func (s *source) AuditEvents(_ context.Context, after uint64, fn func(broker.Event) (bool, error)) error {
+	s.mu.Lock()
+	evs := append([]broker.Event(nil), s.log...)
+	s.mu.Unlock()
+	for _, e := range evs {
+		if e.Seq <= after {
+			continue
+		}
+		if more, err := fn(e); err != nil || !more {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *source) LastAuditSeq(context.Context) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return uint64(len(s.log)), nil
+}
+
+func (s *source) add(e broker.Event, stream bool) broker.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e.Seq = uint64(len(s.log) + 1)
+	e.Time = time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC).Add(time.Duration(e.Seq) * time.Second)
+	e.Hash = "hash-of-" + e.Task
+	s.log = append(s.log, e)
+	if stream {
+		for _, c := range s.subs {
+			c <- e
+		}
+	}
+	return e
+}
+
+func (s *source) publish(e broker.Event) broker.Event { return s.add(e, true) }
+func (s *source) hide(e broker.Event) broker.Event    { return s.add(e, false) }
+
+func (s *source) subscribed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.subs) > 0
+}
+
+// delivery is one request the receiver got.
+type delivery struct {
+	header http.Header
+	body   []byte
+}
+
+// receiver is an httptest webhook receiver that can be taken down.
+type receiver struct {
+	srv  *httptest.Server
+	down atomic.Bool
+	mu   sync.Mutex
+	got  []delivery
+	hits atomic.Int64
+	ch   chan delivery
+}
+
+func newReceiver(t *testing.T) *receiver {
+	r := &receiver{ch: make(chan delivery, 64)}
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.hits.Add(1)
+		if r.down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		b, _ := io.ReadAll(req.Body)
+		d := delivery{header: req.Header.Clone(), body: b}
+		r.mu.Lock()
+		r.got = append(r.got, d)
+		r.mu.Unlock()
+		r.ch <- d
+	}))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *receiver) next(t *testing.T) delivery {
+	t.Helper()
+	select {
+	case d := <-r.ch:
+		return d
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery within 10s")
+		return delivery{}
+	}
+}
+
+func (r *receiver) none(t *testing.T, within time.Duration) {
+	t.Helper()
+	select {
+	case d := <-r.ch:
+		t.Fatalf("unexpected delivery: %s", d.body)
+	case <-time.After(within):
+	}
+}
+
+// start runs a notifier over src until the test ends (or stop is called).
+func start(t *testing.T, src *source, cfg notify.Config) (stop func()) {
+	t.Helper()
+	if cfg.OutboxPath == "" {
+		cfg.OutboxPath = filepath.Join(t.TempDir(), "outbox.db")
+	}
+	if cfg.Poll == 0 {
+		cfg.Poll = 20 * time.Millisecond
+	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff, cfg.MaxBackoff = 10*time.Millisecond, 40*time.Millisecond
+	}
+	n, err := notify.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx, src) }()
+	for !src.subscribed() {
+		time.Sleep(time.Millisecond)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			if err := n.Close(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+var secret = []byte("whsec-9f1c-do-not-leak")
+
+func approvalRequested(task string) broker.Event {
+	return broker.Event{Type: broker.EventApprovalRequested, Actor: "spiffe://example.org/agent/ticket-bot", Task: task, Outcome: "pending",
+		Details: map[string]string{"approval_id": "01JABCDEFGHJKMNPQRSTVWXYZ0", "required": "1", "expires_at": "2026-03-10T13:00:00Z"}}
+}
+
+// TestNotifier_Signed: a delivery is the event as JSON, signed with the
+// webhook's secret over timestamp + "." + body, and only the event types
+// the webhook asked for are sent.
+func TestNotifier_Signed(t *testing.T) {
+	src, rcv := &source{}, newReceiver(t)
+	now := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	start(t, src, notify.Config{
+		Webhooks: []notify.Webhook{{URL: rcv.srv.URL + "/hook", Secret: secret}},
+		Now:      func() time.Time { return now },
+	})
+	src.publish(broker.Event{Type: broker.EventIssue, Actor: "spiffe://example.org/agent/report-bot", Task: "report"}) // not a default event
+	e := src.publish(approvalRequested("ticket"))
+
+	d := rcv.next(t)
+	ts, sig := d.header.Get(notify.HeaderTimestamp), d.header.Get(notify.HeaderSignature)
+	if ts != "1773144000" || !strings.HasPrefix(sig, "sha256=") {
+		t.Fatalf("timestamp %q, signature %q", ts, sig)
+	}
+	if err := notify.Verify(secret, ts, sig, d.body, now.Add(time.Minute), 5*time.Minute); err != nil {
+		t.Fatalf("signature does not verify: %v", err)
+	}
+	if err := notify.Verify([]byte("other"), ts, sig, d.body, now, 5*time.Minute); err == nil {
+		t.Fatal("a signature verified with another secret")
+	}
+	if err := notify.Verify(secret, ts, sig, append(d.body, ' '), now, 5*time.Minute); err == nil {
+		t.Fatal("a signature verified over another body")
+	}
+	if err := notify.Verify(secret, ts, sig, d.body, now.Add(time.Hour), 5*time.Minute); err == nil {
+		t.Fatal("an old delivery verified")
+	}
+	if d.header.Get(notify.HeaderEvent) != "approval_requested" || d.header.Get(notify.HeaderDelivery) == "" ||
+		d.header.Get("Content-Type") != "application/json" {
+		t.Fatalf("headers = %v", d.header)
+	}
+	var p notify.Payload
+	if err := json.Unmarshal(d.body, &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Seq != e.Seq || p.Type != "approval_requested" || p.Actor != e.Actor || p.Task != "ticket" ||
+		p.Details["approval_id"] != "01JABCDEFGHJKMNPQRSTVWXYZ0" || !strings.Contains(p.Text, "approval requested") {
+		t.Fatalf("payload = %+v", p)
+	}
+	if strings.Contains(string(d.body), string(secret)) || strings.Contains(string(d.body), "hash") {
+		t.Fatalf("payload leaks the secret or the chain: %s", d.body)
+	}
+	rcv.none(t, 100*time.Millisecond) // the issue event was not sent
+}
+
+// TestNotifier_Slack: a Slack webhook gets {"text": "..."} only.
+func TestNotifier_Slack(t *testing.T) {
+	src, rcv := &source{}, newReceiver(t)
+	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL, Slack: true, Events: []string{"pause"}}}})
+	src.publish(approvalRequested("ticket"))
+	src.publish(broker.Event{Type: broker.EventPause, Actor: "spiffe://example.org/ops/rex", Subject: "spiffe://example.org/agent/chatty",
+		Details: map[string]string{"reason": "too many denials"}})
+	d := rcv.next(t)
+	var m map[string]any
+	if err := json.Unmarshal(d.body, &m); err != nil {
+		t.Fatal(err)
+	}
+	text, _ := m["text"].(string)
+	if len(m) != 1 || !strings.Contains(text, "pause") || !strings.Contains(text, "agent/chatty") || !strings.Contains(text, "too many denials") {
+		t.Fatalf("slack body = %s", d.body)
+	}
+	if d.header.Get(notify.HeaderSignature) != "" {
+		t.Fatal("signed without a secret")
+	}
+	rcv.none(t, 100*time.Millisecond)
+}
+
+// TestNotifier_Retry: while the receiver is down deliveries are retried
+// with backoff; they arrive, once each, when it returns.
+func TestNotifier_Retry(t *testing.T) {
+	src, rcv := &source{}, newReceiver(t)
+	rcv.down.Store(true)
+	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL, Secret: secret}}})
+	src.publish(approvalRequested("a"))
+	src.publish(approvalRequested("b"))
+	for rcv.hits.Load() < 6 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	rcv.down.Store(false)
+	first, second := rcv.next(t), rcv.next(t)
+	if !strings.Contains(string(first.body), `"task":"a"`) || !strings.Contains(string(second.body), `"task":"b"`) {
+		t.Fatalf("deliveries out of order: %s, %s", first.body, second.body)
+	}
+	rcv.none(t, 150*time.Millisecond)
+}
+
+// TestNotifier_Durable: deliveries survive a restart in the outbox, and
+// events written while the notifier was down are read from the audit log.
+func TestNotifier_Durable(t *testing.T) {
+	src, rcv := &source{}, newReceiver(t)
+	path := filepath.Join(t.TempDir(), "outbox.db")
+	rcv.down.Store(true)
+	stop := start(t, src, notify.Config{OutboxPath: path, Webhooks: []notify.Webhook{{URL: rcv.srv.URL}}})
+	src.publish(approvalRequested("before"))
+	for rcv.hits.Load() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+	src.hide(approvalRequested("while-down"))
+	rcv.down.Store(false)
+
+	start(t, src, notify.Config{OutboxPath: path, Webhooks: []notify.Webhook{{URL: rcv.srv.URL}}})
+	got := map[string]bool{}
+	for range 2 {
+		var p notify.Payload
+		if err := json.Unmarshal(rcv.next(t).body, &p); err != nil {
+			t.Fatal(err)
+		}
+		got[p.Task] = true
+	}
+	if !got["before"] || !got["while-down"] {
+		t.Fatalf("delivered %v", got)
+	}
+	rcv.none(t, 150*time.Millisecond)
+}
+
+// TestNotifier_Gap: an event dropped from the live stream is read back
+// from the audit log.
+func TestNotifier_Gap(t *testing.T) {
+	src, rcv := &source{}, newReceiver(t)
+	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL}}})
+	src.hide(approvalRequested("dropped"))
+	src.publish(approvalRequested("seen"))
+	got := map[string]bool{}
+	for range 2 {
+		var p notify.Payload
+		_ = json.Unmarshal(rcv.next(t).body, &p)
+		got[p.Task] = true
+	}
+	if !got["dropped"] || !got["seen"] {
+		t.Fatalf("delivered %v", got)
+	}
+	rcv.none(t, 100*time.Millisecond)
+}
+
+// TestNotifier_FirstStart: a new outbox starts at the end of the audit
+// log; the past is not sent.
+func TestNotifier_FirstStart(t *testing.T) {
+	src, rcv := &source{}, newReceiver(t)
+	src.hide(approvalRequested("old"))
+	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL}}})
+	src.publish(approvalRequested("new"))
+	if d := rcv.next(t); !strings.Contains(string(d.body), `"task":"new"`) {
+		t.Fatalf("delivered %s", d.body)
+	}
+	rcv.none(t, 100*time.Millisecond)
+}
+
+func TestNew_Errors(t *testing.T) {
+	dir := t.TempDir()
+	for name, tc := range map[string]struct {
+		cfg  notify.Config
+		want string
+	}{
+		"NoOutbox":     {notify.Config{}, "OutboxPath"},
+		"BadURL":       {notify.Config{OutboxPath: filepath.Join(dir, "a.db"), Webhooks: []notify.Webhook{{URL: "ftp://x"}}}, "webhooks[0].url"},
+		"UnknownEvent": {notify.Config{OutboxPath: filepath.Join(dir, "b.db"), Webhooks: []notify.Webhook{{URL: "http://x/h", Events: []string{"approved"}}}}, `unknown event type "approved"`},
+		"Duplicate":    {notify.Config{OutboxPath: filepath.Join(dir, "c.db"), Webhooks: []notify.Webhook{{URL: "http://x/h"}, {URL: "http://x/h"}}}, "twice"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := notify.New(tc.cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,257 @@
+package notify_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/notify"
+	"github.com/latchbroker/latch/templates"
+)
+
+const canary = "CANARY-n0t1fy-s3cr3t-5e1d"
+
+type mintCanary struct{}
+
+func (mintCanary) Mint(_ context.Context, req broker.MintRequest) (broker.Minted, error) {
+	return broker.Minted{Secret: broker.NewSecret(map[string]string{"password": canary}),
+		Refs: broker.Refs{TokenAccessor: "acc-" + req.LeaseID}, ExpiresAt: time.Now().Add(time.Hour)}, nil
+}
+func (mintCanary) Revoke(context.Context, broker.Refs) error         { return nil }
+func (mintCanary) Lookup(context.Context, broker.Refs) (bool, error) { return true, nil }
+
+const servicePolicy = `
+operators:
+  - { id: spiffe://example.org/ops/abe, roles: [approver] }
+agents:
+  - id: spiffe://example.org/agent/ticket-bot
+    owner: spiffe://example.org/ops/bob
+    templates: [ticket, report]
+`
+
+var serviceTemplates = map[string]string{
+	"report.yaml": `
+name: report
+description: Low risk.
+backend: fake
+params:
+  region: { enum: [eu, us] }
+ttl: 10m
+max_ttl: 30m
+risk: low
+`,
+	"ticket.yaml": `
+name: ticket
+description: Needs approval.
+backend: fake
+params:
+  ticket: { pattern: "^[0-9]{1,9}$" }
+ttl: 5m
+max_ttl: 5m
+risk: high
+`,
+}
+
+func newService(t *testing.T) *broker.Service {
+	t.Helper()
+	pc, err := templates.ParsePolicy("policy.yaml", []byte(servicePolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake"}}}
+	for name, body := range serviceTemplates {
+		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
+	}
+	p, err := templates.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := boltstore.Open(filepath.Join(t.TempDir(), "latch.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { bs.Close() })
+	svc, err := broker.NewService(context.Background(), broker.Config{
+		Store: bs, Policy: p, Backends: map[string]broker.Backend{"fake": mintCanary{}},
+		Logger: slog.New(slog.DiscardHandler), AuditTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+// TestNotifier_Service: over a real Service, the approval flow reaches a
+// webhook as signed events, a receiver that hangs does not slow issuance,
+// and no delivery nor the outbox holds the minted secret.
+func TestNotifier_Service(t *testing.T) {
+	svc := newService(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var bodies [][]byte
+	hang := make(chan struct{})
+	got := make(chan string, 64)
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+			return
+		}
+		b, _ := io.ReadAll(r.Body)
+		if err := notify.Verify(secret, r.Header.Get(notify.HeaderTimestamp), r.Header.Get(notify.HeaderSignature), b, time.Now(), time.Minute); err != nil {
+			t.Errorf("delivery does not verify: %v", err)
+		}
+		mu.Lock()
+		bodies = append(bodies, b)
+		mu.Unlock()
+		got <- r.Header.Get(notify.HeaderEvent)
+	}))
+	t.Cleanup(rcv.Close)
+	t.Cleanup(func() {
+		select {
+		case <-hang:
+		default:
+			close(hang)
+		}
+	})
+
+	outbox := filepath.Join(t.TempDir(), "outbox.db")
+	all := []string{"approval_requested", "approval_approved", "approval_denied", "approval_expired", "issue", "violation"}
+	n, err := notify.New(notify.Config{OutboxPath: outbox, Poll: 20 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+		Webhooks: []notify.Webhook{{URL: rcv.URL, Secret: secret, Events: all}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- n.Run(runCtx, svc) }()
+	var stopOnce sync.Once
+	stop := func() {
+		stopOnce.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+			n.Close()
+		})
+	}
+	defer stop()
+	time.Sleep(50 * time.Millisecond) // let Run subscribe
+
+	// The receiver hangs: issuance is not held up.
+	begin := time.Now()
+	for i := range 5 {
+		if _, err := svc.Issue(ctx, broker.IssueRequest{Agent: "spiffe://example.org/agent/ticket-bot", Task: "report",
+			Params: map[string]string{"region": "eu"}, Reason: "run", RequestID: "r" + string(rune('a'+i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := svc.Issue(ctx, broker.IssueRequest{Agent: "spiffe://example.org/agent/ticket-bot", Task: "ticket",
+		Params: map[string]string{"ticket": "42"}, Reason: "close it"})
+	if err != nil || res.Pending == nil {
+		t.Fatalf("issue ticket = %+v, %v", res, err)
+	}
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Fatalf("issuance took %v with a hanging receiver", d)
+	}
+	if _, err := svc.Review(ctx, "spiffe://example.org/ops/abe", res.Pending.ID, true, "ok", false); err != nil {
+		t.Fatal(err)
+	}
+	picked, err := svc.Issue(ctx, broker.IssueRequest{Agent: "spiffe://example.org/agent/ticket-bot", ApprovalID: res.Pending.ID})
+	if err != nil || picked.Secret.Reveal()["password"] != canary {
+		t.Fatalf("pickup = %+v, %v", picked, err)
+	}
+	close(hang)
+
+	var types []string
+	for len(types) < 8 { // 5 issues, requested, approved, the pickup's issue
+		select {
+		case typ := <-got:
+			types = append(types, typ)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("deliveries so far: %v", types)
+		}
+	}
+	joined := strings.Join(types, ",")
+	if !strings.Contains(joined, "approval_requested") || !strings.Contains(joined, "approval_approved") || strings.Count(joined, "issue") != 6 {
+		t.Fatalf("delivered %v", types)
+	}
+	mu.Lock()
+	for _, b := range bodies {
+		if bytes.Contains(b, []byte(canary)) {
+			t.Fatalf("a delivery holds the secret: %s", b)
+		}
+	}
+	mu.Unlock()
+	stop()
+	raw, err := os.ReadFile(outbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(canary)) {
+		t.Fatal("the outbox holds the secret")
+	}
+}
+
+// TestAutoPause: repeated denials of one agent pause it, with an audited
+// pause event; denials of other kinds and below the threshold do not.
+func TestAutoPause(t *testing.T) {
+	svc := newService(t)
+	ctx := context.Background()
+	ap, err := notify.NewAutoPause(notify.AutoPauseConfig{Threshold: 3, Window: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- ap.Run(runCtx, svc) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(50 * time.Millisecond) // let Run subscribe
+	pauses, stop := svc.Subscribe(broker.EventFilter{Types: []broker.EventType{broker.EventPause}})
+	defer stop()
+
+	bad := broker.IssueRequest{Agent: "spiffe://example.org/agent/ticket-bot", Task: "report", Params: map[string]string{"region": "mars"}, Reason: "x"}
+	for range 2 {
+		if _, err := svc.Issue(ctx, bad); broker.ErrorCode(err) != broker.EFORBIDDEN {
+			t.Fatalf("bad params: %v", err)
+		}
+	}
+	// An unregistered caller's denials are not an agent's.
+	for range 3 {
+		_, _ = svc.Issue(ctx, broker.IssueRequest{Agent: "spiffe://example.org/agent/stranger", Task: "report", Params: map[string]string{"region": "eu"}})
+	}
+	select {
+	case e := <-pauses:
+		t.Fatalf("paused below the threshold: %+v", e)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := svc.Issue(ctx, bad); broker.ErrorCode(err) != broker.EFORBIDDEN {
+		t.Fatalf("bad params: %v", err)
+	}
+	select {
+	case e := <-pauses:
+		if e.Actor != notify.AutoPauseActor || e.Subject != "spiffe://example.org/agent/ticket-bot" || !strings.Contains(e.Details["reason"], "3 denials") {
+			t.Fatalf("pause event = %+v", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not paused after 3 denials")
+	}
+	_, err = svc.Issue(ctx, broker.IssueRequest{Agent: "spiffe://example.org/agent/ticket-bot", Task: "report", Params: map[string]string{"region": "eu"}})
+	if broker.ErrorCode(err) != broker.EFORBIDDEN || !strings.Contains(err.Error(), "paused") {
+		t.Fatalf("request after the auto-pause: %v", err)
+	}
+	if _, err := notify.NewAutoPause(notify.AutoPauseConfig{}); err == nil {
+		t.Fatal("auto-pause without a threshold")
+	}
+}
