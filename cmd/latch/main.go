@@ -36,6 +36,7 @@ func newApp() *cli.App {
 			checkCommand(),
 			explainCommand(),
 			serverCommand(),
+			approvalCommand(),
 			auditCommand(),
 			fetchCommand(),
 			execCommand(),

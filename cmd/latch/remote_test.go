@@ -40,6 +40,7 @@ var (
 	rtAgent    = spiffeid.RequireFromPath(rtTD, "/agent/report-bot")
 	rtRevoker  = spiffeid.RequireFromPath(rtTD, "/ops/rex")
 	rtViewer   = spiffeid.RequireFromPath(rtTD, "/ops/vera")
+	rtApprover = spiffeid.RequireFromPath(rtTD, "/ops/abe")
 )
 
 // rtSecret is what the fake backend mints; the quote tests shell quoting.
@@ -191,7 +192,7 @@ func newRTEnv(t *testing.T) *rtEnv {
 
 	e.bundle = filepath.Join(e.dir, "bundle.pem")
 	ca.WriteBundle(e.bundle)
-	for _, id := range []spiffeid.ID{rtAgent, rtRevoker, rtViewer} {
+	for _, id := range []spiffeid.ID{rtAgent, rtRevoker, rtViewer, rtApprover} {
 		name := filepath.Base(id.Path())
 		attesttest.WriteSVID(t, ca.X509SVID(id), filepath.Join(e.dir, name+".pem"), filepath.Join(e.dir, name+".key"))
 	}
@@ -698,5 +699,41 @@ func TestExec_ForwardsSignals(t *testing.T) {
 	id := strings.Fields(line)[0]
 	if st := e.lease(id).State; st == api.StateActive {
 		t.Fatalf("lease %s still active after exec", id)
+	}
+}
+
+func TestApproval_ListShowApproveThenPickup(t *testing.T) {
+	e := newRTEnv(t)
+	out, errOut, code := e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "-o", "json"}, e.as(rtAgent))...)
+	var res fetchJSON
+	if code != exitPending || json.Unmarshal([]byte(out), &res) != nil || res.Approval == nil {
+		t.Fatalf("fetch: exit %d, %s %s", code, out, errOut)
+	}
+	id := res.Approval.ID
+
+	out, errOut, code = e.run("", cmd([]string{"approval", "list", "--status", "pending"}, e.as(rtApprover))...)
+	if code != 0 || !strings.Contains(out, id) || !strings.Contains(out, "0/1") {
+		t.Fatalf("approval list: exit %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = e.run("", cmd([]string{"approval", "show", id}, e.as(rtApprover))...)
+	if code != 0 || !strings.Contains(out, "Would mint") || !strings.Contains(out, "fix it") || !strings.Contains(out, "ticket=42") {
+		t.Fatalf("approval show must show the agent's reason, params and what would be minted: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code = e.run("", cmd([]string{"approval", "approve", id, "--reason", "ok"}, e.as(rtRevoker))...); code != exitDenied {
+		t.Fatalf("a revoker approving: exit %d, %s; want 3", code, errOut)
+	}
+	if _, _, code = e.run("", cmd([]string{"approval", "approve", id}, e.as(rtApprover))...); code != exitUsage {
+		t.Fatalf("approve without --reason: exit %d, want 2", code)
+	}
+	out, errOut, code = e.run("", cmd([]string{"approval", "approve", id, "--reason", "ticket checked"}, e.as(rtApprover))...)
+	if code != 0 || !strings.Contains(out, "is approved") {
+		t.Fatalf("approve: exit %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--approval-id", id}, e.as(rtAgent))...)
+	if code != 0 || !strings.Contains(out, "export LATCH_PASSWORD=") {
+		t.Fatalf("pickup: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, _, code = e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--approval-id", id}, e.as(rtAgent))...); code == 0 {
+		t.Fatal("a second pickup of the same approval succeeded")
 	}
 }
