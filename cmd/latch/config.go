@@ -147,6 +147,8 @@ type WebhookConfig struct {
 	Events []string `yaml:"events"`
 	// SecretFile holds an HMAC key to sign deliveries with, if set.
 	SecretFile string `yaml:"secret_file"`
+	// Slack sends {"text": ...} for a Slack-compatible incoming webhook.
+	Slack bool `yaml:"slack"`
 
 	At    strictyaml.Pos `yaml:",pos"`
 	URLAt strictyaml.Pos `yaml:"url,pos"`

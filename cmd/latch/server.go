@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/latchbroker/latch/broker/boltstore"
 	"github.com/latchbroker/latch/broker/httpapi"
 	"github.com/latchbroker/latch/broker/promstats"
+	"github.com/latchbroker/latch/notify"
 )
 
 func serverCommand() *cli.Command {
@@ -85,6 +87,7 @@ type Server struct {
 	service  *broker.Service
 	verifier *attest.Verifier
 	metrics  *promstats.Metrics
+	notifier *notify.Notifier // nil without webhooks
 
 	// Listeners are opened by OpenServer, before serving, so that bind
 	// errors surface at start; Addr reports what they bound.
@@ -160,6 +163,9 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	if err != nil {
 		return nil, err
 	}
+	if s.notifier, err = newNotifier(cfg, log); err != nil {
+		return nil, err
+	}
 	// The drift record: every load names each template's version.
 	if err := s.service.SetPolicy(ctx, cfg.Policy, "latch"); err != nil {
 		return nil, err
@@ -195,6 +201,15 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	go func() { defer s.bg.Done(); s.metrics.TrackActiveLeases(bgCtx, s.service, 15*time.Second) }()
+	if s.notifier != nil {
+		s.bg.Add(1)
+		go func() {
+			defer s.bg.Done()
+			if err := s.notifier.Run(bgCtx, s.service); err != nil {
+				s.log.Error("webhook notifier stopped", "err", err)
+			}
+		}()
+	}
 
 	api, err := httpapi.New(httpapi.Config{Service: s.service, Verifier: s.verifier, Logger: s.log, Metrics: s.metrics, Ready: s.Ready})
 	if err != nil {
@@ -317,6 +332,9 @@ func (s *Server) Close() {
 			l.Close() // already closed by Shutdown after Run; harmless
 		}
 	}
+	if s.notifier != nil {
+		s.notifier.Close()
+	}
 	if s.vault != nil {
 		s.vault.Close()
 	}
@@ -326,4 +344,25 @@ func (s *Server) Close() {
 	if s.store != nil {
 		s.store.Close()
 	}
+}
+
+// newNotifier builds the webhook notifier from notify.webhooks; its outbox
+// sits beside the store, in a file of its own.
+func newNotifier(cfg *Config, log *slog.Logger) (*notify.Notifier, error) {
+	if len(cfg.Notify.Webhooks) == 0 {
+		return nil, nil
+	}
+	var hooks []notify.Webhook
+	for i, w := range cfg.Notify.Webhooks {
+		h := notify.Webhook{URL: w.URL, Events: w.Events, Slack: w.Slack}
+		if w.SecretFile != "" {
+			secret, err := os.ReadFile(w.SecretFile)
+			if err != nil {
+				return nil, fmt.Errorf("notify.webhooks[%d].secret_file: %w", i, err)
+			}
+			h.Secret = []byte(strings.TrimSpace(string(secret)))
+		}
+		hooks = append(hooks, h)
+	}
+	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cfg.Store.Path + ".outbox", Logger: log})
 }
