@@ -29,7 +29,7 @@ import (
 // else — no root, no default policy.
 func TestLatch_RunsWithREADMEPolicyOnly(t *testing.T) {
 	e := setup(t)
-	info, err := e.lookupAccessor(t.Context(), e.latch.Accessor())
+	info, err := e.LookupAccessor(t.Context(), e.latch.Accessor())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,12 +53,12 @@ func TestLatch_RunsWithREADMEPolicyOnly(t *testing.T) {
 func TestClient_RenewsAndLogsInAgain(t *testing.T) {
 	e := setup(t)
 	ctx := t.Context()
-	if _, err := e.root.Logical().WriteWithContext(ctx, "auth/approle/role/latch-short", map[string]any{
+	if _, err := e.Root.Logical().WriteWithContext(ctx, "auth/approle/role/latch-short", map[string]any{
 		"token_policies": "latch", "token_no_default_policy": true, "token_ttl": "2s", "token_max_ttl": "5s",
 	}); err != nil {
 		t.Fatal(err)
 	}
-	roleID, secretID, err := e.appRoleFiles(ctx, "latch-short")
+	roleID, secretID, err := e.AppRoleFiles(ctx, "latch-short")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,16 +104,16 @@ func TestClient_JWTLogin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.root.Sys().EnableAuthWithOptionsWithContext(ctx, "jwt", &vaultapi.EnableAuthOptions{Type: "jwt"}); err != nil {
+	if err := e.Root.Sys().EnableAuthWithOptionsWithContext(ctx, "jwt", &vaultapi.EnableAuthOptions{Type: "jwt"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.root.Logical().WriteWithContext(ctx, "auth/jwt/config", map[string]any{
+	if _, err := e.Root.Logical().WriteWithContext(ctx, "auth/jwt/config", map[string]any{
 		"jwt_validation_pubkeys": []string{string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))},
 	}); err != nil {
 		t.Fatal(err)
 	}
 	const latchID = "spiffe://example.org/latch"
-	if _, err := e.root.Logical().WriteWithContext(ctx, "auth/jwt/role/latch", map[string]any{
+	if _, err := e.Root.Logical().WriteWithContext(ctx, "auth/jwt/role/latch", map[string]any{
 		"role_type": "jwt", "user_claim": "sub", "bound_subject": latchID, "bound_audiences": "vault",
 		"token_policies": "latch", "token_no_default_policy": true, "token_ttl": "1h",
 	}); err != nil {
@@ -133,7 +133,7 @@ func TestClient_JWTLogin(t *testing.T) {
 	if err := c.Login(ctx); err != nil {
 		t.Fatalf("JWT login: %v", err)
 	}
-	info, err := e.lookupAccessor(ctx, c.Accessor())
+	info, err := e.LookupAccessor(ctx, c.Accessor())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func signJWT(t *testing.T, key *ecdsa.PrivateKey, claims map[string]any) string 
 func TestClient_TokenFile(t *testing.T) {
 	e := setup(t)
 	ctx := t.Context()
-	s, err := e.root.Logical().WriteWithContext(ctx, "auth/token/create-orphan", map[string]any{
+	s, err := e.Root.Logical().WriteWithContext(ctx, "auth/token/create-orphan", map[string]any{
 		"policies": []string{"latch"}, "no_default_policy": true, "ttl": "1h", "renewable": true,
 	})
 	if err != nil {

@@ -72,7 +72,7 @@ func BenchmarkVaultTokenCreate(b *testing.B) {
 	ctx := context.Background()
 	var accessors []string
 	for b.Loop() {
-		s, err := e.root.Logical().WriteWithContext(ctx, "auth/token/create", map[string]any{
+		s, err := e.Root.Logical().WriteWithContext(ctx, "auth/token/create", map[string]any{
 			"policies": []string{"default"}, "ttl": "5m",
 		})
 		if err != nil {
@@ -81,7 +81,7 @@ func BenchmarkVaultTokenCreate(b *testing.B) {
 		accessors = append(accessors, s.Auth.Accessor)
 	}
 	for _, a := range accessors {
-		if _, err := e.root.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": a}); err != nil {
+		if _, err := e.Root.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": a}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -94,14 +94,14 @@ func BenchmarkVaultDatabaseCreds(b *testing.B) {
 	ctx := context.Background()
 	var leases []string
 	for b.Loop() {
-		s, err := e.root.Logical().ReadWithContext(ctx, "database/creds/"+dbRole)
+		s, err := e.Root.Logical().ReadWithContext(ctx, "database/creds/"+dbRole)
 		if err != nil {
 			b.Fatal(err)
 		}
 		leases = append(leases, s.LeaseID)
 	}
 	for _, l := range leases {
-		if err := e.root.Sys().RevokeWithContext(ctx, l); err != nil {
+		if err := e.Root.Sys().RevokeWithContext(ctx, l); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -112,7 +112,7 @@ func BenchmarkVaultPKIIssue(b *testing.B) {
 	e := setup(b)
 	ctx := context.Background()
 	for b.Loop() {
-		if _, err := e.root.Logical().WriteWithContext(ctx, pkiMount+"/issue/"+pkiRole, map[string]any{
+		if _, err := e.Root.Logical().WriteWithContext(ctx, pkiMount+"/issue/"+pkiRole, map[string]any{
 			"common_name": "checkout.eu.svc.example.org", "alt_names": "checkout.svc.example.org",
 			"uri_sans": "spiffe://example.org/service/checkout", "ttl": "300s",
 		}); err != nil {

@@ -2,11 +2,13 @@ package backends
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 // The crash tests play the broker's part as it will be after a kill -9
@@ -59,17 +61,17 @@ func TestCrashSafety_VaultToken(t *testing.T) {
 	}
 	reconcile(t, e.tokens, intent)
 
-	if p, _ := e.root.Sys().GetPolicyWithContext(ctx, intent.Policy); p != "" {
+	if p, _ := e.Root.Sys().GetPolicyWithContext(ctx, intent.Policy); p != "" {
 		t.Fatalf("policy %s survived reconciliation", intent.Policy)
 	}
 	// The orphaned token is powerless at once: its only policy is gone
 	// and it never had the default policy ...
-	agent := clientWithToken(t, lost.Secret.Reveal()["token"])
+	agent := e.clientWithToken(t, lost.Secret.Reveal()["token"])
 	if _, err := agent.KVv2("secret").Get(ctx, "tickets/42"); statusOf(err) != http.StatusForbidden {
 		t.Fatalf("orphaned token reads the rendered path after reconciliation: %v", err)
 	}
 	// ... and bounded by the lease TTL, which no renewal can pass.
-	info, err := e.lookupAccessor(ctx, lost.Refs.TokenAccessor)
+	info, err := e.LookupAccessor(ctx, lost.Refs.TokenAccessor)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,17 +92,20 @@ func TestCrashSafety_VaultLease(t *testing.T) {
 		t.Fatalf("intent refs %+v: want the mint token accessor only", intent)
 	}
 	creds := lost.Secret.Reveal()
-	if !pgRoleExists(ctx, t, creds["username"]) {
+	if !e.pgRoleExists(ctx, t, creds["username"]) {
 		t.Fatal("no database role after Mint")
 	}
 	reconcile(t, e.leases, intent)
 
 	// Revoking the mint token revokes the leases it created; Vault does
 	// that part asynchronously.
-	eventually(t, 30*time.Second, "database role survives reconciliation", func() bool {
-		return !pgRoleExists(ctx, t, creds["username"])
+	vaultenv.Eventually(t, 30*time.Second, func() error {
+		if e.pgRoleExists(ctx, t, creds["username"]) {
+			return errors.New("database role survives reconciliation")
+		}
+		return nil
 	})
-	if _, err := pgLogin(ctx, creds["username"], creds["password"]); err == nil {
+	if _, err := e.PGLogin(ctx, creds["username"], creds["password"]); err == nil {
 		t.Fatal("login works after reconciliation")
 	}
 	if alive, err := e.leases.Lookup(ctx, lost.Refs); err != nil || alive {
@@ -115,10 +120,10 @@ func TestCrashSafety_VaultPKI(t *testing.T) {
 	t.Run("GenerateLease", func(t *testing.T) {
 		// With generate_lease the certificate's Vault lease belongs to
 		// the mint token: reconciliation puts it on the CRL.
-		if err := e.setPKIRole(ctx, true); err != nil {
+		if err := e.SetPKIRole(ctx, true); err != nil {
 			t.Fatal(err)
 		}
-		defer func() { _ = e.setPKIRole(context.Background(), false) }()
+		defer func() { _ = e.SetPKIRole(context.Background(), false) }()
 		intent, lost := crashAfterMint(t, e.certs, certRequest(10*time.Minute))
 		if intent.MintAccessor == "" || intent.Serial != "" {
 			t.Fatalf("intent refs %+v", intent)
@@ -128,8 +133,11 @@ func TestCrashSafety_VaultPKI(t *testing.T) {
 		}
 		reconcile(t, e.certs, intent)
 		serial := serialHex(t, lost.Refs.Serial)
-		eventually(t, 30*time.Second, "certificate not on the CRL after reconciliation", func() bool {
-			return e.crlSerials(ctx, t)[serial]
+		vaultenv.Eventually(t, 30*time.Second, func() error {
+			if !e.crlSerials(ctx, t)[serial] {
+				return errors.New("certificate not on the CRL after reconciliation")
+			}
+			return nil
 		})
 		if alive, err := e.certs.Lookup(ctx, lost.Refs); err != nil || alive {
 			t.Fatalf("Lookup after reconciliation = %v, %v", alive, err)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 func leaseRequest(ttl time.Duration) broker.MintRequest {
@@ -47,16 +48,16 @@ func TestVaultLease_DatabaseCredentials(t *testing.T) {
 	creds := m.Secret.Reveal()
 	user := creds["username"]
 
-	who, err := pgLogin(ctx, user, creds["password"])
+	who, err := e.PGLogin(ctx, user, creds["password"])
 	if err != nil || who != user {
 		t.Fatalf("log in with the credentials: %q, %v", who, err)
 	}
-	if !pgRoleExists(ctx, t, user) {
+	if !e.pgRoleExists(ctx, t, user) {
 		t.Fatalf("role %s not in pg_roles", user)
 	}
 
 	// The mint token: latch_mint only, orphan, bounded by the lease TTL.
-	info, err := e.lookupAccessor(ctx, m.Refs.MintAccessor)
+	info, err := e.LookupAccessor(ctx, m.Refs.MintAccessor)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,10 +78,10 @@ func TestVaultLease_DatabaseCredentials(t *testing.T) {
 		t.Fatalf("Revoke: %v", err)
 	}
 	// Revoke is synchronous: the role is gone when it returns.
-	if pgRoleExists(ctx, t, user) {
+	if e.pgRoleExists(ctx, t, user) {
 		t.Errorf("role %s still in pg_roles after Revoke", user)
 	}
-	if _, err := pgLogin(ctx, user, creds["password"]); err == nil {
+	if _, err := e.PGLogin(ctx, user, creds["password"]); err == nil {
 		t.Error("login works after Revoke")
 	}
 	if alive, err := e.leases.Lookup(ctx, m.Refs); err != nil || alive {
@@ -102,12 +103,15 @@ func TestVaultLease_LatchTTLWinsOverRoleTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	user := m.Secret.Reveal()["username"]
-	if !pgRoleExists(ctx, t, user) {
+	if !e.pgRoleExists(ctx, t, user) {
 		t.Fatal("role missing right after Mint")
 	}
 	start := time.Now()
-	eventually(t, 30*time.Second, "database role still exists long after the lease TTL", func() bool {
-		return !pgRoleExists(ctx, t, user)
+	vaultenv.Eventually(t, 30*time.Second, func() error {
+		if e.pgRoleExists(ctx, t, user) {
+			return errors.New("database role still exists long after the lease TTL")
+		}
+		return nil
 	})
 	t.Logf("role dropped %s after a 3s lease (role TTL 1h)", time.Since(start).Round(100*time.Millisecond))
 }

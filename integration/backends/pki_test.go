@@ -53,7 +53,7 @@ func TestVaultPKI_Issue(t *testing.T) {
 
 	// Verifies against the PKI mount's CA, for the rendered DNS names.
 	roots := x509.NewCertPool()
-	roots.AddCert(e.ca)
+	roots.AddCert(e.CA)
 	for _, name := range []string{"checkout.eu.svc.example.org", "checkout.svc.example.org"} {
 		if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: name, CurrentTime: time.Now()}); err != nil {
 			t.Errorf("verify for %s: %v", name, err)
@@ -82,7 +82,7 @@ func TestVaultPKI_Issue(t *testing.T) {
 	if _, err := tls.X509KeyPair([]byte(f["certificate"]), []byte(f["private_key"])); err != nil {
 		t.Errorf("key pair: %v", err)
 	}
-	if !parseCert(t, f["issuing_ca"]).Equal(e.ca) || !strings.Contains(f["ca_chain"], strings.TrimSpace(f["issuing_ca"])) {
+	if !parseCert(t, f["issuing_ca"]).Equal(e.CA) || !strings.Contains(f["ca_chain"], strings.TrimSpace(f["issuing_ca"])) {
 		t.Error("issuing_ca / ca_chain do not hold the mount's CA")
 	}
 

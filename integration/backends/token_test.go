@@ -59,7 +59,7 @@ func TestVaultToken_Mint(t *testing.T) {
 	}
 
 	// The agent can read exactly the rendered path.
-	agent := clientWithToken(t, m.Secret.Reveal()["token"])
+	agent := e.clientWithToken(t, m.Secret.Reveal()["token"])
 	got, err := agent.KVv2("secret").Get(ctx, "tickets/42")
 	if err != nil {
 		t.Fatalf("read the rendered path: %v", err)
@@ -88,7 +88,7 @@ func TestVaultToken_Mint(t *testing.T) {
 	}
 
 	// Root's view: only the lease's policy, orphan, TTL-bound, traceable.
-	info, err := e.lookupAccessor(ctx, m.Refs.TokenAccessor)
+	info, err := e.LookupAccessor(ctx, m.Refs.TokenAccessor)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,10 +119,10 @@ func TestVaultToken_Mint(t *testing.T) {
 	if _, err := agent.KVv2("secret").Get(ctx, "tickets/42"); statusOf(err) != http.StatusForbidden {
 		t.Errorf("read after revoke: %v, want 403", err)
 	}
-	if _, err := e.lookupAccessor(ctx, m.Refs.TokenAccessor); err == nil || !strings.Contains(err.Error(), "invalid accessor") {
+	if _, err := e.LookupAccessor(ctx, m.Refs.TokenAccessor); err == nil || !strings.Contains(err.Error(), "invalid accessor") {
 		t.Errorf("lookup of revoked token: %v, want invalid accessor", err)
 	}
-	if p, err := e.root.Sys().GetPolicyWithContext(ctx, policy); err != nil || p != "" {
+	if p, err := e.Root.Sys().GetPolicyWithContext(ctx, policy); err != nil || p != "" {
 		t.Errorf("policy %s after revoke: %q, %v; want it gone", policy, p, err)
 	}
 	if alive, err := e.tokens.Lookup(ctx, m.Refs); err != nil || alive {
@@ -143,7 +143,7 @@ func TestVaultToken_RevokeDeletesPolicyWhenTokenGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Someone revoked the token behind latch's back.
-	if _, err := e.root.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": m.Refs.TokenAccessor}); err != nil {
+	if _, err := e.Root.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": m.Refs.TokenAccessor}); err != nil {
 		t.Fatal(err)
 	}
 	if alive, err := e.tokens.Lookup(ctx, m.Refs); err != nil || !alive {
@@ -152,7 +152,7 @@ func TestVaultToken_RevokeDeletesPolicyWhenTokenGone(t *testing.T) {
 	if err := e.tokens.Revoke(ctx, m.Refs); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
-	if p, _ := e.root.Sys().GetPolicyWithContext(ctx, m.Refs.Policy); p != "" {
+	if p, _ := e.Root.Sys().GetPolicyWithContext(ctx, m.Refs.Policy); p != "" {
 		t.Fatalf("policy %s survived Revoke", m.Refs.Policy)
 	}
 }

@@ -113,7 +113,7 @@ func TestVaultUnavailable(t *testing.T) {
 		MaxRetries:   2,
 		RetryWaitMin: 50 * time.Millisecond,
 		RetryWaitMax: 200 * time.Millisecond,
-		Auth:         vault.AuthConfig{Method: vault.AuthAppRole, RoleIDFile: e.roleIDFile, SecretIDFile: e.secretIDFile},
+		Auth:         vault.AuthConfig{Method: vault.AuthAppRole, RoleIDFile: e.RoleIDFile, SecretIDFile: e.SecretIDFile},
 	})
 	if err != nil {
 		t.Fatal(err)

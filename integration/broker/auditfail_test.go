@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 // countMetrics counts what the audit tests look at.
@@ -99,7 +100,7 @@ func TestAuditFailure_RevokesMinted(t *testing.T) {
 			}
 			switch tc.task {
 			case taskToken:
-				toks, err := e.latchTokens(ctx, agent)
+				toks, err := e.LatchTokens(ctx, agent)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -108,24 +109,24 @@ func TestAuditFailure_RevokesMinted(t *testing.T) {
 						t.Fatalf("the minted token %s of lease %s is alive", tok.Accessor, in.ID)
 					}
 				}
-				if ok, err := e.policyExists(ctx, in.Refs.Policy); err != nil || ok {
+				if ok, err := e.PolicyExists(ctx, in.Refs.Policy); err != nil || ok {
 					t.Fatalf("policy %s exists (%v)", in.Refs.Policy, err)
 				}
 			case taskDB:
 				// Vault drops the user asynchronously once its mint
 				// token is revoked.
-				eventually(t, 20*time.Second, func() error {
-					users, err := pgRoles(ctx, dbRole(region))
+				vaultenv.Eventually(t, 20*time.Second, func() error {
+					users, err := e.PGRoles(ctx, dbRole(region))
 					if err == nil && len(users) > 0 {
 						err = errors.New("database users left: " + users[0])
 					}
 					return err
 				})
-				if vls, err := e.dbLeases(ctx, dbRole(region)); err != nil || len(vls) > 0 {
+				if vls, err := e.DBLeases(ctx, dbRole(region)); err != nil || len(vls) > 0 {
 					t.Fatalf("Vault leases left: %v (%v)", vls, err)
 				}
 			case taskCert:
-				eventually(t, 20*time.Second, func() error {
+				vaultenv.Eventually(t, 20*time.Second, func() error {
 					certs, err := e.certsFor(ctx, service+".svc.example.org")
 					if err != nil {
 						return err
@@ -139,7 +140,7 @@ func TestAuditFailure_RevokesMinted(t *testing.T) {
 					return nil
 				})
 			}
-			if alive, err := e.tokenAlive(ctx, in.Refs.MintAccessor); in.Refs.MintAccessor != "" && (err != nil || alive) {
+			if alive, err := e.TokenAlive(ctx, in.Refs.MintAccessor); in.Refs.MintAccessor != "" && (err != nil || alive) {
 				t.Fatalf("mint token alive=%v (%v)", alive, err)
 			}
 		})

@@ -86,7 +86,7 @@ func TestSecretCanary(t *testing.T) {
 		return res
 	}
 	// latch's own AppRole secret ID is a secret too.
-	sid, err := os.ReadFile(e.secretIDFile)
+	sid, err := os.ReadFile(e.SecretIDFile)
 	if err != nil {
 		t.Fatal(err)
 	}

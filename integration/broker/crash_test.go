@@ -72,8 +72,8 @@ func newChild(t *testing.T, e *env) *child {
 	cfg := map[string]any{
 		"db":             c.db,
 		"vault_addr":     st.Vault.Addr,
-		"role_id_file":   e.roleIDFile,
-		"secret_id_file": e.secretIDFile,
+		"role_id_file":   e.RoleIDFile,
+		"secret_id_file": e.SecretIDFile,
 		"policy":         policyYAML,
 		"templates":      templateFiles,
 		"backends":       backendConfigs,
@@ -332,7 +332,7 @@ func TestCrash_BulkRevoke(t *testing.T) {
 		}
 	}
 	e.assertConsistent(t, s, sc)
-	if toks, err := e.latchTokens(ctx, agent); err != nil || len(toks) != 0 {
+	if toks, err := e.LatchTokens(ctx, agent); err != nil || len(toks) != 0 {
 		t.Errorf("tokens of %s left in Vault: %v (%v)", agent, toks, err)
 	}
 	if res, err := boltstore.VerifyAudit(c.db, nil); err != nil || !res.OK() {

@@ -8,10 +8,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/big"
-	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,12 +18,12 @@ import (
 	"time"
 
 	vaultapi "github.com/hashicorp/vault/api"
-	"github.com/jackc/pgx/v5"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 const agentPrefix = "spiffe://example.org/agent/"
@@ -205,35 +202,15 @@ func eventsOf(evs []broker.Event, lease string) []broker.EventType {
 	return out
 }
 
-// eventually polls cond until it returns nil or timeout passes.
-func eventually(tb testing.TB, timeout time.Duration, cond func() error) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
 // ---- Vault and PostgreSQL probes (root's view) ----
 
 // agentClient is a Vault client acting as the agent holding token.
 func agentClient(tb testing.TB, token string) *vaultapi.Client {
 	tb.Helper()
-	cfg := vaultapi.DefaultConfig()
-	cfg.Address = st.Vault.Addr
-	cfg.MaxRetries = 0
-	c, err := vaultapi.NewClient(cfg)
+	c, err := theEnv.ClientWithToken(token)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c.SetToken(token)
 	return c
 }
 
@@ -244,144 +221,13 @@ func readTicket(ctx context.Context, tb testing.TB, token, ticket string) error 
 	return err
 }
 
-func statusOf(err error) int {
-	var re *vaultapi.ResponseError
-	if errors.As(err, &re) {
-		return re.StatusCode
-	}
-	return 0
-}
-
-// tokenAlive asks Vault (as root) whether the token with this accessor
-// exists.
-func (e *env) tokenAlive(ctx context.Context, accessor string) (bool, error) {
-	_, err := e.root.Logical().WriteWithContext(ctx, "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
-	if err == nil {
-		return true, nil
-	}
-	if statusOf(err) == http.StatusBadRequest && strings.Contains(err.Error(), "invalid accessor") {
-		return false, nil
-	}
-	return false, err
-}
-
-func (e *env) policyExists(ctx context.Context, name string) (bool, error) {
-	p, err := e.root.Sys().GetPolicyWithContext(ctx, name)
-	return p != "", err
-}
-
-// vaultToken is root's view of a token latch created.
-type vaultToken struct {
-	Accessor, Lease, Agent, Task, DisplayName string
-	Policies                                  []string
-	TTL                                       time.Duration
-}
-
-// latchTokens lists every token in Vault whose metadata names agent.
-func (e *env) latchTokens(ctx context.Context, agent string) ([]vaultToken, error) {
-	s, err := e.root.Logical().ListWithContext(ctx, "auth/token/accessors")
-	if err != nil {
-		return nil, fmt.Errorf("list accessors: %w", err)
-	}
-	var out []vaultToken
-	keys, _ := s.Data["keys"].([]any)
-	for _, k := range keys {
-		acc, _ := k.(string)
-		info, err := e.root.Logical().WriteWithContext(ctx, "auth/token/lookup-accessor", map[string]any{"accessor": acc})
-		if err != nil {
-			if strings.Contains(err.Error(), "invalid accessor") {
-				continue // revoked since the listing
-			}
-			return nil, fmt.Errorf("look up accessor %s: %w", acc, err)
-		}
-		meta, _ := info.Data["meta"].(map[string]any)
-		if meta == nil || meta["latch_agent"] != agent {
-			continue
-		}
-		tok := vaultToken{Accessor: acc, DisplayName: fmt.Sprint(info.Data["display_name"])}
-		tok.Lease, _ = meta["latch_lease"].(string)
-		tok.Agent, _ = meta["latch_agent"].(string)
-		tok.Task, _ = meta["latch_task"].(string)
-		ps, _ := info.Data["policies"].([]any)
-		for _, p := range ps {
-			tok.Policies = append(tok.Policies, fmt.Sprint(p))
-		}
-		if n, ok := info.Data["ttl"].(json.Number); ok {
-			secs, _ := n.Int64()
-			tok.TTL = time.Duration(secs) * time.Second
-		}
-		out = append(out, tok)
-	}
-	return out, nil
-}
-
-// latchPolicies lists the latch-<lease> policies in Vault.
-func (e *env) latchPolicies(ctx context.Context) ([]string, error) {
-	ps, err := e.root.Sys().ListPoliciesWithContext(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, p := range ps {
-		if strings.HasPrefix(p, vaulttoken.PolicyPrefix) {
-			out = append(out, p)
-		}
-	}
-	return out, nil
-}
-
-// dbLeases lists the Vault leases of database role role.
-func (e *env) dbLeases(ctx context.Context, role string) ([]string, error) {
-	prefix := dbMount + "/creds/" + role + "/"
-	s, err := e.root.Logical().ListWithContext(ctx, "sys/leases/lookup/"+prefix)
-	if err != nil {
-		return nil, err
-	}
-	if s == nil {
-		return nil, nil
-	}
-	var out []string
-	keys, _ := s.Data["keys"].([]any)
-	for _, k := range keys {
-		out = append(out, prefix+fmt.Sprint(k))
-	}
-	return out, nil
-}
-
-// pgConn is a superuser connection to the stack's PostgreSQL.
-func pgConn(ctx context.Context) (*pgx.Conn, error) {
-	return pgx.Connect(ctx, st.Postgres.URL(st.Postgres.User, st.Postgres.Password))
-}
-
-// pgRoles lists the PostgreSQL users Vault created for database role role.
-func pgRoles(ctx context.Context, role string) ([]string, error) {
-	conn, err := pgConn(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, "SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ORDER BY rolname", "v-%-"+role+"-%")
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
-}
-
 // pgLogin logs in as user; nil when the credentials work.
 func pgLogin(ctx context.Context, user, password string) error {
-	conn, err := pgx.Connect(ctx, st.Postgres.URL(user, password))
-	if err != nil {
-		return err
+	who, err := theEnv.PGLogin(ctx, user, password)
+	if err == nil && who != user {
+		err = fmt.Errorf("logged in as %q, want %q", who, user)
 	}
-	defer conn.Close(ctx)
-	var who string
-	if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil {
-		return err
-	}
-	if who != user {
-		return fmt.Errorf("logged in as %q, want %q", who, user)
-	}
-	return nil
+	return err
 }
 
 // vaultCert is a certificate the PKI mount issued.
@@ -394,7 +240,7 @@ type vaultCert struct {
 
 // certsFor lists the certificates of the PKI mount issued for cn.
 func (e *env) certsFor(ctx context.Context, cn string) ([]vaultCert, error) {
-	s, err := e.root.Logical().ListWithContext(ctx, pkiMount+"/certs")
+	s, err := e.Root.Logical().ListWithContext(ctx, pkiMount+"/certs")
 	if err != nil || s == nil {
 		return nil, err
 	}
@@ -414,7 +260,7 @@ func (e *env) certsFor(ctx context.Context, cn string) ([]vaultCert, error) {
 
 func (e *env) cert(ctx context.Context, serial string) (vaultCert, error) {
 	serial = strings.ReplaceAll(serial, "-", ":")
-	s, err := e.root.Logical().ReadWithContext(ctx, pkiMount+"/cert/"+serial)
+	s, err := e.Root.Logical().ReadWithContext(ctx, pkiMount+"/cert/"+serial)
 	if err != nil {
 		return vaultCert{}, err
 	}
@@ -435,38 +281,6 @@ func (e *env) cert(ctx context.Context, serial string) (vaultCert, error) {
 		c.Revoked = n > 0
 	}
 	return c, nil
-}
-
-// crlSerials returns the serials on the PKI mount's current CRL, as
-// big.Int hex.
-func (e *env) crlSerials(ctx context.Context) (map[string]bool, error) {
-	resp, err := e.root.Logical().ReadRawWithContext(ctx, pkiMount+"/crl")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	der, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
-	}
-	crl, err := x509.ParseRevocationList(der)
-	if err != nil {
-		return nil, fmt.Errorf("parse CRL: %w", err)
-	}
-	if err := crl.CheckSignatureFrom(e.ca); err != nil {
-		return nil, fmt.Errorf("CRL not signed by the PKI mount's CA: %w", err)
-	}
-	out := map[string]bool{}
-	for _, r := range crl.RevokedCertificateEntries {
-		out[r.SerialNumber.Text(16)] = true
-	}
-	return out, nil
-}
-
-// serialHex turns Vault's "1a:2b:..." into big.Int hex as the CRL has it.
-func serialHex(vaultSerial string) string {
-	n, _ := new(big.Int).SetString(strings.ReplaceAll(vaultSerial, ":", ""), 16)
-	return n.Text(16)
 }
 
 // ---- consistency between the store and Vault (invariant 3) ----
@@ -537,7 +351,7 @@ func (e *env) consistent(ctx context.Context, store broker.Store, sc scope) (not
 
 	// Tokens: agent tokens (vault-token) and mint tokens (vault-lease,
 	// vault-pki).
-	toks, err := e.latchTokens(ctx, sc.agent)
+	toks, err := e.LatchTokens(ctx, sc.agent)
 	if err != nil {
 		return nil, err
 	}
@@ -549,7 +363,7 @@ func (e *env) consistent(ctx context.Context, store broker.Store, sc scope) (not
 		case active(tok.Lease) != nil && (l.Refs.TokenAccessor == tok.Accessor || l.Refs.MintAccessor == tok.Accessor):
 		case l.Backend == "tokens" && l.State != broker.StateActive && l.Refs.TokenAccessor == "" &&
 			slices.Equal(tok.Policies, []string{vaulttoken.PolicyName(l.ID)}):
-			exists, err := e.policyExists(ctx, tok.Policies[0])
+			exists, err := e.PolicyExists(ctx, tok.Policies[0])
 			if err != nil {
 				return nil, err
 			}
@@ -566,7 +380,7 @@ func (e *env) consistent(ctx context.Context, store broker.Store, sc scope) (not
 		}
 	}
 
-	pols, err := e.latchPolicies(ctx)
+	pols, err := e.LatchPolicies(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -590,7 +404,7 @@ func (e *env) consistent(ctx context.Context, store broker.Store, sc scope) (not
 
 	if sc.region != "" {
 		role := dbRole(sc.region)
-		vls, err := e.dbLeases(ctx, role)
+		vls, err := e.DBLeases(ctx, role)
 		if err != nil {
 			return nil, err
 		}
@@ -607,7 +421,7 @@ func (e *env) consistent(ctx context.Context, store broker.Store, sc scope) (not
 				bad("Vault lease %s has no active lease", vl)
 			}
 		}
-		users, err := pgRoles(ctx, role)
+		users, err := e.PGRoles(ctx, role)
 		if err != nil {
 			return nil, err
 		}
@@ -647,7 +461,7 @@ func (e *env) consistent(ctx context.Context, store broker.Store, sc scope) (not
 func (e *env) assertConsistent(t testing.TB, store broker.Store, sc scope) {
 	t.Helper()
 	var notes []string
-	eventually(t, 30*time.Second, func() error {
+	vaultenv.Eventually(t, 30*time.Second, func() error {
 		var err error
 		notes, err = e.consistent(context.Background(), store, sc)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 // stopVaultAfter is the vault-token backend, which stops the Vault server
@@ -139,7 +140,7 @@ func TestVaultOutage_Revocations(t *testing.T) {
 	back := time.Now()
 	t.Logf("Vault back after %s", back.Sub(gate.at).Round(time.Millisecond))
 
-	eventually(t, 60*time.Second, func() error {
+	vaultenv.Eventually(t, 60*time.Second, func() error {
 		depth, err := l.store.QueueDepth(ctx)
 		if err != nil {
 			return err
@@ -166,7 +167,7 @@ func TestVaultOutage_Revocations(t *testing.T) {
 		}
 	}
 	e.assertConsistent(t, l.store, scope{agent: agent, since: start})
-	if toks, err := e.latchTokens(ctx, agent); err != nil || len(toks) != 0 {
+	if toks, err := e.LatchTokens(ctx, agent); err != nil || len(toks) != 0 {
 		t.Errorf("%d tokens of %s left in Vault (%v)", len(toks), agent, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 // TestService_Lifecycle issues one lease of each backend type through the
@@ -34,18 +35,18 @@ func TestService_Lifecycle(t *testing.T) {
 		if err := readTicket(ctx, t, token, "42"); err != nil {
 			t.Fatalf("the token cannot read its ticket: %v", err)
 		}
-		if err := readTicket(ctx, t, token, "43"); statusOf(err) != http.StatusForbidden {
+		if err := readTicket(ctx, t, token, "43"); vaultenv.StatusOf(err) != http.StatusForbidden {
 			t.Fatalf("the token reads a sibling ticket: %v", err)
 		}
 		renewToMax(t, l, agent, lease, func() time.Time { return e.tokenExpiry(t, lease.Refs.TokenAccessor) })
 		release(t, l, agent, lease)
-		if err := readTicket(ctx, t, token, "42"); statusOf(err) != http.StatusForbidden {
+		if err := readTicket(ctx, t, token, "42"); vaultenv.StatusOf(err) != http.StatusForbidden {
 			t.Fatalf("the released token still reads: %v", err)
 		}
-		if alive, err := e.tokenAlive(ctx, lease.Refs.TokenAccessor); err != nil || alive {
+		if alive, err := e.TokenAlive(ctx, lease.Refs.TokenAccessor); err != nil || alive {
 			t.Fatalf("released token alive=%v (%v)", alive, err)
 		}
-		if ok, err := e.policyExists(ctx, lease.Refs.Policy); err != nil || ok {
+		if ok, err := e.PolicyExists(ctx, lease.Refs.Policy); err != nil || ok {
 			t.Fatalf("policy %s still exists (%v)", lease.Refs.Policy, err)
 		}
 	})
@@ -63,7 +64,7 @@ func TestService_Lifecycle(t *testing.T) {
 		// lease (the role's TTL is an hour) and the mint token that
 		// created it (the lease TTL).
 		renewToMax(t, l, agent, lease, func() time.Time {
-			s, err := e.root.Logical().WriteWithContext(ctx, "sys/leases/lookup", map[string]any{"lease_id": lease.Refs.VaultLeaseID})
+			s, err := e.Root.Logical().WriteWithContext(ctx, "sys/leases/lookup", map[string]any{"lease_id": lease.Refs.VaultLeaseID})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,7 +78,7 @@ func TestService_Lifecycle(t *testing.T) {
 		if err := pgLogin(ctx, creds["username"], creds["password"]); err == nil {
 			t.Fatal("the released credentials still log in")
 		}
-		if users, err := pgRoles(ctx, dbRole(region)); err != nil || len(users) != 0 {
+		if users, err := e.PGRoles(ctx, dbRole(region)); err != nil || len(users) != 0 {
 			t.Fatalf("PostgreSQL users left: %v (%v)", users, err)
 		}
 	})
@@ -97,11 +98,11 @@ func TestService_Lifecycle(t *testing.T) {
 		if err != nil || !c.Revoked {
 			t.Fatalf("certificate %s revoked=%v (%v)", lease.Refs.Serial, c.Revoked, err)
 		}
-		crl, err := e.crlSerials(ctx)
+		crl, err := e.CRLSerials(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !crl[serialHex(lease.Refs.Serial)] {
+		if !crl[vaultenv.SerialHex(lease.Refs.Serial)] {
 			t.Fatalf("certificate %s is not on the CRL", lease.Refs.Serial)
 		}
 	})
@@ -207,7 +208,7 @@ func liveness(t *testing.T, e *env, l *latch, agents ...string) {
 // tokenExpiry is when Vault will expire the token with this accessor.
 func (e *env) tokenExpiry(t testing.TB, accessor string) time.Time {
 	t.Helper()
-	info, err := e.root.Logical().WriteWithContext(context.Background(), "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
+	info, err := e.Root.Logical().WriteWithContext(context.Background(), "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,13 +345,13 @@ func TestService_Quarantine(t *testing.T) {
 	l.drain(t)
 
 	for _, h := range tokens {
-		if err := readTicket(ctx, t, h.secret["token"], "42"); statusOf(err) != http.StatusForbidden {
+		if err := readTicket(ctx, t, h.secret["token"], "42"); vaultenv.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("token of lease %s still reads: %v", h.lease.ID, err)
 		}
-		if _, err := agentClient(t, h.secret["token"]).Auth().Token().LookupSelfWithContext(ctx); statusOf(err) != http.StatusForbidden {
+		if _, err := agentClient(t, h.secret["token"]).Auth().Token().LookupSelfWithContext(ctx); vaultenv.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("token of lease %s: lookup-self = %v, want 403", h.lease.ID, err)
 		}
-		if alive, err := e.tokenAlive(ctx, h.lease.Refs.TokenAccessor); err != nil || alive {
+		if alive, err := e.TokenAlive(ctx, h.lease.Refs.TokenAccessor); err != nil || alive {
 			t.Errorf("token of lease %s alive=%v (%v)", h.lease.ID, alive, err)
 		}
 	}
@@ -361,12 +362,12 @@ func TestService_Quarantine(t *testing.T) {
 			t.Logf("database login of lease %s refused: %v", h.lease.ID, err)
 		}
 	}
-	crl, err := e.crlSerials(ctx)
+	crl, err := e.CRLSerials(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, h := range certs {
-		if !crl[serialHex(h.lease.Refs.Serial)] {
+		if !crl[vaultenv.SerialHex(h.lease.Refs.Serial)] {
 			t.Errorf("certificate %s of lease %s is not on the CRL", h.lease.Refs.Serial, h.lease.ID)
 		}
 	}
@@ -440,7 +441,7 @@ func TestService_Expiry(t *testing.T) {
 				t.Errorf("lease %s: audit events %v, want %v", lease.ID, got, want)
 			}
 		}
-		if err := readTicket(ctx, t, token, "42"); statusOf(err) != http.StatusForbidden {
+		if err := readTicket(ctx, t, token, "42"); vaultenv.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("expired token still reads: %v", err)
 		}
 		if err := pgLogin(ctx, creds["username"], creds["password"]); err == nil {
@@ -485,7 +486,7 @@ func TestService_Expiry(t *testing.T) {
 			}
 			leases = append(leases, res.Lease)
 		}
-		eventually(t, ttl+10*time.Second, func() error {
+		vaultenv.Eventually(t, ttl+10*time.Second, func() error {
 			for _, lease := range leases {
 				if got := l.lease(t, lease.ID); got.State != broker.StateExpired {
 					return fmt.Errorf("lease %s (%s) is %s", lease.ID, lease.Task, got.State)

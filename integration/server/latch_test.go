@@ -1,0 +1,419 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/latchbroker/latch/attest"
+	"github.com/latchbroker/latch/broker/client"
+	"github.com/latchbroker/latch/integration/vaultenv"
+)
+
+// latchID is the server's SPIFFE ID: the audience of agents' JWT-SVIDs.
+var latchID = spiffeid.RequireFromString("spiffe://example.org/latch")
+
+// Identities the config names.
+const (
+	agentPrefix = "spiffe://example.org/agent/"
+	revoker     = "spiffe://example.org/ops/alice" // roles: [revoker]
+	viewer      = "spiffe://example.org/ops/carol" // roles: [viewer]
+)
+
+// dbRoles are the database roles of nightly-report: report-<region>.
+var dbRoles = []string{"report-eu", "report-us"}
+
+const configYAML = `server:
+  listen: {{listen}}
+  id: spiffe://example.org/latch
+  admin_socket: {{dir}}/admin.sock
+  metrics_listen: {{metrics}}
+spiffe: { svid_cert: svid.pem, svid_key: svid-key.pem, bundle: bundle.json }
+store: { path: latch.db }
+vault:
+  address: {{vault}}
+  auth: { method: approle, role_id_file: {{role_id}}, secret_id_file: {{secret_id}} }
+backends:
+  tokens: { type: vault-token }
+  app-db: { type: vault-lease, path: "database/creds/{{ .vars.role }}" }
+operators:
+  - { id: spiffe://example.org/ops/alice, roles: [revoker] }
+  - { id: spiffe://example.org/ops/carol, roles: [viewer] }
+agents:
+  - id: spiffe://example.org/agent/*
+    owner: spiffe://example.org/ops/bob
+    templates: [close-ticket, nightly-report]
+templates_dir: templates
+`
+
+// templateFiles: close-ticket reads one KV ticket (vault-token),
+// nightly-report logs in to PostgreSQL (vault-lease), deploy is granted to
+// no agent.
+var templateFiles = map[string]string{
+	"close-ticket.yaml": `name: close-ticket
+description: Read one ticket.
+backend: tokens
+params:
+  ticket: { pattern: "^[0-9]{1,9}$" }
+policy: |
+  path "secret/data/tickets/{{ .params.ticket }}" { capabilities = ["read"] }
+ttl: 5m
+risk: low
+`,
+	"nightly-report.yaml": `name: nightly-report
+description: Log in to one region's database.
+backend: app-db
+params:
+  region: { enum: [eu, us] }
+vars: { role: "report-{{ .params.region }}" }
+ttl: 5m
+risk: low
+`,
+	"deploy.yaml": `name: deploy
+description: Granted to no agent.
+backend: tokens
+policy: |
+  path "secret/data/deploy" { capabilities = ["read"] }
+ttl: 5m
+risk: low
+`,
+}
+
+var (
+	envOnce sync.Once
+	theEnv  *vaultenv.Env
+	envErr  error
+)
+
+// setup returns the Vault set up once for the package.
+func setup(t testing.TB) *vaultenv.Env {
+	t.Helper()
+	envOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		theEnv, envErr = vaultenv.Setup(ctx, st, vaultenv.Options{DBRoles: dbRoles})
+	})
+	if envErr != nil {
+		t.Fatalf("set up Vault: %v", envErr)
+	}
+	return theEnv
+}
+
+// latch is a `latch server` process and the files it runs on.
+type latch struct {
+	t       testing.TB
+	dir     string
+	config  string
+	api     string // https://127.0.0.1:port
+	metrics string // http://127.0.0.1:port
+	socket  string
+	logPath string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+	run  int           // how many times it was started: logs are latch.<run>.log
+}
+
+// freePort returns a free 127.0.0.1 address.
+func freePort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func writeFile(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startLatch writes a config into a fresh directory and starts the server
+// on it; it is killed when the test ends.
+func startLatch(t *testing.T) *latch {
+	t.Helper()
+	e := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// Short: a unix socket path has at most 107 bytes.
+	dir, err := os.MkdirTemp("", "latch-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	svid, err := st.SPIRE.MintX509SVID(ctx, latchID, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "svid.pem"), svid.CertPEM)
+	writeFile(t, filepath.Join(dir, "svid-key.pem"), svid.KeyPEM)
+	writeBundle(t, ctx, filepath.Join(dir, "bundle.json"))
+	roleID, secretID, err := e.AppRoleFiles(ctx, "latch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &latch{t: t, dir: dir, config: filepath.Join(dir, "latch.yaml"), socket: filepath.Join(dir, "admin.sock")}
+	listen, metrics := freePort(t), freePort(t)
+	l.api, l.metrics = "https://"+listen, "http://"+metrics
+	cfg := strings.NewReplacer("{{listen}}", listen, "{{metrics}}", metrics, "{{dir}}", dir,
+		"{{vault}}", st.Vault.Addr, "{{role_id}}", roleID, "{{secret_id}}", secretID).Replace(configYAML)
+	writeFile(t, l.config, []byte(cfg))
+	if err := os.Mkdir(filepath.Join(dir, "templates"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range templateFiles {
+		l.writeTemplate(name, body)
+	}
+	l.start()
+	t.Cleanup(l.stop)
+	return l
+}
+
+// writeBundle writes the trust domain's SPIFFE bundle (JSON).
+func writeBundle(t testing.TB, ctx context.Context, path string) {
+	t.Helper()
+	b, err := st.SPIRE.Bundle(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := b.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path, data)
+}
+
+func (l *latch) writeTemplate(name, body string) {
+	writeFile(l.t, filepath.Join(l.dir, "templates", name), []byte(body))
+}
+
+// start starts the process and waits until /readyz answers 200.
+func (l *latch) start() {
+	t := l.t
+	t.Helper()
+	l.mu.Lock()
+	l.run++
+	l.logPath = filepath.Join(l.dir, fmt.Sprintf("latch.%d.log", l.run))
+	logf, err := os.Create(l.logPath)
+	if err != nil {
+		l.mu.Unlock()
+		t.Fatal(err)
+	}
+	cmd := exec.Command(latchBin, "server", "--config", l.config)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		l.mu.Unlock()
+		t.Fatal(err)
+	}
+	logf.Close()
+	l.cmd, l.done = cmd, make(chan struct{})
+	exited := make(chan error, 1)
+	go func(done chan struct{}) { exited <- cmd.Wait(); close(done) }(l.done)
+	l.mu.Unlock()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			t.Fatalf("latch server exited before it was ready: %v\n%s", err, l.logs())
+		default:
+		}
+		resp, err := http.Get(l.metrics + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("latch server not ready after 30s (last: %v)\n%s", err, l.logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// logs returns every run's log.
+func (l *latch) logs() string {
+	var b strings.Builder
+	for i := 1; i <= l.run; i++ {
+		data, _ := os.ReadFile(filepath.Join(l.dir, fmt.Sprintf("latch.%d.log", i)))
+		fmt.Fprintf(&b, "--- latch server log, run %d ---\n%s", i, data)
+	}
+	return b.String()
+}
+
+// log returns the current run's log.
+func (l *latch) log() string {
+	data, _ := os.ReadFile(l.logPath)
+	return string(data)
+}
+
+// signal sends sig to the running process.
+func (l *latch) signal(sig syscall.Signal) {
+	l.t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.cmd.Process.Signal(sig); err != nil {
+		l.t.Fatalf("signal %v: %v", sig, err)
+	}
+}
+
+// kill9 kills the process with SIGKILL and waits until it is gone.
+func (l *latch) kill9() {
+	l.t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_ = l.cmd.Process.Kill()
+	<-l.done
+}
+
+// stop ends the process (SIGTERM, then SIGKILL) and prints its logs if
+// the test failed.
+func (l *latch) stop() {
+	l.mu.Lock()
+	p, done := l.cmd.Process, l.done
+	l.mu.Unlock()
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = p.Kill()
+		<-done
+	}
+	if l.t.Failed() {
+		l.t.Log(l.logs())
+	}
+}
+
+// admin is a client of the admin socket.
+func (l *latch) admin() *client.Client { return client.NewUnix(l.socket) }
+
+// identity mints an X.509-SVID for id with SPIRE and returns its files
+// as an attest.Source.
+func (l *latch) identity(id string) *attest.Source {
+	t := l.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svid, err := st.SPIRE.MintX509SVID(ctx, spiffeid.RequireFromString(id), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp(l.dir, "id-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "svid.pem"), svid.CertPEM)
+	writeFile(t, filepath.Join(dir, "key.pem"), svid.KeyPEM)
+	src, err := attest.OpenFiles(attest.FilesConfig{
+		CertFile: filepath.Join(dir, "svid.pem"), KeyFile: filepath.Join(dir, "key.pem"),
+		BundleFile: filepath.Join(l.dir, "bundle.json"), PollInterval: -1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { src.Close() })
+	return src
+}
+
+// bundle is the trust domain's bundle, to verify latch with.
+func (l *latch) bundle() *attest.Source {
+	l.t.Helper()
+	src, err := attest.OpenFiles(attest.FilesConfig{BundleFile: filepath.Join(l.dir, "bundle.json"), TrustDomain: latchID.TrustDomain(), PollInterval: -1})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	l.t.Cleanup(func() { src.Close() })
+	return src
+}
+
+// client is a latch client presenting id's X.509-SVID.
+func (l *latch) client(id string) *client.Client {
+	l.t.Helper()
+	hc, err := attest.NewHTTPClient(l.identity(id), latchID, attest.MethodX509)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	c, err := client.New(hc, l.api)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return c
+}
+
+// tlsClient is a plain HTTPS client that verifies latch and presents
+// id's X.509-SVID (no certificate when id is "").
+func (l *latch) tlsClient(id string) *http.Client {
+	l.t.Helper()
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if id == "" {
+		tr.TLSClientConfig = attest.ClientTLSConfig(nil, l.bundle(), latchID)
+	} else {
+		tr.TLSClientConfig = attest.ClientTLSConfig(l.identity(id), l.bundle(), latchID)
+	}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// post sends body to path with hc and returns the status and body.
+func post(t testing.TB, hc *http.Client, url string, body []byte, header http.Header) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// get fetches url with a plain client.
+func get(t testing.TB, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return string(b)
+}
+
+// tryPost is post that returns transport errors instead of failing.
+func tryPost(hc *http.Client, url string, body []byte) (int, string, error) {
+	resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), nil
+}
