@@ -35,7 +35,7 @@
 //		CACert:  "/etc/latch/vault-ca.pem",
 //		Auth: vault.AuthConfig{Method: vault.AuthAppRole,
 //			RoleIDFile: "/etc/latch/role-id", SecretIDFile: "/etc/latch/secret-id"},
-//		Metrics: vault.NewPrometheusMetrics(registry),
+//		Metrics: stats, // a *promstats.Metrics, or any Metrics
 //	})
 //	if err := c.Login(ctx); err != nil { ... }   // fail fast at start
 //	go c.Run(ctx)                                // renew; re-login when renewal ends

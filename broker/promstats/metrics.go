@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/latchbroker/latch/backends/vault"
 	"github.com/latchbroker/latch/broker"
 )
 
@@ -76,9 +77,9 @@ func New() *Metrics {
 		}, []string{"reason"}),
 		vault: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "latch_vault_request_duration_seconds",
-			Help:    "Duration of Vault API calls by operation, retries included.",
+			Help:    "Duration of Vault API calls by operation and outcome (ok, unavailable, error), retries included.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
-		}, []string{"op"}),
+		}, []string{"op", "outcome"}),
 		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "latch_audit_append_failures_total",
 			Help: "Audit events that could not be written (the request they belong to failed closed).",
@@ -146,8 +147,8 @@ func (m *Metrics) AuditAppendFailed() { m.auditFailures.Inc() }
 func (m *Metrics) EventDropped() { m.eventsDropped.Inc() }
 
 // ObserveVaultCall implements vault.Metrics (backends/vault).
-func (m *Metrics) ObserveVaultCall(op string, d time.Duration, _ error) {
-	m.vault.WithLabelValues(m.labels.value("op", op)).Observe(d.Seconds())
+func (m *Metrics) ObserveVaultCall(op string, d time.Duration, err error) {
+	m.vault.WithLabelValues(m.labels.value("op", op), vault.Outcome(err)).Observe(d.Seconds())
 }
 
 // HTTPRequest implements httpapi.Metrics.

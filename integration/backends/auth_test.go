@@ -223,7 +223,7 @@ func TestClient_Metrics(t *testing.T) {
 	}
 	seen := map[string]uint64{}
 	for _, mf := range mfs {
-		if mf.GetName() != "latch_vault_call_duration_seconds" || mf.GetType() != dto.MetricType_HISTOGRAM {
+		if mf.GetName() != "latch_vault_request_duration_seconds" || mf.GetType() != dto.MetricType_HISTOGRAM {
 			continue
 		}
 		for _, m := range mf.GetMetric() {

@@ -16,6 +16,7 @@ import (
 	"github.com/latchbroker/latch/backends/vaultpki"
 	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/promstats"
 	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
@@ -65,9 +66,11 @@ func newEnv(ctx context.Context) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &env{Env: ve, metrics: prometheus.NewRegistry()}
+	e := &env{Env: ve}
 	cfg := ve.Config()
-	cfg.Metrics = vault.NewPrometheusMetrics(e.metrics)
+	stats := promstats.New()
+	e.metrics = stats.Registry()
+	cfg.Metrics = stats
 	if e.latch, err = ve.Login(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("latch login: %w", err)
 	}
