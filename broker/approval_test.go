@@ -13,6 +13,7 @@ import (
 
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/broker/brokertest"
 	"github.com/latchbroker/latch/templates"
 )
 
@@ -97,7 +98,7 @@ func loadApprovalPolicy(t testing.TB, rotate string) *templates.Policy {
 func newApprovalFixture(t testing.TB) *fixture {
 	t.Helper()
 	dbPath := filepath.Join(t.TempDir(), "latch.db")
-	clk := &clock{now: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)}
+	clk := brokertest.NewClock(time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC))
 	bs, err := boltstore.Open(dbPath, boltstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +106,7 @@ func newApprovalFixture(t testing.TB) *fixture {
 	t.Cleanup(func() { bs.Close() })
 	fs := &failingStore{Store: bs, unhang: make(chan struct{})}
 	t.Cleanup(func() { close(fs.unhang) })
-	fb := newFakeBackend()
+	fb := brokertest.NewBackend()
 	svc, err := broker.NewService(context.Background(), broker.Config{
 		Store:        fs,
 		Policy:       loadApprovalPolicy(t, rotateTemplate),
@@ -180,7 +181,7 @@ func TestApproval_RequestApprovePickup(t *testing.T) {
 	ctx := context.Background()
 	f := newApprovalFixture(t)
 	a := f.request(t, deployBot, "rotate", rotateAlpha)
-	if f.backend.mints.Load() != 0 {
+	if f.backend.Mints.Load() != 0 {
 		t.Fatal("a request that needs approval reached the backend")
 	}
 	now := f.clock.Now()
@@ -221,7 +222,7 @@ func TestApproval_RequestApprovePickup(t *testing.T) {
 	if res.Secret.Reveal()["password"] != canary || res.Lease.ApprovalID != a.ID || res.Lease.Task != "rotate" || res.Lease.Reason != a.Reason {
 		t.Fatalf("pickup = %+v", res.Lease)
 	}
-	if n := f.backend.mints.Load(); n != 1 {
+	if n := f.backend.Mints.Load(); n != 1 {
 		t.Fatalf("backend minted %d times, want 1 (at pickup)", n)
 	}
 	used, _ := f.svc.Approval(ctx, a.ID)
@@ -234,7 +235,7 @@ func TestApproval_RequestApprovePickup(t *testing.T) {
 
 	_, err = f.pickup(deployBot, a.ID)
 	wantCode(t, err, broker.ECONFLICT, "already used")
-	if n := f.backend.mints.Load(); n != 1 {
+	if n := f.backend.Mints.Load(); n != 1 {
 		t.Fatalf("a second pickup minted again (%d mints)", n)
 	}
 }
@@ -273,7 +274,7 @@ func TestApproval_RequestIsIdempotent(t *testing.T) {
 	if err != nil || !replay.Replayed || replay.Lease == nil || replay.Lease.ID != picked.Lease.ID || !replay.Secret.IsZero() {
 		t.Fatalf("retry after pickup = %+v, %v; want the lease replayed without a secret", replay, err)
 	}
-	if n := f.backend.mints.Load(); n != 1 {
+	if n := f.backend.Mints.Load(); n != 1 {
 		t.Fatalf("backend minted %d times, want 1", n)
 	}
 }
@@ -377,7 +378,7 @@ func TestApproval_DenyWins(t *testing.T) {
 	wantCode(t, err, broker.ECONFLICT, "denied")
 	_, err = f.pickup(deployBot, a.ID)
 	wantCode(t, err, broker.EFORBIDDEN, "denied")
-	if f.backend.mints.Load() != 0 {
+	if f.backend.Mints.Load() != 0 {
 		t.Fatal("a denied approval was minted")
 	}
 }
@@ -446,7 +447,7 @@ func TestApproval_PickupRefused(t *testing.T) {
 		if !errors.As(err, &e) || e.Code != broker.EFORBIDDEN || len(e.Reasons) == 0 || e.Reasons[0] != string(templates.ReasonGlobalFreeze) {
 			t.Fatalf("pickup during a freeze: %v, want forbidden by the global freeze", err)
 		}
-		if f.backend.mints.Load() != 0 {
+		if f.backend.Mints.Load() != 0 {
 			t.Fatal("minted during a freeze")
 		}
 		if got, _ := f.svc.Approval(ctx, a.ID); got.Status != broker.ApprovalApproved {
@@ -479,7 +480,7 @@ func TestApproval_PickupRefused(t *testing.T) {
 		}
 		_, err := f.pickup(deployBot, a.ID)
 		wantCode(t, err, broker.ECONFLICT, "changed since approval")
-		if f.backend.mints.Load() != 0 {
+		if f.backend.Mints.Load() != 0 {
 			t.Fatal("minted a policy nobody approved")
 		}
 	})
@@ -495,7 +496,7 @@ func TestApproval_PickupRetriedAfterBackendOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := f.review(t, alice, res.Pending.ID, true)
-	f.backend.set(errors.Join(errors.New("vault sealed"), broker.ErrBackendUnavailable), nil)
+	f.backend.SetErrors(errors.Join(errors.New("vault sealed"), broker.ErrBackendUnavailable), nil)
 	pick := broker.IssueRequest{Agent: deployBot, ApprovalID: a.ID, RequestID: "req-7"}
 	if _, err := f.svc.Issue(ctx, pick); broker.ErrorCode(err) != broker.EUNAVAILABLE {
 		t.Fatalf("pickup with the backend down: %v, want unavailable", err)
@@ -503,7 +504,7 @@ func TestApproval_PickupRetriedAfterBackendOutage(t *testing.T) {
 	if got, _ := f.svc.Approval(ctx, a.ID); got.Status != broker.ApprovalApproved {
 		t.Fatalf("a failed pickup used up the approval: %s", got.Status)
 	}
-	f.backend.set(nil, nil)
+	f.backend.SetErrors(nil, nil)
 	got, err := f.svc.Issue(ctx, pick)
 	if err != nil || got.Replayed || got.Secret.IsZero() {
 		t.Fatalf("retried pickup = %+v, %v; want a fresh lease and secret", got, err)
@@ -535,8 +536,8 @@ func TestApproval_ConcurrentPickupsMintOnce(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if ok != 1 || conflicts != 7 || f.backend.mints.Load() != 1 {
-		t.Fatalf("%d pickups succeeded, %d conflicted, %d mints; want 1, 7, 1", ok, conflicts, f.backend.mints.Load())
+	if ok != 1 || conflicts != 7 || f.backend.Mints.Load() != 1 {
+		t.Fatalf("%d pickups succeeded, %d conflicted, %d mints; want 1, 7, 1", ok, conflicts, f.backend.Mints.Load())
 	}
 }
 
@@ -587,7 +588,7 @@ func TestApproval_Expiry(t *testing.T) {
 		}
 		_, err := f.pickup(deployBot, a.ID)
 		wantCode(t, err, broker.ECONFLICT, "expired")
-		if f.backend.mints.Load() != 0 {
+		if f.backend.Mints.Load() != 0 {
 			t.Fatal("an expired approval was minted")
 		}
 	})

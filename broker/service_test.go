@@ -8,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/broker/brokertest"
 	"github.com/latchbroker/latch/templates"
 )
 
@@ -83,103 +83,10 @@ risk: high
 
 // canary is the secret the fake backend mints: it must never show up in
 // the store, the audit log or an error (invariant 1).
-const canary = "CANARY-s3cr3t-7f3a9c"
-
-// fakeBackend mints canary secrets and records what it was asked to do.
-type fakeBackend struct {
-	mu        sync.Mutex
-	minted    map[string]bool // lease ID → alive
-	mintErr   error
-	revokeErr error
-	mints     atomic.Int64
-	revokes   atomic.Int64
-}
-
-func newFakeBackend() *fakeBackend { return &fakeBackend{minted: map[string]bool{}} }
-
-func (f *fakeBackend) Mint(_ context.Context, req broker.MintRequest) (broker.Minted, error) {
-	f.mints.Add(1)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.mintErr != nil {
-		return broker.Minted{}, f.mintErr
-	}
-	f.minted[req.LeaseID] = true
-	return broker.Minted{
-		Secret:    broker.NewSecret(map[string]string{"password": canary}),
-		Refs:      broker.Refs{TokenAccessor: "acc-" + req.LeaseID},
-		ExpiresAt: time.Now().Add(time.Hour), // longer than any test TTL: latch's own TTL wins
-	}, nil
-}
-
-func (f *fakeBackend) Revoke(_ context.Context, refs broker.Refs) error {
-	f.revokes.Add(1)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.revokeErr != nil {
-		return f.revokeErr
-	}
-	if len(refs.TokenAccessor) > 4 {
-		f.minted[refs.TokenAccessor[4:]] = false
-	}
-	return nil
-}
-
-func (f *fakeBackend) Lookup(_ context.Context, refs broker.Refs) (bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.minted[refs.TokenAccessor[4:]], nil
-}
-
-func (f *fakeBackend) Renew(_ context.Context, _ broker.Refs, ttl time.Duration) (time.Time, error) {
-	return time.Time{}, nil
-}
-
-func (f *fakeBackend) alive(leaseID string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.minted[leaseID]
-}
-
-func (f *fakeBackend) set(mintErr, revokeErr error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.mintErr, f.revokeErr = mintErr, revokeErr
-}
-
-// clock is a settable test clock.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+const canary = brokertest.Canary
 
 func loadPolicy(t testing.TB) *templates.Policy {
-	t.Helper()
-	pc, err := templates.ParsePolicy("policy.yaml", []byte(testPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake"}}}
-	for name, body := range testTemplates {
-		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
-	}
-	p, err := templates.Load(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return brokertest.LoadPolicy(t, testPolicy, testTemplates)
 }
 
 // failingStore wraps a Store and fails Apply when failNext says so.
@@ -203,8 +110,8 @@ func (s *failingStore) Apply(ctx context.Context, c broker.Change) ([]broker.Eve
 type fixture struct {
 	svc     *broker.Service
 	store   *failingStore
-	backend *fakeBackend
-	clock   *clock
+	backend *brokertest.Backend
+	clock   *brokertest.Clock
 	dbPath  string
 }
 
@@ -212,7 +119,7 @@ func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	dbPath := filepath.Join(t.TempDir(), "latch.db")
 	// A Tuesday in March, outside the billing-close window (28th..2nd).
-	clk := &clock{now: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)}
+	clk := brokertest.NewClock(time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC))
 	bs, err := boltstore.Open(dbPath, boltstore.Options{Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -220,7 +127,7 @@ func newFixture(t testing.TB) *fixture {
 	t.Cleanup(func() { bs.Close() }) // after unhang: cleanups run last first
 	fs := &failingStore{Store: bs, unhang: make(chan struct{})}
 	t.Cleanup(func() { close(fs.unhang) })
-	fb := newFakeBackend()
+	fb := brokertest.NewBackend()
 	svc, err := broker.NewService(context.Background(), broker.Config{
 		Store:        fs,
 		Policy:       loadPolicy(t),
@@ -352,7 +259,7 @@ func TestService_Issue_Denied(t *testing.T) {
 			if tt.reason == templates.ReasonFrozen && (e.NextAllowedAt.IsZero() || e.Reasons[0] != "frozen:billing-close") {
 				t.Fatalf("frozen denial must name the window and next_allowed_at: %+v", e)
 			}
-			if f.backend.mints.Load() != 0 {
+			if f.backend.Mints.Load() != 0 {
 				t.Fatal("a denied request reached the backend")
 			}
 			ev := lastEvent(t, f)
@@ -371,8 +278,8 @@ func TestService_Issue_Denied(t *testing.T) {
 func TestService_Issue_ApprovalRequiredWaits(t *testing.T) {
 	f := newFixture(t)
 	res, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: ticketBot, Task: "ticket", Params: map[string]string{"ticket": "42"}})
-	if err != nil || res.Pending == nil || res.Lease != nil || f.backend.mints.Load() != 0 {
-		t.Fatalf("Issue = %+v, %v, mints = %d; a high-tier task must wait for approval, unminted", res, err, f.backend.mints.Load())
+	if err != nil || res.Pending == nil || res.Lease != nil || f.backend.Mints.Load() != 0 {
+		t.Fatalf("Issue = %+v, %v, mints = %d; a high-tier task must wait for approval, unminted", res, err, f.backend.Mints.Load())
 	}
 }
 
@@ -394,7 +301,7 @@ func TestService_Issue_Idempotent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := f.backend.mints.Load(); n != 1 {
+	if n := f.backend.Mints.Load(); n != 1 {
 		t.Fatalf("backend minted %d times for one request_id, want 1", n)
 	}
 	fresh := 0
@@ -416,7 +323,7 @@ func TestService_Issue_Idempotent(t *testing.T) {
 
 func TestService_Issue_BackendUnavailable(t *testing.T) {
 	f := newFixture(t)
-	f.backend.set(fmt.Errorf("vault down: %w", broker.ErrBackendUnavailable), nil)
+	f.backend.SetErrors(fmt.Errorf("vault down: %w", broker.ErrBackendUnavailable), nil)
 	_, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: reportBot, Task: "report", Params: map[string]string{"region": "eu"}})
 	if broker.ErrorCode(err) != broker.EUNAVAILABLE {
 		t.Fatalf("err = %v, want unavailable", err)
@@ -449,8 +356,8 @@ func TestService_Issue_AuditFailsClosed(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Fatalf("failing closed took %s", time.Since(start))
 	}
-	if f.backend.revokes.Load() != 1 {
-		t.Fatalf("minted secret revoked %d times, want 1", f.backend.revokes.Load())
+	if f.backend.Revokes.Load() != 1 {
+		t.Fatalf("minted secret revoked %d times, want 1", f.backend.Revokes.Load())
 	}
 }
 
@@ -478,7 +385,7 @@ func TestService_RevokeSelectors(t *testing.T) {
 			if done, err := f.svc.ProcessRevocations(ctx); err != nil || done != tt.want {
 				t.Fatalf("ProcessRevocations = %d, %v; want %d", done, err, tt.want)
 			}
-			if f.backend.alive(a.Lease.ID) {
+			if f.backend.Alive(a.Lease.ID) {
 				t.Fatal("revoked lease still alive in the backend")
 			}
 			revoked, _ := f.svc.Leases(ctx, broker.LeaseFilter{State: broker.StateRevoked})
@@ -523,7 +430,7 @@ func TestService_Quarantine(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, l := range []*broker.Lease{a.Lease, b.Lease} {
-		if f.backend.alive(l.ID) {
+		if f.backend.Alive(l.ID) {
 			t.Fatalf("lease %s alive after quarantine", l.ID)
 		}
 	}
@@ -577,7 +484,7 @@ func TestService_Release(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.svc.ProcessRevocations(ctx)
-	if got, _ := f.svc.Lease(ctx, l.ID); got.State != broker.StateRevoked || f.backend.alive(l.ID) {
+	if got, _ := f.svc.Lease(ctx, l.ID); got.State != broker.StateRevoked || f.backend.Alive(l.ID) {
 		t.Fatalf("released lease state = %s", got.State)
 	}
 	if err := f.svc.Release(ctx, reportBot, l.ID); broker.ErrorCode(err) != broker.ECONFLICT {
@@ -598,8 +505,8 @@ func TestService_ExpirySweep(t *testing.T) {
 	}
 	f.svc.ProcessRevocations(ctx)
 	got, _ := f.svc.Lease(ctx, l.ID)
-	if got.State != broker.StateExpired || f.backend.alive(l.ID) {
-		t.Fatalf("state after expiry = %s, alive = %v", got.State, f.backend.alive(l.ID))
+	if got.State != broker.StateExpired || f.backend.Alive(l.ID) {
+		t.Fatalf("state after expiry = %s, alive = %v", got.State, f.backend.Alive(l.ID))
 	}
 	if ev := lastEvent(t, f); ev.Type != broker.EventExpire || ev.Lease != l.ID {
 		t.Fatalf("last event = %+v, want expire of %s", ev, l.ID)
@@ -612,7 +519,7 @@ func TestService_RevocationRetries(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
-	f.backend.set(nil, fmt.Errorf("vault sealed: %w", broker.ErrBackendUnavailable))
+	f.backend.SetErrors(nil, fmt.Errorf("vault sealed: %w", broker.ErrBackendUnavailable))
 	if _, err := f.svc.Revoke(ctx, operator, "leak", broker.RevokeSelector{Lease: l.ID}); err != nil {
 		t.Fatal(err)
 	}
@@ -627,7 +534,7 @@ func TestService_RevocationRetries(t *testing.T) {
 	if depth, _ := f.store.QueueDepth(ctx); depth != 1 {
 		t.Fatalf("queue depth = %d; an irrevocable lease must stay queued", depth)
 	}
-	f.backend.set(nil, nil)
+	f.backend.SetErrors(nil, nil)
 	f.clock.Add(time.Minute)
 	f.svc.ProcessRevocations(ctx)
 	if got, _ := f.svc.Lease(ctx, l.ID); got.State != broker.StateRevoked {
@@ -645,14 +552,14 @@ func TestService_Reconcile(t *testing.T) {
 		Refs: broker.Refs{TokenAccessor: "acc-01JCRASHWITHREFS000000000A"}, IssuedAt: now, ExpiresAt: now.Add(time.Minute), State: broker.StatePending}
 	noRefs := &broker.Lease{ID: "01JCRASHNOREFS00000000000B", Agent: reportBot, Task: "report", Backend: "fake",
 		IssuedAt: now, ExpiresAt: now.Add(time.Minute), State: broker.StatePending}
-	f.backend.minted[withRefs.ID] = true
+	f.backend.MarkAlive(withRefs.ID)
 	if _, err := f.store.Apply(ctx, broker.Change{PutIntents: []*broker.Lease{withRefs, noRefs}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.svc.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if f.backend.alive(withRefs.ID) {
+	if f.backend.Alive(withRefs.ID) {
 		t.Fatal("the crashed mint is still alive in the backend")
 	}
 	for id, want := range map[string]broker.LeaseState{withRefs.ID: broker.StateRevoked, noRefs.ID: broker.StateFailed} {
@@ -736,7 +643,7 @@ func TestService_Issue_Limits(t *testing.T) {
 			if !errors.As(err, &e) || e.Code != broker.ELIMIT || len(e.Reasons) != 1 || e.Reasons[0] != tt.reason || e.RetryAfter <= 0 {
 				t.Fatalf("err = %#v, want limit %s with a retry-after", err, tt.reason)
 			}
-			if n := f.backend.mints.Load(); n != int64(tt.ok) {
+			if n := f.backend.Mints.Load(); n != int64(tt.ok) {
 				t.Fatalf("backend minted %d, want %d", n, tt.ok)
 			}
 		})
@@ -769,7 +676,7 @@ func TestService_Issue_HungStoreEndsWithinDeadline(t *testing.T) {
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("request took %s with a 1s audit deadline", took)
 	}
-	if f.backend.revokes.Load() != 1 {
-		t.Fatalf("minted secret revoked %d times, want 1", f.backend.revokes.Load())
+	if f.backend.Revokes.Load() != 1 {
+		t.Fatalf("minted secret revoked %d times, want 1", f.backend.Revokes.Load())
 	}
 }

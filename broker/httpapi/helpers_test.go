@@ -27,6 +27,7 @@ import (
 	"github.com/latchbroker/latch/attest/attesttest"
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/broker/brokertest"
 	"github.com/latchbroker/latch/broker/client"
 	"github.com/latchbroker/latch/broker/httpapi"
 	"github.com/latchbroker/latch/broker/promstats"
@@ -113,72 +114,7 @@ risk: high
 
 // canary is the secret the fake backend mints. Only the credentials
 // response to the agent that asked may contain it.
-const canary = "CANARY-h77p-s3cr3t-41c9"
-
-// fakeBackend mints canary secrets.
-type fakeBackend struct {
-	mu      sync.Mutex
-	mintErr error
-	minted  map[string]bool
-	mints   atomic.Int64
-}
-
-func (f *fakeBackend) Mint(_ context.Context, req broker.MintRequest) (broker.Minted, error) {
-	f.mints.Add(1)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.mintErr != nil {
-		return broker.Minted{}, f.mintErr
-	}
-	f.minted[req.LeaseID] = true
-	return broker.Minted{
-		Secret:    broker.NewSecret(map[string]string{"username": "u-" + req.LeaseID, "password": canary}),
-		Refs:      broker.Refs{TokenAccessor: "acc-" + req.LeaseID},
-		ExpiresAt: time.Now().Add(24 * time.Hour),
-	}, nil
-}
-
-func (f *fakeBackend) Revoke(_ context.Context, refs broker.Refs) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.minted[strings.TrimPrefix(refs.TokenAccessor, "acc-")] = false
-	return nil
-}
-
-func (f *fakeBackend) Lookup(_ context.Context, refs broker.Refs) (bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.minted[strings.TrimPrefix(refs.TokenAccessor, "acc-")], nil
-}
-
-func (f *fakeBackend) Renew(_ context.Context, _ broker.Refs, _ time.Duration) (time.Time, error) {
-	return time.Time{}, nil
-}
-
-func (f *fakeBackend) setMintErr(err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.mintErr = err
-}
-
-// clock is the Service's settable clock. attest keeps the wall clock:
-// go-spiffe checks JWT-SVIDs against it.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+const canary = brokertest.Canary
 
 // failingStore fails Apply while fail is set.
 type failingStore struct {
@@ -220,8 +156,8 @@ type env struct {
 	other    *attesttest.CA
 	svc      *broker.Service
 	store    *failingStore
-	backend  *fakeBackend
-	clock    *clock
+	backend  *brokertest.Backend
+	clock    *brokertest.Clock
 	metrics  *promstats.Metrics
 	handler  *httpapi.Handler
 	verifier *attest.Verifier
@@ -239,9 +175,9 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Config)) *env {
 		t:       t,
 		ca:      attesttest.New(t, td),
 		other:   attesttest.New(t, otherTD),
-		backend: &fakeBackend{minted: map[string]bool{}},
+		backend: brokertest.NewBackend(),
 		// A Tuesday in March, outside the billing-close window (28th..2nd).
-		clock:   &clock{now: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)},
+		clock:   brokertest.NewClock(time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)),
 		metrics: promstats.New(),
 		logs:    &syncBuffer{},
 	}
@@ -304,20 +240,7 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Config)) *env {
 }
 
 func loadPolicy(t testing.TB) *templates.Policy {
-	t.Helper()
-	pc, err := templates.ParsePolicy("policy.yaml", []byte(testPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake"}}}
-	for name, body := range testTemplates {
-		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
-	}
-	p, err := templates.Load(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return brokertest.LoadPolicy(t, testPolicy, testTemplates)
 }
 
 // recorder keeps every response body, for the canary scan.

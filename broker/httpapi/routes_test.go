@@ -386,7 +386,7 @@ func TestAPI_ErrorStatus(t *testing.T) {
 		},
 		{
 			name:  "EUNAVAILABLE/Backend",
-			setup: func(e *env) { e.backend.setMintErr(fmt.Errorf("vault sealed: %w", broker.ErrBackendUnavailable)) },
+			setup: func(e *env) { e.backend.SetErrors(fmt.Errorf("vault sealed: %w", broker.ErrBackendUnavailable), nil) },
 			do: func(e *env) (int, http.Header, []byte) {
 				return e.raw(reportBot, "POST", "/v1/credentials", "application/json", []byte(`{"task":"report","params":{"region":"eu"}}`))
 			},
@@ -415,7 +415,7 @@ func TestAPI_ErrorStatus(t *testing.T) {
 		},
 		{
 			name:  "EINTERNAL",
-			setup: func(e *env) { e.backend.setMintErr(errors.New("permission denied on path secret/INTERNAL-DETAIL")) },
+			setup: func(e *env) { e.backend.SetErrors(errors.New("permission denied on path secret/INTERNAL-DETAIL"), nil) },
 			do: func(e *env) (int, http.Header, []byte) {
 				return e.raw(reportBot, "POST", "/v1/credentials", "application/json", []byte(`{"task":"report","params":{"region":"eu"}}`))
 			},
@@ -586,7 +586,7 @@ func TestAPI_RevokerRevokesAgent(t *testing.T) {
 		if l, _ := e.svc.Lease(ctx, id); l.State != broker.StateRevoked {
 			t.Fatalf("lease %s is %s, want revoked", id, l.State)
 		}
-		if e.backend.minted[id] {
+		if e.backend.Alive(id) {
 			t.Fatalf("lease %s is still alive in the backend", id)
 		}
 	}
@@ -656,7 +656,7 @@ func TestAPI_ApprovalRequired(t *testing.T) {
 		a.Required != 1 || a.Tier != "high" || a.Rendered.Path == "" && a.Rendered.Policy == "" && len(a.Rendered.Vars) == 0 && a.TemplateVersion == "" {
 		t.Fatalf("response = %+v, approval %+v", res, a)
 	}
-	if e.backend.mints.Load() != 0 {
+	if e.backend.Mints.Load() != 0 {
 		t.Fatal("minted before approval")
 	}
 	pickup := api.CredentialsRequest{ApprovalID: a.ID}

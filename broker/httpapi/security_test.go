@@ -80,7 +80,7 @@ func TestAPI_Malformed(t *testing.T) {
 				caller = reportBot
 			}
 			before := e.events()
-			mints := e.backend.mints.Load()
+			mints := e.backend.Mints.Load()
 			status, _, body := e.raw(caller, tt.method, tt.path, tt.ctype, []byte(tt.body))
 			if status != tt.status {
 				t.Fatalf("status = %d, want %d; body %s", status, tt.status, body)
@@ -97,7 +97,7 @@ func TestAPI_Malformed(t *testing.T) {
 			if ev.Type != broker.EventRejected || ev.Actor != caller.String() || ev.Reasons[0] != tt.reason || ev.Details["endpoint"] == "" || ev.Details["message"] == "" {
 				t.Fatalf("event = %+v", ev)
 			}
-			if e.backend.mints.Load() != mints {
+			if e.backend.Mints.Load() != mints {
 				t.Fatal("a malformed request reached the backend")
 			}
 			if ls, _ := e.svc.Leases(ctx, broker.LeaseFilter{}); len(ls) != 0 {
@@ -146,7 +146,7 @@ func TestAPI_Unauthenticated(t *testing.T) {
 	if m := e.metricsText(); !strings.Contains(m, `latch_violations_total{reason="wrong_audience"} 1`) {
 		t.Fatalf("metrics do not count the refusals:\n%s", grep(m, "latch_violations_total"))
 	}
-	if e.backend.mints.Load() != 0 {
+	if e.backend.Mints.Load() != 0 {
 		t.Fatal("an unauthenticated request reached the backend")
 	}
 }

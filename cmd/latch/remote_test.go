@@ -28,10 +28,10 @@ import (
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/api"
 	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/broker/brokertest"
 	"github.com/latchbroker/latch/broker/client"
 	"github.com/latchbroker/latch/broker/httpapi"
 	"github.com/latchbroker/latch/broker/promstats"
-	"github.com/latchbroker/latch/templates"
 )
 
 var (
@@ -80,33 +80,13 @@ risk: high
 `,
 }
 
-type rtBackend struct {
-	mu     sync.Mutex
-	minted map[string]bool
-}
-
-func (f *rtBackend) Mint(_ context.Context, req broker.MintRequest) (broker.Minted, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.minted[req.LeaseID] = true
-	return broker.Minted{
-		Secret:    broker.NewSecret(map[string]string{"username": "u-" + req.LeaseID, "password": rtSecret}),
-		Refs:      broker.Refs{TokenAccessor: "acc-" + req.LeaseID},
-		ExpiresAt: time.Now().Add(24 * time.Hour),
-	}, nil
-}
-
-func (f *rtBackend) Revoke(_ context.Context, refs broker.Refs) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.minted[strings.TrimPrefix(refs.TokenAccessor, "acc-")] = false
-	return nil
-}
-
-func (f *rtBackend) Lookup(_ context.Context, refs broker.Refs) (bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.minted[strings.TrimPrefix(refs.TokenAccessor, "acc-")], nil
+// rtBackend mints rtSecret, which has a quote in it, to test shell quoting.
+func rtBackend() *brokertest.Backend {
+	b := brokertest.NewBackend()
+	b.Fields = func(lease string) map[string]string {
+		return map[string]string{"username": "u-" + lease, "password": rtSecret}
+	}
+	return b
 }
 
 // rtEnv is a latch server in the test: the real HTTP API over a Service
@@ -131,22 +111,11 @@ func newRTEnv(t *testing.T) *rtEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	pc, err := templates.ParsePolicy("policy.yaml", []byte(rtPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake"}}}
-	for name, body := range rtTemplates {
-		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
-	}
-	pol, err := templates.Load(src)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pol := brokertest.LoadPolicy(t, rtPolicy, rtTemplates)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	metrics := promstats.New()
 	e.svc, err = broker.NewService(context.Background(), broker.Config{
-		Store: st, Policy: pol, Backends: map[string]broker.Backend{"fake": &rtBackend{minted: map[string]bool{}}},
+		Store: st, Policy: pol, Backends: map[string]broker.Backend{"fake": rtBackend()},
 		Logger: log, Metrics: metrics,
 	})
 	if err != nil {

@@ -1,0 +1,154 @@
+// Package brokertest has the test doubles every package that tests the
+// broker Service shares: a fake Backend that mints a canary secret, a
+// settable clock, and a policy loader for YAML written in a test.
+package brokertest
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/templates"
+)
+
+// Canary is the password the fake backend mints: tests scan stores, logs,
+// errors and responses for it (invariant 1).
+const Canary = "CANARY-s3cr3t-7f3a9c"
+
+// Backend is a broker.Backend (and Renewer) in memory. It mints
+// {"username": "u-<lease>", "password": Canary} unless Fields says
+// otherwise, and records what it was asked to do.
+type Backend struct {
+	// Fields, if set, gives the secret minted for a lease.
+	Fields func(leaseID string) map[string]string
+
+	Mints, Revokes atomic.Int64
+
+	mu        sync.Mutex
+	alive     map[string]bool // lease ID → credential exists
+	mintErr   error
+	revokeErr error
+}
+
+var _ broker.Renewer = (*Backend)(nil)
+
+// NewBackend returns a Backend with nothing minted.
+func NewBackend() *Backend { return &Backend{alive: map[string]bool{}} }
+
+// Mint implements broker.Backend. The credential outlives any test TTL, so
+// latch's own TTL is what ends it.
+func (f *Backend) Mint(_ context.Context, req broker.MintRequest) (broker.Minted, error) {
+	f.Mints.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.mintErr != nil {
+		return broker.Minted{}, f.mintErr
+	}
+	f.alive[req.LeaseID] = true
+	fields := map[string]string{"username": "u-" + req.LeaseID, "password": Canary}
+	if f.Fields != nil {
+		fields = f.Fields(req.LeaseID)
+	}
+	return broker.Minted{
+		Secret:    broker.NewSecret(fields),
+		Refs:      broker.Refs{TokenAccessor: "acc-" + req.LeaseID},
+		ExpiresAt: time.Now().Add(24 * time.Hour),
+	}, nil
+}
+
+// Revoke implements broker.Backend.
+func (f *Backend) Revoke(_ context.Context, refs broker.Refs) error {
+	f.Revokes.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.revokeErr != nil {
+		return f.revokeErr
+	}
+	f.alive[strings.TrimPrefix(refs.TokenAccessor, "acc-")] = false
+	return nil
+}
+
+// Lookup implements broker.Backend.
+func (f *Backend) Lookup(_ context.Context, refs broker.Refs) (bool, error) {
+	return f.Alive(strings.TrimPrefix(refs.TokenAccessor, "acc-")), nil
+}
+
+// Renew implements broker.Renewer: it grants whatever is asked.
+func (f *Backend) Renew(context.Context, broker.Refs, time.Duration) (time.Time, error) {
+	return time.Time{}, nil
+}
+
+// Alive reports whether the lease's credential exists.
+func (f *Backend) Alive(leaseID string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.alive[leaseID]
+}
+
+// MarkAlive records a credential as existing, as a crash would leave it.
+func (f *Backend) MarkAlive(leaseID string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.alive[leaseID] = true
+}
+
+// SetErrors makes Mint and Revoke fail with these errors (nil: succeed).
+func (f *Backend) SetErrors(mintErr, revokeErr error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mintErr, f.revokeErr = mintErr, revokeErr
+}
+
+// Clock is a settable clock for broker.Config.Now.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock returns a clock standing at t.
+func NewClock(t time.Time) *Clock { return &Clock{now: t} }
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Add moves the clock.
+func (c *Clock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// Set puts the clock at t.
+func (c *Clock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+}
+
+// LoadPolicy compiles policy YAML (operators, agents, freeze_windows,
+// risk_tiers) and templates (file name → YAML), all using the backend
+// named "fake".
+func LoadPolicy(tb testing.TB, policy string, tmpls map[string]string) *templates.Policy {
+	tb.Helper()
+	pc, err := templates.ParsePolicy("policy.yaml", []byte(policy))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake"}}}
+	for name, body := range tmpls {
+		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
+	}
+	p, err := templates.Load(src)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
