@@ -59,8 +59,8 @@ postgres: ## Install PostgreSQL from Debian when its server binaries are missing
 		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
 	fi
 
-demo: tools ## Start Vault, SPIRE and PostgreSQL, print versions and addresses, stop them
-	$(GO) run ./integration/stack/stackctl demo
+demo: tools build ## Run latch end to end on a real Vault, SPIRE and PostgreSQL, then stop everything
+	$(GO) run ./integration/stack/stackctl demo bin/latch
 
 up: tools ## Start the same stack and keep it running until Ctrl-C
 	$(GO) run ./integration/stack/stackctl up

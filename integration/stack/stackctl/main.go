@@ -1,8 +1,9 @@
 // Command stackctl starts latch's integration stack (Vault, SPIRE server and
 // agent, PostgreSQL) outside of tests, for `make demo` and `make up`.
 //
-//	stackctl demo   start the stack, print versions and addresses, stop it
-//	stackctl up     start the stack and keep it running until Ctrl-C
+//	stackctl demo LATCH   start the stack, run latch's main job on it with the
+//	                      latch binary LATCH, stop everything
+//	stackctl up           start the stack and keep it running until Ctrl-C
 package main
 
 import (
@@ -17,17 +18,17 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 2 || (os.Args[1] != "demo" && os.Args[1] != "up") {
-		fmt.Fprintln(os.Stderr, "usage: stackctl demo|up")
+	if !(len(os.Args) == 3 && os.Args[1] == "demo") && !(len(os.Args) == 2 && os.Args[1] == "up") {
+		fmt.Fprintln(os.Stderr, "usage: stackctl demo LATCH-BINARY | stackctl up")
 		os.Exit(2)
 	}
-	if err := run(os.Args[1]); err != nil {
+	if err := run(os.Args[1], os.Args[len(os.Args)-1]); err != nil {
 		fmt.Fprintln(os.Stderr, "stackctl:", err)
 		os.Exit(1)
 	}
 }
 
-func run(mode string) error {
+func run(mode, latchBin string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -47,7 +48,7 @@ func run(mode string) error {
 		return err
 	}
 	if mode == "demo" {
-		return nil
+		return runDemo(ctx, s, latchBin)
 	}
 	fmt.Println("\nthe stack is up; press Ctrl-C to stop it")
 	<-ctx.Done()
