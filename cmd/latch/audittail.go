@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -198,6 +199,10 @@ func auditHead(ctx context.Context, cl *client.Client) (uint64, error) {
 	return hi, nil
 }
 
+// eventRow has fixed widths rather than a tabwriter, because -f prints rows
+// as they arrive; the long SPIFFE IDs go last.
+const eventRow = "%-6s %-20s %-18s %-10s %-16s %-26s %s %s %s\n"
+
 // eventPrinter prints audit events as table lines or JSON lines.
 type eventPrinter struct {
 	w    io.Writer
@@ -211,7 +216,7 @@ func writeJSONLine(w io.Writer, v any) error {
 
 func (p *eventPrinter) header() {
 	if !p.json {
-		fmt.Fprintln(p.w, "SEQ  TIME                  TYPE  ACTOR  SUBJECT  TASK  LEASE  OUTCOME  REASONS")
+		fmt.Fprintf(p.w, eventRow, "SEQ", "TIME", "TYPE", "OUTCOME", "TASK", "LEASE", "ACTOR", "SUBJECT", "REASONS")
 	}
 }
 
@@ -219,7 +224,7 @@ func (p *eventPrinter) print(e api.Event) error {
 	if p.json {
 		return writeJSONLine(p.w, e)
 	}
-	_, err := fmt.Fprintf(p.w, "%d  %s  %s  %s  %s  %s  %s  %s  %s\n", e.Seq, fmtTime(e.Time), e.Type,
-		dash(e.Actor), dash(e.Subject), dash(e.Task), dash(e.Lease), dash(e.Outcome), dash(strings.Join(e.Reasons, ",")))
+	_, err := fmt.Fprintf(p.w, eventRow, strconv.FormatUint(e.Seq, 10), fmtTime(e.Time), e.Type, dash(e.Outcome),
+		dash(e.Task), dash(e.Lease), dash(e.Actor), dash(e.Subject), dash(strings.Join(e.Reasons, ",")))
 	return err
 }
