@@ -52,12 +52,12 @@ backends:
 operators:
   - { id: spiffe://example.org/ops/alice, roles: [revoker] }
   - { id: spiffe://example.org/ops/carol, roles: [viewer] }
-agents:
+{{operators}}agents:
   - id: spiffe://example.org/agent/*
     owner: spiffe://example.org/ops/bob
     templates: [close-ticket, nightly-report]
-templates_dir: templates
-`
+{{agents}}templates_dir: templates
+{{notify}}`
 
 // templateFiles: close-ticket reads one KV ticket (vault-token),
 // nightly-report logs in to PostgreSQL (vault-lease), deploy is granted to
@@ -150,6 +150,22 @@ func writeFile(t testing.TB, path string, data []byte) {
 // on it; it is killed when the test ends.
 func startLatch(t *testing.T) *latch {
 	t.Helper()
+	return startLatchWith(t, latchOptions{})
+}
+
+// latchOptions adds to the config of startLatchWith. Each YAML string is
+// whole lines, indented as list items of the key it extends.
+type latchOptions struct {
+	Operators string            // more entries of operators:
+	Agents    string            // more entries of agents:
+	Notify    string            // a whole notify: block
+	Templates map[string]string // more template files
+}
+
+// startLatchWith is startLatch with more operators, agents, templates
+// and webhooks.
+func startLatchWith(t *testing.T, o latchOptions) *latch {
+	t.Helper()
 	e := setup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -174,12 +190,16 @@ func startLatch(t *testing.T) *latch {
 	listen, metrics := freePort(t), freePort(t)
 	l.api, l.metrics = "https://"+listen, "http://"+metrics
 	cfg := strings.NewReplacer("{{listen}}", listen, "{{metrics}}", metrics, "{{dir}}", dir,
-		"{{vault}}", st.Vault.Addr, "{{role_id}}", roleID, "{{secret_id}}", secretID).Replace(configYAML)
+		"{{vault}}", st.Vault.Addr, "{{role_id}}", roleID, "{{secret_id}}", secretID,
+		"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify).Replace(configYAML)
 	writeFile(t, l.config, []byte(cfg))
 	if err := os.Mkdir(filepath.Join(dir, "templates"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	for name, body := range templateFiles {
+		l.writeTemplate(name, body)
+	}
+	for name, body := range o.Templates {
 		l.writeTemplate(name, body)
 	}
 	l.start()

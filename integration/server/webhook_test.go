@@ -1,0 +1,53 @@
+package server
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/latchbroker/latch/broker/api"
+)
+
+// TestServer_WebhookOutage: while the webhook receiver is down, requests
+// are answered as usual; the deliveries are retried and arrive, signed,
+// once it is back.
+func TestServer_WebhookOutage(t *testing.T) {
+	l, hook := startApprovalLatch(t)
+	hook.down.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	agent := hitlPrefix + "outage-bot"
+	c := l.client(agent)
+	req := api.CredentialsRequest{Task: "ticket-high", Params: map[string]string{"ticket": "42"}, Reason: "webhook outage test"}
+
+	start := time.Now()
+	res, err := c.Credentials(ctx, req)
+	if err != nil || res.Approval == nil {
+		t.Fatalf("request while the webhook is down: %+v, %v; want a pending approval", res, err)
+	}
+	id := res.Approval.ID
+	if _, err := l.client(dave).Approve(ctx, id, "outage test"); err != nil {
+		t.Fatal(err)
+	}
+	req.ApprovalID = id
+	got, err := c.Credentials(ctx, req)
+	if err != nil {
+		t.Fatalf("pickup while the webhook is down: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("request, approval and pickup took %v with the webhook down", d)
+	}
+	readsTicket(ctx, t, got.Secret["token"], "42", "43")
+
+	// At least two attempts failed: the first and a retry.
+	deadline := time.Now().Add(30 * time.Second)
+	for hook.refused.Load() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d delivery attempts in 30s while down; want retries", hook.refused.Load())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	hook.down.Store(false)
+	hook.await("approval_requested", id)
+	hook.await("approval_approved", id)
+}
