@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -36,8 +37,9 @@ type Config struct {
 	Backends map[string]BackendConfig `yaml:"backends"`
 	// operators, agents, freeze_windows, risk_tiers.
 	templates.PolicyConfig `yaml:",inline"`
-	Notify                 NotifyConfig `yaml:"notify"`
-	TemplatesDir           string       `yaml:"templates_dir"`
+	Notify                 NotifyConfig    `yaml:"notify"`
+	Approvals              ApprovalsConfig `yaml:"approvals"`
+	TemplatesDir           string          `yaml:"templates_dir"`
 
 	// Policy is the compiled policy; LoadConfig sets it.
 	Policy *templates.Policy `yaml:"-"`
@@ -135,6 +137,16 @@ type BackendConfig struct {
 // Decode strictly decodes the backend's own keys (all but type) into v;
 // errors name file:line:col like the rest of the config.
 func (b BackendConfig) Decode(v any) error { return b.Options.Decode(v) }
+
+// ApprovalsConfig is approvals: how long a request waits for its reviews,
+// and how long an approved request waits to be picked up. Zero takes the
+// broker's defaults (1h and 15m).
+type ApprovalsConfig struct {
+	PendingTTL time.Duration `yaml:"pending_ttl"`
+	PickupTTL  time.Duration `yaml:"pickup_ttl"`
+
+	At strictyaml.Pos `yaml:",pos"`
+}
 
 // NotifyConfig is notify:.
 type NotifyConfig struct {

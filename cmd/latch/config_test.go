@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/latchbroker/latch/templates"
 	"github.com/latchbroker/latch/templates/strictyaml"
@@ -114,7 +115,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		want   []string // lines, with FILE for the config path and DIR for its directory
 	}{
 		{"unknown top-level key", minimalConfigYAML + "servr: {}\n", nil, []string{
-			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, templates_dir`,
+			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, templates_dir`,
 		}},
 		{"unknown nested key", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { path: latch.db, sync: true }", 1), nil, []string{
 			`FILE:3:26: unknown key "sync" in store; allowed: path`,
@@ -184,5 +185,16 @@ func TestLoadConfig_Errors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestLoadConfig_Approvals(t *testing.T) {
+	path := writeConfigDir(t, minimalConfigYAML+"approvals: { pending_ttl: 10m, pickup_ttl: 2m }\n", map[string]string{"read.yaml": minimalTemplateYAML})
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Approvals.PendingTTL != 10*time.Minute || cfg.Approvals.PickupTTL != 2*time.Minute {
+		t.Fatalf("approvals = %+v", cfg.Approvals)
 	}
 }

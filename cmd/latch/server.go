@@ -159,7 +159,7 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 		return nil, err
 	}
 	s.service, err = broker.NewService(ctx, broker.Config{Store: s.store, Policy: cfg.Policy, Backends: backends,
-		Logger: log, Metrics: s.metrics})
+		Logger: log, Metrics: s.metrics, ApprovalTTL: cfg.Approvals.PendingTTL, PickupTTL: cfg.Approvals.PickupTTL})
 	if err != nil {
 		return nil, err
 	}
