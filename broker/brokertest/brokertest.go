@@ -152,3 +152,73 @@ func LoadPolicy(tb testing.TB, policy string, tmpls map[string]string) *template
 	}
 	return p
 }
+
+// Policy is the policy the Service's tests share: agents of every kind
+// (a prefix entry, rate-limited, budgeted), operators of every role, and a
+// monthly freeze window. Its templates use the backend "fake".
+const Policy = `
+operators:
+  - { id: spiffe://example.org/ops/alice, roles: [revoker] }
+  - { id: spiffe://example.org/ops/vera, roles: [viewer] }
+  - { id: spiffe://example.org/ops/rex, roles: [revoker] }
+  - { id: spiffe://example.org/ops/ada, roles: [admin] }
+  - { id: spiffe://example.org/ops/abe, roles: [approver] }
+agents:
+  - id: spiffe://example.org/agent/report-*
+    owner: spiffe://example.org/ops/bob
+    templates: [report]
+  - id: spiffe://example.org/agent/ticket-bot
+    owner: spiffe://example.org/ops/bob
+    templates: [ticket, report]
+  - id: spiffe://example.org/agent/chatty
+    owner: spiffe://example.org/ops/bob
+    templates: [report]
+    rate: 2/m
+  - id: spiffe://example.org/agent/hoarder
+    owner: spiffe://example.org/ops/bob
+    templates: [report, budgeted]
+    max_active: 2
+freeze_windows:
+  billing-close: { cron: "0 0 28 * *", duration: 120h, timezone: Europe/Berlin }
+`
+
+// Templates are Policy's templates: report (low, frozen during
+// billing-close), ticket (high: needs approval), budgeted (max_active 1).
+var Templates = map[string]string{
+	"budgeted.yaml": `
+name: budgeted
+description: One at a time.
+backend: fake
+params:
+  region: { enum: [eu, us] }
+ttl: 10m
+max_ttl: 10m
+risk: low
+max_active: 1
+`,
+	"report.yaml": `
+name: report
+description: Read one region's sales tables.
+backend: fake
+params:
+  region: { enum: [eu, us] }
+ttl: 10m
+max_ttl: 30m
+risk: low
+windows:
+  - { window: billing-close, effect: deny }
+`,
+	"ticket.yaml": `
+name: ticket
+description: Touch one ticket; needs approval.
+backend: fake
+params:
+  ticket: { pattern: "^[0-9]{1,9}$" }
+ttl: 5m
+max_ttl: 5m
+risk: high
+`,
+}
+
+// LoadTestPolicy compiles Policy and Templates.
+func LoadTestPolicy(tb testing.TB) *templates.Policy { return LoadPolicy(tb, Policy, Templates) }

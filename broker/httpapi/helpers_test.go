@@ -51,67 +51,6 @@ var (
 	approver = spiffeid.RequireFromPath(td, "/ops/abe")
 )
 
-const testPolicy = `
-operators:
-  - { id: spiffe://example.org/ops/vera, roles: [viewer] }
-  - { id: spiffe://example.org/ops/rex, roles: [revoker] }
-  - { id: spiffe://example.org/ops/ada, roles: [admin] }
-  - { id: spiffe://example.org/ops/abe, roles: [approver] }
-agents:
-  - id: spiffe://example.org/agent/report-*
-    owner: spiffe://example.org/ops/bob
-    templates: [report]
-  - id: spiffe://example.org/agent/ticket-bot
-    owner: spiffe://example.org/ops/bob
-    templates: [ticket, report]
-  - id: spiffe://example.org/agent/chatty
-    owner: spiffe://example.org/ops/bob
-    templates: [report]
-    rate: 2/m
-  - id: spiffe://example.org/agent/hoarder
-    owner: spiffe://example.org/ops/bob
-    templates: [report, budgeted]
-    max_active: 2
-freeze_windows:
-  billing-close: { cron: "0 0 28 * *", duration: 120h, timezone: Europe/Berlin }
-`
-
-var testTemplates = map[string]string{
-	"budgeted.yaml": `
-name: budgeted
-description: One at a time.
-backend: fake
-params:
-  region: { enum: [eu, us] }
-ttl: 10m
-max_ttl: 10m
-risk: low
-max_active: 1
-`,
-	"report.yaml": `
-name: report
-description: Read one region's sales tables.
-backend: fake
-params:
-  region: { enum: [eu, us] }
-ttl: 10m
-max_ttl: 30m
-risk: low
-windows:
-  - { window: billing-close, effect: deny }
-`,
-	"ticket.yaml": `
-name: ticket
-description: Touch one ticket; needs approval.
-backend: fake
-params:
-  ticket: { pattern: "^[0-9]{1,9}$" }
-ttl: 5m
-max_ttl: 5m
-risk: high
-`,
-}
-
 // canary is the secret the fake backend mints. Only the credentials
 // response to the agent that asked may contain it.
 const canary = brokertest.Canary
@@ -240,7 +179,7 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Config)) *env {
 }
 
 func loadPolicy(t testing.TB) *templates.Policy {
-	return brokertest.LoadPolicy(t, testPolicy, testTemplates)
+	return brokertest.LoadTestPolicy(t)
 }
 
 // recorder keeps every response body, for the canary scan.
