@@ -232,6 +232,9 @@ func (s *Service) requestApproval(ctx context.Context, req IssueRequest, d templ
 	}
 	ev := s.decisionEvent(EventApprovalRequested, req, d)
 	ev.Outcome = string(ApprovalPending)
+	// The agent made the request (actor) and is who the approval is
+	// about (subject), as in the review and expiry events that follow.
+	ev.Subject = a.Agent
 	ev.Details["approval_id"] = a.ID
 	ev.Details["required"] = fmt.Sprint(a.Required)
 	ev.Details["expires_at"] = a.ExpiresAt.UTC().Format(time.RFC3339)

@@ -199,7 +199,7 @@ func TestApproval_RequestApprovePickup(t *testing.T) {
 	if stored, err := f.svc.Approval(ctx, a.ID); err != nil || stored.Status != broker.ApprovalPending || stored.Rendered.Policy != a.Rendered.Policy {
 		t.Fatalf("stored approval = %+v, %v", stored, err)
 	}
-	if ev := lastEvent(t, f); ev.Type != broker.EventApprovalRequested || ev.Actor != deployBot || ev.Details["approval_id"] != a.ID || ev.Details["tier"] != "high" {
+	if ev := lastEvent(t, f); ev.Type != broker.EventApprovalRequested || ev.Actor != deployBot || ev.Subject != deployBot || ev.Details["approval_id"] != a.ID || ev.Details["tier"] != "high" {
 		t.Fatalf("last event = %+v, want approval_requested", ev)
 	}
 

@@ -39,6 +39,15 @@ const (
 	EventApprovalExpired   EventType = "approval_expired"   // pending past its deadline, or approved and never picked up
 )
 
+// EventTypes are all the event types, in the order above: what filters
+// on the audit log and the live stream accept.
+var EventTypes = []EventType{
+	EventRequest, EventIssue, EventDeny, EventViolation, EventRejected, EventFail,
+	EventRelease, EventRenew, EventRevoke, EventRevoked, EventExpire, EventIrrevocable,
+	EventPause, EventQuarantine, EventResume, EventFreeze, EventUnfreeze, EventReconcile, EventConfigLoad,
+	EventApprovalRequested, EventApprovalReview, EventApprovalApproved, EventApprovalDenied, EventApprovalExpired,
+}
+
 // Event is one audit record. Events form a SHA-256 hash chain: each holds
 // the previous event's hash, and its own hash covers its canonical encoding
 // and that link, so any edit, deletion, reordering or truncation shows.

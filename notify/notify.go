@@ -47,8 +47,8 @@ var DefaultEvents = []string{
 	string(broker.EventFreeze), string(broker.EventIrrevocable),
 }
 
-// knownEvents are the types a webhook may ask for.
-var knownEvents = append(slices.Clone(DefaultEvents),
+// KnownEvents are the event types a webhook may ask for.
+var KnownEvents = append(slices.Clone(DefaultEvents),
 	string(broker.EventApprovalReview), string(broker.EventResume), string(broker.EventUnfreeze),
 	string(broker.EventDeny), string(broker.EventIssue), string(broker.EventRevoke), string(broker.EventExpire),
 	string(broker.EventFail), string(broker.EventConfigLoad), string(broker.EventReconcile))
@@ -201,8 +201,8 @@ func New(cfg Config) (*Notifier, error) {
 			w.Events = DefaultEvents
 		}
 		for _, e := range w.Events {
-			if !slices.Contains(knownEvents, e) {
-				return nil, fmt.Errorf("notify: webhooks[%d].events: unknown event type %q (known: %s)", i, e, strings.Join(knownEvents, ", "))
+			if !slices.Contains(KnownEvents, e) {
+				return nil, fmt.Errorf("notify: webhooks[%d].events: unknown event type %q (known: %s)", i, e, strings.Join(KnownEvents, ", "))
 			}
 			if !slices.Contains(n.types, broker.EventType(e)) {
 				n.types = append(n.types, broker.EventType(e))

@@ -14,14 +14,6 @@ import (
 	"github.com/latchbroker/latch/broker/api"
 )
 
-// eventTypes are the audit event types a filter may name.
-var eventTypes = []broker.EventType{
-	broker.EventRequest, broker.EventIssue, broker.EventDeny, broker.EventViolation, broker.EventRejected,
-	broker.EventFail, broker.EventRelease, broker.EventRenew, broker.EventRevoke, broker.EventRevoked,
-	broker.EventExpire, broker.EventIrrevocable, broker.EventPause, broker.EventQuarantine, broker.EventResume,
-	broker.EventFreeze, broker.EventUnfreeze, broker.EventReconcile, broker.EventConfigLoad,
-}
-
 // eventFilter parses the agent= and type= (comma-separated) parameters.
 func eventFilter(agent, types string) (broker.EventFilter, error) {
 	f := broker.EventFilter{Agent: agent}
@@ -35,8 +27,8 @@ func eventFilter(agent, types string) (broker.EventFilter, error) {
 	}
 	for t := range strings.SplitSeq(types, ",") {
 		et := broker.EventType(strings.TrimSpace(t))
-		if !slices.Contains(eventTypes, et) {
-			return f, invalid(reasonBadQuery, "type=%q is not an audit event type; known: %v", truncate(string(et), 32), eventTypes)
+		if !slices.Contains(broker.EventTypes, et) {
+			return f, invalid(reasonBadQuery, "type=%q is not an audit event type; known: %v", truncate(string(et), 32), broker.EventTypes)
 		}
 		f.Types = append(f.Types, et)
 	}

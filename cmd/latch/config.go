@@ -15,6 +15,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/latchbroker/latch/notify"
 	"github.com/latchbroker/latch/templates"
 	"github.com/latchbroker/latch/templates/strictyaml"
 )
@@ -39,6 +40,7 @@ type Config struct {
 	templates.PolicyConfig `yaml:",inline"`
 	Notify                 NotifyConfig    `yaml:"notify"`
 	Approvals              ApprovalsConfig `yaml:"approvals"`
+	AutoPause              AutoPauseConfig `yaml:"auto_pause"`
 	TemplatesDir           string          `yaml:"templates_dir"`
 
 	// Policy is the compiled policy; LoadConfig sets it.
@@ -148,6 +150,19 @@ type ApprovalsConfig struct {
 	At strictyaml.Pos `yaml:",pos"`
 }
 
+// AutoPauseConfig is auto_pause: an agent denied Denials times within
+// Window is paused (an audited pause event, notified like any other).
+// Absent, agents are never paused automatically.
+type AutoPauseConfig struct {
+	Denials int           `yaml:"denials"`
+	Window  time.Duration `yaml:"window"`
+
+	At strictyaml.Pos `yaml:",pos"`
+}
+
+// Enabled reports whether auto_pause is configured.
+func (a AutoPauseConfig) Enabled() bool { return !a.At.IsZero() }
+
 // NotifyConfig is notify:.
 type NotifyConfig struct {
 	Webhooks []WebhookConfig `yaml:"webhooks"`
@@ -155,15 +170,17 @@ type NotifyConfig struct {
 
 // WebhookConfig is one webhook: events are POSTed to URL as JSON.
 type WebhookConfig struct {
-	URL    string   `yaml:"url"`
+	URL string `yaml:"url"`
+	// Events are the event types sent; absent, notify.DefaultEvents.
 	Events []string `yaml:"events"`
 	// SecretFile holds an HMAC key to sign deliveries with, if set.
 	SecretFile string `yaml:"secret_file"`
 	// Slack sends {"text": ...} for a Slack-compatible incoming webhook.
 	Slack bool `yaml:"slack"`
 
-	At    strictyaml.Pos `yaml:",pos"`
-	URLAt strictyaml.Pos `yaml:"url,pos"`
+	At       strictyaml.Pos `yaml:",pos"`
+	URLAt    strictyaml.Pos `yaml:"url,pos"`
+	EventsAt strictyaml.Pos `yaml:"events,pos"`
 }
 
 // Defaults applied before the file.
@@ -347,9 +364,17 @@ func (c *Config) validate() strictyaml.Errors {
 		} else if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 			add(w.URLAt, "notify.webhooks[%d].url: expected an http(s) URL, got %q", i, w.URL)
 		}
-		if len(w.Events) == 0 {
-			add(w.At, "notify.webhooks[%d]: events is required (which events to send)", i)
+		if !w.EventsAt.IsZero() && len(w.Events) == 0 {
+			add(w.EventsAt, "notify.webhooks[%d].events: empty; leave the key out to get the default events (%s)", i, strings.Join(notify.DefaultEvents, ", "))
 		}
+		for _, e := range w.Events {
+			if !slices.Contains(notify.KnownEvents, e) {
+				add(configOr(w.EventsAt, w.At), "notify.webhooks[%d].events: unknown event type %q; known: %s", i, e, strings.Join(notify.KnownEvents, ", "))
+			}
+		}
+	}
+	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
+		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
 	}
 	if c.TemplatesDir == "" {
 		add(c.TemplatesDirAt, "templates_dir must not be empty")

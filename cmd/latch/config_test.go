@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/latchbroker/latch/notify"
 	"github.com/latchbroker/latch/templates"
 	"github.com/latchbroker/latch/templates/strictyaml"
 )
@@ -41,8 +42,11 @@ func TestLoadConfig_Example(t *testing.T) {
 	if err := cfg.Backends["certs"].Decode(&pki); err != nil || pki.Mount != "pki" || pki.Role != "agents" {
 		t.Fatalf("certs options = %+v, %v", pki, err)
 	}
-	if len(cfg.Notify.Webhooks) != 1 || cfg.Notify.Webhooks[0].Events[1] != "violation" {
+	if w := cfg.Notify.Webhooks; len(w) != 2 || len(w[0].Events) != 0 || w[0].SecretFile != "/etc/latch/webhook.key" || !w[1].Slack || w[1].Events[1] != "pause" {
 		t.Fatalf("notify = %+v", cfg.Notify)
+	}
+	if cfg.Approvals.PickupTTL != 15*time.Minute || cfg.AutoPause.Denials != 5 || cfg.AutoPause.Window != 10*time.Minute {
+		t.Fatalf("approvals = %+v, auto_pause = %+v", cfg.Approvals, cfg.AutoPause)
 	}
 	if cfg.Policy == nil || len(cfg.Policy.Templates()) != 5 || len(cfg.Policy.Agents()) != 4 || len(cfg.Policy.Operators()) != 3 {
 		t.Fatalf("policy = %+v", cfg.Policy)
@@ -115,7 +119,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		want   []string // lines, with FILE for the config path and DIR for its directory
 	}{
 		{"unknown top-level key", minimalConfigYAML + "servr: {}\n", nil, []string{
-			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, templates_dir`,
+			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, templates_dir`,
 		}},
 		{"unknown nested key", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { path: latch.db, sync: true }", 1), nil, []string{
 			`FILE:3:26: unknown key "sync" in store; allowed: path`,
@@ -158,6 +162,13 @@ func TestLoadConfig_Errors(t *testing.T) {
 			`FILE:9:88: agents[0].templates[0]: unknown template "read"`,
 			`FILE:10:16: templates_dir: cannot read DIR/nope: no such file or directory`,
 		}},
+		{"auto_pause without a window", minimalConfigYAML + "auto_pause: { denials: 5 }\n", nil, []string{
+			`FILE:10:1: auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically`,
+		}},
+		{"webhook events", minimalConfigYAML + "notify:\n  webhooks:\n    - { url: http://127.0.0.1:9/a, events: [approval_requested, lease_issued] }\n    - { url: http://127.0.0.1:9/b, events: [] }\n", nil, []string{
+			`FILE:12:44: notify.webhooks[0].events: unknown event type "lease_issued"; known: ` + strings.Join(notify.KnownEvents, ", "),
+			`FILE:13:44: notify.webhooks[1].events: empty; leave the key out to get the default events (` + strings.Join(notify.DefaultEvents, ", ") + `)`,
+		}},
 		{"syntax error stops early", "server: { id: \"x }\n", nil, []string{
 			`FILE:1:15: invalid YAML: could not find end character of double-quoted text`,
 		}},
@@ -196,5 +207,25 @@ func TestLoadConfig_Approvals(t *testing.T) {
 	}
 	if cfg.Approvals.PendingTTL != 10*time.Minute || cfg.Approvals.PickupTTL != 2*time.Minute {
 		t.Fatalf("approvals = %+v", cfg.Approvals)
+	}
+}
+
+func TestLoadConfig_AutoPauseAndDefaultEvents(t *testing.T) {
+	path := writeConfigDir(t, minimalConfigYAML+"auto_pause: { denials: 5, window: 10m }\nnotify: { webhooks: [ { url: http://127.0.0.1:9/hook } ] }\n",
+		map[string]string{"read.yaml": minimalTemplateYAML})
+	cfg, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ap := cfg.AutoPause; !ap.Enabled() || ap.Denials != 5 || ap.Window != 10*time.Minute {
+		t.Fatalf("auto_pause = %+v", ap)
+	}
+	if w := cfg.Notify.Webhooks[0]; len(w.Events) != 0 {
+		t.Fatalf("events = %v; want none, so that notify sends its defaults", w.Events)
+	}
+
+	path = writeConfigDir(t, minimalConfigYAML, map[string]string{"read.yaml": minimalTemplateYAML})
+	if cfg, err = LoadConfig(path); err != nil || cfg.AutoPause.Enabled() {
+		t.Fatalf("without auto_pause: enabled = %v, err %v; want off", cfg != nil && cfg.AutoPause.Enabled(), err)
 	}
 }

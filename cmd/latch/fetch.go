@@ -20,10 +20,6 @@ import (
 	"github.com/latchbroker/latch/broker/client"
 )
 
-// defaultPoll is how often fetch --wait asks again while an approval is
-// pending.
-const defaultPoll = 5 * time.Second
-
 // requestFlags are the flags of fetch and exec that make the request.
 func requestFlags() []cli.Flag {
 	return []cli.Flag{
@@ -33,8 +29,7 @@ func requestFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "ttl", Usage: "lease `TTL` to ask for (default: the template's), clamped to its max TTL"},
 		&cli.StringFlag{Name: "request-id", Usage: "idempotency `ID`: a retry with the same ID gets the same lease (without the secret again)"},
 		&cli.StringFlag{Name: "approval-id", Usage: "pick up an approved request by its approval `ID`"},
-		&cli.DurationFlag{Name: "wait", Usage: "when approval is needed, wait up to `DURATION` for it, asking again every --poll"},
-		&cli.DurationFlag{Name: "poll", Value: defaultPoll, Usage: "`INTERVAL` at which --wait asks again"},
+		&cli.DurationFlag{Name: "wait", Usage: "when approval is needed, wait up to `DURATION` for it, then pick it up"},
 		&cli.StringFlag{Name: "env-prefix", Value: "LATCH_", Usage: "`PREFIX` of the environment variable names"},
 	}
 }
@@ -44,9 +39,10 @@ const requestHelp = "The secret's fields become environment variables: LATCH_LEA
 	"(username → LATCH_USERNAME, private_key → LATCH_PRIVATE_KEY); --env-prefix\n" +
 	"changes LATCH_.\n\n" +
 	"A high-risk task waits for approval: latch prints the approval ID on stderr\n" +
-	"and exits 4. With --wait D it asks again every --poll until the approval is\n" +
-	"granted (then proceeds), denied (exit 3), or D has passed (exit 4); pick an\n" +
-	"approved request up later with --approval-id ID."
+	"and exits 4. With --wait D it waits on the approval (one long-poll at a\n" +
+	"time, a progress line on stderr each) until it is granted (then picks it\n" +
+	"up and proceeds), denied (exit 3), expired (exit 1), or D has passed\n" +
+	"(exit 4); pick an approved request up later with --approval-id ID."
 
 func fetchCommand() *cli.Command {
 	return &cli.Command{
@@ -102,9 +98,6 @@ func credentialsRequest(c *cli.Context) (api.CredentialsRequest, error) {
 	if req.Reason == "" {
 		return req, usageErrorf("--reason is required: say why the agent needs the credential, it is audited")
 	}
-	if c.Duration("poll") <= 0 {
-		return req, usageErrorf("--poll must be positive")
-	}
 	return req, nil
 }
 
@@ -137,33 +130,31 @@ func obtain(c *cli.Context, cl *client.Client, req api.CredentialsRequest) (*api
 		return res, &errStillPending{approval: pending}
 	}
 	deadline := time.Now().Add(wait)
-	// Pick up by approval ID; the request ID named the first request.
-	req.ApprovalID, req.RequestID = pending.ID, ""
-	for {
+	for pending.Status == api.ApprovalPending {
 		left := time.Until(deadline)
-		if left <= 0 {
+		if left <= 0 || ctx.Err() != nil {
 			return res, &errStillPending{approval: pending}
 		}
-		fmt.Fprintf(c.App.ErrWriter, "latch: waiting for approval %s (%s left)\n", pending.ID, left.Round(time.Second))
-		t := time.NewTimer(min(c.Duration("poll"), left))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		// While pending every review is an approval: a deny ends it.
+		fmt.Fprintf(c.App.ErrWriter, "latch: waiting for approval %s: %d of %d approval(s) (%s left)\n",
+			pending.ID, len(pending.Reviews), pending.Required, left.Round(time.Second))
+		poll := min(left, api.MaxApprovalWait)
+		wctx, cancel := context.WithTimeout(ctx, poll+remoteCallTimeout)
+		a, err := cl.WaitApproval(wctx, pending.ID, poll)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
 			return res, &errStillPending{approval: pending}
-		case <-t.C:
+		case err != nil:
+			return nil, err
 		}
-		got, err := call()
-		if err == nil && got.Approval == nil {
-			return got, nil
-		}
-		if err == nil {
-			continue // answered pending again
-		}
-		if e, ok := errors.AsType[*client.Error](err); ok && e.Code == api.CodeConflict && strings.Contains(e.Message, "still pending") {
-			continue
-		}
-		return nil, err
+		pending = a
+		res.Approval = a
 	}
+	// Approved, denied or expired: the pickup mints the secret, or says
+	// why not. The request ID named the first request.
+	req.ApprovalID, req.RequestID = pending.ID, ""
+	return call()
 }
 
 func runFetch(c *cli.Context, args []string, connect connector) error {

@@ -284,7 +284,7 @@ func TestFetch_Usage(t *testing.T) {
 
 func TestFetch_PendingApprovalExit4(t *testing.T) {
 	e := newRTEnv(t)
-	out, errOut, code := e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--wait", "300ms", "--poll", "100ms", "-o", "json"}, e.as(rtAgent))...)
+	out, errOut, code := e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--wait", "300ms", "-o", "json"}, e.as(rtAgent))...)
 	if code != exitPending {
 		t.Fatalf("exit %d, stderr %q; want 4", code, errOut)
 	}
@@ -318,7 +318,7 @@ func TestFetch_WaitsForApproval(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	out, errOut, code := e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--request-id", "run-1", "--wait", "20s", "--poll", "100ms"}, e.as(rtAgent))...)
+	out, errOut, code := e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--request-id", "run-1", "--wait", "20s"}, e.as(rtAgent))...)
 	if err := <-approved; err != nil {
 		t.Fatalf("approve: %v", err)
 	}

@@ -201,6 +201,14 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	go func() { defer s.bg.Done(); s.metrics.TrackActiveLeases(bgCtx, s.service, 15*time.Second) }()
+	if ap := s.cfg.AutoPause; ap.Enabled() {
+		pauser, err := notify.NewAutoPause(notify.AutoPauseConfig{Threshold: ap.Denials, Window: ap.Window, Logger: s.log})
+		if err != nil {
+			return fmt.Errorf("auto_pause: %w", err)
+		}
+		s.bg.Add(1)
+		go func() { defer s.bg.Done(); _ = pauser.Run(bgCtx, s.service) }()
+	}
 	if s.notifier != nil {
 		s.bg.Add(1)
 		go func() {

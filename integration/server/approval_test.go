@@ -112,9 +112,18 @@ func newWebhookReceiver(t testing.TB) *webhookReceiver {
 
 // notifyYAML is the notify: block delivering the approval events to w.
 func (w *webhookReceiver) notifyYAML(t testing.TB) string {
+	return w.notifyYAMLFor(t, "[approval_requested, approval_approved, approval_denied, approval_expired]")
+}
+
+// notifyYAMLFor is the notify: block delivering events (a YAML list, or
+// "" for the default events) to w.
+func (w *webhookReceiver) notifyYAMLFor(t testing.TB, events string) string {
 	path := filepath.Join(t.TempDir(), "webhook.key")
 	writeFile(t, path, w.secret)
-	return fmt.Sprintf("notify:\n  webhooks:\n    - { url: %q, secret_file: %q, events: [approval_requested, approval_approved, approval_denied, approval_expired] }\n", w.srv.URL, path)
+	if events != "" {
+		events = ", events: " + events
+	}
+	return fmt.Sprintf("notify:\n  webhooks:\n    - { url: %q, secret_file: %q%s }\n", w.srv.URL, path, events)
 }
 
 // await waits for a verified delivery of type typ about approval id.
@@ -219,7 +228,7 @@ func TestServer_ApprovalHighRisk(t *testing.T) {
 	t.Cleanup(func() { events.Close(); <-evDone })
 
 	args := append([]string{"fetch", "--task", "ticket-high", "--param", "ticket=42", "--reason", "incident 7: read the ticket",
-		"--wait", "60s", "--poll", "1s", "-o", "json"}, agentFiles...)
+		"--wait", "60s", "-o", "json"}, agentFiles...)
 	fetchCmd, fetchOut, fetchErr := l.command(ctx, nil, args...)
 	if err := fetchCmd.Start(); err != nil {
 		t.Fatal(err)
@@ -398,7 +407,7 @@ func TestServer_ApprovalCritical(t *testing.T) {
 	})
 	t.Run("WaitEndsPending", func(t *testing.T) {
 		r := l.cli(ctx, nil, append([]string{"fetch", "--task", "ticket-critical", "--param", "ticket=43", "--reason", "nobody will answer",
-			"--wait", "2s", "--poll", "500ms", "-o", "json"}, l.svidFiles(agent)...)...)
+			"--wait", "2s", "-o", "json"}, l.svidFiles(agent)...)...)
 		if r.code != 4 || !strings.Contains(r.stderr, "still pending") {
 			t.Fatalf("latch fetch --wait 2s without reviews: %s; want exit 4, still pending", r)
 		}

@@ -57,7 +57,7 @@ operators:
     owner: spiffe://example.org/ops/bob
     templates: [close-ticket, nightly-report]
 {{agents}}templates_dir: templates
-{{notify}}`
+{{notify}}{{extra}}`
 
 // templateFiles: close-ticket reads one KV ticket (vault-token),
 // nightly-report logs in to PostgreSQL (vault-lease), deploy is granted to
@@ -159,11 +159,12 @@ type latchOptions struct {
 	Operators string            // more entries of operators:
 	Agents    string            // more entries of agents:
 	Notify    string            // a whole notify: block
+	Extra     string            // more top-level blocks (approvals:, auto_pause:)
 	Templates map[string]string // more template files
 }
 
-// startLatchWith is startLatch with more operators, agents, templates
-// and webhooks.
+// startLatchWith is startLatch with more operators, agents, templates,
+// webhooks and settings.
 func startLatchWith(t *testing.T, o latchOptions) *latch {
 	t.Helper()
 	e := setup(t)
@@ -191,7 +192,7 @@ func startLatchWith(t *testing.T, o latchOptions) *latch {
 	l.api, l.metrics = "https://"+listen, "http://"+metrics
 	cfg := strings.NewReplacer("{{listen}}", listen, "{{metrics}}", metrics, "{{dir}}", dir,
 		"{{vault}}", st.Vault.Addr, "{{role_id}}", roleID, "{{secret_id}}", secretID,
-		"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify).Replace(configYAML)
+		"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify, "{{extra}}", o.Extra).Replace(configYAML)
 	writeFile(t, l.config, []byte(cfg))
 	if err := os.Mkdir(filepath.Join(dir, "templates"), 0o700); err != nil {
 		t.Fatal(err)
