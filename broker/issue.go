@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"time"
 
@@ -314,7 +315,7 @@ func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decisi
 	commit := Change{
 		DeleteIntents: []string{lease.ID},
 		PutLeases:     []*Lease{lease},
-		PutAgents:     []AgentRecord{s.touchAgent(ctx, req.Agent, now)},
+		PutAgents:     []AgentRecord{s.touchAgent(ctx, req.Agent, req.Task, now)},
 		Events:        []Event{ev},
 	}
 	if approval != nil {
@@ -374,8 +375,9 @@ func (s *Service) revokeNow(lease *Lease) {
 	}
 }
 
-// touchAgent returns the agent's record with LastUsed set to now.
-func (s *Service) touchAgent(ctx context.Context, id string, now time.Time) AgentRecord {
+// touchAgent returns the agent's record with LastUsed, and the last use
+// of template, set to now.
+func (s *Service) touchAgent(ctx context.Context, id, template string, now time.Time) AgentRecord {
 	rec, err := s.store.Agent(ctx, id)
 	if err != nil {
 		rec = AgentRecord{ID: id, State: s.agentState(id)}
@@ -385,5 +387,10 @@ func (s *Service) touchAgent(ctx context.Context, id string, now time.Time) Agen
 		rec.State = AgentActive
 	}
 	rec.LastUsed = now
+	rec.Used = maps.Clone(rec.Used)
+	if rec.Used == nil {
+		rec.Used = map[string]time.Time{}
+	}
+	rec.Used[template] = now
 	return rec
 }

@@ -103,7 +103,7 @@ const (
 )
 
 // AgentRecord is what latch remembers of one agent: its state, who set it
-// and why, and when it last got a credential.
+// and why, and when it last got a credential, of each template.
 type AgentRecord struct {
 	ID        string     `json:"id"`
 	State     AgentState `json:"state"`
@@ -111,6 +111,16 @@ type AgentRecord struct {
 	Actor     string     `json:"actor,omitempty"`
 	ChangedAt time.Time  `json:"changed_at,omitzero"`
 	LastUsed  time.Time  `json:"last_used,omitzero"`
+	// Used is the last issue of each template (by name) to the agent.
+	Used map[string]time.Time `json:"used,omitempty"`
+}
+
+// Grant is one template an agent entry of the policy may use, and since
+// when: the first policy load that granted it.
+type Grant struct {
+	Agent    string    `json:"agent"` // the entry's ID or prefix pattern
+	Template string    `json:"template"`
+	Since    time.Time `json:"since"`
 }
 
 // FreezeState is the global emergency freeze.

@@ -148,7 +148,13 @@ func (s *Service) SetPolicy(ctx context.Context, p *templates.Policy, actor stri
 	for _, t := range p.Templates() {
 		details["template."+t.Name] = t.Version
 	}
-	return s.audit(ctx, Event{Type: EventConfigLoad, Actor: actor, Outcome: "loaded", Details: details})
+	old, err := s.store.Grants(ctx)
+	if err != nil {
+		return &Error{Code: EUNAVAILABLE, Message: "the store is unavailable", Err: err}
+	}
+	_, err = s.apply(ctx, Change{Grants: grantsOf(p, old, s.now()),
+		Events: []Event{{Type: EventConfigLoad, Actor: actor, Outcome: "loaded", Details: details}}})
+	return err
 }
 
 func (s *Service) newLeaseID() string {

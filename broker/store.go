@@ -70,6 +70,9 @@ type Store interface {
 	// at most limit.
 	ExpiringApprovals(ctx context.Context, now time.Time, limit int) ([]*Approval, error)
 
+	// Grants returns the grants recorded by the last Change with Grants.
+	Grants(ctx context.Context) ([]Grant, error)
+
 	Close() error
 }
 
@@ -83,6 +86,7 @@ type Change struct {
 	PutAgents     []AgentRecord
 	Freeze        *FreezeState
 	PutApprovals  []*Approval // approval records, with their indexes
+	Grants        []Grant     // when not nil, replaces the recorded grants
 	Events        []Event     // appended to the audit chain, in order
 }
 

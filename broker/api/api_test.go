@@ -151,3 +151,16 @@ func TestAgentPath(t *testing.T) {
 		t.Fatalf("AgentPath = %s", p)
 	}
 }
+
+func TestParseAge(t *testing.T) {
+	for in, want := range map[string]time.Duration{"30d": 30 * 24 * time.Hour, "1d": 24 * time.Hour, "12h": 12 * time.Hour, "90m": 90 * time.Minute} {
+		if got, err := api.ParseAge(in); err != nil || got != want {
+			t.Errorf("ParseAge(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0d", "-1d", "d", "30days", "1.5d", "0s", "-5m", "99999999d", "30D"} {
+		if got, err := api.ParseAge(in); err == nil {
+			t.Errorf("ParseAge(%q) = %v; want an error", in, got)
+		}
+	}
+}

@@ -306,9 +306,11 @@ type Agent struct {
 	Actor     string    `json:"actor,omitempty"`
 	ChangedAt time.Time `json:"changed_at,omitzero"`
 	LastUsed  time.Time `json:"last_used,omitzero"`
-	Pattern   string    `json:"pattern,omitempty"`
-	Owner     string    `json:"owner,omitempty"`
-	Templates []string  `json:"templates,omitempty"`
+	// Used is the last issue of each template to the agent.
+	Used      map[string]time.Time `json:"used,omitempty"`
+	Pattern   string               `json:"pattern,omitempty"`
+	Owner     string               `json:"owner,omitempty"`
+	Templates []string             `json:"templates,omitempty"`
 }
 
 // Agent actions (the last segment of POST /v1/agents/{id}/{action}).

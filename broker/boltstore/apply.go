@@ -121,6 +121,7 @@ type write struct {
 	agents        []kv
 	freeze        []byte
 	approvals     []approvalWrite
+	grants        []byte
 	events        []broker.Event
 }
 
@@ -151,7 +152,7 @@ type leaseIndex struct {
 func (w *write) empty() bool {
 	return len(w.deleteIntents) == 0 && len(w.putIntents) == 0 && len(w.leases) == 0 &&
 		len(w.dequeue) == 0 && len(w.enqueue) == 0 && len(w.agents) == 0 &&
-		w.freeze == nil && len(w.approvals) == 0 && len(w.events) == 0
+		w.freeze == nil && len(w.approvals) == 0 && w.grants == nil && len(w.events) == 0
 }
 
 var leaseStates = map[broker.LeaseState]bool{
@@ -266,6 +267,13 @@ func (s *Store) prepare(c broker.Change) (*write, error) {
 		}
 		w.freeze = v
 	}
+	if c.Grants != nil {
+		v, err := json.Marshal(c.Grants)
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode grants: %v", ErrInvalidChange, err)
+		}
+		w.grants = v
+	}
 	approvals, err := prepareApprovals(c.PutApprovals)
 	if err != nil {
 		return nil, err
@@ -330,6 +338,11 @@ func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
 	}
 	if err := writeApprovals(tx, w.approvals); err != nil {
 		return err
+	}
+	if w.grants != nil {
+		if err := tx.Bucket(bktMeta).Put(keyGrants, w.grants); err != nil {
+			return err
+		}
 	}
 	if len(events) > 0 {
 		return appendEvents(tx, events)

@@ -45,6 +45,8 @@
 //	meta         "schema"      → uint64 schema version (currently 1)
 //	             "audit_head"  → uint64 seq ‖ hex hash of the last audit event
 //	             "reindex"     → present while Reindex rebuilds the indexes
+//	             "grants"      → []broker.Grant JSON (kept in meta, which
+//	                             every file has, so old files read it too)
 //	leases       lease ID      → broker.Lease JSON
 //	intents      lease ID      → broker.Lease JSON (a mint in progress)
 //	idx_agent    agent ␀ ID    → lease state

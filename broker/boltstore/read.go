@@ -306,6 +306,22 @@ func (s *Store) Agents(ctx context.Context) ([]broker.AgentRecord, error) {
 	return out, nil
 }
 
+// Grants returns the recorded grants; none when never recorded.
+func (s *Store) Grants(ctx context.Context) ([]broker.Grant, error) {
+	var out []broker.Grant
+	err := s.view(ctx, "grants", func(tx *bolt.Tx) error {
+		v := tx.Bucket(bktMeta).Get(keyGrants)
+		if v == nil {
+			return nil
+		}
+		if err := json.Unmarshal(v, &out); err != nil {
+			return fmt.Errorf("%w: grants: %v", ErrCorrupt, err)
+		}
+		return nil
+	})
+	return out, err
+}
+
 // Freeze returns the global freeze; inactive when never set.
 func (s *Store) Freeze(ctx context.Context) (broker.FreezeState, error) {
 	var fs broker.FreezeState

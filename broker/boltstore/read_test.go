@@ -296,3 +296,30 @@ func TestLeases_BoundedMemory(t *testing.T) {
 		}
 	}
 }
+
+// TestGrants: a Change with Grants replaces them, one without keeps them,
+// and a read-only open reads them.
+func TestGrants(t *testing.T) {
+	s := openTest(t, Options{})
+	ctx := context.Background()
+	if gs, err := s.Grants(ctx); err != nil || len(gs) != 0 {
+		t.Fatalf("grants of a new store = %v, %v; want none", gs, err)
+	}
+	want := []broker.Grant{{Agent: "spiffe://x/a-*", Template: "t1", Since: t0}, {Agent: "spiffe://x/b", Template: "t2", Since: t0.Add(time.Hour)}}
+	apply(t, s, broker.Change{Grants: want})
+	apply(t, s, broker.Change{Events: []broker.Event{{Type: broker.EventConfigLoad}}})
+	got, err := s.Grants(ctx)
+	if err != nil || len(got) != 2 || got[0] != want[0] || !got[1].Since.Equal(want[1].Since) || got[1].Template != "t2" {
+		t.Fatalf("grants = %+v, %v; want %+v", got, err, want)
+	}
+	path := s.path
+	s.Close()
+	ro, err := Open(path, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if got, err := ro.Grants(ctx); err != nil || len(got) != 2 {
+		t.Fatalf("read-only grants = %+v, %v", got, err)
+	}
+}

@@ -70,6 +70,7 @@ var (
 	keySchema    = []byte("schema")
 	keyAuditHead = []byte("audit_head")
 	keyFreeze    = []byte("global")
+	keyGrants    = []byte("grants")
 )
 
 // schemaVersion is the version this build writes. It is a variable only so

@@ -121,6 +121,16 @@ func (c *Client) Agents(ctx context.Context) (*api.AgentsResponse, error) {
 	return send[api.AgentsResponse](ctx, c, http.MethodGet, "/v1/agents", nil, nil)
 }
 
+// Report is the inventory of grants with their last use (viewer); with
+// unused > 0, only the grants unused for at least that long.
+func (c *Client) Report(ctx context.Context, unused time.Duration) (*api.ReportResponse, error) {
+	var q url.Values
+	if unused > 0 {
+		q = url.Values{"unused": {unused.String()}}
+	}
+	return send[api.ReportResponse](ctx, c, http.MethodGet, "/v1/report", q, nil)
+}
+
 // PauseAgent pauses an agent: its requests are denied until resumed
 // (revoker).
 func (c *Client) PauseAgent(ctx context.Context, agentID, reason string) (*api.Agent, error) {

@@ -159,6 +159,12 @@ func agentOut(r broker.AgentRecord, p *templates.Policy) api.Agent {
 		ChangedAt: utc(r.ChangedAt),
 		LastUsed:  utc(r.LastUsed),
 	}
+	for tmpl, t := range r.Used {
+		if out.Used == nil {
+			out.Used = make(map[string]time.Time, len(r.Used))
+		}
+		out.Used[tmpl] = t.UTC()
+	}
 	if out.State == "" {
 		out.State = string(broker.AgentActive)
 	}

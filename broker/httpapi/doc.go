@@ -38,6 +38,7 @@
 //	POST   /v1/freeze                     revoker   {"on":true|false,"reason":...}
 //	GET    /v1/audit                      viewer    ?after=&limit=&agent=&type=
 //	GET    /v1/events                     viewer    Server-Sent Events, ?agent=&type=&after=
+//	GET    /v1/report                     viewer    grants with owner and last use; ?unused=30d
 //	GET    /v1/approvals                  viewer*   list, ?status=&agent=&limit=
 //	GET    /v1/approvals/{id}             viewer*   show; ?wait=60s long-polls (capped at api.MaxApprovalWait)
 //	POST   /v1/approvals/{id}/approve     approver  {"reason":...}; never the admin socket

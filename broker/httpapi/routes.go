@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -33,6 +34,7 @@ func (h *Handler) routes() {
 	h.handle("POST /v1/freeze", permAct, h.freeze)
 	h.handle("GET /v1/audit", permRead, h.audit)
 	h.handle("GET /v1/events", permRead, h.events)
+	h.handle("GET /v1/report", permRead, h.report)
 
 	// Approvals (approvals.go).
 	h.handle("GET /v1/approvals", permIdentified, h.approvals)
@@ -296,6 +298,30 @@ func (h *Handler) agents(c *call) error {
 	}
 	for _, r := range recs {
 		resp.Agents = append(resp.Agents, agentOut(r, p))
+	}
+	return c.writeJSON(http.StatusOK, resp)
+}
+
+// report is the inventory of grants; ?unused=D keeps those idle for D.
+func (h *Handler) report(c *call) error {
+	q, err := query(c, "unused")
+	if err != nil {
+		return err
+	}
+	var unused time.Duration
+	if s := q["unused"]; s != "" {
+		if unused, err = api.ParseAge(s); err != nil {
+			return invalid(reasonBadQuery, "query parameter unused: %v", err)
+		}
+	}
+	inv, err := h.svc.Report(c.r.Context())
+	if err != nil {
+		return err
+	}
+	resp := api.ReportResponse{At: inv.At.UTC(), Unused: api.Duration(unused), Grants: []api.Grant{}}
+	for _, g := range inv.Unused(unused) {
+		resp.Grants = append(resp.Grants, api.Grant{Agent: g.Agent, Owner: g.Owner, Template: g.Template, Since: utc(g.Since),
+			LastUsed: utc(g.LastUsed), LastAgent: g.LastAgent, Agents: g.Agents, Idle: api.Duration(g.Idle(inv.At))})
 	}
 	return c.writeJSON(http.StatusOK, resp)
 }

@@ -677,3 +677,42 @@ func TestAPI_ApprovalRequired(t *testing.T) {
 		t.Fatalf("another agent picking up: %v; want not_found", err)
 	}
 }
+
+// TestAPI_Report: the grants with their last use for a viewer, the
+// unused ones with ?unused=, and nothing for an agent.
+func TestAPI_Report(t *testing.T) {
+	e := newEnv(t)
+	if err := e.svc.SetPolicy(ctx, loadPolicy(t), "test"); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Add(48 * time.Hour)
+	e.issue(reportBot, "report", "eu")
+
+	all, err := e.as(viewer).Report(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all.Grants) != 6 || !all.At.Equal(e.clock.Now()) {
+		t.Fatalf("report = %+v; want the 6 grants of the test policy at %v", all, e.clock.Now())
+	}
+	g := all.Grants[0]
+	if g.Agent != "spiffe://example.org/agent/report-*" || g.Template != "report" || g.LastAgent != reportBot.String() ||
+		g.Agents != 1 || g.Idle != 0 || !g.LastUsed.Equal(e.clock.Now()) || g.Owner != "spiffe://example.org/ops/bob" {
+		t.Fatalf("report-* × report = %+v", g)
+	}
+	unused, err := e.as(viewer).Report(ctx, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(unused.Grants) != 5 || unused.Unused.D() != 24*time.Hour {
+		t.Fatalf("unused for a day: %+v; want the 5 grants never used in 2 days", unused)
+	}
+	for _, g := range unused.Grants {
+		if !g.LastUsed.IsZero() || g.Idle.D() != 48*time.Hour {
+			t.Fatalf("unused grant %+v; want never used, idle 48h", g)
+		}
+	}
+	if _, err := e.as(reportBot).Report(ctx, 0); client.Code(err) != api.CodeForbidden {
+		t.Fatalf("agent reading the report: %v; want forbidden", err)
+	}
+}

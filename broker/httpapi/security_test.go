@@ -70,6 +70,7 @@ func TestAPI_Malformed(t *testing.T) {
 		{"UnknownQuery", "GET", "/v1/leases?owner=bob", "", ``, 400, "bad_query", `unknown query parameter "owner"`},
 		{"BadState", "GET", "/v1/leases?state=zombie", "", ``, 400, "bad_query", "state"},
 		{"BadEventType", "GET", "/v1/audit?type=nope", "", ``, 400, "bad_query", "not an audit event type"},
+		{"BadReportAge", "GET", "/v1/report?unused=30days", "", ``, 400, "bad_query", "want whole days such as 30d"},
 		{"BodyOnDelete", "DELETE", "/v1/leases/01JZZZZZZZZZZZZZZZZZZZZZZZ", json, `{"x":1}`, 400, "unexpected_body", "takes no request body"},
 	}
 	e := newEnv(t)

@@ -706,3 +706,37 @@ func TestApproval_ListShowApproveThenPickup(t *testing.T) {
 		t.Fatal("a second pickup of the same approval succeeded")
 	}
 }
+
+func TestReport(t *testing.T) {
+	e := newRTEnv(t)
+	if err := e.svc.SetPolicy(context.Background(), brokertest.LoadPolicy(t, rtPolicy, rtTemplates), "test"); err != nil {
+		t.Fatal(err)
+	}
+	e.fetchJSON()
+
+	var res api.ReportResponse
+	out := e.mustRun(cmd([]string{"report", "-o", "json"}, e.as(rtViewer))...)
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("report -o json: %v\n%s", err, out)
+	}
+	if len(res.Grants) != 2 || res.Grants[0].Template != "report" || res.Grants[0].LastAgent != rtAgent.String() ||
+		!res.Grants[1].LastUsed.IsZero() || res.Grants[1].Owner != "spiffe://example.org/ops/bob" {
+		t.Fatalf("report = %+v; want report used by %s, ticket never", res.Grants, rtAgent)
+	}
+	table, errOut, code := e.run("", cmd([]string{"report"}, e.as(rtViewer))...)
+	if code != 0 || !strings.Contains(table, "spiffe://example.org/agent/report-*  spiffe://example.org/ops/bob") ||
+		!strings.Contains(errOut, "2 grant(s)") {
+		t.Fatalf("report table: exit %d\n%s%s", code, table, errOut)
+	}
+	// Both were granted moments ago: none is unused for an hour.
+	table, errOut, code = e.run("", cmd([]string{"report", "--unused", "1h"}, e.as(rtViewer))...)
+	if code != 0 || strings.Contains(table, "report-*") || !strings.Contains(errOut, "0 grant(s) unused for 1h or more") {
+		t.Fatalf("report --unused 1h: exit %d\n%s%s", code, table, errOut)
+	}
+	if _, errOut, code := e.run("", cmd([]string{"report", "--unused", "30days"}, e.as(rtViewer))...); code != exitUsage || !strings.Contains(errOut, "30d") {
+		t.Fatalf("report --unused 30days: exit %d, %q; want a usage error showing 30d", code, errOut)
+	}
+	if _, _, code := e.run("", cmd([]string{"report"}, e.as(rtAgent))...); code != 3 {
+		t.Fatalf("an agent reading the report: exit %d, want 3", code)
+	}
+}
