@@ -461,19 +461,18 @@ func (n *Notifier) deliverLoop(ctx context.Context) {
 	}
 }
 
-// deliverDue tries every delivery that is due, oldest event first.
+// deliverDue tries the due deliveries of each webhook, oldest event first.
 func (n *Notifier) deliverDue(ctx context.Context) {
-	now := n.now()
-	var due []item
+	// One sender per webhook, so that a slow or hanging receiver delays
+	// only its own deliveries.
+	byURL := map[string][]item{}
 	err := n.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketOutbox).ForEach(func(_, v []byte) error {
 			var it item
 			if err := json.Unmarshal(v, &it); err != nil {
 				return err
 			}
-			if !it.NextAt.After(now) {
-				due = append(due, it)
-			}
+			byURL[it.URL] = append(byURL[it.URL], it)
 			return nil
 		})
 	})
@@ -481,15 +480,28 @@ func (n *Notifier) deliverDue(ctx context.Context) {
 		n.log.Error("read the webhook outbox", "err", err)
 		return
 	}
-	for _, it := range due {
-		if ctx.Err() != nil {
-			return
-		}
-		w, ok := n.hook(it.URL)
+	var wg sync.WaitGroup
+	for u, items := range byURL {
+		w, ok := n.hook(u)
 		if !ok {
-			n.log.Warn("dropping a delivery to a webhook no longer configured", "url", redactURL(it.URL), "delivery", it.Delivery)
-			n.finish(it, false)
+			for _, it := range items {
+				n.log.Warn("dropping a delivery to a webhook no longer configured", "url", redactURL(it.URL), "delivery", it.Delivery)
+				n.finish(it, false)
+			}
 			continue
+		}
+		wg.Go(func() { n.deliverTo(ctx, w, items) })
+	}
+	wg.Wait()
+}
+
+// deliverTo sends w's outbox items, in event order, until one is not due
+// yet or fails: a receiver gets events in order, and one that is down
+// costs at most one client timeout a round.
+func (n *Notifier) deliverTo(ctx context.Context, w Webhook, items []item) {
+	for _, it := range items {
+		if ctx.Err() != nil || it.NextAt.After(n.now()) {
+			return
 		}
 		err := n.send(ctx, w, it)
 		if err == nil {
@@ -505,7 +517,7 @@ func (n *Notifier) deliverDue(ctx context.Context) {
 			n.log.Error("webhook delivery failed for good; kept in the outbox's dead-letter bucket",
 				"url", redactURL(it.URL), "delivery", it.Delivery, "type", it.Type, "attempts", it.Attempts, "err", err)
 			n.finish(it, false)
-			continue
+			return
 		}
 		it.NextAt = n.now().Add(n.backoff(it.Attempts))
 		n.log.Warn("webhook delivery failed; will retry", "url", redactURL(it.URL), "delivery", it.Delivery,
@@ -513,6 +525,7 @@ func (n *Notifier) deliverDue(ctx context.Context) {
 		if err := n.put(bucketOutbox, it); err != nil {
 			n.log.Error("update the webhook outbox", "err", err)
 		}
+		return
 	}
 }
 

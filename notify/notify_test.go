@@ -280,6 +280,30 @@ func TestNotifier_Retry(t *testing.T) {
 	rcv.none(t, 150*time.Millisecond)
 }
 
+// TestNotifier_HangingReceiver: a receiver that never answers delays only
+// its own deliveries, not another webhook's.
+func TestNotifier_HangingReceiver(t *testing.T) {
+	hang := make(chan struct{})
+	stuck := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-hang }))
+	t.Cleanup(stuck.Close)
+	t.Cleanup(func() { close(hang) }) // runs first: lets stuck.Close finish
+	src, rcv := &source{}, newReceiver(t)
+	start(t, src, notify.Config{
+		Webhooks: []notify.Webhook{{URL: stuck.URL, Secret: secret}, {URL: rcv.srv.URL, Secret: secret}},
+		Client:   &http.Client{Timeout: time.Minute},
+	})
+	begin := time.Now()
+	src.publish(approvalRequested("a"))
+	src.publish(approvalRequested("b"))
+	first, second := rcv.next(t), rcv.next(t)
+	if !strings.Contains(string(first.body), `"task":"a"`) || !strings.Contains(string(second.body), `"task":"b"`) {
+		t.Fatalf("deliveries out of order: %s, %s", first.body, second.body)
+	}
+	if d := time.Since(begin); d > 5*time.Second {
+		t.Fatalf("the healthy receiver waited %v behind the hanging one", d)
+	}
+}
+
 // TestNotifier_Durable: deliveries survive a restart in the outbox, and
 // events written while the notifier was down are read from the audit log.
 func TestNotifier_Durable(t *testing.T) {
