@@ -152,7 +152,7 @@ type Notifier struct {
 	maxTry  int
 	poll    time.Duration
 	types   []broker.EventType // union of the webhooks' events
-	wake    chan struct{}
+	wakes   []chan struct{}    // one per webhook: new deliveries in the outbox
 }
 
 // New checks cfg, opens (or creates) the outbox and returns the notifier.
@@ -163,7 +163,7 @@ func New(cfg Config) (*Notifier, error) {
 	}
 	n := &Notifier{
 		log: cfg.Logger, now: cfg.Now, hc: cfg.Client, minBack: cfg.MinBackoff, maxBack: cfg.MaxBackoff,
-		maxTry: cfg.MaxAttempts, poll: cfg.Poll, wake: make(chan struct{}, 1),
+		maxTry: cfg.MaxAttempts, poll: cfg.Poll,
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -214,6 +214,7 @@ func New(cfg Config) (*Notifier, error) {
 			n.log.Warn("webhook has no secret: its deliveries are not signed", "url", redactURL(w.URL))
 		}
 		n.hooks = append(n.hooks, w)
+		n.wakes = append(n.wakes, make(chan struct{}, 1))
 	}
 	db, err := bolt.Open(cfg.OutboxPath, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
@@ -257,8 +258,13 @@ func (n *Notifier) Run(ctx context.Context, src Source) error {
 	if err != nil {
 		return err
 	}
+	n.dropUnconfigured()
+	// One sender per webhook, so that a slow or hanging receiver delays
+	// only its own deliveries.
 	var wg sync.WaitGroup
-	wg.Go(func() { n.deliverLoop(ctx) })
+	for i, w := range n.hooks {
+		wg.Go(func() { n.deliverLoop(ctx, w, n.wakes[i]) })
+	}
 	defer wg.Wait()
 
 	seen := map[uint64]bool{} // seqs > cursor enqueued from the live stream
@@ -431,9 +437,11 @@ func (n *Notifier) enqueue(events []broker.Event) error {
 	if err != nil {
 		return err
 	}
-	select {
-	case n.wake <- struct{}{}:
-	default:
+	for _, wake := range n.wakes {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
 	}
 	return nil
 }
@@ -446,53 +454,56 @@ func deliveryID(seq uint64, u string) string {
 	return fmt.Sprintf("%020d-%s", seq, hex.EncodeToString(sum[:6]))
 }
 
-// deliverLoop sends due deliveries whenever woken or polled.
-func (n *Notifier) deliverLoop(ctx context.Context) {
+// deliverLoop sends w's due deliveries whenever woken or polled.
+func (n *Notifier) deliverLoop(ctx context.Context, w Webhook, wake <-chan struct{}) {
 	tick := time.NewTicker(n.poll)
 	defer tick.Stop()
 	for {
-		n.deliverDue(ctx)
+		items, err := n.outbox(func(it item) bool { return it.URL == w.URL })
+		if err != nil {
+			n.log.Error("read the webhook outbox", "err", err)
+		} else {
+			n.deliverTo(ctx, w, items)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-n.wake:
+		case <-wake:
 		case <-tick.C:
 		}
 	}
 }
 
-// deliverDue tries the due deliveries of each webhook, oldest event first.
-func (n *Notifier) deliverDue(ctx context.Context) {
-	// One sender per webhook, so that a slow or hanging receiver delays
-	// only its own deliveries.
-	byURL := map[string][]item{}
+// outbox returns the outbox items keep selects, in event order.
+func (n *Notifier) outbox(keep func(item) bool) ([]item, error) {
+	var out []item
 	err := n.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketOutbox).ForEach(func(_, v []byte) error {
 			var it item
 			if err := json.Unmarshal(v, &it); err != nil {
 				return err
 			}
-			byURL[it.URL] = append(byURL[it.URL], it)
+			if keep(it) {
+				out = append(out, it)
+			}
 			return nil
 		})
 	})
+	return out, err
+}
+
+// dropUnconfigured moves the deliveries to webhooks no longer configured
+// to the dead-letter bucket.
+func (n *Notifier) dropUnconfigured() {
+	items, err := n.outbox(func(it item) bool { _, ok := n.hook(it.URL); return !ok })
 	if err != nil {
 		n.log.Error("read the webhook outbox", "err", err)
 		return
 	}
-	var wg sync.WaitGroup
-	for u, items := range byURL {
-		w, ok := n.hook(u)
-		if !ok {
-			for _, it := range items {
-				n.log.Warn("dropping a delivery to a webhook no longer configured", "url", redactURL(it.URL), "delivery", it.Delivery)
-				n.finish(it, false)
-			}
-			continue
-		}
-		wg.Go(func() { n.deliverTo(ctx, w, items) })
+	for _, it := range items {
+		n.log.Warn("dropping a delivery to a webhook no longer configured", "url", redactURL(it.URL), "delivery", it.Delivery)
+		n.finish(it, false)
 	}
-	wg.Wait()
 }
 
 // deliverTo sends w's outbox items, in event order, until one is not due

@@ -7,11 +7,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/notify"
@@ -332,6 +335,48 @@ func TestNotifier_Durable(t *testing.T) {
 		t.Fatalf("delivered %v", got)
 	}
 	rcv.none(t, 150*time.Millisecond)
+}
+
+// TestNotifier_RemovedWebhook: deliveries still in the outbox for a
+// webhook taken out of the config are moved to the dead letters at the
+// next start, and the remaining webhooks are served.
+func TestNotifier_RemovedWebhook(t *testing.T) {
+	src, gone, kept := &source{}, newReceiver(t), newReceiver(t)
+	path := filepath.Join(t.TempDir(), "outbox.db")
+	gone.down.Store(true)
+	stop := start(t, src, notify.Config{OutboxPath: path, Webhooks: []notify.Webhook{{URL: gone.srv.URL}}})
+	src.publish(approvalRequested("never"))
+	for gone.hits.Load() < 2 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	stop()
+
+	stop = start(t, src, notify.Config{OutboxPath: path, Webhooks: []notify.Webhook{{URL: kept.srv.URL}}})
+	src.publish(approvalRequested("after"))
+	if p := kept.next(t); !strings.Contains(string(p.body), `"task":"after"`) {
+		t.Fatalf("delivered %s", p.body)
+	}
+	stop()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var pending, dead []string // the URLs of the outbox's and dead letters' items
+	db.View(func(tx *bolt.Tx) error {
+		for name, urls := range map[string]*[]string{"outbox": &pending, "dead": &dead} {
+			tx.Bucket([]byte(name)).ForEach(func(_, v []byte) error {
+				var it struct{ URL string }
+				json.Unmarshal(v, &it)
+				*urls = append(*urls, it.URL)
+				return nil
+			})
+		}
+		return nil
+	})
+	if slices.Contains(pending, gone.srv.URL) || !slices.Equal(dead, []string{gone.srv.URL}) {
+		t.Fatalf("outbox %v, dead letters %v; want the removed webhook's delivery dead", pending, dead)
+	}
 }
 
 // TestNotifier_Gap: an event dropped from the live stream is read back
