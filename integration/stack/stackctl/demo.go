@@ -148,6 +148,10 @@ echo "  ticket 42: $(%s kv get -field=body secret/tickets/42)"
 	if _, err := d.run(append([]string{"audit", "tail", "-n", "12"}, admin...)...); err != nil {
 		return err
 	}
+	step("The grants inventory: who may use what, and when it was last used")
+	if _, err := d.run(append([]string{"report"}, admin...)...); err != nil {
+		return err
+	}
 	d.stopServer(server)
 	step("The audit chain verifies offline")
 	_, err = d.run("audit", "verify", "--db", filepath.Join(d.dir, "latch.db"))
