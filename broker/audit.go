@@ -14,6 +14,7 @@ type EventType string
 const (
 	EventRequest     EventType = "request"     // a credential request arrived (and was decided)
 	EventIssue       EventType = "issue"       // a lease was committed and its secret returned
+	EventAlert       EventType = "alert"       // a lease was issued under a tier that alerts (medium by default)
 	EventDeny        EventType = "deny"        // a request was denied by policy
 	EventViolation   EventType = "violation"   // a denial that points at misuse (unknown agent, task not granted...)
 	EventRejected    EventType = "rejected"    // a request was malformed
@@ -42,7 +43,7 @@ const (
 // EventTypes are all the event types, in the order above: what filters
 // on the audit log and the live stream accept.
 var EventTypes = []EventType{
-	EventRequest, EventIssue, EventDeny, EventViolation, EventRejected, EventFail,
+	EventRequest, EventIssue, EventAlert, EventDeny, EventViolation, EventRejected, EventFail,
 	EventRelease, EventRenew, EventRevoke, EventRevoked, EventExpire, EventIrrevocable,
 	EventPause, EventQuarantine, EventResume, EventFreeze, EventUnfreeze, EventReconcile, EventConfigLoad,
 	EventApprovalRequested, EventApprovalReview, EventApprovalApproved, EventApprovalDenied, EventApprovalExpired,

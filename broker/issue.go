@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"strings"
 	"sync"
 	"time"
 
@@ -317,6 +318,16 @@ func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decisi
 		PutLeases:     []*Lease{lease},
 		PutAgents:     []AgentRecord{s.touchAgent(ctx, req.Agent, req.Task, now)},
 		Events:        []Event{ev},
+	}
+	if d.Alert {
+		// Issued, and someone should know: the tier (medium by default)
+		// alerts. Written with the issue, so an alert is never lost.
+		alert := s.decisionEvent(EventAlert, req, d)
+		alert.Subject, alert.Lease, alert.Outcome = req.Agent, lease.ID, "issued"
+		if len(d.TierWhy) > 0 {
+			alert.Details["tier_why"] = strings.Join(d.TierWhy, "; ")
+		}
+		commit.Events = append(commit.Events, alert)
 	}
 	if approval != nil {
 		// A copy: if the commit fails, the caller's approval is still

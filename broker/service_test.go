@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -620,5 +622,31 @@ func TestService_Issue_HungStoreEndsWithinDeadline(t *testing.T) {
 	}
 	if f.backend.Revokes.Load() != 1 {
 		t.Fatalf("minted secret revoked %d times, want 1", f.backend.Revokes.Load())
+	}
+}
+
+// TestService_MediumTierAlerts: a lease issued at a tier that alerts
+// (medium, here by escalation) gets an alert event in the same commit as
+// its issue event, naming the rule that raised the tier; a low one does not.
+func TestService_MediumTierAlerts(t *testing.T) {
+	f := newFixture(t)
+	tmpls := maps.Clone(brokertest.Templates)
+	tmpls["report.yaml"] = strings.Replace(tmpls["report.yaml"], "risk: low\n", "risk: low\nescalate:\n  - { when: 'params.region == \"us\"', to: medium }\n", 1)
+	if err := f.svc.SetPolicy(context.Background(), brokertest.LoadPolicy(t, brokertest.Policy, tmpls), "test"); err != nil {
+		t.Fatal(err)
+	}
+	f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
+	if evs := eventsOf(t, f, broker.EventAlert); len(evs) != 0 {
+		t.Fatalf("alert for a low-tier lease: %+v", evs)
+	}
+	res := f.issue(t, reportBot, "report", map[string]string{"region": "us"})
+	evs := f.events(t)
+	issue, alert := evs[len(evs)-2], evs[len(evs)-1]
+	if issue.Type != broker.EventIssue || alert.Type != broker.EventAlert {
+		t.Fatalf("last events %s, %s; want issue then alert", issue.Type, alert.Type)
+	}
+	if alert.Lease != res.Lease.ID || alert.Subject != reportBot || alert.Details["tier"] != "medium" ||
+		!strings.Contains(alert.Details["tier_why"], `params.region == "us"`) {
+		t.Fatalf("alert = %+v", alert)
 	}
 }

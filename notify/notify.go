@@ -44,7 +44,7 @@ var DefaultEvents = []string{
 	string(broker.EventApprovalRequested), string(broker.EventApprovalApproved),
 	string(broker.EventApprovalDenied), string(broker.EventApprovalExpired),
 	string(broker.EventViolation), string(broker.EventPause), string(broker.EventQuarantine),
-	string(broker.EventFreeze), string(broker.EventIrrevocable),
+	string(broker.EventFreeze), string(broker.EventIrrevocable), string(broker.EventAlert),
 }
 
 // KnownEvents are the event types a webhook may ask for.
@@ -668,6 +668,11 @@ func Summary(e broker.Event) string {
 		fmt.Fprintf(&b, "approval requested: %s asks for task %s", e.Actor, e.Task)
 		if d["approval_id"] != "" {
 			fmt.Fprintf(&b, " (approval %s, %s approval(s) needed by %s)", d["approval_id"], d["required"], d["expires_at"])
+		}
+	case broker.EventAlert:
+		fmt.Fprintf(&b, "alert: %s was issued task %s at tier %s (lease %s)", e.Actor, e.Task, d["tier"], e.Lease)
+		if why := d["tier_why"]; why != "" {
+			fmt.Fprintf(&b, " because %s", why)
 		}
 	case broker.EventApprovalApproved, broker.EventApprovalDenied, broker.EventApprovalExpired, broker.EventApprovalReview:
 		fmt.Fprintf(&b, "%s", strings.ReplaceAll(string(e.Type), "_", " "))
