@@ -319,9 +319,10 @@ func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decisi
 		PutAgents:     []AgentRecord{s.touchAgent(ctx, req.Agent, req.Task, now)},
 		Events:        []Event{ev},
 	}
-	if d.Alert {
-		// Issued, and someone should know: the tier (medium by default)
-		// alerts. Written with the issue, so an alert is never lost.
+	if d.Alert && approval == nil {
+		// Issued without a person seeing it, and someone should know: the
+		// tier (medium by default) alerts. Written with the issue, so an
+		// alert is never lost.
 		alert := s.decisionEvent(EventAlert, req, d)
 		alert.Subject, alert.Lease, alert.Outcome = req.Agent, lease.ID, "issued"
 		if len(d.TierWhy) > 0 {

@@ -143,6 +143,12 @@ func (s *Service) Policy() *templates.Policy { return s.policy.Load() }
 // SetPolicy replaces the policy atomically (config reload); requests
 // already being decided finish with the old one. The load is audited.
 func (s *Service) SetPolicy(ctx context.Context, p *templates.Policy, actor string) error {
+	// Backends are built at start; a reload cannot add one.
+	for _, t := range p.Templates() {
+		if _, ok := s.backends[t.Backend]; !ok {
+			return Errorf(EINVALID, "template %s names backend %q, which latch was not started with: restart latch to add a backend", t.Name, t.Backend)
+		}
+	}
 	s.policy.Store(p)
 	details := map[string]string{}
 	for _, t := range p.Templates() {

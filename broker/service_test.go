@@ -650,3 +650,32 @@ func TestService_MediumTierAlerts(t *testing.T) {
 		t.Fatalf("alert = %+v", alert)
 	}
 }
+
+// TestService_SetPolicyNeedsItsBackends: a reload whose template names a
+// backend the Service was not built with is refused, and the running
+// policy stays.
+func TestService_SetPolicyNeedsItsBackends(t *testing.T) {
+	f := newFixture(t)
+	running := f.svc.Policy()
+	tmpls := maps.Clone(brokertest.Templates)
+	tmpls["report.yaml"] = strings.Replace(tmpls["report.yaml"], "backend: fake", "backend: added-later", 1)
+	pc, err := templates.ParsePolicy("policy.yaml", []byte(brokertest.Policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake"}, "added-later": {Type: "fake"}}}
+	for name, body := range tmpls {
+		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
+	}
+	p, err := templates.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.svc.SetPolicy(context.Background(), p, "test")
+	if err == nil || !strings.Contains(err.Error(), `"added-later"`) || !strings.Contains(err.Error(), "restart") {
+		t.Fatalf("SetPolicy with an unknown backend: %v", err)
+	}
+	if f.svc.Policy() != running {
+		t.Fatal("the refused policy was swapped in")
+	}
+}

@@ -323,7 +323,7 @@ func (s *Server) Reload(ctx context.Context, path string) {
 		return
 	}
 	if err := s.service.SetPolicy(ctx, cfg.Policy, "latch"); err != nil {
-		s.log.Error("audit the config reload", "err", err)
+		s.log.Error("config reload refused; keeping the running config", "file", path, "err", err)
 		return
 	}
 	s.log.Info("config reloaded", "file", path, "templates", len(cfg.Policy.Templates()))
