@@ -147,55 +147,87 @@ func init() {
 	}
 }
 
-var scanFile struct {
+// benchFiles are the stores the benchmarks build, once per process each
+// (building one takes seconds to minutes), by name.
+var benchFiles struct {
+	mu    sync.Mutex
+	dir   string
+	files map[string]*benchFile
+}
+
+type benchFile struct {
 	once sync.Once
-	dir  string
 	path string
 	err  error
 }
 
-// scanDB builds the benchmark store once per process and returns its path.
+// scanDB builds the scan benchmarks' store once per process and returns
+// its path: scanLeases leases, one in ten active.
 func scanDB(b *testing.B) string {
-	scanFile.once.Do(func() {
-		scanFile.dir, scanFile.err = os.MkdirTemp("", "boltstore-bench")
-		if scanFile.err != nil {
-			return
-		}
-		scanFile.path = filepath.Join(scanFile.dir, "latch.db")
-		s, err := Open(scanFile.path, Options{})
-		if err != nil {
-			scanFile.err = err
-			return
-		}
-		defer s.Close()
-		g := newIDs()
-		for n := 0; n < scanLeases; {
-			var c broker.Change
-			for ; len(c.PutLeases) < 2000 && n < scanLeases; n++ {
-				st := broker.StateRevoked
-				if (n/1000)%10 == 0 {
-					st = broker.StateActive
-				}
-				l := lease(g.next(), fmt.Sprintf("spiffe://example.org/agent/bot-%d", n%1000), fmt.Sprintf("task-%d", n%50), st, t0.Add(time.Duration(n)*time.Second))
-				l.TraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
-				c.PutLeases = append(c.PutLeases, l)
-			}
-			if _, err := s.Apply(context.Background(), c); err != nil {
-				scanFile.err = err
-				return
-			}
-		}
-	})
-	if scanFile.err != nil {
-		b.Fatal(scanFile.err)
+	return benchDB(b, "scan", scanLeases, func(n int) bool { return (n/1000)%10 == 0 })
+}
+
+// benchDB builds the store called name once per process and returns its
+// path: n leases of 1,000 agents and 50 tasks, active where active(i)
+// says so and revoked otherwise, lease i expiring i seconds after t0.
+func benchDB(b *testing.B, name string, n int, active func(i int) bool) string {
+	benchFiles.mu.Lock()
+	if benchFiles.files == nil {
+		benchFiles.files = map[string]*benchFile{}
 	}
-	return scanFile.path
+	f := benchFiles.files[name]
+	if f == nil {
+		f = &benchFile{}
+		benchFiles.files[name] = f
+	}
+	benchFiles.mu.Unlock()
+	f.once.Do(func() { f.path, f.err = buildBenchDB(name, n, active) })
+	if f.err != nil {
+		b.Fatal(f.err)
+	}
+	return f.path
+}
+
+func buildBenchDB(name string, n int, active func(i int) bool) (string, error) {
+	benchFiles.mu.Lock()
+	if benchFiles.dir == "" {
+		dir, err := os.MkdirTemp("", "boltstore-bench")
+		if err != nil {
+			benchFiles.mu.Unlock()
+			return "", err
+		}
+		benchFiles.dir = dir
+	}
+	path := filepath.Join(benchFiles.dir, name+".db")
+	benchFiles.mu.Unlock()
+	s, err := Open(path, Options{})
+	if err != nil {
+		return "", err
+	}
+	defer s.Close()
+	g := newIDs()
+	for i := 0; i < n; {
+		var c broker.Change
+		for ; len(c.PutLeases) < 2000 && i < n; i++ {
+			st := broker.StateRevoked
+			if active(i) {
+				st = broker.StateActive
+			}
+			l := lease(g.next(), fmt.Sprintf("spiffe://example.org/agent/bot-%d", i%1000), fmt.Sprintf("task-%d", i%50), st, t0.Add(time.Duration(i)*time.Second))
+			l.TraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+			c.PutLeases = append(c.PutLeases, l)
+		}
+		if _, err := s.Apply(context.Background(), c); err != nil {
+			return "", err
+		}
+	}
+	return path, nil
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if scanFile.dir != "" {
-		os.RemoveAll(scanFile.dir)
+	if benchFiles.dir != "" {
+		os.RemoveAll(benchFiles.dir)
 	}
 	os.Exit(code)
 }

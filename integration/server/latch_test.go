@@ -148,7 +148,7 @@ func writeFile(t testing.TB, path string, data []byte) {
 
 // startLatch writes a config into a fresh directory and starts the server
 // on it; it is killed when the test ends.
-func startLatch(t *testing.T) *latch {
+func startLatch(t testing.TB) *latch {
 	t.Helper()
 	return startLatchWith(t, latchOptions{})
 }
@@ -165,7 +165,7 @@ type latchOptions struct {
 
 // startLatchWith is startLatch with more operators, agents, templates,
 // webhooks and settings.
-func startLatchWith(t *testing.T, o latchOptions) *latch {
+func startLatchWith(t testing.TB, o latchOptions) *latch {
 	t.Helper()
 	e := setup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -437,4 +437,11 @@ func tryPost(hc *http.Client, url string, body []byte) (int, string, error) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), nil
+}
+
+// pid is the running process's ID.
+func (l *latch) pid() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cmd.Process.Pid
 }

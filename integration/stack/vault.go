@@ -276,6 +276,15 @@ func (v *Vault) apiClient(token string) (*vaultapi.Client, error) {
 // Client returns a new Vault API client authenticated with the root token.
 func (v *Vault) Client() (*vaultapi.Client, error) { return v.apiClient(v.RootToken) }
 
+// Pid is the running server's process ID (0 while stopped), for
+// benchmarks that count the CPU time Vault spends.
+func (v *Vault) Pid() int {
+	if v.proc == nil {
+		return 0
+	}
+	return v.proc.cmd.Process.Pid
+}
+
 // Version asks the running server for its version (sys/health).
 func (v *Vault) Version(ctx context.Context) (string, error) {
 	c, err := v.Client()
