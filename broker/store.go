@@ -25,6 +25,9 @@ type Store interface {
 	Lease(ctx context.Context, id string) (*Lease, error)
 	// Leases returns the leases that match f, newest first.
 	Leases(ctx context.Context, f LeaseFilter) ([]*Lease, error)
+	// CountByTask counts the leases in state, by task, without reading
+	// the leases themselves.
+	CountByTask(ctx context.Context, state LeaseState) (map[string]int, error)
 	// LeaseByRequest returns the lease an agent's request_id produced, for
 	// idempotent retries; ErrLeaseNotFound when there is none.
 	LeaseByRequest(ctx context.Context, agent, requestID string) (*Lease, error)

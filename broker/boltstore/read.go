@@ -306,6 +306,44 @@ func (s *Store) Agents(ctx context.Context) ([]broker.AgentRecord, error) {
 	return out, nil
 }
 
+// CountByTask counts the leases in state by task from the task index,
+// whose values are the leases' states: no lease is decoded, and keys are
+// compared in place, so the count allocates per task, not per lease.
+func (s *Store) CountByTask(ctx context.Context, state broker.LeaseState) (map[string]int, error) {
+	out := map[string]int{}
+	st := []byte(state)
+	err := s.view(ctx, "count leases by task", func(tx *bolt.Tx) error {
+		var task []byte // the task of the keys being counted
+		n := 0
+		flush := func() {
+			if n > 0 {
+				out[string(task)] += n
+			}
+			n = 0
+		}
+		c := tx.Bucket(bktIdxTask).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			i := bytes.IndexByte(k, sep)
+			if i < 0 {
+				return fmt.Errorf("%w: task index key %q has no separator", ErrCorrupt, k)
+			}
+			if !bytes.Equal(k[:i], task) {
+				flush()
+				task = append(task[:0], k[:i]...)
+			}
+			if bytes.Equal(v, st) {
+				n++
+			}
+		}
+		flush()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // Grants returns the recorded grants; none when never recorded.
 func (s *Store) Grants(ctx context.Context) ([]broker.Grant, error) {
 	var out []broker.Grant

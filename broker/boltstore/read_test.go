@@ -323,3 +323,48 @@ func TestGrants(t *testing.T) {
 		t.Fatalf("read-only grants = %+v, %v", got, err)
 	}
 }
+
+// TestCountByTask compares the index count with a brute-force count over
+// all leases, after state changes, with task names that prefix each other.
+func TestCountByTask(t *testing.T) {
+	s := openTest(t, Options{})
+	ctx := context.Background()
+	g := newIDs()
+	states := []broker.LeaseState{broker.StateActive, broker.StateActive, broker.StateRevoked, broker.StateExpired, broker.StateRevoking}
+	var c broker.Change
+	for i := range 200 {
+		task := []string{"task", "task-1", "task-1x", "t"}[i%4]
+		c.PutLeases = append(c.PutLeases, lease(g.next(), "agent", task, states[i%len(states)], t0.Add(time.Duration(i)*time.Second)))
+	}
+	apply(t, s, c)
+	// Half the active leases are revoked: their index values change.
+	var revoke broker.Change
+	for i, l := range c.PutLeases {
+		if l.State == broker.StateActive && i%2 == 0 {
+			r := *l
+			r.State = broker.StateRevoked
+			revoke.PutLeases = append(revoke.PutLeases, &r)
+		}
+	}
+	apply(t, s, revoke)
+
+	all, err := s.Leases(ctx, broker.LeaseFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range append(states, broker.StateFailed) {
+		want := map[string]int{}
+		for _, l := range all {
+			if l.State == st {
+				want[l.Task]++
+			}
+		}
+		got, err := s.CountByTask(ctx, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("CountByTask(%s) = %v, want %v", st, got, want)
+		}
+	}
+}

@@ -179,23 +179,15 @@ func (m *Metrics) SetActiveLeases(counts map[string]int) {
 	}
 }
 
-// LeaseLister is what TrackActiveLeases counts from; *broker.Service
+// LeaseCounter is what TrackActiveLeases counts from; *broker.Service
 // implements it.
-type LeaseLister interface {
-	Leases(ctx context.Context, f broker.LeaseFilter) ([]*broker.Lease, error)
+type LeaseCounter interface {
+	CountByTask(ctx context.Context, state broker.LeaseState) (map[string]int, error)
 }
 
 // CountActiveLeases counts the active leases of src by template.
-func CountActiveLeases(ctx context.Context, src LeaseLister) (map[string]int, error) {
-	ls, err := src.Leases(ctx, broker.LeaseFilter{State: broker.StateActive})
-	if err != nil {
-		return nil, err
-	}
-	counts := map[string]int{}
-	for _, l := range ls {
-		counts[l.Task]++
-	}
-	return counts, nil
+func CountActiveLeases(ctx context.Context, src LeaseCounter) (map[string]int, error) {
+	return src.CountByTask(ctx, broker.StateActive)
 }
 
 // TrackActiveLeases keeps latch_active_leases up to date: it counts the
@@ -203,7 +195,7 @@ func CountActiveLeases(ctx context.Context, src LeaseLister) (map[string]int, er
 // ctx ends. Counting from the store, rather than adding and subtracting
 // on events, cannot drift: a lost event, a crash or a restart corrects
 // itself at the next count. A failed count keeps the last values.
-func (m *Metrics) TrackActiveLeases(ctx context.Context, src LeaseLister, every time.Duration) {
+func (m *Metrics) TrackActiveLeases(ctx context.Context, src LeaseCounter, every time.Duration) {
 	if every <= 0 {
 		every = 15 * time.Second
 	}

@@ -123,11 +123,11 @@ type lister struct {
 	err    error
 }
 
-func (l *lister) Leases(_ context.Context, f broker.LeaseFilter) ([]*broker.Lease, error) {
-	var out []*broker.Lease
+func (l *lister) CountByTask(_ context.Context, state broker.LeaseState) (map[string]int, error) {
+	out := map[string]int{}
 	for _, x := range l.leases {
-		if f.Match(x) {
-			out = append(out, x)
+		if x.State == state {
+			out[x.Task]++
 		}
 	}
 	return out, l.err
