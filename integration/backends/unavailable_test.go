@@ -164,7 +164,9 @@ func TestVaultUnavailable(t *testing.T) {
 		if !errors.Is(err, broker.ErrBackendUnavailable) {
 			t.Errorf("%s = %v, want an error matching broker.ErrBackendUnavailable", what, err)
 		}
-		if took > deadline+500*time.Millisecond {
+		// The slack absorbs scheduling on a loaded 2-core machine; a call
+		// that ignored its deadline would hang as long as the proxy does.
+		if took > deadline+2*time.Second {
 			t.Errorf("%s took %s, past its %s deadline", what, took.Round(time.Millisecond), deadline)
 		}
 		t.Logf("%s failed after %s: %v", what, took.Round(time.Millisecond), err)
