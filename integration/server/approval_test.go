@@ -166,13 +166,17 @@ func (w *webhookReceiver) first(typ string) notify.Payload {
 	}
 }
 
-func startApprovalLatch(t *testing.T) (*latch, *webhookReceiver) {
+// startApprovalLatch starts a server with the approvers, the hitl agents
+// and their templates, webhooks to a receiver, and extra top-level
+// config blocks.
+func startApprovalLatch(t *testing.T, extra string) (*latch, *webhookReceiver) {
 	hook := newWebhookReceiver(t)
 	l := startLatchWith(t, latchOptions{
 		Operators: approvalOperators,
 		Agents:    approvalAgents,
 		Templates: approvalTemplates,
 		Notify:    hook.notifyYAML(t),
+		Extra:     extra,
 	})
 	return l, hook
 }
@@ -197,7 +201,7 @@ func readsTicket(ctx context.Context, t testing.TB, token, n, sibling string) {
 // the agent waits in `latch fetch --wait`, an approver approves with
 // `latch approval approve`, the fetch returns a working secret once.
 func TestServer_ApprovalHighRisk(t *testing.T) {
-	l, hook := startApprovalLatch(t)
+	l, hook := startApprovalLatch(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	agent := hitlPrefix + "incident-bot"
@@ -324,7 +328,7 @@ func isSubsequence(want, got []string) bool {
 // TestServer_ApprovalCritical checks the review rules of the critical
 // tier: two distinct approvers, and who may never approve.
 func TestServer_ApprovalCritical(t *testing.T) {
-	l, _ := startApprovalLatch(t)
+	l, _ := startApprovalLatch(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	agent := hitlPrefix + "critical-bot"

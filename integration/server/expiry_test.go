@@ -40,14 +40,7 @@ func (l *latch) auditEvent(ctx context.Context, typ, key, value string) api.Even
 // nobody picks up; each is audited and notified, and neither can be
 // picked up afterwards.
 func TestServer_ApprovalExpiry(t *testing.T) {
-	hook := newWebhookReceiver(t)
-	l := startLatchWith(t, latchOptions{
-		Operators: approvalOperators,
-		Agents:    approvalAgents,
-		Templates: approvalTemplates,
-		Notify:    hook.notifyYAML(t),
-		Extra:     "approvals: { pending_ttl: 2s, pickup_ttl: 2s }\n",
-	})
+	l, hook := startApprovalLatch(t, "approvals: { pending_ttl: 2s, pickup_ttl: 2s }\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	agent := hitlPrefix + "expiry-bot"

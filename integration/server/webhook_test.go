@@ -12,7 +12,7 @@ import (
 // are answered as usual; the deliveries are retried and arrive, signed,
 // once it is back.
 func TestServer_WebhookOutage(t *testing.T) {
-	l, hook := startApprovalLatch(t)
+	l, hook := startApprovalLatch(t, "")
 	hook.down.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
