@@ -633,6 +633,9 @@ func Sign(secret []byte, ts string, body []byte) string {
 // (in constant time) and the timestamp is within tolerance of now, which
 // stops replays of old deliveries.
 func Verify(secret []byte, ts, sig string, body []byte, now time.Time, tolerance time.Duration) error {
+	if tolerance < 0 {
+		return fmt.Errorf("notify: negative tolerance %s", tolerance)
+	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
 		return fmt.Errorf("notify: bad %s %q", HeaderTimestamp, ts)

@@ -71,7 +71,7 @@ func responseError(resp *http.Response) error {
 	if err := json.Unmarshal(b, &body); err == nil && body.Error.Code != "" {
 		e.Code, e.Message, e.Reasons = body.Error.Code, body.Error.Message, body.Error.Reasons
 		e.NextAllowedAt = body.Error.NextAllowedAt
-		e.RetryAfter = time.Duration(body.Error.RetryAfter) * time.Second
+		e.RetryAfter = retryAfter(int64(body.Error.RetryAfter))
 		if body.Error.RequestID != "" {
 			e.RequestID = body.Error.RequestID
 		}
@@ -84,8 +84,19 @@ func responseError(resp *http.Response) error {
 			e.Message = http.StatusText(resp.StatusCode)
 		}
 	}
-	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s >= 0 {
-		e.RetryAfter = time.Duration(s) * time.Second
+	if s, err := strconv.ParseInt(resp.Header.Get("Retry-After"), 10, 64); err == nil && s >= 0 {
+		e.RetryAfter = retryAfter(s)
 	}
 	return e
+}
+
+// maxRetryAfter caps a server's Retry-After: a broken server's huge value
+// must not overflow into a negative wait, nor park a caller for years.
+const maxRetryAfter = 24 * time.Hour
+
+func retryAfter(seconds int64) time.Duration {
+	if seconds < 0 {
+		return 0
+	}
+	return time.Duration(min(seconds, int64(maxRetryAfter/time.Second))) * time.Second
 }

@@ -81,7 +81,8 @@ func (s *EventStream) Next() (api.Event, error) {
 		}
 		if len(line) == 0 {
 			if !has {
-				continue // comments and heartbeats only
+				total = 0 // comments and heartbeats only: they end here
+				continue
 			}
 			return s.dispatch(name, id, data)
 		}

@@ -162,6 +162,9 @@ func TestLoadConfig_Errors(t *testing.T) {
 			`FILE:9:88: agents[0].templates[0]: unknown template "read"`,
 			`FILE:10:16: templates_dir: cannot read DIR/nope: no such file or directory`,
 		}},
+		{"empty backend", strings.Replace(minimalConfigYAML, "tokens: { type: vault-token }", "tokens:", 1), nil, []string{
+			`FILE:6:3: backends.tokens: type is required; allowed: vault-lease, vault-pki, vault-token`,
+		}},
 		{"auto_pause without a window", minimalConfigYAML + "auto_pause: { denials: 5 }\n", nil, []string{
 			`FILE:10:1: auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically`,
 		}},

@@ -259,6 +259,13 @@ func (d *decoder) decode(n ast.Node, v reflect.Value, path string, entry Pos) {
 		return
 	}
 	if _, ok := n.(*ast.NullNode); ok {
+		// An empty struct value (`tokens:` with nothing after it) still
+		// says where it is, so errors about its missing keys can too.
+		if v.Kind() == reflect.Struct {
+			for _, idx := range structInfoOf(v.Type()).selfPos {
+				v.FieldByIndex(idx).Set(reflect.ValueOf(entry))
+			}
+		}
 		return
 	}
 	if !d.plain(n, path) {
