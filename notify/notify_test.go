@@ -169,7 +169,11 @@ func start(t *testing.T, src *source, cfg notify.Config) (stop func()) {
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx, src) }()
 	for !src.subscribed() {
-		time.Sleep(time.Millisecond)
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned before it subscribed: %v", err)
+		case <-time.After(time.Millisecond):
+		}
 	}
 	var once sync.Once
 	stop = func() {
