@@ -47,11 +47,15 @@ var DefaultEvents = []string{
 	string(broker.EventFreeze), string(broker.EventIrrevocable), string(broker.EventAlert),
 }
 
-// KnownEvents are the event types a webhook may ask for.
-var KnownEvents = append(slices.Clone(DefaultEvents),
-	string(broker.EventApprovalReview), string(broker.EventResume), string(broker.EventUnfreeze),
-	string(broker.EventDeny), string(broker.EventIssue), string(broker.EventRevoke), string(broker.EventExpire),
-	string(broker.EventFail), string(broker.EventConfigLoad), string(broker.EventReconcile))
+// KnownEvents are the event types a webhook may ask for: every audit
+// event type.
+var KnownEvents = func() []string {
+	out := make([]string, len(broker.EventTypes))
+	for i, t := range broker.EventTypes {
+		out[i] = string(t)
+	}
+	return out
+}()
 
 // Webhook is one receiver.
 type Webhook struct {

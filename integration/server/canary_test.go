@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -34,9 +36,11 @@ func (s *syncBuffer) String() string {
 
 // TestServer_Canary checks that secrets minted for one agent show up
 // nowhere else: not in other callers' answers, not in /metrics, not in
-// the live event stream.
+// the live event stream, the webhooks, the report, nor in any file latch
+// writes (its store, its webhook outbox, its log).
 func TestServer_Canary(t *testing.T) {
-	l := startLatch(t)
+	hook := newWebhookReceiver(t)
+	l := startLatchWith(t, latchOptions{Notify: hook.notifyYAMLFor(t, "[issue, revoke, revoked, violation, alert]")})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	agent := agentPrefix + "canary-bot"
@@ -130,6 +134,36 @@ func TestServer_Canary(t *testing.T) {
 	}
 	auditJSON, _ := json.Marshal(audit)
 	seen["GET /v1/audit"] = string(auditJSON)
+	for _, args := range [][]string{{"report", "-o", "json"}, {"agent", "list", "-o", "json"}} {
+		seen["latch "+strings.Join(args, " ")] = l.cli(ctx, nil, append(args, viewerFiles...)...).stdout
+	}
+	hook.first("issue") // the outbox was used
+	hook.mu.Lock()
+	hooked, _ := json.Marshal(hook.payloads)
+	hook.mu.Unlock()
+	seen["webhook deliveries"] = string(hooked)
+
+	// The files, once latch has stopped and flushed everything.
+	l.stop()
+	files, err := filepath.Glob(filepath.Join(l.dir, "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if fi, err := os.Stat(f); err != nil || fi.IsDir() || strings.HasSuffix(f, ".pem") || strings.HasSuffix(f, ".json") {
+			continue // the SVIDs and bundle latch was given
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen["file "+filepath.Base(f)] = string(data)
+	}
+	for _, want := range []string{"file latch.db", "file latch.db.outbox", "file latch.1.log"} {
+		if _, ok := seen[want]; !ok {
+			t.Fatalf("%s not found in %s to scan", want, l.dir)
+		}
+	}
 
 	for where, text := range seen {
 		for _, s := range canaries {
