@@ -36,8 +36,11 @@ func serverCommand() *cli.Command {
 		Description: "Starts in order: the lease store, latch's own SPIFFE identity, the Vault\n" +
 			"login, restart reconciliation (every interrupted issue completed or revoked,\n" +
 			"leases that expired while latch was down revoked), then the listeners.\n" +
-			"SIGHUP reloads the config and templates (a bad reload keeps the running\n" +
-			"config); SIGINT or SIGTERM shut down gracefully.",
+			"SIGHUP reloads the policy (operators, agents, freeze_windows, risk_tiers)\n" +
+			"and the templates; a bad reload keeps the running config, and the other\n" +
+			"sections (server, spiffe, store, vault, backends, notify, approvals,\n" +
+			"auto_pause) take effect at the next start. SIGINT or SIGTERM shut down\n" +
+			"gracefully.",
 		Flags:  []cli.Flag{configFlagFor()},
 		Action: runServer,
 	}
