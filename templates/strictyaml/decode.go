@@ -252,20 +252,26 @@ func (d *decoder) plain(n ast.Node, path string) bool {
 	return true
 }
 
+// setSelfPos fills the `yaml:",pos"` fields of a struct with entry.
+func setSelfPos(v reflect.Value, entry Pos) {
+	if v.Kind() != reflect.Struct {
+		return
+	}
+	for _, idx := range structInfoOf(v.Type()).selfPos {
+		v.FieldByIndex(idx).Set(reflect.ValueOf(entry))
+	}
+}
+
 // decode decodes n into v. entry is the position of the key (for mapping
 // values) or item (for list items) that holds n; it fills `yaml:",pos"`.
 func (d *decoder) decode(n ast.Node, v reflect.Value, path string, entry Pos) {
 	if n == nil {
 		return
 	}
+	// First, so that even a struct whose value is empty (`tokens:`),
+	// not a mapping, or refused says where it is.
+	setSelfPos(v, entry)
 	if _, ok := n.(*ast.NullNode); ok {
-		// An empty struct value (`tokens:` with nothing after it) still
-		// says where it is, so errors about its missing keys can too.
-		if v.Kind() == reflect.Struct {
-			for _, idx := range structInfoOf(v.Type()).selfPos {
-				v.FieldByIndex(idx).Set(reflect.ValueOf(entry))
-			}
-		}
 		return
 	}
 	if !d.plain(n, path) {
