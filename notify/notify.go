@@ -91,7 +91,32 @@ type Config struct {
 	MaxAttempts int
 	// Poll is how often the outbox is checked for due retries (default 1 s).
 	Poll time.Duration
+	// Metrics counts deliveries and watches the outbox (optional).
+	Metrics Metrics
 }
+
+// Metrics receives what the notifier does; *promstats.Metrics implements
+// it.
+type Metrics interface {
+	// WebhookDelivery counts one attempt's result: delivered, failed (to
+	// be retried), dead (given up) or dropped (webhook removed).
+	WebhookDelivery(result string)
+	// WebhookOutbox is the number of deliveries waiting in the outbox.
+	WebhookOutbox(depth int)
+}
+
+// Delivery results, as Metrics counts them.
+const (
+	ResultDelivered = "delivered"
+	ResultFailed    = "failed"
+	ResultDead      = "dead"
+	ResultDropped   = "dropped"
+)
+
+type noMetrics struct{}
+
+func (noMetrics) WebhookDelivery(string) {}
+func (noMetrics) WebhookOutbox(int)      {}
 
 // Source is where events come from. *broker.Service implements it.
 type Source interface {
@@ -157,6 +182,7 @@ type Notifier struct {
 	poll    time.Duration
 	types   []broker.EventType // union of the webhooks' events
 	wakes   []chan struct{}    // one per webhook: new deliveries in the outbox
+	metrics Metrics
 }
 
 // New checks cfg, opens (or creates) the outbox and returns the notifier.
@@ -167,10 +193,13 @@ func New(cfg Config) (*Notifier, error) {
 	}
 	n := &Notifier{
 		log: cfg.Logger, now: cfg.Now, hc: cfg.Client, minBack: cfg.MinBackoff, maxBack: cfg.MaxBackoff,
-		maxTry: cfg.MaxAttempts, poll: cfg.Poll,
+		maxTry: cfg.MaxAttempts, poll: cfg.Poll, metrics: cfg.Metrics,
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
+	}
+	if n.metrics == nil {
+		n.metrics = noMetrics{}
 	}
 	if n.now == nil {
 		n.now = time.Now
@@ -320,6 +349,7 @@ func (n *Notifier) Run(ctx context.Context, src Source) error {
 				gapSince = time.Now()
 			}
 		case <-tick.C:
+			n.reportOutbox()
 			// Events of one group commit may arrive out of order; a gap
 			// that lasts a poll interval was dropped: read it back.
 			if !gapSince.IsZero() && time.Since(gapSince) >= n.poll {
@@ -496,6 +526,17 @@ func (n *Notifier) outbox(keep func(item) bool) ([]item, error) {
 	return out, err
 }
 
+// reportOutbox reports the outbox's depth to the metrics.
+func (n *Notifier) reportOutbox() {
+	var depth int
+	if err := n.db.View(func(tx *bolt.Tx) error {
+		depth = tx.Bucket(bucketOutbox).Stats().KeyN
+		return nil
+	}); err == nil {
+		n.metrics.WebhookOutbox(depth)
+	}
+}
+
 // dropUnconfigured moves the deliveries to webhooks no longer configured
 // to the dead-letter bucket.
 func (n *Notifier) dropUnconfigured() {
@@ -507,6 +548,7 @@ func (n *Notifier) dropUnconfigured() {
 	for _, it := range items {
 		n.log.Warn("dropping a delivery to a webhook no longer configured", "url", redactURL(it.URL), "delivery", it.Delivery)
 		n.finish(it, false)
+		n.metrics.WebhookDelivery(ResultDropped)
 	}
 }
 
@@ -521,6 +563,7 @@ func (n *Notifier) deliverTo(ctx context.Context, w Webhook, items []item) {
 		err := n.send(ctx, w, it)
 		if err == nil {
 			n.finish(it, true)
+			n.metrics.WebhookDelivery(ResultDelivered)
 			continue
 		}
 		if ctx.Err() != nil {
@@ -529,11 +572,13 @@ func (n *Notifier) deliverTo(ctx context.Context, w Webhook, items []item) {
 		it.Attempts++
 		it.LastError = err.Error()
 		if it.Attempts >= n.maxTry {
+			n.metrics.WebhookDelivery(ResultDead)
 			n.log.Error("webhook delivery failed for good; kept in the outbox's dead-letter bucket",
 				"url", redactURL(it.URL), "delivery", it.Delivery, "type", it.Type, "attempts", it.Attempts, "err", err)
 			n.finish(it, false)
 			return
 		}
+		n.metrics.WebhookDelivery(ResultFailed)
 		it.NextAt = n.now().Add(n.backoff(it.Attempts))
 		n.log.Warn("webhook delivery failed; will retry", "url", redactURL(it.URL), "delivery", it.Delivery,
 			"attempts", it.Attempts, "next_at", it.NextAt, "err", err)

@@ -268,12 +268,36 @@ func TestNotifier_Slack(t *testing.T) {
 	rcv.none(t, 100*time.Millisecond)
 }
 
+// metrics records what the notifier reports.
+type metrics struct {
+	mu       sync.Mutex
+	results  map[string]int
+	maxDepth int
+	depth    int
+}
+
+func (m *metrics) WebhookDelivery(result string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.results == nil {
+		m.results = map[string]int{}
+	}
+	m.results[result]++
+}
+
+func (m *metrics) WebhookOutbox(depth int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.depth, m.maxDepth = depth, max(m.maxDepth, depth)
+}
+
 // TestNotifier_Retry: while the receiver is down deliveries are retried
-// with backoff; they arrive, once each, when it returns.
+// with backoff; they arrive, once each, when it returns. The metrics see
+// the failures, the deliveries and the outbox grow and drain.
 func TestNotifier_Retry(t *testing.T) {
-	src, rcv := &source{}, newReceiver(t)
+	src, rcv, m := &source{}, newReceiver(t), &metrics{}
 	rcv.down.Store(true)
-	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL, Secret: secret}}})
+	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL, Secret: secret}}, Metrics: m})
 	src.publish(approvalRequested("a"))
 	src.publish(approvalRequested("b"))
 	for rcv.hits.Load() < 6 {
@@ -285,6 +309,11 @@ func TestNotifier_Retry(t *testing.T) {
 		t.Fatalf("deliveries out of order: %s, %s", first.body, second.body)
 	}
 	rcv.none(t, 150*time.Millisecond)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.results[notify.ResultFailed] < 5 || m.results[notify.ResultDelivered] != 2 || m.maxDepth != 2 || m.depth != 0 {
+		t.Fatalf("metrics: results %v, outbox depth %d (max %d); want the failures, 2 delivered, 2 waiting then none", m.results, m.depth, m.maxDepth)
+	}
 }
 
 // TestNotifier_HangingReceiver: a receiver that never answers delays only

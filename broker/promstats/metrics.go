@@ -33,6 +33,8 @@ type Metrics struct {
 	eventsDropped prometheus.Counter
 	httpRequests  *prometheus.CounterVec
 	httpDuration  *prometheus.HistogramVec
+	webhooks      *prometheus.CounterVec
+	outbox        prometheus.Gauge
 
 	labels labelGuard
 
@@ -97,11 +99,19 @@ func New() *Metrics {
 			Help:    "HTTP API request duration by route (event streams count their whole life).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"route"}),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "latch_webhook_deliveries_total",
+			Help: "Webhook delivery attempts by result (delivered, failed and to be retried, dead after the last attempt, dropped for a removed webhook).",
+		}, []string{"result"}),
+		outbox: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "latch_webhook_outbox_depth",
+			Help: "Webhook deliveries waiting in the outbox (a receiver that is down makes it grow).",
+		}),
 		active: map[string]bool{},
 	}
 	m.reg.MustRegister(
 		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations,
-		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration,
+		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration, m.webhooks, m.outbox,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -131,6 +141,14 @@ func (m *Metrics) RequestDone(outcome, reason string, d time.Duration) {
 func (m *Metrics) Violation(reason string) {
 	m.violations.WithLabelValues(m.labels.value("violation", reason)).Inc()
 }
+
+// WebhookDelivery implements notify.Metrics.
+func (m *Metrics) WebhookDelivery(result string) {
+	m.webhooks.WithLabelValues(m.labels.value("webhook_result", result)).Inc()
+}
+
+// WebhookOutbox implements notify.Metrics.
+func (m *Metrics) WebhookOutbox(depth int) { m.outbox.Set(float64(depth)) }
 
 // RevocationDone implements broker.Metrics.
 func (m *Metrics) RevocationDone(result string) {

@@ -170,3 +170,17 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+func TestWebhookMetrics(t *testing.T) {
+	m := promstats.New()
+	m.WebhookDelivery("delivered")
+	m.WebhookDelivery("delivered")
+	m.WebhookDelivery("failed")
+	m.WebhookOutbox(3)
+	text := scrape(t, m)
+	for _, want := range []string{`latch_webhook_deliveries_total{result="delivered"} 2`, `latch_webhook_deliveries_total{result="failed"} 1`, "latch_webhook_outbox_depth 3"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, grepLines(text, "webhook"))
+		}
+	}
+}

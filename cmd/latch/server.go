@@ -166,7 +166,7 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	if err != nil {
 		return nil, err
 	}
-	if s.notifier, err = newNotifier(cfg, log); err != nil {
+	if s.notifier, err = newNotifier(cfg, log, s.metrics); err != nil {
 		return nil, err
 	}
 	// The drift record: every load names each template's version.
@@ -359,7 +359,7 @@ func (s *Server) Close() {
 
 // newNotifier builds the webhook notifier from notify.webhooks; its outbox
 // sits beside the store, in a file of its own.
-func newNotifier(cfg *Config, log *slog.Logger) (*notify.Notifier, error) {
+func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics) (*notify.Notifier, error) {
 	if len(cfg.Notify.Webhooks) == 0 {
 		return nil, nil
 	}
@@ -375,5 +375,5 @@ func newNotifier(cfg *Config, log *slog.Logger) (*notify.Notifier, error) {
 		}
 		hooks = append(hooks, h)
 	}
-	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cfg.Store.Path + ".outbox", Logger: log})
+	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cfg.Store.Path + ".outbox", Logger: log, Metrics: metrics})
 }
