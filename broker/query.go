@@ -36,6 +36,15 @@ func (s *Service) CountByTask(ctx context.Context, state LeaseState) (map[string
 	return counts, nil
 }
 
+// CountApprovals counts the approvals in status.
+func (s *Service) CountApprovals(ctx context.Context, status ApprovalStatus) (int, error) {
+	n, err := s.store.CountApprovals(ctx, status)
+	if err != nil {
+		return 0, &Error{Code: EUNAVAILABLE, Message: "the store is unavailable", Err: err}
+	}
+	return n, nil
+}
+
 // Agents lists every agent latch holds a record of (it got a credential,
 // or an operator changed its state), with state and last use.
 func (s *Service) Agents(ctx context.Context) ([]AgentRecord, error) {

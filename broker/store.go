@@ -72,6 +72,8 @@ type Store interface {
 	// while pending, PickupBy once approved) is before now, soonest first,
 	// at most limit.
 	ExpiringApprovals(ctx context.Context, now time.Time, limit int) ([]*Approval, error)
+	// CountApprovals counts the approvals in status, from an index.
+	CountApprovals(ctx context.Context, status ApprovalStatus) (int, error)
 
 	// Grants returns the grants recorded by the last Change with Grants.
 	Grants(ctx context.Context) ([]Grant, error)

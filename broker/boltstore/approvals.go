@@ -1,6 +1,7 @@
 package boltstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -350,4 +351,18 @@ func (s *Store) ExpiringApprovals(ctx context.Context, now time.Time, limit int)
 		return nil, err
 	}
 	return out, nil
+}
+
+// CountApprovals counts the approvals in status from the status index.
+func (s *Store) CountApprovals(ctx context.Context, status broker.ApprovalStatus) (int, error) {
+	n := 0
+	err := s.view(ctx, "count approvals", func(tx *bolt.Tx) error {
+		prefix := prefixKey(string(status))
+		c := tx.Bucket(bktIdxApprovalStatus).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
 }

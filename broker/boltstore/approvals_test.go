@@ -103,6 +103,17 @@ func TestApprovals_Filters(t *testing.T) {
 			}
 		})
 	}
+	for _, st := range statuses {
+		want := 0
+		for _, a := range all {
+			if a.Status == st {
+				want++
+			}
+		}
+		if got, err := s.CountApprovals(ctx, st); err != nil || got != want {
+			t.Errorf("CountApprovals(%s) = %d, %v; want %d", st, got, err, want)
+		}
+	}
 }
 
 // An approval's life moves it between the indexes: each version is found

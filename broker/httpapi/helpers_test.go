@@ -353,7 +353,7 @@ func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context
 }
 
 // promstatsCount recounts the active leases into the metrics, as
-// TrackActiveLeases does periodically.
+// TrackCounts does periodically.
 func promstatsCount(e *env) (map[string]int, error) {
 	counts, err := promstats.CountActiveLeases(context.Background(), e.svc)
 	if err != nil {

@@ -35,6 +35,7 @@ type Metrics struct {
 	httpDuration  *prometheus.HistogramVec
 	webhooks      *prometheus.CounterVec
 	outbox        prometheus.Gauge
+	approvals     prometheus.Gauge
 
 	labels labelGuard
 
@@ -63,7 +64,7 @@ func New() *Metrics {
 		}),
 		activeLeases: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "latch_active_leases",
-			Help: "Active leases by template, counted from the store periodically (see TrackActiveLeases).",
+			Help: "Active leases by template, counted from the store periodically (see TrackCounts).",
 		}, []string{"template"}),
 		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "latch_revocations_total",
@@ -107,11 +108,15 @@ func New() *Metrics {
 			Name: "latch_webhook_outbox_depth",
 			Help: "Webhook deliveries waiting in the outbox (a receiver that is down makes it grow).",
 		}),
+		approvals: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "latch_approvals_pending",
+			Help: "Requests waiting for their reviews, counted from the store periodically (see TrackCounts).",
+		}),
 		active: map[string]bool{},
 	}
 	m.reg.MustRegister(
 		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations,
-		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration, m.webhooks, m.outbox,
+		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration, m.webhooks, m.outbox, m.approvals,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -197,23 +202,23 @@ func (m *Metrics) SetActiveLeases(counts map[string]int) {
 	}
 }
 
-// LeaseCounter is what TrackActiveLeases counts from; *broker.Service
-// implements it.
-type LeaseCounter interface {
+// Counter is what TrackCounts counts from; *broker.Service implements it.
+type Counter interface {
 	CountByTask(ctx context.Context, state broker.LeaseState) (map[string]int, error)
+	CountApprovals(ctx context.Context, status broker.ApprovalStatus) (int, error)
 }
 
 // CountActiveLeases counts the active leases of src by template.
-func CountActiveLeases(ctx context.Context, src LeaseCounter) (map[string]int, error) {
+func CountActiveLeases(ctx context.Context, src Counter) (map[string]int, error) {
 	return src.CountByTask(ctx, broker.StateActive)
 }
 
-// TrackActiveLeases keeps latch_active_leases up to date: it counts the
-// active leases in src now and then every interval (default 15 s) until
-// ctx ends. Counting from the store, rather than adding and subtracting
-// on events, cannot drift: a lost event, a crash or a restart corrects
-// itself at the next count. A failed count keeps the last values.
-func (m *Metrics) TrackActiveLeases(ctx context.Context, src LeaseCounter, every time.Duration) {
+// TrackCounts keeps latch_active_leases and latch_approvals_pending up to
+// date: it counts them in src now and then every interval (default 15 s)
+// until ctx ends. Counting from the store, rather than adding and
+// subtracting on events, cannot drift: a lost event, a crash or a restart
+// corrects itself at the next count. A failed count keeps the last values.
+func (m *Metrics) TrackCounts(ctx context.Context, src Counter, every time.Duration) {
 	if every <= 0 {
 		every = 15 * time.Second
 	}
@@ -222,6 +227,9 @@ func (m *Metrics) TrackActiveLeases(ctx context.Context, src LeaseCounter, every
 	for {
 		if counts, err := CountActiveLeases(ctx, src); err == nil {
 			m.SetActiveLeases(counts)
+		}
+		if n, err := src.CountApprovals(ctx, broker.ApprovalPending); err == nil {
+			m.approvals.Set(float64(n))
 		}
 		select {
 		case <-ctx.Done():

@@ -119,8 +119,16 @@ func TestMetrics_LabelsBounded(t *testing.T) {
 }
 
 type lister struct {
-	leases []*broker.Lease
-	err    error
+	leases  []*broker.Lease
+	pending int
+	err     error
+}
+
+func (l *lister) CountApprovals(_ context.Context, status broker.ApprovalStatus) (int, error) {
+	if status != broker.ApprovalPending {
+		return 0, nil
+	}
+	return l.pending, l.err
 }
 
 func (l *lister) CountByTask(_ context.Context, state broker.LeaseState) (map[string]int, error) {
@@ -133,9 +141,9 @@ func (l *lister) CountByTask(_ context.Context, state broker.LeaseState) (map[st
 	return out, l.err
 }
 
-func TestTrackActiveLeases(t *testing.T) {
+func TestTrackCounts(t *testing.T) {
 	m := promstats.New()
-	src := &lister{leases: []*broker.Lease{
+	src := &lister{pending: 3, leases: []*broker.Lease{
 		{ID: "1", Task: "report", State: broker.StateActive},
 		{ID: "2", Task: "report", State: broker.StateActive},
 		{ID: "3", Task: "report", State: broker.StateRevoked},
@@ -143,7 +151,7 @@ func TestTrackActiveLeases(t *testing.T) {
 	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { m.TrackActiveLeases(ctx, src, time.Hour); close(done) }()
+	go func() { m.TrackCounts(ctx, src, time.Hour); close(done) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(scrape(t, m), `latch_active_leases{template="report"} 2`) {
 		if time.Now().After(deadline) {
@@ -155,6 +163,9 @@ func TestTrackActiveLeases(t *testing.T) {
 	<-done
 	if !strings.Contains(scrape(t, m), `latch_active_leases{template="ticket"} 1`) {
 		t.Fatal("ticket not counted")
+	}
+	if !strings.Contains(scrape(t, m), "latch_approvals_pending 3") {
+		t.Fatalf("pending approvals not counted:\n%s", grepLines(scrape(t, m), "approvals"))
 	}
 	if _, err := promstats.CountActiveLeases(ctx, &lister{err: errors.New("down")}); err == nil {
 		t.Fatal("a failed count reported no error")

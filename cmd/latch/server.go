@@ -203,7 +203,7 @@ func (s *Server) Run(ctx context.Context) error {
 			s.runErr <- err
 		}
 	}()
-	go func() { defer s.bg.Done(); s.metrics.TrackActiveLeases(bgCtx, s.service, 15*time.Second) }()
+	go func() { defer s.bg.Done(); s.metrics.TrackCounts(bgCtx, s.service, 15*time.Second) }()
 	if ap := s.cfg.AutoPause; ap.Enabled() {
 		pauser, err := notify.NewAutoPause(notify.AutoPauseConfig{Threshold: ap.Denials, Window: ap.Window, Logger: s.log})
 		if err != nil {
