@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -79,4 +81,41 @@ func TestServer_Reload(t *testing.T) {
 	if res := fetch(ctx, t, c, "close-ticket", map[string]string{"ticket": "42"}); res.Lease.TemplateVersion != newVersion {
 		t.Fatalf("after the reload the lease has version %s, want %s", res.Lease.TemplateVersion, newVersion)
 	}
+
+	// Backends are built at start: a reload that adds one, with a template
+	// using it, is refused; one that changes a backend's type fails to
+	// load (its templates no longer fit it). The running config is kept.
+	cfg, err := os.ReadFile(l.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, config, want string }{
+		{"AddedBackend", strings.Replace(string(cfg), "backends:\n", "backends:\n  more-tokens: { type: vault-token }\n", 1),
+			`names backend \"more-tokens\", which latch was not started with`},
+		{"ChangedType", strings.Replace(string(cfg), "tokens: { type: vault-token }", "tokens: { type: vault-pki, mount: pki, role: agents }", 1),
+			`backend: \"tokens\" is a vault-pki backend`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			writeFile(t, l.config, []byte(tc.config))
+			if tc.name == "AddedBackend" {
+				l.writeTemplate("more.yaml", strings.Replace(strings.Replace(good, "name: close-ticket", "name: more", 1), "backend: tokens", "backend: more-tokens", 1))
+				defer os.Remove(filepath.Join(l.dir, "templates", "more.yaml"))
+			}
+			before := strings.Count(l.log(), "keeping the running config")
+			l.signal(syscall.SIGHUP)
+			vaultenv.Eventually(t, 10*time.Second, func() error {
+				if strings.Count(l.log(), "keeping the running config") == before {
+					return errors.New("no refused reload in the log")
+				}
+				return nil
+			})
+			if log := l.log(); !strings.Contains(log, tc.want) {
+				t.Fatalf("the refusal does not say %q:\n%s", tc.want, log)
+			}
+			if res := fetch(ctx, t, c, "close-ticket", map[string]string{"ticket": "42"}); res.Lease.TemplateVersion != newVersion {
+				t.Fatalf("after a refused reload the lease has version %s, want the running %s", res.Lease.TemplateVersion, newVersion)
+			}
+		})
+	}
+	writeFile(t, l.config, cfg)
 }
