@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/latchbroker/latch/attest"
 	"github.com/latchbroker/latch/broker/client"
+	"github.com/latchbroker/latch/integration/stack"
 	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
@@ -128,15 +130,14 @@ type latch struct {
 	run  int           // how many times it was started: logs are latch.<run>.log
 }
 
-// freePort returns a free 127.0.0.1 address.
+// freePort returns a free 127.0.0.1 address (see stack.FreePort).
 func freePort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := stack.FreePort(false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }
 
 func writeFile(t testing.TB, path string, data []byte) {
@@ -188,12 +189,6 @@ func startLatchWith(t testing.TB, o latchOptions) *latch {
 		t.Fatal(err)
 	}
 	l := &latch{t: t, dir: dir, config: filepath.Join(dir, "latch.yaml"), socket: filepath.Join(dir, "admin.sock")}
-	listen, metrics := freePort(t), freePort(t)
-	l.api, l.metrics = "https://"+listen, "http://"+metrics
-	cfg := strings.NewReplacer("{{listen}}", listen, "{{metrics}}", metrics, "{{dir}}", dir,
-		"{{vault}}", st.Vault.Addr, "{{role_id}}", roleID, "{{secret_id}}", secretID,
-		"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify, "{{extra}}", o.Extra).Replace(configYAML)
-	writeFile(t, l.config, []byte(cfg))
 	if err := os.Mkdir(filepath.Join(dir, "templates"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -203,8 +198,25 @@ func startLatchWith(t testing.TB, o latchOptions) *latch {
 	for name, body := range o.Templates {
 		l.writeTemplate(name, body)
 	}
-	l.start()
 	t.Cleanup(l.stop)
+	// A free port can be taken (by any outgoing connection) between
+	// freePort closing it and latch binding it: then pick others.
+	for attempt := 1; ; attempt++ {
+		listen, metrics := freePort(t), freePort(t)
+		l.api, l.metrics = "https://"+listen, "http://"+metrics
+		cfg := strings.NewReplacer("{{listen}}", listen, "{{metrics}}", metrics, "{{dir}}", dir,
+			"{{vault}}", st.Vault.Addr, "{{role_id}}", roleID, "{{secret_id}}", secretID,
+			"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify, "{{extra}}", o.Extra).Replace(configYAML)
+		writeFile(t, l.config, []byte(cfg))
+		err := l.tryStart()
+		if err == nil {
+			break
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("latch server could not bind, trying other ports: %v", err)
+	}
 	return l
 }
 
@@ -228,6 +240,14 @@ func (l *latch) writeTemplate(name, body string) {
 
 // start starts the process and waits until /readyz answers 200.
 func (l *latch) start() {
+	l.t.Helper()
+	if err := l.tryStart(); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+// tryStart is start, returning why the server did not become ready.
+func (l *latch) tryStart() error {
 	t := l.t
 	t.Helper()
 	l.mu.Lock()
@@ -254,18 +274,18 @@ func (l *latch) start() {
 	for {
 		select {
 		case err := <-exited:
-			t.Fatalf("latch server exited before it was ready: %v\n%s", err, l.logs())
+			return fmt.Errorf("latch server exited before it was ready: %v\n%s", err, l.logs())
 		default:
 		}
 		resp, err := http.Get(l.metrics + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("latch server not ready after 30s (last: %v)\n%s", err, l.logs())
+			return fmt.Errorf("latch server not ready after 30s (last: %v)\n%s", err, l.logs())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -310,6 +330,10 @@ func (l *latch) kill9() {
 // the test failed.
 func (l *latch) stop() {
 	l.mu.Lock()
+	if l.cmd == nil {
+		l.mu.Unlock()
+		return // never started
+	}
 	p, done := l.cmd.Process, l.done
 	l.mu.Unlock()
 	_ = p.Signal(syscall.SIGTERM)

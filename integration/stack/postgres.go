@@ -37,7 +37,7 @@ func startPostgres(ctx context.Context, dir string) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort(false)
+	port, err := FreePort(false)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -100,16 +101,20 @@ func waitFor(ctx context.Context, p *process, what string, ready func(context.Co
 	}
 }
 
-// freePort returns a loopback TCP port that is free now, and whose
-// successor is free too when pair is set (Vault's dev cluster listener takes
-// port+1).
-func freePort(pair bool) (int, error) {
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+// FreePort returns a loopback TCP port that is free now, and whose
+// successor is free too when pair is set (Vault's dev cluster listener
+// takes port+1). It picks from below Linux's ephemeral range (32768 and
+// up by default), where the kernel places outgoing connections and
+// ":0" listeners: a port found there could be taken by any connection
+// before the process that is given it binds it.
+func FreePort(pair bool) (int, error) {
+	const lo, hi = 20000, 32700
+	for range 200 {
+		port := lo + rand.IntN(hi-lo)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
-			return 0, fmt.Errorf("stack: find free port: %w", err)
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
 		if !pair {
 			l.Close()
 			return port, nil
@@ -121,5 +126,5 @@ func freePort(pair bool) (int, error) {
 			return port, nil
 		}
 	}
-	return 0, errors.New("stack: no free loopback port pair found")
+	return 0, errors.New("stack: no free loopback port found in 20000-32700")
 }

@@ -46,7 +46,7 @@ func startSPIRE(ctx context.Context, dir string) (*SPIRE, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort(false)
+	port, err := FreePort(false)
 	if err != nil {
 		return nil, err
 	}

@@ -42,7 +42,7 @@ func startVault(ctx context.Context, dir string, persistent bool) (*Vault, error
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort(true)
+	port, err := FreePort(true)
 	if err != nil {
 		return nil, err
 	}
