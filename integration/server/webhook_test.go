@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,4 +51,38 @@ func TestServer_WebhookOutage(t *testing.T) {
 	hook.down.Store(false)
 	hook.await("approval_requested", id)
 	hook.await("approval_approved", id)
+}
+
+// TestServer_Alert: a lease issued at the medium tier is issued at once,
+// with an alert event in the audit log that reaches a webhook with the
+// default events, naming the rule that raised the tier.
+func TestServer_Alert(t *testing.T) {
+	hook := newWebhookReceiver(t)
+	agent := agentPrefix + "alert-bot"
+	l := startLatchWith(t, latchOptions{
+		Agents: "  - { id: " + agent + ", owner: spiffe://example.org/ops/bob, templates: [close-ticket] }\n",
+		Notify: hook.notifyYAMLFor(t, ""),
+		Templates: map[string]string{"close-ticket.yaml": strings.Replace(templateFiles["close-ticket.yaml"], "risk: low\n",
+			"risk: low\nescalate:\n  - { when: 'params.ticket == \"43\"', to: medium }\n", 1)},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := l.client(agent)
+	fetch(ctx, t, c, "close-ticket", map[string]string{"ticket": "42"}) // low: no alert
+	res := fetch(ctx, t, c, "close-ticket", map[string]string{"ticket": "43"})
+	p := hook.first("alert")
+	if p.Lease != res.Lease.ID || p.Subject != agent || p.Details["tier"] != "medium" || !strings.Contains(p.Details["tier_why"], `params.ticket == "43"`) {
+		t.Fatalf("alert delivery = %+v; want lease %s at tier medium, raised by the escalation", p, res.Lease.ID)
+	}
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	alerts := 0
+	for _, d := range hook.payloads {
+		if d.Type == "alert" {
+			alerts++
+		}
+	}
+	if alerts != 1 {
+		t.Fatalf("%d alert deliveries, want 1 (the low-tier lease raises none)", alerts)
+	}
 }
