@@ -187,7 +187,7 @@ func (s *Service) replayApproval(ctx context.Context, req IssueRequest) (*Issued
 	case errors.Is(err, ErrApprovalNotFound):
 		return nil, "", nil
 	case err != nil:
-		return nil, "store", &Error{Code: EUNAVAILABLE, Message: "the approval store is unavailable", Err: err}
+		return nil, "store", unavailable("the approval store", err)
 	case !prev.Status.Open():
 		return nil, "", nil
 	case prev.Task != req.Task:
@@ -469,7 +469,7 @@ func (s *Service) Approval(ctx context.Context, id string) (*Approval, error) {
 		return nil, Errorf(ENOTFOUND, "no approval %s", id)
 	}
 	if err != nil {
-		return nil, &Error{Code: EUNAVAILABLE, Message: "the approval store is unavailable", Err: err}
+		return nil, unavailable("the approval store", err)
 	}
 	return a, nil
 }
@@ -490,7 +490,7 @@ func (s *Service) AgentApproval(ctx context.Context, agent, id string) (*Approva
 func (s *Service) Approvals(ctx context.Context, f ApprovalFilter) ([]*Approval, error) {
 	as, err := s.store.Approvals(ctx, f)
 	if err != nil {
-		return nil, &Error{Code: EUNAVAILABLE, Message: "the approval store is unavailable", Err: err}
+		return nil, unavailable("the approval store", err)
 	}
 	return as, nil
 }
@@ -558,12 +558,12 @@ func (s *Service) ExpireApprovals(ctx context.Context) (int, error) {
 func (s *Service) expireDue(ctx context.Context, id string) (bool, error) {
 	unlock := s.approvalLocks.lock(id)
 	defer unlock()
-	a, err := s.store.Approval(ctx, id)
-	if errors.Is(err, ErrApprovalNotFound) {
+	a, err := s.Approval(ctx, id)
+	if ErrorCode(err) == ENOTFOUND {
 		return false, nil
 	}
 	if err != nil {
-		return false, &Error{Code: EUNAVAILABLE, Message: "the approval store is unavailable", Err: err}
+		return false, err
 	}
 	if !a.Status.Open() || !s.now().After(a.Deadline()) {
 		return false, nil

@@ -68,3 +68,9 @@ func ErrorMessage(err error) string {
 	}
 	return "internal error"
 }
+
+// unavailable is the error of a store or audit log (what) that cannot
+// serve: latch fails closed on it.
+func unavailable(what string, err error) *Error {
+	return &Error{Code: EUNAVAILABLE, Message: what + " is unavailable", Err: err}
+}

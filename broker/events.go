@@ -2,11 +2,9 @@ package broker
 
 import (
 	"context"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"weak"
 )
 
 // EventFilter selects audit events for a subscriber; zero fields match
@@ -48,32 +46,30 @@ type EventDropCounter interface {
 // it). A subscriber that must see every event fills the gaps it finds in
 // the sequence numbers from the audit log (AuditEvents).
 func (s *Service) Subscribe(f EventFilter) (<-chan Event, func()) {
-	h := s.hub(true)
+	h := &s.events
 	sub := &subscriber{filter: f, ch: make(chan Event, SubscriberBuffer)}
 	h.mu.Lock()
+	if h.subs == nil {
+		h.subs = map[*subscriber]struct{}{}
+	}
 	h.subs[sub] = struct{}{}
+	h.open.Add(1)
 	h.mu.Unlock()
-	subscriptions.Add(1)
 	var once sync.Once
 	return sub.ch, func() {
 		once.Do(func() {
 			h.mu.Lock()
 			delete(h.subs, sub)
 			close(sub.ch)
+			h.open.Add(-1)
 			h.mu.Unlock()
-			subscriptions.Add(-1)
 		})
 	}
 }
 
 // EventsDropped is the number of events dropped for slow subscribers since
 // the Service started.
-func (s *Service) EventsDropped() uint64 {
-	if h := s.hub(false); h != nil {
-		return h.dropped.Load()
-	}
-	return 0
-}
+func (s *Service) EventsDropped() uint64 { return s.events.dropped.Load() }
 
 // AuditEvents calls fn for each audit event with Seq > after, in order,
 // until fn returns false or an error. fn runs inside a read of the store:
@@ -87,7 +83,7 @@ func (s *Service) AuditEvents(ctx context.Context, after uint64, fn func(Event) 
 		return more, err
 	})
 	if err != nil && fnErr == nil {
-		return &Error{Code: EUNAVAILABLE, Message: "the audit log is unavailable", Err: err}
+		return unavailable("the audit log", err)
 	}
 	return err
 }
@@ -97,7 +93,7 @@ func (s *Service) AuditEvents(ctx context.Context, after uint64, fn func(Event) 
 func (s *Service) LastAuditSeq(ctx context.Context) (uint64, error) {
 	e, err := s.store.LastEvent(ctx)
 	if err != nil {
-		return 0, &Error{Code: EUNAVAILABLE, Message: "the audit log is unavailable", Err: err}
+		return 0, unavailable("the audit log", err)
 	}
 	if e == nil {
 		return 0, nil
@@ -108,11 +104,8 @@ func (s *Service) LastAuditSeq(ctx context.Context) (uint64, error) {
 // publish hands events that were just made durable to the subscribers.
 // It is called by apply and never blocks.
 func (s *Service) publish(events []Event) {
-	if subscriptions.Load() == 0 || len(events) == 0 {
-		return
-	}
-	h := s.hub(false)
-	if h == nil {
+	h := &s.events
+	if h.open.Load() == 0 || len(events) == 0 {
 		return
 	}
 	h.mu.RLock()
@@ -143,28 +136,6 @@ type subscriber struct {
 type hub struct {
 	mu      sync.RWMutex // publish holds it shared; (un)subscribe exclusively, so no send races a close
 	subs    map[*subscriber]struct{}
+	open    atomic.Int64 // len(subs), read without the lock: publish's fast path
 	dropped atomic.Uint64
-}
-
-// The hubs live beside their Services rather than in them, keyed by a weak
-// pointer so that a Service that is no longer used is collected and its
-// hub removed.
-var (
-	hubs          sync.Map     // weak.Pointer[Service] → *hub
-	subscriptions atomic.Int64 // open subscriptions of every Service: publish's fast path
-)
-
-func (s *Service) hub(create bool) *hub {
-	key := weak.Make(s)
-	if h, ok := hubs.Load(key); ok {
-		return h.(*hub)
-	}
-	if !create {
-		return nil
-	}
-	h, loaded := hubs.LoadOrStore(key, &hub{subs: map[*subscriber]struct{}{}})
-	if !loaded {
-		runtime.AddCleanup(s, func(k weak.Pointer[Service]) { hubs.Delete(k) }, key)
-	}
-	return h.(*hub)
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"maps"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/latchbroker/latch/templates"
@@ -107,14 +106,7 @@ func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, string,
 	if req.RequestID != "" {
 		// Serialise retries of one request, so that two copies racing
 		// each other cannot both mint.
-		key := req.Agent + "\x00" + req.RequestID
-		m, _ := s.inflight.LoadOrStore(key, &sync.Mutex{})
-		mu := m.(*sync.Mutex)
-		mu.Lock()
-		defer func() {
-			mu.Unlock()
-			s.inflight.Delete(key)
-		}()
+		defer s.requestLocks.lock(req.Agent + "\x00" + req.RequestID)()
 		prev, err := s.store.LeaseByRequest(ctx, req.Agent, req.RequestID)
 		if err == nil && prev.State == StateFailed {
 			// Nothing was minted for it: a retry after a failed mint (the
@@ -128,7 +120,7 @@ func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, string,
 			return &Issued{Lease: prev, Replayed: true}, "replayed", nil
 		}
 		if !errors.Is(err, ErrLeaseNotFound) {
-			return nil, "store", &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
+			return nil, "store", unavailable("the lease store", err)
 		}
 		if req.ApprovalID == "" {
 			if res, reason, err := s.replayApproval(ctx, req); res != nil || err != nil {

@@ -59,7 +59,7 @@ func (s *Service) checkLimits(ctx context.Context, agent string, d templates.Dec
 	}
 	active, err := s.store.Leases(ctx, LeaseFilter{Agent: agent, State: StateActive})
 	if err != nil {
-		return &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
+		return unavailable("the lease store", err)
 	}
 	ofTask := 0
 	next := time.Time{} // when the soonest lease of the budget ends

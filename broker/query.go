@@ -12,7 +12,7 @@ func (s *Service) Lease(ctx context.Context, id string) (*Lease, error) {
 		return nil, Errorf(ENOTFOUND, "no lease %s", id)
 	}
 	if err != nil {
-		return nil, &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
+		return nil, unavailable("the lease store", err)
 	}
 	return l, nil
 }
@@ -21,7 +21,7 @@ func (s *Service) Lease(ctx context.Context, id string) (*Lease, error) {
 func (s *Service) Leases(ctx context.Context, f LeaseFilter) ([]*Lease, error) {
 	ls, err := s.store.Leases(ctx, f)
 	if err != nil {
-		return nil, &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
+		return nil, unavailable("the lease store", err)
 	}
 	return ls, nil
 }
@@ -31,7 +31,7 @@ func (s *Service) Leases(ctx context.Context, f LeaseFilter) ([]*Lease, error) {
 func (s *Service) CountByTask(ctx context.Context, state LeaseState) (map[string]int, error) {
 	counts, err := s.store.CountByTask(ctx, state)
 	if err != nil {
-		return nil, &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
+		return nil, unavailable("the lease store", err)
 	}
 	return counts, nil
 }
@@ -40,9 +40,19 @@ func (s *Service) CountByTask(ctx context.Context, state LeaseState) (map[string
 func (s *Service) CountApprovals(ctx context.Context, status ApprovalStatus) (int, error) {
 	n, err := s.store.CountApprovals(ctx, status)
 	if err != nil {
-		return 0, &Error{Code: EUNAVAILABLE, Message: "the store is unavailable", Err: err}
+		return 0, unavailable("the store", err)
 	}
 	return n, nil
+}
+
+// Agent returns what latch remembers of one agent: a record with only ID
+// and state active when nothing.
+func (s *Service) Agent(ctx context.Context, id string) (AgentRecord, error) {
+	r, err := s.store.Agent(ctx, id)
+	if err != nil {
+		return AgentRecord{}, unavailable("the store", err)
+	}
+	return r, nil
 }
 
 // Agents lists every agent latch holds a record of (it got a credential,
@@ -50,7 +60,7 @@ func (s *Service) CountApprovals(ctx context.Context, status ApprovalStatus) (in
 func (s *Service) Agents(ctx context.Context) ([]AgentRecord, error) {
 	rs, err := s.store.Agents(ctx)
 	if err != nil {
-		return nil, &Error{Code: EUNAVAILABLE, Message: "the store is unavailable", Err: err}
+		return nil, unavailable("the store", err)
 	}
 	return rs, nil
 }

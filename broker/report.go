@@ -50,7 +50,7 @@ func (s *Service) Report(ctx context.Context) (*Inventory, error) {
 	p := s.Policy()
 	recorded, err := s.store.Grants(ctx)
 	if err != nil {
-		return nil, &Error{Code: EUNAVAILABLE, Message: "the store is unavailable", Err: err}
+		return nil, unavailable("the store", err)
 	}
 	agents, err := s.Agents(ctx)
 	if err != nil {

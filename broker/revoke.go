@@ -39,32 +39,37 @@ const revokeBatch = 500
 // selector, ENOTFOUND for an unknown lease ID, EUNAVAILABLE when the
 // store cannot record.
 func (s *Service) Revoke(ctx context.Context, actor, reason string, sel RevokeSelector) (int, error) {
-	if err := sel.validate(); err != nil {
+	leases, err := s.Selected(ctx, sel)
+	if err != nil {
 		return 0, err
 	}
-	var leases []*Lease
+	return len(leases), s.queueRevocations(ctx, actor, reason, EventRevoke, leases, false)
+}
+
+// Selected lists the active leases sel selects: what Revoke would queue
+// (a dry run shows them).
+func (s *Service) Selected(ctx context.Context, sel RevokeSelector) ([]*Lease, error) {
+	if err := sel.validate(); err != nil {
+		return nil, err
+	}
 	if sel.Lease != "" {
-		l, err := s.store.Lease(ctx, sel.Lease)
-		if errors.Is(err, ErrLeaseNotFound) {
-			return 0, Errorf(ENOTFOUND, "no lease %s", sel.Lease)
-		} else if err != nil {
-			return 0, &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
+		l, err := s.Lease(ctx, sel.Lease)
+		if err != nil || l.State != StateActive {
+			return nil, err
 		}
-		if l.State == StateActive {
-			leases = []*Lease{l}
-		}
-	} else {
-		all, err := s.store.Leases(ctx, LeaseFilter{Agent: sel.Agent, Task: sel.Task, State: StateActive})
-		if err != nil {
-			return 0, &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
-		}
-		for _, l := range all {
-			if sel.Template == "" || l.TemplateVersion == sel.Template {
-				leases = append(leases, l)
-			}
+		return []*Lease{l}, nil
+	}
+	all, err := s.Leases(ctx, LeaseFilter{Agent: sel.Agent, Task: sel.Task, State: StateActive})
+	if err != nil {
+		return nil, err
+	}
+	var out []*Lease
+	for _, l := range all {
+		if sel.Template == "" || l.TemplateVersion == sel.Template {
+			out = append(out, l)
 		}
 	}
-	return len(leases), s.queueRevocations(ctx, actor, reason, EventRevoke, leases, false)
+	return out, nil
 }
 
 // queueRevocations moves leases to revoking and queues them, in batches,
@@ -110,7 +115,7 @@ func (s *Service) ownLease(ctx context.Context, agent, leaseID string) (*Lease, 
 		return nil, Errorf(ENOTFOUND, "no lease %s of yours", leaseID)
 	}
 	if err != nil {
-		return nil, &Error{Code: EUNAVAILABLE, Message: "the lease store is unavailable", Err: err}
+		return nil, unavailable("the lease store", err)
 	}
 	return l, nil
 }
@@ -181,7 +186,7 @@ func (s *Service) SetAgentState(ctx context.Context, actor, agent string, state 
 	}
 	rec, err := s.store.Agent(ctx, agent)
 	if err != nil {
-		return &Error{Code: EUNAVAILABLE, Message: "the store is unavailable", Err: err}
+		return unavailable("the store", err)
 	}
 	rec.ID, rec.State, rec.Reason, rec.Actor, rec.ChangedAt = agent, state, reason, actor, s.now()
 	// Update the in-memory state first under the lock, so that no request

@@ -66,14 +66,15 @@ type Service struct {
 	agents map[string]AgentState
 	frozen bool
 
-	limits   limiters
-	inflight sync.Map // agent+"\x00"+request_id → *sync.Mutex, for idempotent retries
-	kick     chan struct{}
-	idMu     sync.Mutex
-	entropy  *ulid.MonotonicEntropy
+	limits       limiters
+	requestLocks keyedLocks // per agent+"\x00"+request_id: retries of one request one at a time
+	kick         chan struct{}
+	idMu         sync.Mutex
+	entropy      *ulid.MonotonicEntropy
 
 	approvalLocks   keyedLocks      // per approval ID: review, pickup and expiry one at a time
 	approvalWaiters approvalWaiters // long polls of approvals still pending
+	events          hub             // live subscribers of the audit events
 }
 
 // NewService checks cfg and loads the agent states and freeze from the
@@ -156,7 +157,7 @@ func (s *Service) SetPolicy(ctx context.Context, p *templates.Policy, actor stri
 	}
 	old, err := s.store.Grants(ctx)
 	if err != nil {
-		return &Error{Code: EUNAVAILABLE, Message: "the store is unavailable", Err: err}
+		return unavailable("the store", err)
 	}
 	_, err = s.apply(ctx, Change{Grants: grantsOf(p, old, s.now()),
 		Events: []Event{{Type: EventConfigLoad, Actor: actor, Outcome: "loaded", Details: details}}})
@@ -211,7 +212,7 @@ func (s *Service) apply(ctx context.Context, c Change) ([]Event, error) {
 		if len(c.Events) > 0 {
 			s.metrics.AuditAppendFailed()
 		}
-		return nil, &Error{Code: EUNAVAILABLE, Message: "the audit log is unavailable", Err: err}
+		return nil, unavailable("the audit log", err)
 	}
 	s.publish(events)
 	return events, nil

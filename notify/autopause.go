@@ -30,7 +30,7 @@ type AutoPauseConfig struct {
 type Pauser interface {
 	Subscribe(broker.EventFilter) (<-chan broker.Event, func())
 	Policy() *templates.Policy
-	Agents(ctx context.Context) ([]broker.AgentRecord, error)
+	Agent(ctx context.Context, id string) (broker.AgentRecord, error)
 	SetAgentState(ctx context.Context, actor, agent string, state broker.AgentState, reason string) error
 }
 
@@ -107,15 +107,13 @@ func (a *AutoPause) Run(ctx context.Context, svc Pauser) error {
 }
 
 func (a *AutoPause) pause(ctx context.Context, svc Pauser, agent string, n int, last broker.Event) {
-	recs, err := svc.Agents(ctx)
+	r, err := svc.Agent(ctx, agent)
 	if err != nil {
 		a.log.Error("auto-pause: read the agent's state", "agent", agent, "err", err)
 		return
 	}
-	for _, r := range recs {
-		if r.ID == agent && r.State != "" && r.State != broker.AgentActive {
-			return // paused or quarantined already: never downgrade
-		}
+	if r.State != "" && r.State != broker.AgentActive {
+		return // paused or quarantined already: never downgrade
 	}
 	reason := fmt.Sprintf("auto-pause: %d denials within %s (last: %s %v)", n, a.window, last.Type, last.Reasons)
 	if err := svc.SetAgentState(ctx, AutoPauseActor, agent, broker.AgentPaused, reason); err != nil {

@@ -180,8 +180,7 @@ type Notifier struct {
 	maxBack time.Duration
 	maxTry  int
 	poll    time.Duration
-	types   []broker.EventType // union of the webhooks' events
-	wakes   []chan struct{}    // one per webhook: new deliveries in the outbox
+	wakes   []chan struct{} // one per webhook: new deliveries in the outbox
 	metrics Metrics
 }
 
@@ -236,9 +235,6 @@ func New(cfg Config) (*Notifier, error) {
 		for _, e := range w.Events {
 			if !slices.Contains(KnownEvents, e) {
 				return nil, fmt.Errorf("notify: webhooks[%d].events: unknown event type %q (known: %s)", i, e, strings.Join(KnownEvents, ", "))
-			}
-			if !slices.Contains(n.types, broker.EventType(e)) {
-				n.types = append(n.types, broker.EventType(e))
 			}
 		}
 		w.Events = slices.Clone(w.Events)
@@ -436,15 +432,17 @@ func (n *Notifier) catchUp(ctx context.Context, src Source, cursor uint64, seen 
 }
 
 // enqueue writes one delivery per event and matching webhook, in one
-// transaction, and wakes the sender.
+// transaction, and wakes the senders of the webhooks that got one.
 func (n *Notifier) enqueue(events []broker.Event) error {
 	now := n.now()
 	var items []item
+	got := make([]bool, len(n.hooks)) // which webhooks have new deliveries
 	for _, e := range events {
-		for _, w := range n.hooks {
+		for i, w := range n.hooks {
 			if !slices.Contains(w.Events, string(e.Type)) {
 				continue
 			}
+			got[i] = true
 			body, err := render(e, w.Slack)
 			if err != nil {
 				return err
@@ -471,7 +469,10 @@ func (n *Notifier) enqueue(events []broker.Event) error {
 	if err != nil {
 		return err
 	}
-	for _, wake := range n.wakes {
+	for i, wake := range n.wakes {
+		if !got[i] {
+			continue
+		}
 		select {
 		case wake <- struct{}{}:
 		default:

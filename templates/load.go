@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -127,7 +128,7 @@ func (l *loader) loadOperators() {
 		for j, r := range oc.Roles {
 			at := posAt(oc.RolesAt, j, oc.At)
 			switch {
-			case !contains(roleNames, r):
+			case !slices.Contains(roleNames, r):
 				l.errorf(at, "%s.roles[%d]: unknown role %q; allowed: %s", path, j, r, strings.Join(roleNames, ", "))
 				ok = false
 			case seen[r]:
@@ -781,13 +782,4 @@ func posAt(ps []strictyaml.Pos, i int, fallback strictyaml.Pos) strictyaml.Pos {
 		return ps[i]
 	}
 	return fallback
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -104,11 +103,9 @@ func classify(op, path string, err error) *Error {
 		}
 		e.Err = nil // its text repeats the URL and messages above
 		e.Retryable = retryableStatus(re.StatusCode)
-	case errors.Is(err, context.Canceled):
-		// The caller gave up; a later call may well succeed.
-		e.Retryable = true
 	default:
-		// No answer: refused, reset, TLS failure, or a deadline.
+		// No answer: refused, reset, TLS failure, a deadline, or the
+		// caller gave up. A later call may well succeed.
 		e.Retryable = true
 	}
 	return e

@@ -52,14 +52,14 @@ func (c *Client) CreateToken(ctx context.Context, op string, r TokenRequest) (To
 		// sys/capabilities-self that a task token has no use for.
 		"no_default_policy": true,
 		"renewable":         r.Renewable,
-		"ttl":               seconds(r.TTL),
+		"ttl":               Seconds(r.TTL),
 		"type":              "service", // batch tokens cannot be revoked
 	}
 	if len(r.Policies) > 0 {
 		data["policies"] = r.Policies
 	}
 	if r.ExplicitMaxTTL > 0 {
-		data["explicit_max_ttl"] = seconds(r.ExplicitMaxTTL)
+		data["explicit_max_ttl"] = Seconds(r.ExplicitMaxTTL)
 	}
 	if r.DisplayName != "" {
 		data["display_name"] = r.DisplayName
@@ -135,7 +135,7 @@ func (c *Client) RenewAccessor(ctx context.Context, accessor string, increment t
 		increment = min(increment, left.Truncate(time.Second))
 	}
 	s, err := c.Write(ctx, "token.renew-accessor", "auth/token/renew-accessor",
-		map[string]any{"accessor": accessor, "increment": seconds(increment)})
+		map[string]any{"accessor": accessor, "increment": Seconds(increment)})
 	if err != nil {
 		if isInvalidAccessor(err) {
 			return 0, fmt.Errorf("%w: token is gone", broker.ErrNotRenewable)
@@ -208,7 +208,7 @@ func (c *Client) RenewLease(ctx context.Context, leaseID string, increment time.
 	if err != nil {
 		return 0, fmt.Errorf("vault: renew lease: %w", err)
 	}
-	s, err := c.Write(ctx, "lease.renew", "sys/leases/renew/"+p, map[string]any{"increment": seconds(increment)})
+	s, err := c.Write(ctx, "lease.renew", "sys/leases/renew/"+p, map[string]any{"increment": Seconds(increment)})
 	if err != nil {
 		return 0, err
 	}
@@ -221,9 +221,9 @@ func (c *Client) RenewLease(ctx context.Context, leaseID string, increment time.
 	return time.Duration(s.LeaseDuration) * time.Second, nil
 }
 
-// seconds formats d for Vault duration fields: whole seconds, rounded up so
+// Seconds formats d for Vault duration fields: whole seconds, rounded up so
 // a sub-second TTL does not become 0 (which Vault reads as "default").
-func seconds(d time.Duration) string {
+func Seconds(d time.Duration) string {
 	s := int64((d + time.Second - 1) / time.Second)
 	return strconv.FormatInt(s, 10) + "s"
 }

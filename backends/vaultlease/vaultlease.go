@@ -11,10 +11,11 @@ import (
 
 	"github.com/latchbroker/latch/backends/vault"
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/templates"
 )
 
 // Type is the backend type in latch's config.
-const Type = "vault-lease"
+const Type = templates.BackendVaultLease
 
 // Config is the backend's block in latch's config (all but type).
 type Config struct {

@@ -15,10 +15,11 @@ import (
 
 	"github.com/latchbroker/latch/backends/vault"
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/templates"
 )
 
 // Type is the backend type in latch's config.
-const Type = "vault-pki"
+const Type = templates.BackendVaultPKI
 
 // notAfterSlack is how far past now + TTL a certificate's NotAfter may lie
 // before Mint refuses it (clock skew between latch and Vault).
@@ -134,7 +135,7 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 	n := req.Names
 	data := map[string]any{
 		"common_name": n.CommonName,
-		"ttl":         fmt.Sprintf("%ds", int64((req.TTL+time.Second-1)/time.Second)),
+		"ttl":         vault.Seconds(req.TTL),
 		"format":      "pem",
 	}
 	if len(n.AltNames) > 0 {
@@ -151,13 +152,11 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 	var m broker.Minted
 	if err == nil {
 		m, err = b.minted(req, prep, s)
-		if err != nil && m.Refs.Serial != "" {
-			refs := m.Refs
-			vault.Cleanup(ctx, err, func(ctx context.Context) error { return b.Revoke(ctx, refs) })
-		}
 	}
 	if err != nil {
-		vault.Cleanup(ctx, err, func(ctx context.Context) error { return b.c.RevokeAccessor(ctx, prep.Refs.MintAccessor) })
+		// The certificate, if Vault issued one, and the mint token.
+		refs := broker.Refs{Serial: m.Refs.Serial, MintAccessor: prep.Refs.MintAccessor}
+		vault.Cleanup(ctx, err, func(ctx context.Context) error { return b.Revoke(ctx, refs) })
 		return broker.Minted{}, fmt.Errorf("vaultpki: issue from %s for lease %s: %w", path, req.LeaseID, err)
 	}
 	return m, nil

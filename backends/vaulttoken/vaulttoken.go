@@ -12,10 +12,11 @@ import (
 
 	"github.com/latchbroker/latch/backends/vault"
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/templates"
 )
 
 // Type is the backend type in latch's config.
-const Type = "vault-token"
+const Type = templates.BackendVaultToken
 
 // DefaultTokenRole is the token role tokens are created through.
 const DefaultTokenRole = "latch-token"

@@ -84,15 +84,20 @@ func (r *RenewRequest) Validate() error {
 	return nil
 }
 
-// Validate checks that exactly one selector is set and a reason is given.
-func (r *RevokeRequest) Validate() error {
+// Selectors is how many of lease, agent, task, template and all are set.
+func (r *RevokeRequest) Selectors() int {
 	n := 0
 	for _, set := range []bool{r.Lease != "", r.Agent != "", r.Task != "", r.Template != "", r.All} {
 		if set {
 			n++
 		}
 	}
-	if n != 1 {
+	return n
+}
+
+// Validate checks that exactly one selector is set and a reason is given.
+func (r *RevokeRequest) Validate() error {
+	if n := r.Selectors(); n != 1 {
 		return fieldErr("lease", "say which leases to revoke: exactly one of lease, agent, task, template or all (got %d)", n)
 	}
 	switch {

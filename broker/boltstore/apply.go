@@ -38,7 +38,7 @@ func (s *Store) Apply(ctx context.Context, c broker.Change) ([]broker.Event, err
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if s.readOnly {
+	if s.c == nil { // read-only
 		return nil, fmt.Errorf("boltstore: apply: %w: %s is open read-only", broker.ErrStoreUnavailable, s.path)
 	}
 	w, err := s.prepare(c)
@@ -449,16 +449,20 @@ func (b leaseBuckets) index(id string, ix *leaseIndex) error {
 	}
 	if ix.RequestID != "" {
 		// The newest lease for a request (say, a retry after a failed
-		// mint) owns the key: that is the answer to replay. ULIDs sort by
-		// time, so an update of an older lease leaves the key alone.
-		k := pairKey(ix.Agent, ix.RequestID)
-		if cur := b.request.Get(k); cur == nil || string(cur) <= id {
-			if err := b.request.Put(k, []byte(id)); err != nil {
-				return err
-			}
-		}
+		// mint) owns the key: that is the answer to replay.
+		return putNewest(b.request, pairKey(ix.Agent, ix.RequestID), id)
 	}
 	return nil
+}
+
+// putNewest points k at id unless it points at a newer record already.
+// IDs are ULIDs, which sort by time, so an update of an older record
+// leaves the key alone.
+func putNewest(b *bolt.Bucket, k []byte, id string) error {
+	if cur := b.Get(k); cur != nil && string(cur) > id {
+		return nil
+	}
+	return b.Put(k, []byte(id))
 }
 
 // unindex deletes the entries of the old version that the next version's

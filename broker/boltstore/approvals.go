@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -37,13 +36,8 @@ type approvalIndex struct {
 // of the review while pending, of the pickup once approved. Closed
 // approvals have none and leave the deadline index.
 func (ix *approvalIndex) deadline() (time.Time, bool) {
-	switch ix.Status {
-	case broker.ApprovalPending:
-		return ix.ExpiresAt, true
-	case broker.ApprovalApproved:
-		return ix.PickupBy, true
-	}
-	return time.Time{}, false
+	a := broker.Approval{Status: ix.Status, ExpiresAt: ix.ExpiresAt, PickupBy: ix.PickupBy}
+	return a.Deadline(), ix.Status.Open()
 }
 
 type approvalWrite struct {
@@ -157,14 +151,8 @@ func (b approvalBuckets) index(id string, ix *approvalIndex) error {
 		}
 	}
 	if ix.RequestID != "" {
-		// The newest approval for a request owns the key, as for leases:
-		// approval IDs are ULIDs, so an update of an older one leaves it.
-		k := pairKey(ix.Agent, ix.RequestID)
-		if cur := b.request.Get(k); cur == nil || string(cur) <= id {
-			if err := b.request.Put(k, []byte(id)); err != nil {
-				return err
-			}
-		}
+		// The newest approval for a request owns the key, as for leases.
+		return putNewest(b.request, pairKey(ix.Agent, ix.RequestID), id)
 	}
 	return nil
 }
@@ -215,11 +203,6 @@ func decodeApproval(what string, v []byte) (*broker.Approval, error) {
 	return a, nil
 }
 
-// errNoApproval is returned from inside a read and turned into
-// broker.ErrApprovalNotFound outside it, so that classify does not take a
-// missing approval for a store that cannot serve.
-var errNoApproval = errors.New("no approval")
-
 // Approval returns one approval; broker.ErrApprovalNotFound when there is
 // none.
 func (s *Store) Approval(ctx context.Context, id string) (*broker.Approval, error) {
@@ -227,13 +210,13 @@ func (s *Store) Approval(ctx context.Context, id string) (*broker.Approval, erro
 	err := s.view(ctx, "approval "+id, func(tx *bolt.Tx) error {
 		v := tx.Bucket(bktApprovals).Get([]byte(id))
 		if v == nil {
-			return errNoApproval
+			return broker.ErrApprovalNotFound
 		}
 		var err error
 		a, err = decodeApproval("approval "+id, v)
 		return err
 	})
-	return a, notFound(err, "approval "+id)
+	return a, err
 }
 
 // ApprovalByRequest returns the newest approval the agent's request ID
@@ -243,7 +226,7 @@ func (s *Store) ApprovalByRequest(ctx context.Context, agent, requestID string) 
 	err := s.view(ctx, "approval by request", func(tx *bolt.Tx) error {
 		id := tx.Bucket(bktIdxApprovalRequest).Get(pairKey(agent, requestID))
 		if id == nil {
-			return errNoApproval
+			return broker.ErrApprovalNotFound
 		}
 		v := tx.Bucket(bktApprovals).Get(id)
 		if v == nil {
@@ -253,14 +236,7 @@ func (s *Store) ApprovalByRequest(ctx context.Context, agent, requestID string) 
 		a, err = decodeApproval("approval "+string(id), v)
 		return err
 	})
-	return a, notFound(err, "approval by request")
-}
-
-func notFound(err error, op string) error {
-	if errors.Is(err, errNoApproval) {
-		return fmt.Errorf("boltstore: %s: %w", op, broker.ErrApprovalNotFound)
-	}
-	return err
+	return a, err
 }
 
 // Approvals returns the approvals that match f, newest first, at most

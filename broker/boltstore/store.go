@@ -116,12 +116,11 @@ type Options struct {
 
 // Store is a broker.Store on one bbolt file. It is safe for concurrent use.
 type Store struct {
-	db       *bolt.DB
-	c        *committer // nil when read-only
-	dbBatch  bool
-	path     string
-	now      func() time.Time
-	readOnly bool
+	db      *bolt.DB
+	c       *committer // nil when read-only
+	dbBatch bool
+	path    string
+	now     func() time.Time
 }
 
 var _ broker.Store = (*Store)(nil)
@@ -145,6 +144,9 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.dbBatch && opts.BatchDelay > 0 {
 		db.MaxBatchDelay = opts.BatchDelay
 	}
+	// A rebuild that was interrupted left indexes half built: a writable
+	// Open finishes it before anything reads them.
+	var interrupted bool
 	if opts.ReadOnly {
 		err = db.View(func(tx *bolt.Tx) error {
 			if err := checkSchema(tx, false); err != nil {
@@ -159,23 +161,22 @@ func Open(path string, opts Options) (*Store, error) {
 			return nil
 		})
 	} else {
-		err = db.Update(initSchema)
+		err = db.Update(func(tx *bolt.Tx) error {
+			if err := initSchema(tx); err != nil {
+				return err
+			}
+			interrupted = tx.Bucket(bktMeta).Get(keyReindex) != nil
+			return nil
+		})
 	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, now: opts.Now, readOnly: opts.ReadOnly, dbBatch: opts.dbBatch}
+	s := &Store{db: db, path: path, now: opts.Now, dbBatch: opts.dbBatch}
 	if opts.ReadOnly {
 		return s, nil
 	}
-	// A rebuild that was interrupted left indexes half built: finish it
-	// before anything reads them.
-	var interrupted bool
-	db.View(func(tx *bolt.Tx) error {
-		interrupted = tx.Bucket(bktMeta).Get(keyReindex) != nil
-		return nil
-	})
 	if interrupted {
 		if err := s.reindex(nil); err != nil {
 			db.Close()
@@ -341,7 +342,7 @@ func classify(op string, err error) error {
 		return nil
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return err
-	case errors.Is(err, broker.ErrLeaseNotFound), errors.Is(err, ErrInvalidChange),
+	case errors.Is(err, broker.ErrLeaseNotFound), errors.Is(err, broker.ErrApprovalNotFound), errors.Is(err, ErrInvalidChange),
 		errors.Is(err, broker.ErrStoreUnavailable):
 		return fmt.Errorf("boltstore: %s: %w", op, err)
 	}

@@ -1,9 +1,11 @@
 // Package brokertest has the test doubles every package that tests the
 // broker Service shares: a fake Backend that mints a canary secret, a
-// settable clock, and a policy loader for YAML written in a test.
+// settable clock, a policy loader for YAML written in a test, and a
+// buffer that a logger or a child process writes while the test reads.
 package brokertest
 
 import (
+	"bytes"
 	"context"
 	"strings"
 	"sync"
@@ -222,3 +224,22 @@ risk: high
 
 // LoadTestPolicy compiles Policy and Templates.
 func LoadTestPolicy(tb testing.TB) *templates.Policy { return LoadPolicy(tb, Policy, Templates) }
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writes and reads: a
+// log sink or a process's output that a test reads while it is written.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

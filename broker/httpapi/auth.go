@@ -15,7 +15,6 @@ import (
 // caller is a request's verified identity.
 type caller struct {
 	id          string // SPIFFE ID, or AdminSocketActor
-	identity    attest.Identity
 	adminSocket bool
 }
 
@@ -29,7 +28,7 @@ func (h *Handler) identify(c *call) error {
 	}
 	id, err := h.verifier.Identify(c.r)
 	if err == nil {
-		c.who = caller{id: id.ID.String(), identity: id}
+		c.who = caller{id: id.ID.String()}
 		c.r = c.r.WithContext(attest.NewContext(c.r.Context(), id))
 		return nil
 	}

@@ -68,24 +68,6 @@ func (s *failingStore) Apply(ctx context.Context, c broker.Change) ([]broker.Eve
 	return s.Store.Apply(ctx, c)
 }
 
-// syncBuffer is a log sink the tests read.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // env is one test's latch: a Service on a real bbolt file, the handler
 // behind a TLS 1.3 listener configured by attest, and a SPIFFE test CA
 // for the callers.
@@ -101,7 +83,7 @@ type env struct {
 	handler  *httpapi.Handler
 	verifier *attest.Verifier
 	url      string
-	logs     *syncBuffer
+	logs     *brokertest.SyncBuffer
 	notReady atomic.Pointer[string]
 	// seen collects every body the tests read, for the canary scan.
 	seenMu sync.Mutex
@@ -118,7 +100,7 @@ func newEnv(t *testing.T, configure ...func(*httpapi.Config)) *env {
 		// A Tuesday in March, outside the billing-close window (28th..2nd).
 		clock:   brokertest.NewClock(time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)),
 		metrics: promstats.New(),
-		logs:    &syncBuffer{},
+		logs:    &brokertest.SyncBuffer{},
 	}
 	bs, err := boltstore.Open(filepath.Join(t.TempDir(), "latch.db"), boltstore.Options{Now: e.clock.Now})
 	if err != nil {

@@ -240,7 +240,7 @@ func (h *Handler) revoke(c *call) error {
 	}
 	sel := broker.RevokeSelector{Lease: req.Lease, Agent: req.Agent, Task: req.Task, Template: req.Template, All: req.All}
 	if req.DryRun {
-		ls, err := h.wouldRevoke(c.r.Context(), sel)
+		ls, err := h.svc.Selected(c.r.Context(), sel)
 		if err != nil {
 			return err
 		}
@@ -255,32 +255,6 @@ func (h *Handler) revoke(c *call) error {
 		return err
 	}
 	return c.writeJSON(http.StatusOK, api.RevokeResponse{Count: n})
-}
-
-// wouldRevoke lists what Service.Revoke would queue for sel: the active
-// leases it selects.
-func (h *Handler) wouldRevoke(ctx context.Context, sel broker.RevokeSelector) ([]*broker.Lease, error) {
-	if sel.Lease != "" {
-		l, err := h.svc.Lease(ctx, sel.Lease)
-		if err != nil {
-			return nil, err
-		}
-		if l.State != broker.StateActive {
-			return nil, nil
-		}
-		return []*broker.Lease{l}, nil
-	}
-	all, err := h.svc.Leases(ctx, broker.LeaseFilter{Agent: sel.Agent, Task: sel.Task, State: broker.StateActive})
-	if err != nil {
-		return nil, err
-	}
-	var out []*broker.Lease
-	for _, l := range all {
-		if sel.Template == "" || l.TemplateVersion == sel.Template {
-			out = append(out, l)
-		}
-	}
-	return out, nil
 }
 
 func (h *Handler) agents(c *call) error {
@@ -351,12 +325,8 @@ func (h *Handler) agentAction(c *call) error {
 		return err
 	}
 	out := api.Agent{ID: id, State: string(state), Reason: req.Reason, Actor: c.who.id, ChangedAt: h.now().UTC()}
-	if recs, err := h.svc.Agents(c.r.Context()); err == nil {
-		for _, r := range recs {
-			if r.ID == id {
-				out = agentOut(r, h.svc.Policy())
-			}
-		}
+	if r, err := h.svc.Agent(c.r.Context(), id); err == nil {
+		out = agentOut(r, h.svc.Policy())
 	}
 	return c.writeJSON(http.StatusOK, api.AgentResponse{Agent: out})
 }

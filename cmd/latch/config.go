@@ -216,7 +216,7 @@ func LoadConfig(path string) (*Config, error) {
 	errs = append(errs, cfg.validate()...)
 	backends := map[string]templates.Backend{}
 	cfg.backends = map[string]backendBuilder{}
-	for _, name := range configKeys(cfg.Backends) {
+	for _, name := range sortedKeys(cfg.Backends) {
 		b := cfg.Backends[name]
 		path := "backends." + name
 		if !backendNameRE.MatchString(name) {
@@ -226,10 +226,10 @@ func LoadConfig(path string) (*Config, error) {
 		decode, ok := builtinBackends[b.Type]
 		switch {
 		case b.Type == "":
-			errs = append(errs, b.At.Errorf("%s: type is required; allowed: %s", path, strings.Join(configKeys(builtinBackends), ", ")))
+			errs = append(errs, b.At.Errorf("%s: type is required; allowed: %s", path, strings.Join(sortedKeys(builtinBackends), ", ")))
 			continue
 		case !ok:
-			errs = append(errs, b.TypeAt.Errorf("%s.type: unknown backend type %q; allowed: %s", path, b.Type, strings.Join(configKeys(builtinBackends), ", ")))
+			errs = append(errs, b.TypeAt.Errorf("%s.type: unknown backend type %q; allowed: %s", path, b.Type, strings.Join(sortedKeys(builtinBackends), ", ")))
 			continue
 		}
 		be, build, err := decode(path, b)
@@ -351,7 +351,7 @@ func (c *Config) validate() strictyaml.Errors {
 				add(authAt, "vault.auth.%s is required with method %s", k, a.Method)
 			}
 		}
-		for _, k := range configKeys(used) {
+		for _, k := range sortedKeys(used) {
 			if used[k] != "" && !slices.Contains(need, k) {
 				add(authAt, "vault.auth.%s is not used by method %s", k, a.Method)
 			}
@@ -408,7 +408,8 @@ func configOr(p, fallback strictyaml.Pos) strictyaml.Pos {
 	return p
 }
 
-func configKeys[V any](m map[string]V) []string {
+// sortedKeys returns the keys of m in order.
+func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)

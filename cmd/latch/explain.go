@@ -1,12 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -65,7 +62,7 @@ func (p *paramFlag) String() string {
 		return ""
 	}
 	parts := make([]string, 0, len(p.m))
-	for _, k := range configKeys(p.m) {
+	for _, k := range sortedKeys(p.m) {
 		parts = append(parts, k+"="+p.m[k])
 	}
 	return strings.Join(parts, ",")
@@ -127,9 +124,7 @@ type decisionJSON struct {
 }
 
 func writeDecisionJSON(w io.Writer, d templates.Decision) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(decisionJSON{
+	return writeJSON(w, decisionJSON{
 		Decision: d,
 		TTL:      d.TTL.String(), TTLSeconds: int64(d.TTL / time.Second),
 		MaxTTL: d.MaxTTL.String(), MaxTTLSeconds: int64(d.MaxTTL / time.Second),
@@ -137,7 +132,7 @@ func writeDecisionJSON(w io.Writer, d templates.Decision) error {
 }
 
 func writeDecisionTable(w io.Writer, d templates.Decision) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	tw := newTable(w)
 	row := func(k, v string) {
 		if v != "" {
 			fmt.Fprintf(tw, "%s\t%s\n", k, v)
@@ -153,7 +148,7 @@ func writeDecisionTable(w io.Writer, d templates.Decision) error {
 	if d.Backend != "" {
 		row("backend", fmt.Sprintf("%s (%s)", d.Backend, d.BackendType))
 	}
-	row("params", explainKV(d.Params))
+	row("params", kvString(d.Params))
 	if d.Tier != "" {
 		row("tier", fmt.Sprintf("%s (%s)", d.Tier, strings.Join(d.TierWhy, "; ")))
 	}
@@ -188,7 +183,7 @@ func writeDecisionTable(w io.Writer, d templates.Decision) error {
 			fmt.Fprintf(tw, "  path\t%s\n", r.Path)
 		}
 		if len(r.Vars) > 0 {
-			fmt.Fprintf(tw, "  vars\t%s\n", explainKV(r.Vars))
+			fmt.Fprintf(tw, "  vars\t%s\n", kvString(r.Vars))
 		}
 		if n := r.Names; n != nil {
 			fmt.Fprintf(tw, "  common_name\t%s\n", n.CommonName)
@@ -218,19 +213,6 @@ func writeDecisionTable(w io.Writer, d templates.Decision) error {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", s.Rule, s.Result, s.Detail)
 	}
 	return tw.Flush()
-}
-
-func explainKV(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = k + "=" + m[k]
-	}
-	return strings.Join(parts, " ")
 }
 
 // explainDuration prints 15m rather than 15m0s.

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -135,9 +134,8 @@ func obtain(c *cli.Context, cl *client.Client, req api.CredentialsRequest) (*api
 		if left <= 0 || ctx.Err() != nil {
 			return res, &errStillPending{approval: pending}
 		}
-		// While pending every review is an approval: a deny ends it.
 		fmt.Fprintf(c.App.ErrWriter, "latch: waiting for approval %s: %d of %d approval(s) (%s left)\n",
-			pending.ID, len(pending.Reviews), pending.Required, left.Round(time.Second))
+			pending.ID, approvals(*pending), pending.Required, left.Round(time.Second))
 		poll := min(left, api.MaxApprovalWait)
 		wctx, cancel := context.WithTimeout(ctx, poll+remoteCallTimeout)
 		a, err := cl.WaitApproval(wctx, pending.ID, poll)
@@ -226,12 +224,7 @@ func secretEnv(prefix string, res *api.CredentialsResponse) [][2]string {
 		{prefix + "LEASE_ID", res.Lease.ID},
 		{prefix + "LEASE_EXPIRES_AT", res.Lease.ExpiresAt.UTC().Format(time.RFC3339)},
 	}
-	keys := make([]string, 0, len(res.Secret))
-	for k := range res.Secret {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range sortedKeys(res.Secret) {
 		out = append(out, [2]string{prefix + envName(k), res.Secret[k]})
 	}
 	return out

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -164,13 +163,7 @@ func runRevoke(c *cli.Context, args []string, connect connector) error {
 	if len(args) == 1 {
 		req.Lease = args[0]
 	}
-	n := 0
-	for _, set := range []bool{req.Lease != "", req.Agent != "", req.Task != "", req.Template != "", req.All} {
-		if set {
-			n++
-		}
-	}
-	if n != 1 {
+	if req.Selectors() != 1 {
 		return usageErrorf("name exactly one of: a lease ID, --agent, --task, --template, --all")
 	}
 	reason, err := requireReason(c)
@@ -397,11 +390,7 @@ func runFreeze(c *cli.Context, args []string, connect connector, on bool) error 
 
 // kvString prints a map as k=v pairs in key order.
 func kvString(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := sortedKeys(m)
 	parts := make([]string, len(keys))
 	for i, k := range keys {
 		parts[i] = k + "=" + m[k]

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -568,29 +567,10 @@ func TestInterspersedFlags(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer for a writer and a reader in two
-// goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestAuditTail_Follow(t *testing.T) {
 	e := newRTEnv(t)
 	e.fetchJSON()
-	out := &lockedBuffer{}
+	out := &brokertest.SyncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -628,7 +608,7 @@ func TestAuditTail_Follow(t *testing.T) {
 
 func TestExec_ForwardsSignals(t *testing.T) {
 	e := newRTEnv(t)
-	out := &lockedBuffer{}
+	out := &brokertest.SyncBuffer{}
 	code := make(chan int, 1)
 	old := cli.OsExiter
 	cli.OsExiter = func(c int) { code <- c }

@@ -61,13 +61,13 @@ func TestCrashSafety_VaultToken(t *testing.T) {
 	}
 	reconcile(t, e.tokens, intent)
 
-	if p, _ := e.Root.Sys().GetPolicyWithContext(ctx, intent.Policy); p != "" {
+	if ok, _ := e.PolicyExists(ctx, intent.Policy); ok {
 		t.Fatalf("policy %s survived reconciliation", intent.Policy)
 	}
 	// The orphaned token is powerless at once: its only policy is gone
 	// and it never had the default policy ...
 	agent := e.clientWithToken(t, lost.Secret.Reveal()["token"])
-	if _, err := agent.KVv2("secret").Get(ctx, "tickets/42"); statusOf(err) != http.StatusForbidden {
+	if _, err := agent.KVv2("secret").Get(ctx, "tickets/42"); vaultenv.StatusOf(err) != http.StatusForbidden {
 		t.Fatalf("orphaned token reads the rendered path after reconciliation: %v", err)
 	}
 	// ... and bounded by the lease TTL, which no renewal can pass.

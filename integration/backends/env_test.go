@@ -32,24 +32,21 @@ type env struct {
 	certs  *vaultpki.Backend
 }
 
-var (
-	envOnce sync.Once
-	theEnv  *env
-	envErr  error
-)
+// setupOnce sets Vault up for the package, on first use.
+var setupOnce = sync.OnceValues(func() (*env, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return newEnv(ctx)
+})
 
 // setup returns the shared env, building it on first use.
 func setup(tb testing.TB) *env {
 	tb.Helper()
-	envOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		theEnv, envErr = newEnv(ctx)
-	})
-	if envErr != nil {
-		tb.Fatalf("set up Vault: %v", envErr)
+	e, err := setupOnce()
+	if err != nil {
+		tb.Fatalf("set up Vault: %v", err)
 	}
-	return theEnv
+	return e
 }
 
 // Names the README's policy uses: the tests set Vault up to match it.

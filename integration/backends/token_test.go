@@ -12,20 +12,13 @@ import (
 
 	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 const ticketPolicy = `path "secret/data/tickets/42" {
   capabilities = ["read"]
 }
 `
-
-func statusOf(err error) int {
-	var re *vaultapi.ResponseError
-	if errors.As(err, &re) {
-		return re.StatusCode
-	}
-	return 0
-}
 
 func TestVaultToken_Mint(t *testing.T) {
 	e := setup(t)
@@ -82,7 +75,7 @@ func TestVaultToken_Mint(t *testing.T) {
 			return err
 		},
 	} {
-		if err := try(); statusOf(err) != http.StatusForbidden {
+		if err := try(); vaultenv.StatusOf(err) != http.StatusForbidden {
 			t.Errorf("%s: got %v, want 403", name, err)
 		}
 	}
@@ -116,14 +109,14 @@ func TestVaultToken_Mint(t *testing.T) {
 	if err := e.tokens.Revoke(ctx, m.Refs); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
-	if _, err := agent.KVv2("secret").Get(ctx, "tickets/42"); statusOf(err) != http.StatusForbidden {
+	if _, err := agent.KVv2("secret").Get(ctx, "tickets/42"); vaultenv.StatusOf(err) != http.StatusForbidden {
 		t.Errorf("read after revoke: %v, want 403", err)
 	}
 	if _, err := e.LookupAccessor(ctx, m.Refs.TokenAccessor); err == nil || !strings.Contains(err.Error(), "invalid accessor") {
 		t.Errorf("lookup of revoked token: %v, want invalid accessor", err)
 	}
-	if p, err := e.Root.Sys().GetPolicyWithContext(ctx, policy); err != nil || p != "" {
-		t.Errorf("policy %s after revoke: %q, %v; want it gone", policy, p, err)
+	if ok, err := e.PolicyExists(ctx, policy); err != nil || ok {
+		t.Errorf("policy %s after revoke: exists %v, %v; want it gone", policy, ok, err)
 	}
 	if alive, err := e.tokens.Lookup(ctx, m.Refs); err != nil || alive {
 		t.Fatalf("Lookup after revoke = %v, %v", alive, err)
@@ -152,7 +145,7 @@ func TestVaultToken_RevokeDeletesPolicyWhenTokenGone(t *testing.T) {
 	if err := e.tokens.Revoke(ctx, m.Refs); err != nil {
 		t.Fatalf("Revoke: %v", err)
 	}
-	if p, _ := e.Root.Sys().GetPolicyWithContext(ctx, m.Refs.Policy); p != "" {
+	if ok, _ := e.PolicyExists(ctx, m.Refs.Policy); ok {
 		t.Fatalf("policy %s survived Revoke", m.Refs.Policy)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/broker/brokertest"
 )
 
 // publicFields are secret fields that are not secret: the certificate and
@@ -49,7 +50,7 @@ func TestSecretCanary(t *testing.T) {
 	agent := agentPrefix + "canary-bot"
 	const region, service = "j", "canary"
 
-	logs := &syncBuffer{}
+	logs := &brokertest.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	vc, err := e.newClient(log)
 	if err != nil {

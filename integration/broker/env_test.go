@@ -82,16 +82,8 @@ risk: low
 `,
 }
 
-// backendConfig is one entry of the backends: section, as the crash child
-// gets it too.
-type backendConfig struct {
-	Type  string `json:"type"`
-	Path  string `json:"path,omitempty"`
-	Mount string `json:"mount,omitempty"`
-	Role  string `json:"role,omitempty"`
-}
-
-var backendConfigs = map[string]backendConfig{
+// backendConfigs is the backends: section, as the crash child gets it too.
+var backendConfigs = map[string]vaultenv.BackendConfig{
 	"tokens": {Type: vaulttoken.Type},
 	"app-db": {Type: vaultlease.Type, Path: "database/creds/{{ .vars.role }}"},
 	"certs":  {Type: vaultpki.Type, Mount: pkiMount, Role: pkiRole},
@@ -115,7 +107,7 @@ func loadPolicy(files map[string]string) (*templates.Policy, error) {
 	}
 	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{}}
 	for name, b := range backendConfigs {
-		src.Backends[name] = templates.Backend{Type: b.Type, Path: b.Path}
+		src.Backends[name] = templates.Backend{Type: b.Type, Path: b.Path} // as vaultenv.NewBackends describes them
 	}
 	for name, body := range files {
 		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
@@ -131,24 +123,21 @@ type env struct {
 	backends map[string]broker.Backend
 }
 
-var (
-	envOnce sync.Once
-	theEnv  *env
-	envErr  error
-)
+// setupOnce sets Vault up for the package, on first use.
+var setupOnce = sync.OnceValues(func() (*env, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return newEnv(ctx)
+})
 
 // setup returns the shared env, building it on first use.
 func setup(tb testing.TB) *env {
 	tb.Helper()
-	envOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		theEnv, envErr = newEnv(ctx)
-	})
-	if envErr != nil {
-		tb.Fatalf("set up Vault: %v", envErr)
+	e, err := setupOnce()
+	if err != nil {
+		tb.Fatalf("set up Vault: %v", err)
 	}
-	return theEnv
+	return e
 }
 
 func newEnv(ctx context.Context) (*env, error) {
@@ -172,24 +161,8 @@ func newEnv(ctx context.Context) (*env, error) {
 
 // newBackends builds the configured backends on c, as cmd/latch does.
 func newBackends(c *vault.Client) (map[string]broker.Backend, error) {
-	out := map[string]broker.Backend{}
-	for name, b := range backendConfigs {
-		var be broker.Backend
-		var err error
-		switch b.Type {
-		case vaulttoken.Type:
-			be, err = vaulttoken.New(c, vaulttoken.Config{})
-		case vaultlease.Type:
-			be, err = vaultlease.New(c, vaultlease.Config{Path: b.Path})
-		case vaultpki.Type:
-			be, err = vaultpki.New(c, vaultpki.Config{Mount: b.Mount, Role: b.Role})
-		}
-		if err != nil {
-			return nil, err
-		}
-		out[name] = be
-	}
-	return out, nil
+	bs, _, err := vaultenv.NewBackends(c, backendConfigs)
+	return bs, err
 }
 
 func dbRole(region string) string { return "report-" + region }

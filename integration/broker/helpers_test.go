@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -23,28 +22,11 @@ import (
 	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/broker/brokertest"
 	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 const agentPrefix = "spiffe://example.org/agent/"
-
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // clock is a real clock that a test can move ahead, to make latch think a
 // lease's TTL has passed while Vault's has not.
@@ -71,7 +53,7 @@ type latch struct {
 	svc    *broker.Service
 	store  *boltstore.Store
 	dbPath string
-	logs   *syncBuffer
+	logs   *brokertest.SyncBuffer
 }
 
 type latchOptions struct {
@@ -84,7 +66,7 @@ type latchOptions struct {
 
 func newLatch(t testing.TB, e *env, o latchOptions) *latch {
 	t.Helper()
-	l := &latch{dbPath: filepath.Join(t.TempDir(), "latch.db"), logs: &syncBuffer{}}
+	l := &latch{dbPath: filepath.Join(t.TempDir(), "latch.db"), logs: &brokertest.SyncBuffer{}}
 	bs, err := boltstore.Open(l.dbPath, boltstore.Options{Now: o.now})
 	if err != nil {
 		t.Fatal(err)
@@ -207,7 +189,7 @@ func eventsOf(evs []broker.Event, lease string) []broker.EventType {
 // agentClient is a Vault client acting as the agent holding token.
 func agentClient(tb testing.TB, token string) *vaultapi.Client {
 	tb.Helper()
-	c, err := theEnv.ClientWithToken(token)
+	c, err := setup(tb).ClientWithToken(token)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -223,7 +205,11 @@ func readTicket(ctx context.Context, tb testing.TB, token, ticket string) error 
 
 // pgLogin logs in as user; nil when the credentials work.
 func pgLogin(ctx context.Context, user, password string) error {
-	who, err := theEnv.PGLogin(ctx, user, password)
+	e, err := setupOnce()
+	if err != nil {
+		return err
+	}
+	who, err := e.PGLogin(ctx, user, password)
 	if err == nil && who != user {
 		err = fmt.Errorf("logged in as %q, want %q", who, user)
 	}

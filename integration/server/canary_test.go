@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -9,30 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/latchbroker/latch/broker/api"
+	"github.com/latchbroker/latch/broker/brokertest"
 )
-
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestServer_Canary checks that secrets minted for one agent show up
 // nowhere else: not in other callers' answers, not in /metrics, not in
@@ -62,7 +43,7 @@ func TestServer_Canary(t *testing.T) {
 		resp.Body.Close()
 		t.Fatalf("GET /v1/events = %d %s", resp.StatusCode, b)
 	}
-	var sse syncBuffer
+	var sse brokertest.SyncBuffer
 	sseDone := make(chan struct{})
 	go func() {
 		defer close(sseDone)

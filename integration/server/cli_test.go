@@ -8,9 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/latchbroker/latch/broker/brokertest"
 )
 
 // The tests that mint in Vault do not call t.Parallel: TestServer_Kill9,
@@ -30,11 +29,11 @@ func (r cliResult) String() string {
 // command is the built latch binary with args, connected to l, with env
 // (KEY=VALUE) added to a minimal environment: no SPIFFE_ENDPOINT_SOCKET
 // unless env sets it. Its output is safe to read while it runs.
-func (l *latch) command(ctx context.Context, env []string, args ...string) (*exec.Cmd, *syncBuffer, *syncBuffer) {
+func (l *latch) command(ctx context.Context, env []string, args ...string) (*exec.Cmd, *brokertest.SyncBuffer, *brokertest.SyncBuffer) {
 	cmd := exec.CommandContext(ctx, latchBin, args...)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + l.dir,
 		"LATCH_ADDR=" + l.api, "LATCH_SERVER_ID=" + latchID.String()}, env...)
-	stdout, stderr := new(syncBuffer), new(syncBuffer)
+	stdout, stderr := new(brokertest.SyncBuffer), new(brokertest.SyncBuffer)
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	return cmd, stdout, stderr
 }
@@ -56,20 +55,7 @@ func (l *latch) cli(ctx context.Context, env []string, args ...string) cliResult
 // svidFiles mints an X.509-SVID for id and returns the CLI's
 // --cert/--key/--bundle flags naming its files.
 func (l *latch) svidFiles(id string) []string {
-	t := l.t
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	svid, err := st.SPIRE.MintX509SVID(ctx, spiffeid.RequireFromString(id), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp(l.dir, "cli-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key := filepath.Join(dir, "svid.pem"), filepath.Join(dir, "key.pem")
-	writeFile(t, cert, svid.CertPEM)
-	writeFile(t, key, svid.KeyPEM)
+	l.t.Helper()
+	cert, key := l.writeSVID(id)
 	return []string{"--cert", cert, "--key", key, "--bundle", filepath.Join(l.dir, "bundle.json")}
 }

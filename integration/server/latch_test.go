@@ -94,24 +94,21 @@ risk: low
 `,
 }
 
-var (
-	envOnce sync.Once
-	theEnv  *vaultenv.Env
-	envErr  error
-)
+// setupOnce sets Vault up for the package, on first use.
+var setupOnce = sync.OnceValues(func() (*vaultenv.Env, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return vaultenv.Setup(ctx, st, vaultenv.Options{DBRoles: dbRoles})
+})
 
 // setup returns the Vault set up once for the package.
 func setup(t testing.TB) *vaultenv.Env {
 	t.Helper()
-	envOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		theEnv, envErr = vaultenv.Setup(ctx, st, vaultenv.Options{DBRoles: dbRoles})
-	})
-	if envErr != nil {
-		t.Fatalf("set up Vault: %v", envErr)
+	e, err := setupOnce()
+	if err != nil {
+		t.Fatalf("set up Vault: %v", err)
 	}
-	return theEnv
+	return e
 }
 
 // latch is a `latch server` process and the files it runs on.
@@ -351,9 +348,9 @@ func (l *latch) stop() {
 // admin is a client of the admin socket.
 func (l *latch) admin() *client.Client { return client.NewUnix(l.socket) }
 
-// identity mints an X.509-SVID for id with SPIRE and returns its files
-// as an attest.Source.
-func (l *latch) identity(id string) *attest.Source {
+// writeSVID mints an X.509-SVID for id with SPIRE and writes it to a
+// directory of its own: the certificate and key files.
+func (l *latch) writeSVID(id string) (cert, key string) {
 	t := l.t
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -366,10 +363,20 @@ func (l *latch) identity(id string) *attest.Source {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(dir, "svid.pem"), svid.CertPEM)
-	writeFile(t, filepath.Join(dir, "key.pem"), svid.KeyPEM)
+	cert, key = filepath.Join(dir, "svid.pem"), filepath.Join(dir, "key.pem")
+	writeFile(t, cert, svid.CertPEM)
+	writeFile(t, key, svid.KeyPEM)
+	return cert, key
+}
+
+// identity mints an X.509-SVID for id with SPIRE and returns its files
+// as an attest.Source.
+func (l *latch) identity(id string) *attest.Source {
+	t := l.t
+	t.Helper()
+	cert, key := l.writeSVID(id)
 	src, err := attest.OpenFiles(attest.FilesConfig{
-		CertFile: filepath.Join(dir, "svid.pem"), KeyFile: filepath.Join(dir, "key.pem"),
+		CertFile: cert, KeyFile: key,
 		BundleFile: filepath.Join(l.dir, "bundle.json"), PollInterval: -1,
 	})
 	if err != nil {

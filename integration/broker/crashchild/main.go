@@ -25,32 +25,22 @@ import (
 	"time"
 
 	"github.com/latchbroker/latch/backends/vault"
-	"github.com/latchbroker/latch/backends/vaultlease"
-	"github.com/latchbroker/latch/backends/vaultpki"
-	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
+	"github.com/latchbroker/latch/integration/vaultenv"
 	"github.com/latchbroker/latch/templates"
 )
 
 // Config is what the test hands the child: where the store and Vault are,
 // and the policy, templates and backends it serves.
 type Config struct {
-	DB           string                   `json:"db"`
-	VaultAddr    string                   `json:"vault_addr"`
-	RoleIDFile   string                   `json:"role_id_file"`
-	SecretIDFile string                   `json:"secret_id_file"`
-	Policy       string                   `json:"policy"`
-	Templates    map[string]string        `json:"templates"`
-	Backends     map[string]BackendConfig `json:"backends"`
-}
-
-// BackendConfig is one entry of the backends: section.
-type BackendConfig struct {
-	Type  string `json:"type"`
-	Path  string `json:"path,omitempty"`
-	Mount string `json:"mount,omitempty"`
-	Role  string `json:"role,omitempty"`
+	DB           string                            `json:"db"`
+	VaultAddr    string                            `json:"vault_addr"`
+	RoleIDFile   string                            `json:"role_id_file"`
+	SecretIDFile string                            `json:"secret_id_file"`
+	Policy       string                            `json:"policy"`
+	Templates    map[string]string                 `json:"templates"`
+	Backends     map[string]vaultenv.BackendConfig `json:"backends"`
 }
 
 type reqFlags []string
@@ -108,7 +98,7 @@ func run(cfgPath, op, agent string, reqs []string) error {
 		return err
 	}
 	go func() { _ = vc.Run(ctx) }()
-	backends, tb, err := newBackends(vc, cfg.Backends)
+	backends, tb, err := vaultenv.NewBackends(vc, cfg.Backends)
 	if err != nil {
 		return err
 	}
@@ -198,31 +188,6 @@ func runUntilDone(ctx context.Context, svc *broker.Service, store broker.Store) 
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-func newBackends(c *vault.Client, cfgs map[string]BackendConfig) (map[string]broker.Backend, map[string]templates.Backend, error) {
-	out := map[string]broker.Backend{}
-	tb := map[string]templates.Backend{}
-	for name, b := range cfgs {
-		var be broker.Backend
-		var err error
-		switch b.Type {
-		case vaulttoken.Type:
-			be, err = vaulttoken.New(c, vaulttoken.Config{})
-		case vaultlease.Type:
-			be, err = vaultlease.New(c, vaultlease.Config{Path: b.Path})
-		case vaultpki.Type:
-			be, err = vaultpki.New(c, vaultpki.Config{Mount: b.Mount, Role: b.Role})
-		default:
-			err = fmt.Errorf("backend %s: unknown type %q", name, b.Type)
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-		out[name] = be
-		tb[name] = templates.Backend{Type: b.Type, Path: b.Path}
-	}
-	return out, tb, nil
 }
 
 func loadPolicy(cfg Config, backends map[string]templates.Backend) (*templates.Policy, error) {
