@@ -175,12 +175,12 @@ func runRevoke(c *cli.Context, args []string, connect connector) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := callCtx(c)
-	defer cancel()
 	if req.Lease == "" {
 		dry := req
 		dry.DryRun = true
+		ctx, cancel := callCtx(c)
 		plan, err := cl.Revoke(ctx, dry)
+		cancel()
 		if err != nil {
 			return err
 		}
@@ -203,6 +203,9 @@ func runRevoke(c *cli.Context, args []string, connect connector) error {
 			}
 		}
 	}
+	// Timed from here: the operator may take a while to confirm.
+	ctx, cancel := callCtx(c)
+	defer cancel()
 	res, err := cl.Revoke(ctx, req)
 	if err != nil {
 		return err
