@@ -179,31 +179,34 @@ func (f ApprovalFilter) Match(a *Approval) bool {
 // replayApproval answers a retry of a request (same agent and
 // request_id) that is waiting for approval, or was approved and not yet
 // picked up, with that approval, so a client that lost the 202 does not
-// queue a second one for the approvers. It returns nil, "", nil when there
+// queue a second one for the approvers. It returns nil, nil when there
 // is none; a closed one (denied, expired) lets the request be asked again.
-func (s *Service) replayApproval(ctx context.Context, req IssueRequest) (*Issued, string, error) {
+func (s *Service) replayApproval(ctx context.Context, req IssueRequest) (*Issued, error) {
 	prev, err := s.store.ApprovalByRequest(ctx, req.Agent, req.RequestID)
 	switch {
 	case errors.Is(err, ErrApprovalNotFound):
-		return nil, "", nil
+		return nil, nil
 	case err != nil:
-		return nil, "store", unavailable("the approval store", err)
+		return nil, unavailable("the approval store", err)
 	case !prev.Status.Open():
-		return nil, "", nil
+		return nil, nil
 	case prev.Task != req.Task:
-		return nil, "request_id_reused", Errorf(ECONFLICT, "request_id %q was already used for task %q", req.RequestID, prev.Task)
+		return nil, Errorf(ECONFLICT, "request_id %q was already used for task %q", req.RequestID, prev.Task)
 	}
-	return &Issued{Pending: prev, Replayed: true}, "replayed", nil
+	return &Issued{Pending: prev, Replayed: true}, nil
 }
 
 // requestApproval records an approval_required decision as a pending
 // approval: nothing is minted until it is approved and picked up.
-func (s *Service) requestApproval(ctx context.Context, req IssueRequest, d templates.Decision) (*Issued, string, error) {
+func (s *Service) requestApproval(ctx context.Context, req IssueRequest, d templates.Decision) (*Issued, error) {
 	// Limits apply to the request as well as to the pickup: the rate
 	// limit guards the approvers' attention, and a request over budget now
 	// is refused before anyone spends time on it.
-	if err := s.checkLimits(ctx, req.Agent, d); err != nil {
-		return nil, "limit", err
+	if err := s.checkRate(req.Agent); err != nil {
+		return nil, err
+	}
+	if err := s.checkBudgets(ctx, req.Agent, d); err != nil {
+		return nil, err
 	}
 	now := s.now()
 	a := &Approval{
@@ -242,9 +245,9 @@ func (s *Service) requestApproval(ctx context.Context, req IssueRequest, d templ
 		ev.Details["owner"] = a.Owner
 	}
 	if _, err := s.apply(ctx, Change{PutApprovals: []*Approval{a}, Events: []Event{ev}}); err != nil {
-		return nil, "store", err
+		return nil, err
 	}
-	return &Issued{Pending: a, Decision: d}, "approval_required", nil
+	return &Issued{Pending: a, Decision: d}, nil
 }
 
 // pickup issues the lease of an approved request: the approval must be
@@ -252,24 +255,24 @@ func (s *Service) requestApproval(ctx context.Context, req IssueRequest, d templ
 // request must be the one approved. The policy is evaluated again now — a
 // freeze or a pause since the approval still denies — and the approval is
 // marked consumed in the same store change that commits the lease.
-func (s *Service) pickup(ctx context.Context, req IssueRequest) (*Issued, string, error) {
+func (s *Service) pickup(ctx context.Context, req IssueRequest) (*Issued, error) {
 	// Held across the mint: two pickups of one approval must not both
 	// mint, and the sweeper must not expire it under a pickup.
 	unlock := s.approvalLocks.lock(req.ApprovalID)
 	defer unlock()
 	a, err := s.AgentApproval(ctx, req.Agent, req.ApprovalID)
 	if err != nil {
-		return nil, "approval_not_found", err
+		return nil, err
 	}
 	if err := s.usable(ctx, a); err != nil {
-		return nil, "approval_" + string(a.Status), err
+		return nil, err
 	}
 	if req.Task == "" && len(req.Params) == 0 {
 		// "Pick up approval X" needs no restating of what X is.
 		req.Task, req.Params = a.Task, a.Params
 	}
 	if req.Task != a.Task {
-		return nil, "approval_mismatch", s.mismatch(ctx, req, a, fmt.Sprintf("approval %s is for task %s, not %s", a.ID, a.Task, req.Task))
+		return nil, s.mismatch(ctx, req, a, fmt.Sprintf("approval %s is for task %s, not %s", a.ID, a.Task, req.Task))
 	}
 	if req.Reason == "" {
 		req.Reason = a.Reason
@@ -287,24 +290,25 @@ func (s *Service) pickup(ctx context.Context, req IssueRequest) (*Issued, string
 
 	d := s.Policy().Evaluate(s.templatesRequest(req))
 	if d.Outcome == templates.Deny {
-		return nil, s.deny(ctx, req, d), deniedError(d)
+		s.deny(ctx, req, d)
+		return nil, deniedError(d)
 	}
 	switch {
 	case !maps.Equal(d.Params, a.Params):
-		return nil, "approval_mismatch", s.mismatch(ctx, req, a, fmt.Sprintf("the parameters differ from those approved in %s", a.ID))
+		return nil, s.mismatch(ctx, req, a, fmt.Sprintf("the parameters differ from those approved in %s", a.ID))
 	case d.TemplateVersion != a.TemplateVersion || !reflect.DeepEqual(renderedOf(d.Rendered), a.Rendered):
 		// The approver approved a policy that no longer is what would be
 		// minted: approving it again is the only safe answer.
-		return nil, "approval_stale", Errorf(ECONFLICT, "task %s changed since approval %s was granted; request it again", a.Task, a.ID)
+		return nil, Errorf(ECONFLICT, "task %s changed since approval %s was granted; request it again", a.Task, a.ID)
 	case d.Outcome == templates.ApprovalRequired && len(a.Approvers()) < d.Approvals:
-		return nil, "approval_insufficient", &Error{Code: EFORBIDDEN, Reasons: reasonCodes(d.Reasons),
+		return nil, &Error{Code: EFORBIDDEN, Reasons: reasonCodes(d.Reasons),
 			Message: fmt.Sprintf("the request now needs %d approvals and approval %s has %d; request it again", d.Approvals, a.ID, len(a.Approvers()))}
 	}
-	issued, reason, err := s.issueAllowed(ctx, req, d, a)
+	issued, err := s.issueAllowed(ctx, req, d, a)
 	if err == nil {
 		s.approvalWaiters.notify(a.ID)
 	}
-	return issued, reason, err
+	return issued, err
 }
 
 // usable says why an approval cannot be picked up, nil when it can. An
@@ -371,19 +375,17 @@ func (s *Service) Review(ctx context.Context, approver, approvalID string, appro
 	}
 	// The identity string alone also counts: "admin-socket" is never a
 	// person, however the caller arrived.
-	if viaAdminSocket || approver == AdminSocketActor {
-		approver, viaAdminSocket = AdminSocketActor, true
+	if viaAdminSocket {
+		approver = AdminSocketActor
 	}
-	if viaAdminSocket && approve {
-		return nil, s.refuseReview(ctx, approver, nil, "admin_socket_approval",
-			"the admin socket can never approve: every grant must be attributable to a person")
+	action := ActionDeny
+	if approve {
+		action = ActionApprove
 	}
-	if !viaAdminSocket {
-		op, ok := s.Policy().Operator(approver)
-		if !ok || !(op.Has(templates.RoleApprover) || op.Has(templates.RoleAdmin)) {
-			return nil, s.refuseReview(ctx, approver, nil, "not_approver",
-				fmt.Sprintf("%s is not an operator with the approver or admin role", approver))
-		}
+	if err := Authorize(s.Policy(), approver, action, "a review"); err != nil {
+		e := err.(*Error)
+		code, _, _ := strings.Cut(e.Reasons[0], ":")
+		return nil, s.refuseReview(ctx, approver, nil, code, e.Message)
 	}
 
 	unlock := s.approvalLocks.lock(approvalID)

@@ -325,8 +325,8 @@ func TestApproval_ReviewRefused(t *testing.T) {
 		{name: "ErrRequestingAgent", approver: deployBot, code: broker.EFORBIDDEN, says: "its own request", audited: "self_approval"},
 		{name: "ErrAdminSocket", admin: true, code: broker.EFORBIDDEN, says: "admin socket can never approve", audited: "admin_socket_approval"},
 		{name: "ErrAdminSocketByName", approver: broker.AdminSocketActor, code: broker.EFORBIDDEN, says: "admin socket", audited: "admin_socket_approval"},
-		{name: "ErrNotApprover", approver: vic, code: broker.EFORBIDDEN, says: "approver or admin role", audited: "not_approver"},
-		{name: "ErrNotOperator", approver: "spiffe://example.org/ops/mallory", code: broker.EFORBIDDEN, says: "approver or admin role", audited: "not_approver"},
+		{name: "ErrNotApprover", approver: vic, code: broker.EFORBIDDEN, says: "lacks the approver role", audited: "missing_role"},
+		{name: "ErrNotOperator", approver: "spiffe://example.org/ops/mallory", code: broker.EFORBIDDEN, says: "is not an operator", audited: "missing_role"},
 		{name: "ErrNoReason", approver: alice, reason: "  ", code: broker.EINVALID, says: "reason"},
 	}
 	for _, tt := range tests {
@@ -453,7 +453,7 @@ func TestApproval_PickupRefused(t *testing.T) {
 		if got, _ := f.svc.Approval(ctx, a.ID); got.Status != broker.ApprovalApproved {
 			t.Fatalf("a denied pickup used up the approval: %s", got.Status)
 		}
-		if err := f.svc.SetFreeze(ctx, carol, false, "over"); err != nil {
+		if err := f.svc.SetFreeze(ctx, dave, false, "over"); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := f.pickup(deployBot, a.ID); err != nil {

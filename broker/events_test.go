@@ -43,7 +43,7 @@ func newHubService(t *testing.T) (*broker.Service, *hubMetrics, broker.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	pc, err := templates.ParsePolicy("policy.yaml", []byte("agents: []\n"))
+	pc, err := templates.ParsePolicy("policy.yaml", []byte("agents: []\noperators: [{ id: \"spiffe://example.org/op\", roles: [admin] }]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestService_Subscribe(t *testing.T) {
 	freezes, cancelFreezes := svc.Subscribe(broker.EventFilter{Types: []broker.EventType{broker.EventFreeze, broker.EventUnfreeze}})
 	defer cancelFreezes()
 
-	if err := svc.SetFreeze(ctx, "op", true, "incident"); err != nil {
+	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "incident"); err != nil {
 		t.Fatal(err)
 	}
 	if err := svc.SetAgentState(ctx, "op", bot, broker.AgentPaused, "odd"); err != nil {
@@ -114,7 +114,7 @@ func TestService_Subscribe(t *testing.T) {
 	if _, ok := <-mine; ok {
 		t.Fatal("channel open after cancel")
 	}
-	if err := svc.SetFreeze(ctx, "op", false, "over"); err != nil {
+	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", false, "over"); err != nil {
 		t.Fatal(err)
 	}
 	if e := receive(t, all); e.Type != broker.EventUnfreeze {
@@ -143,7 +143,7 @@ func TestService_Subscribe_SlowSubscriber(t *testing.T) {
 	}()
 	start := time.Now()
 	for i := range n {
-		if err := svc.SetFreeze(ctx, "op", i%2 == 0, "flip"); err != nil {
+		if err := svc.SetFreeze(ctx, "spiffe://example.org/op", i%2 == 0, "flip"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -172,7 +172,7 @@ func TestService_AuditEvents(t *testing.T) {
 		t.Fatalf("empty log: %d, %v", seq, err)
 	}
 	for i := range 5 {
-		if err := svc.SetFreeze(ctx, "op", i%2 == 0, "flip"); err != nil {
+		if err := svc.SetFreeze(ctx, "spiffe://example.org/op", i%2 == 0, "flip"); err != nil {
 			t.Fatal(err)
 		}
 	}

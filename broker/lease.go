@@ -59,6 +59,10 @@ type Lease struct {
 	EndedAt      time.Time `json:"ended_at,omitzero"`
 	RevokeReason string    `json:"revoke_reason,omitempty"`
 	LastError    string    `json:"last_error,omitempty"`
+	// Withheld marks a lease whose secret never reached the agent: the
+	// mint failed, or a condition (a pause, a freeze) failed at commit. A
+	// retry of its request is decided afresh instead of replayed.
+	Withheld bool `json:"withheld,omitempty"`
 }
 
 // LeaseFilter selects leases; zero fields match everything.

@@ -35,50 +35,68 @@ func (l *limiters) get(agent string, r templates.Rate) *rate.Limiter {
 	return lim
 }
 
-// checkLimits enforces the agent's request rate and the lease budgets
-// (max_active of the agent entry and of the template) before anything is
-// minted. Errors: ELIMIT with RetryAfter set, EUNAVAILABLE.
-func (s *Service) checkLimits(ctx context.Context, agent string, d templates.Decision) error {
-	p := s.Policy()
-	entry, ok := p.Agent(agent)
-	if !ok {
+// checkRate enforces the agent's request rate. Errors: ELIMIT with
+// RetryAfter set.
+func (s *Service) checkRate(agent string) error {
+	entry, ok := s.Policy().Agent(agent)
+	if !ok || entry.Rate.N <= 0 || entry.Rate.Per <= 0 {
 		return nil // Evaluate has already denied an unknown agent
 	}
-	if entry.Rate.N > 0 && entry.Rate.Per > 0 {
-		lim := s.limits.get(agent, entry.Rate)
-		r := lim.ReserveN(s.now(), 1)
-		if delay := r.DelayFrom(s.now()); delay > 0 {
-			r.CancelAt(s.now())
-			return &Error{Code: ELIMIT, Message: fmt.Sprintf("rate limit of %d per %s exceeded", entry.Rate.N, entry.Rate.Per),
-				Reasons: []string{"rate_limited"}, RetryAfter: delay}
-		}
+	lim := s.limits.get(agent, entry.Rate)
+	r := lim.ReserveN(s.now(), 1)
+	if delay := r.DelayFrom(s.now()); delay > 0 {
+		r.CancelAt(s.now())
+		return &Error{Code: ELIMIT, Message: fmt.Sprintf("rate limit of %d per %s exceeded", entry.Rate.N, entry.Rate.Per),
+			Reasons: []string{"rate_limited"}, RetryAfter: delay}
 	}
-	tmpl, _ := p.Template(d.Task)
-	if entry.MaxActive == 0 && (tmpl == nil || tmpl.MaxActive == 0) {
+	return nil
+}
+
+// checkBudgets says whether the agent has room for one more lease of task
+// now. The store's conditions decide for real when the intent is written;
+// this earlier look keeps an approval over budget from reaching the
+// approvers. Errors: ELIMIT, EUNAVAILABLE.
+func (s *Service) checkBudgets(ctx context.Context, agent string, d templates.Decision) error {
+	c := s.issueConditions(agent, d, true)
+	if c.MaxActive == 0 && c.MaxActiveTask == 0 {
 		return nil
 	}
-	active, err := s.store.Leases(ctx, LeaseFilter{Agent: agent, State: StateActive})
+	live, err := s.store.Leases(ctx, LeaseFilter{Agent: agent, LiveOnly: true})
 	if err != nil {
 		return unavailable("the lease store", err)
 	}
 	ofTask := 0
-	next := time.Time{} // when the soonest lease of the budget ends
-	for _, l := range active {
+	for _, l := range live {
 		if l.Task == d.Task {
 			ofTask++
 		}
-		if next.IsZero() || l.ExpiresAt.Before(next) {
-			next = l.ExpiresAt
+	}
+	switch {
+	case c.MaxActive > 0 && len(live) >= c.MaxActive:
+		return s.budgetError(ctx, agent, d.Task, &ConditionFailed{Reason: ReasonAgentBudget, Held: len(live)})
+	case c.MaxActiveTask > 0 && ofTask >= c.MaxActiveTask:
+		return s.budgetError(ctx, agent, d.Task, &ConditionFailed{Reason: ReasonTemplateBudget, Held: ofTask})
+	}
+	return nil
+}
+
+// budgetError is the caller's error for a full budget, with RetryAfter
+// set to when the soonest of the agent's leases ends (a second at least:
+// leases being minted or revoked end soon).
+func (s *Service) budgetError(ctx context.Context, agent, task string, failed *ConditionFailed) error {
+	next := time.Time{}
+	if live, err := s.store.Leases(ctx, LeaseFilter{Agent: agent, State: StateActive}); err == nil {
+		for _, l := range live {
+			if next.IsZero() || l.ExpiresAt.Before(next) {
+				next = l.ExpiresAt
+			}
 		}
 	}
 	retry := max(next.Sub(s.now()), time.Second)
-	if entry.MaxActive > 0 && len(active) >= entry.MaxActive {
-		return &Error{Code: ELIMIT, Message: fmt.Sprintf("agent holds %d active leases, its budget is %d", len(active), entry.MaxActive),
-			Reasons: []string{"agent_budget"}, RetryAfter: retry}
+	c := s.issueConditions(agent, templates.Decision{Task: task}, true)
+	msg := fmt.Sprintf("agent holds %d live leases, its budget is %d", failed.Held, c.MaxActive)
+	if failed.Reason == ReasonTemplateBudget {
+		msg = fmt.Sprintf("agent holds %d live leases of %s, the template's budget is %d", failed.Held, task, c.MaxActiveTask)
 	}
-	if tmpl != nil && tmpl.MaxActive > 0 && ofTask >= tmpl.MaxActive {
-		return &Error{Code: ELIMIT, Message: fmt.Sprintf("agent holds %d active leases of %s, the template's budget is %d", ofTask, d.Task, tmpl.MaxActive),
-			Reasons: []string{"template_budget"}, RetryAfter: retry}
-	}
-	return nil
+	return &Error{Code: ELIMIT, Message: msg, Reasons: []string{failed.Reason}, RetryAfter: retry}
 }

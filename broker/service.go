@@ -46,6 +46,10 @@ type Config struct {
 	// 15 min.
 	ApprovalTTL time.Duration
 	PickupTTL   time.Duration
+
+	// ReconcileEvery is how often Run looks for intents that no live
+	// request owns (default 1 min); it also reconciles at start.
+	ReconcileEvery time.Duration
 }
 
 // Service turns a verified identity and a policy decision into a recorded
@@ -66,6 +70,7 @@ type Service struct {
 	agents map[string]AgentState
 	frozen bool
 
+	inflight     inflight // intents owned by requests of this process
 	limits       limiters
 	requestLocks keyedLocks // per agent+"\x00"+request_id: retries of one request one at a time
 	kick         chan struct{}
@@ -99,6 +104,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	setDefault(&cfg.RetryMax, 5*time.Minute)
 	setDefault(&cfg.ApprovalTTL, time.Hour)
 	setDefault(&cfg.PickupTTL, 15*time.Minute)
+	setDefault(&cfg.ReconcileEvery, time.Minute)
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 10
 	}
@@ -129,7 +135,19 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("broker: load freeze: %w", err)
 	}
 	s.frozen = fr.Active
+	// The template versions that leases commit against (Conditions).
+	if _, err := s.apply(ctx, Change{Templates: templateVersions(cfg.Policy)}); err != nil {
+		return nil, fmt.Errorf("broker: record the templates: %w", err)
+	}
 	return s, nil
+}
+
+func templateVersions(p *templates.Policy) map[string]string {
+	out := map[string]string{}
+	for _, t := range p.Templates() {
+		out[t.Name] = t.Version
+	}
+	return out
 }
 
 func setDefault(d *time.Duration, v time.Duration) {
@@ -159,7 +177,7 @@ func (s *Service) SetPolicy(ctx context.Context, p *templates.Policy, actor stri
 	if err != nil {
 		return unavailable("the store", err)
 	}
-	_, err = s.apply(ctx, Change{Grants: grantsOf(p, old, s.now()),
+	_, err = s.apply(ctx, Change{Grants: grantsOf(p, old, s.now()), Templates: templateVersions(p),
 		Events: []Event{{Type: EventConfigLoad, Actor: actor, Outcome: "loaded", Details: details}}})
 	return err
 }
@@ -207,6 +225,10 @@ func (s *Service) apply(ctx context.Context, c Change) ([]Event, error) {
 		events, err = r.events, r.err
 	case <-ctx.Done():
 		err = fmt.Errorf("store did not confirm the write within %s: %w", s.cfg.AuditTimeout, ErrStoreUnavailable)
+	}
+	var failed *ConditionFailed
+	if errors.As(err, &failed) {
+		return nil, failed // nothing written, and no failure of the store
 	}
 	if err != nil {
 		if len(c.Events) > 0 {

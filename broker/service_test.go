@@ -23,6 +23,7 @@ const (
 	reportBot = "spiffe://example.org/agent/report-bot"
 	ticketBot = "spiffe://example.org/agent/ticket-bot"
 	operator  = "spiffe://example.org/ops/alice"
+	admin     = "spiffe://example.org/ops/ada"
 )
 
 // canary is the secret the fake backend mints: it must never show up in
@@ -381,7 +382,7 @@ func TestService_Quarantine(t *testing.T) {
 	if _, err := f.svc.Issue(ctx, broker.IssueRequest{Agent: reportBot, Task: "report", Params: map[string]string{"region": "eu"}}); broker.ErrorCode(err) != broker.EFORBIDDEN {
 		t.Fatalf("quarantined agent got %v, want forbidden", err)
 	}
-	if err := f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentActive, "fixed"); err != nil {
+	if err := f.svc.SetAgentState(ctx, admin, reportBot, broker.AgentActive, "fixed"); err != nil {
 		t.Fatal(err)
 	}
 	f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
@@ -596,6 +597,14 @@ func TestService_Issue_Limits(t *testing.T) {
 		f := newFixture(t)
 		l := f.issue(t, "spiffe://example.org/agent/hoarder", "budgeted", eu).Lease
 		if err := f.svc.Release(ctx, l.Agent, l.ID); err != nil {
+			t.Fatal(err)
+		}
+		// A lease being revoked still holds its credential, and its place.
+		_, err := f.svc.Issue(ctx, broker.IssueRequest{Agent: l.Agent, Task: "budgeted", Params: eu})
+		if broker.ErrorCode(err) != broker.ELIMIT {
+			t.Fatalf("issue while the released lease is revoking: %v, want limit", err)
+		}
+		if _, err := f.svc.ProcessRevocations(ctx); err != nil {
 			t.Fatal(err)
 		}
 		f.issue(t, "spiffe://example.org/agent/hoarder", "budgeted", eu)

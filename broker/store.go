@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -88,12 +89,86 @@ type Change struct {
 	PutLeases     []*Lease // lease records, with their indexes
 	Enqueue       []Revocation
 	Dequeue       []string // lease IDs whose revocation is done
-	PutAgents     []AgentRecord
-	Freeze        *FreezeState
-	PutApprovals  []*Approval // approval records, with their indexes
-	Grants        []Grant     // when not nil, replaces the recorded grants
-	Events        []Event     // appended to the audit chain, in order
+	// AgentStates set State, Reason, Actor and ChangedAt of each agent;
+	// the stored usage (LastUsed, Used) is kept.
+	AgentStates []AgentRecord
+	// Uses record the last issue of a template to an agent; the stored
+	// state is kept, so a commit can never undo a pause.
+	Uses         []Use
+	Freeze       *FreezeState
+	PutApprovals []*Approval       // approval records, with their indexes
+	Grants       []Grant           // when not nil, replaces the recorded grants
+	Templates    map[string]string // when not nil, replaces the recorded template versions (name → version)
+	Events       []Event           // appended to the audit chain, in order
+
+	// Conditions, when set, are checked in the transaction that writes
+	// the change, against the state before it: when one fails, nothing of
+	// the change is written and Apply returns a *ConditionFailed.
+	Conditions *Conditions
 }
+
+// Use is one issue of a template to an agent.
+type Use struct {
+	Agent    string
+	Template string
+	At       time.Time
+}
+
+// Conditions are what a change that issues, picks up or renews needs of
+// the stored state when it commits. Checking them in the same transaction
+// is what lets an operator's stop win every race with a request in flight:
+// a pause, quarantine or freeze committed before the change makes it fail,
+// and one committed after it sees its lease.
+type Conditions struct {
+	// Agent, when set, must be neither paused nor quarantined.
+	Agent string
+	// NotFrozen requires the global freeze to be off.
+	NotFrozen bool
+	// Template, when set, must be recorded at TemplateVersion (see
+	// Change.Templates): a reload that removed or changed it fails the
+	// change.
+	Template        string
+	TemplateVersion string
+	// MaxActive and MaxActiveTask, when positive, bound what Agent holds
+	// before the change: its live leases and intents (pending, active,
+	// revoking, irrevocable), all of them and those of Template.
+	MaxActive     int
+	MaxActiveTask int
+	// LeaseActive, when set, is a lease that must still be active (a
+	// renewal must not bring a revoked lease back).
+	LeaseActive string
+	// Intent, when set, is an intent that must still be stored
+	// (reconciliation must not end a lease its request just committed).
+	Intent string
+}
+
+// ConditionFailed is the error of a Change whose Conditions did not hold.
+type ConditionFailed struct {
+	// Reason is the condition's code: agent_paused, agent_quarantined,
+	// global_freeze, template_changed, agent_budget, template_budget,
+	// lease_not_active or intent_gone.
+	Reason string
+	// Held is, for a budget, how many leases the agent holds.
+	Held int
+}
+
+func (e *ConditionFailed) Error() string {
+	if e.Reason == ReasonAgentBudget || e.Reason == ReasonTemplateBudget {
+		return fmt.Sprintf("condition failed: %s (%d held)", e.Reason, e.Held)
+	}
+	return "condition failed: " + e.Reason
+}
+
+// Reasons a Change's Conditions fail with, beside the agent states and
+// the freeze (templates.ReasonAgentPaused, ReasonAgentQuarantined,
+// ReasonGlobalFreeze).
+const (
+	ReasonTemplateChanged = "template_changed"
+	ReasonAgentBudget     = "agent_budget"
+	ReasonTemplateBudget  = "template_budget"
+	ReasonLeaseNotActive  = "lease_not_active"
+	ReasonIntentGone      = "intent_gone"
+)
 
 // Store errors.
 var (

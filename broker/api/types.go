@@ -207,6 +207,7 @@ type Lease struct {
 	EndedAt         time.Time         `json:"ended_at,omitzero"`
 	RevokeReason    string            `json:"revoke_reason,omitempty"`
 	LastError       string            `json:"last_error,omitempty"`
+	Withheld        bool              `json:"withheld,omitempty"` // the secret never reached the agent
 }
 
 // Refs are the backend references of a lease: what latch revokes. Never

@@ -50,8 +50,9 @@ func (s *Store) Apply(ctx context.Context, c broker.Change) ([]broker.Event, err
 	}
 
 	var (
-		out  []broker.Event
-		gate gate
+		out    []broker.Event
+		failed *broker.ConditionFailed
+		gate   gate
 	)
 	fn := func(tx *bolt.Tx) error {
 		if !gate.enter() {
@@ -59,6 +60,12 @@ func (s *Store) Apply(ctx context.Context, c broker.Change) ([]broker.Event, err
 		}
 		// fn runs again when a neighbour in its batch failed: start afresh.
 		out = append(out[:0], w.events...)
+		var err error
+		// A failed condition writes nothing but is no transaction error:
+		// the rest of the group commits.
+		if failed, err = checkConditions(tx, w.conditions); err != nil || failed != nil {
+			return err
+		}
 		return w.write(tx, out)
 	}
 	done := s.submit(fn)
@@ -73,6 +80,9 @@ func (s *Store) Apply(ctx context.Context, c broker.Change) ([]broker.Event, err
 	}
 	if err != nil {
 		return nil, classify("apply", err)
+	}
+	if failed != nil {
+		return nil, failed
 	}
 	return out, nil
 }
@@ -113,19 +123,27 @@ func (g *gate) abandon() bool {
 // everything that does not depend on the stored state done beforehand so
 // the write lock is held as briefly as possible.
 type write struct {
+	conditions    *broker.Conditions
 	deleteIntents []string
-	putIntents    []kv
+	putIntents    []intentWrite
 	leases        []leaseWrite
 	dequeue       []string
 	enqueue       []revWrite
-	agents        []kv
+	agentStates   []broker.AgentRecord
+	uses          []broker.Use
 	freeze        []byte
 	approvals     []approvalWrite
 	grants        []byte
+	templates     []kv // nil: keep; empty: none recorded
 	events        []broker.Event
 }
 
 type kv struct{ k, v []byte }
+
+type intentWrite struct {
+	id, agent, task string
+	val             []byte
+}
 
 type leaseWrite struct {
 	id  string
@@ -151,8 +169,8 @@ type leaseIndex struct {
 
 func (w *write) empty() bool {
 	return len(w.deleteIntents) == 0 && len(w.putIntents) == 0 && len(w.leases) == 0 &&
-		len(w.dequeue) == 0 && len(w.enqueue) == 0 && len(w.agents) == 0 &&
-		w.freeze == nil && len(w.approvals) == 0 && w.grants == nil && len(w.events) == 0
+		len(w.dequeue) == 0 && len(w.enqueue) == 0 && len(w.agentStates) == 0 && len(w.uses) == 0 &&
+		w.freeze == nil && len(w.approvals) == 0 && w.grants == nil && w.templates == nil && len(w.events) == 0
 }
 
 var leaseStates = map[broker.LeaseState]bool{
@@ -211,7 +229,7 @@ func (s *Store) prepare(c broker.Change) (*write, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: encode intent %s: %v", ErrInvalidChange, l.ID, err)
 		}
-		w.putIntents = append(w.putIntents, kv{[]byte(l.ID), v})
+		w.putIntents = append(w.putIntents, intentWrite{id: l.ID, agent: l.Agent, task: l.Task, val: v})
 	}
 	for _, l := range c.PutLeases {
 		if err := checkLease("lease", l); err != nil {
@@ -247,19 +265,31 @@ func (s *Store) prepare(c broker.Change) (*write, error) {
 		}
 		w.enqueue = append(w.enqueue, revWrite{id: r.LeaseID, val: v, next: r.NextAttempt})
 	}
-	for _, a := range c.PutAgents {
+	for _, a := range c.AgentStates {
 		if err := checkID("agent ID", a.ID, true); err != nil {
 			return nil, err
 		}
 		if !agentStates[a.State] {
 			return nil, fmt.Errorf("%w: agent %s has unknown state %q", ErrInvalidChange, a.ID, a.State)
 		}
-		v, err := json.Marshal(a)
-		if err != nil {
-			return nil, fmt.Errorf("%w: encode agent %s: %v", ErrInvalidChange, a.ID, err)
-		}
-		w.agents = append(w.agents, kv{[]byte(a.ID), v})
+		w.agentStates = append(w.agentStates, a)
 	}
+	for _, u := range c.Uses {
+		if err := checkID("agent ID", u.Agent, true); err != nil {
+			return nil, err
+		}
+		w.uses = append(w.uses, u)
+	}
+	if c.Templates != nil {
+		w.templates = []kv{}
+		for name, version := range c.Templates {
+			if err := checkID("template name", name, true); err != nil {
+				return nil, err
+			}
+			w.templates = append(w.templates, kv{[]byte(name), []byte(version)})
+		}
+	}
+	w.conditions = c.Conditions
 	if c.Freeze != nil {
 		v, err := json.Marshal(c.Freeze)
 		if err != nil {
@@ -303,16 +333,8 @@ func (s *Store) prepare(c broker.Change) (*write, error) {
 // write applies w in tx, chaining events (a copy of w.events) in place.
 // It depends on nothing but tx and w, so it may run more than once.
 func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
-	intents := tx.Bucket(bktIntents)
-	for _, id := range w.deleteIntents {
-		if err := intents.Delete([]byte(id)); err != nil {
-			return err
-		}
-	}
-	for _, p := range w.putIntents {
-		if err := intents.Put(p.k, p.v); err != nil {
-			return err
-		}
+	if err := w.writeIntents(tx); err != nil {
+		return err
 	}
 	if len(w.leases) > 0 {
 		ix := openLeaseBuckets(tx)
@@ -325,11 +347,8 @@ func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
 	if err := w.writeQueue(tx); err != nil {
 		return err
 	}
-	agents := tx.Bucket(bktAgents)
-	for _, a := range w.agents {
-		if err := agents.Put(a.k, a.v); err != nil {
-			return err
-		}
+	if err := w.writeAgents(tx); err != nil {
+		return err
 	}
 	if w.freeze != nil {
 		if err := tx.Bucket(bktFreeze).Put(keyFreeze, w.freeze); err != nil {
@@ -344,8 +363,110 @@ func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
 			return err
 		}
 	}
+	if err := w.writeTemplates(tx); err != nil {
+		return err
+	}
 	if len(events) > 0 {
 		return appendEvents(tx, events)
+	}
+	return nil
+}
+
+// writeIntents deletes, then puts intents, keeping the live index.
+func (w *write) writeIntents(tx *bolt.Tx) error {
+	intents := tx.Bucket(bktIntents)
+	for _, id := range w.deleteIntents {
+		old := intents.Get([]byte(id))
+		if old == nil {
+			continue
+		}
+		var ix leaseIndex
+		if err := json.Unmarshal(old, &ix); err != nil {
+			return fmt.Errorf("%w: intent %s: %v", ErrCorrupt, id, err)
+		}
+		if err := deleteLive(tx, ix.Agent, id); err != nil {
+			return err
+		}
+		if err := intents.Delete([]byte(id)); err != nil {
+			return err
+		}
+	}
+	for _, p := range w.putIntents {
+		if err := intents.Put([]byte(p.id), p.val); err != nil {
+			return err
+		}
+		if err := putLive(tx, p.agent, p.id, p.task); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeAgents merges state changes and uses into the stored records:
+// each writes only its own fields, so a use committed after a pause keeps
+// the pause.
+func (w *write) writeAgents(tx *bolt.Tx) error {
+	if len(w.agentStates) == 0 && len(w.uses) == 0 {
+		return nil
+	}
+	agents := tx.Bucket(bktAgents)
+	update := func(id string, change func(*broker.AgentRecord)) error {
+		rec := broker.AgentRecord{ID: id, State: broker.AgentActive}
+		if v := agents.Get([]byte(id)); v != nil {
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("%w: agent %s: %v", ErrCorrupt, id, err)
+			}
+		}
+		change(&rec)
+		v, err := json.Marshal(rec)
+		if err != nil {
+			return fmt.Errorf("%w: encode agent %s: %v", ErrInvalidChange, id, err)
+		}
+		return agents.Put([]byte(id), v)
+	}
+	for _, a := range w.agentStates {
+		err := update(a.ID, func(r *broker.AgentRecord) {
+			r.State, r.Reason, r.Actor, r.ChangedAt = a.State, a.Reason, a.Actor, a.ChangedAt
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, u := range w.uses {
+		err := update(u.Agent, func(r *broker.AgentRecord) {
+			if u.At.After(r.LastUsed) {
+				r.LastUsed = u.At
+			}
+			if r.Used == nil {
+				r.Used = map[string]time.Time{}
+			}
+			if u.At.After(r.Used[u.Template]) {
+				r.Used[u.Template] = u.At
+			}
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeTemplates replaces the recorded template versions.
+func (w *write) writeTemplates(tx *bolt.Tx) error {
+	if w.templates == nil {
+		return nil
+	}
+	if err := tx.DeleteBucket(bktTemplates); err != nil {
+		return err
+	}
+	b, err := tx.CreateBucket(bktTemplates)
+	if err != nil {
+		return err
+	}
+	for _, t := range w.templates {
+		if err := b.Put(t.k, t.v); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -394,7 +515,7 @@ func (w *write) writeQueue(tx *bolt.Tx) error {
 // leaseBuckets are the lease record and its indexes, opened once per
 // transaction.
 type leaseBuckets struct {
-	leases, agent, task, state, expiry, request *bolt.Bucket
+	leases, agent, task, state, expiry, request, live *bolt.Bucket
 }
 
 func openLeaseBuckets(tx *bolt.Tx) leaseBuckets {
@@ -405,6 +526,7 @@ func openLeaseBuckets(tx *bolt.Tx) leaseBuckets {
 		state:   tx.Bucket(bktIdxState),
 		expiry:  tx.Bucket(bktIdxExpiry),
 		request: tx.Bucket(bktIdxRequest),
+		live:    tx.Bucket(bktIdxLive),
 	}
 	// Lease IDs are ULIDs, so new leases land at the right edge: fuller
 	// pages waste less space when appends split them.
@@ -447,12 +569,25 @@ func (b leaseBuckets) index(id string, ix *leaseIndex) error {
 			return err
 		}
 	}
+	if err := b.indexLive(id, ix); err != nil {
+		return err
+	}
 	if ix.RequestID != "" {
 		// The newest lease for a request (say, a retry after a failed
 		// mint) owns the key: that is the answer to replay.
 		return putNewest(b.request, pairKey(ix.Agent, ix.RequestID), id)
 	}
 	return nil
+}
+
+// indexLive keeps the lease in the live index while its state may hold
+// a credential. An index call of an unchanged agent overwrites the key, so
+// unindex never needs to delete it.
+func (b leaseBuckets) indexLive(id string, ix *leaseIndex) error {
+	if ix.State.Live() {
+		return b.live.Put(pairKey(ix.Agent, id), []byte(ix.Task))
+	}
+	return b.live.Delete(pairKey(ix.Agent, id))
 }
 
 // putNewest points k at id unless it points at a newer record already.
@@ -472,6 +607,9 @@ func putNewest(b *bolt.Bucket, k []byte, id string) error {
 func (b leaseBuckets) unindex(id string, old, next *leaseIndex) error {
 	if old.Agent != next.Agent {
 		if err := b.agent.Delete(pairKey(old.Agent, id)); err != nil {
+			return err
+		}
+		if err := b.live.Delete(pairKey(old.Agent, id)); err != nil {
 			return err
 		}
 	}

@@ -40,11 +40,10 @@ func TestApply_RoundTrip(t *testing.T) {
 	// Commit: intent out, lease in, agent touched, one event.
 	l := *intent
 	l.State = broker.StateActive
-	agent := broker.AgentRecord{ID: l.Agent, State: broker.AgentActive, LastUsed: t0}
 	evs = apply(t, s, broker.Change{
 		DeleteIntents: []string{id},
 		PutLeases:     []*broker.Lease{&l},
-		PutAgents:     []broker.AgentRecord{agent},
+		Uses:          []broker.Use{{Agent: l.Agent, Template: l.Task, At: t0}},
 		Events:        []broker.Event{ev(broker.EventIssue, id)},
 	})
 	if len(evs) != 1 || evs[0].Seq != 2 {
@@ -206,12 +205,12 @@ func TestLeaseByRequest(t *testing.T) {
 func TestApply_InvalidLeavesNothing(t *testing.T) {
 	good := func() broker.Change {
 		return broker.Change{
-			PutIntents: []*broker.Lease{lease("I1", "a", "t", broker.StatePending, t0.Add(time.Hour))},
-			PutLeases:  []*broker.Lease{lease("L1", "a", "t", broker.StateActive, t0.Add(time.Hour))},
-			Enqueue:    []broker.Revocation{{LeaseID: "L0", NextAttempt: t0}},
-			PutAgents:  []broker.AgentRecord{{ID: "a", State: broker.AgentPaused}},
-			Freeze:     &broker.FreezeState{Active: true},
-			Events:     []broker.Event{ev(broker.EventIssue, "L1")},
+			PutIntents:  []*broker.Lease{lease("I1", "a", "t", broker.StatePending, t0.Add(time.Hour))},
+			PutLeases:   []*broker.Lease{lease("L1", "a", "t", broker.StateActive, t0.Add(time.Hour))},
+			Enqueue:     []broker.Revocation{{LeaseID: "L0", NextAttempt: t0}},
+			AgentStates: []broker.AgentRecord{{ID: "a", State: broker.AgentPaused}},
+			Freeze:      &broker.FreezeState{Active: true},
+			Events:      []broker.Event{ev(broker.EventIssue, "L1")},
 		}
 	}
 	tests := []struct {
@@ -233,8 +232,8 @@ func TestApply_InvalidLeavesNothing(t *testing.T) {
 		{"DeleteEmptyIntent", func(c *broker.Change) { c.DeleteIntents = []string{""} }, "intent ID to delete is empty"},
 		{"RevocationWithoutLease", func(c *broker.Change) { c.Enqueue[0].LeaseID = "" }, "revocation lease ID is empty"},
 		{"DequeueEmpty", func(c *broker.Change) { c.Dequeue = []string{""} }, "revocation to dequeue is empty"},
-		{"AgentWithoutID", func(c *broker.Change) { c.PutAgents[0].ID = "" }, "agent ID is empty"},
-		{"AgentUnknownState", func(c *broker.Change) { c.PutAgents[0].State = "asleep" }, `unknown state "asleep"`},
+		{"AgentWithoutID", func(c *broker.Change) { c.AgentStates[0].ID = "" }, "agent ID is empty"},
+		{"AgentUnknownState", func(c *broker.Change) { c.AgentStates[0].State = "asleep" }, `unknown state "asleep"`},
 		{"EventWithoutType", func(c *broker.Change) { c.Events = append(c.Events, broker.Event{}) }, "event 1 has no type"},
 		{"EventTimeUnhashable", func(c *broker.Change) { c.Events[0].Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }, "outside the years 1 to 9999"},
 	}

@@ -42,7 +42,7 @@
 // order. Lease IDs are ULIDs, which sort by issue time: walking an index
 // prefix backwards yields newest first.
 //
-//	meta         "schema"      → uint64 schema version (currently 1)
+//	meta         "schema"      → uint64 schema version (currently 2)
 //	             "audit_head"  → uint64 seq ‖ hex hash of the last audit event
 //	             "reindex"     → present while Reindex rebuilds the indexes
 //	             "grants"      → []broker.Grant JSON (kept in meta, which
@@ -58,6 +58,8 @@
 //	idx_due      time ‖ ID     → empty, by NextAttempt (DueRevocations)
 //	agents       agent ID      → broker.AgentRecord JSON
 //	freeze       "global"      → broker.FreezeState JSON
+//	templates    name          → template version (what leases commit against)
+//	idx_live     agent ␀ ID    → task, every intent and live lease (budgets)
 //	audit        uint64 seq    → broker.Event JSON
 //
 //	approvals              approval ID   → broker.Approval JSON

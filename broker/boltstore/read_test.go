@@ -180,8 +180,9 @@ func TestAgentsAndFreeze(t *testing.T) {
 
 	paused := broker.AgentRecord{ID: "b", State: broker.AgentPaused, Reason: "odd traffic", Actor: "ops", ChangedAt: t0}
 	apply(t, s, broker.Change{
-		PutAgents: []broker.AgentRecord{paused, {ID: "a", State: broker.AgentActive, LastUsed: t0}},
-		Freeze:    &broker.FreezeState{Active: true, Reason: "incident", Actor: "ops", Since: t0},
+		AgentStates: []broker.AgentRecord{paused},
+		Uses:        []broker.Use{{Agent: "a", Template: "t", At: t0}},
+		Freeze:      &broker.FreezeState{Active: true, Reason: "incident", Actor: "ops", Since: t0},
 	})
 	if rec, _ := s.Agent(ctx, "b"); rec.State != broker.AgentPaused || rec.Reason != "odd traffic" || !rec.ChangedAt.Equal(t0) {
 		t.Errorf("Agent(b) = %+v", rec)

@@ -23,7 +23,7 @@ const reindexChunkSize = 50_000
 
 // indexBuckets are the buckets Reindex derives; everything else is a
 // record.
-var indexBuckets = [][]byte{bktIdxAgent, bktIdxTask, bktIdxState, bktIdxExpiry, bktIdxRequest, bktIdxDue,
+var indexBuckets = [][]byte{bktIdxLive, bktIdxAgent, bktIdxTask, bktIdxState, bktIdxExpiry, bktIdxRequest, bktIdxDue,
 	bktIdxApprovalStatus, bktIdxApprovalAgent, bktIdxApprovalRequest, bktIdxApprovalDeadline}
 
 // Reindex rebuilds every index of the database at path from the lease,
@@ -99,6 +99,9 @@ func (s *Store) reindex(progress func(done, total uint64)) error {
 			return err
 		}
 		if err := reindexApprovals(tx); err != nil {
+			return err
+		}
+		if err := buildLive(tx); err != nil {
 			return err
 		}
 		return tx.Bucket(bktMeta).Delete(keyReindex)

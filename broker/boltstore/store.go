@@ -59,11 +59,13 @@ var (
 	bktAgents      = []byte("agents")
 	bktFreeze      = []byte("freeze")
 	bktAudit       = []byte("audit")
+	bktIdxLive     = []byte("idx_live")
+	bktTemplates   = []byte("templates")
 
 	allBuckets = [][]byte{
 		bktMeta, bktLeases, bktIntents, bktIdxAgent, bktIdxTask, bktIdxState,
 		bktIdxExpiry, bktIdxRequest, bktRevocations, bktIdxDue, bktAgents,
-		bktFreeze, bktAudit,
+		bktFreeze, bktAudit, bktIdxLive, bktTemplates,
 		bktApprovals, bktIdxApprovalStatus, bktIdxApprovalAgent, bktIdxApprovalRequest, bktIdxApprovalDeadline,
 	}
 
@@ -75,13 +77,16 @@ var (
 
 // schemaVersion is the version this build writes. It is a variable only so
 // that tests can exercise the migration path.
-var schemaVersion uint64 = 1
+var schemaVersion uint64 = 2
 
 // migrations[v] upgrades a file from schema v to v+1, inside the
 // transaction that Open runs; a failure leaves the file as it was. Adding a
 // bucket needs no migration (Open creates missing buckets); changing how a
 // record or key is encoded does.
-var migrations = map[uint64]func(*bolt.Tx) error{}
+var migrations = map[uint64]func(*bolt.Tx) error{
+	// Schema 2 adds the live index that budgets count.
+	1: buildLive,
+}
 
 // DefaultTimeout is how long Open waits for the file lock: long enough to
 // ride out a restart, short enough that a second server fails at once with

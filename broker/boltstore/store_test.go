@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,8 +28,8 @@ func TestOpen_InitialisesEmptyFile(t *testing.T) {
 				t.Errorf("bucket %s missing", name)
 			}
 		}
-		if v := getSchema(tx.Bucket(bktMeta)); v != 1 {
-			t.Errorf("schema = %d, want 1", v)
+		if v := getSchema(tx.Bucket(bktMeta)); v != 2 {
+			t.Errorf("schema = %d, want 2", v)
 		}
 		return nil
 	})
@@ -71,7 +72,7 @@ func TestOpen_SchemaTooNew(t *testing.T) {
 	if !errors.Is(err, ErrSchemaTooNew) {
 		t.Fatalf("Open: err = %v, want ErrSchemaTooNew", err)
 	}
-	for _, want := range []string{path, "schema 7", "up to 1"} {
+	for _, want := range []string{path, "schema 7", "up to 2"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}
@@ -93,7 +94,7 @@ func setSchema(t *testing.T, path string, v uint64) {
 	}
 }
 
-// TestOpen_Migrates runs the migration hook as a future schema 2 would.
+// TestOpen_Migrates runs the migration hook as a future schema would.
 // It changes package variables, so it does not run in parallel.
 func TestOpen_Migrates(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "latch.db")
@@ -102,14 +103,14 @@ func TestOpen_Migrates(t *testing.T) {
 	s.Close()
 
 	oldVersion := schemaVersion
-	schemaVersion = 2
+	schemaVersion = oldVersion + 1
 	ran := 0
-	migrations[1] = func(tx *bolt.Tx) error {
+	migrations[oldVersion] = func(tx *bolt.Tx) error {
 		ran++
 		_, err := tx.CreateBucket([]byte("v2_only"))
 		return err
 	}
-	t.Cleanup(func() { schemaVersion = oldVersion; delete(migrations, 1) })
+	t.Cleanup(func() { schemaVersion = oldVersion; delete(migrations, oldVersion) })
 
 	// A read-only opener cannot migrate and says so.
 	if _, err := Open(path, Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), "migrat") {
@@ -121,8 +122,8 @@ func TestOpen_Migrates(t *testing.T) {
 		t.Fatalf("migration ran %d times, want 1", ran)
 	}
 	s.db.View(func(tx *bolt.Tx) error {
-		if v := getSchema(tx.Bucket(bktMeta)); v != 2 {
-			t.Errorf("schema after migration = %d, want 2", v)
+		if v := getSchema(tx.Bucket(bktMeta)); v != oldVersion+1 {
+			t.Errorf("schema after migration = %d, want %d", v, oldVersion+1)
 		}
 		if tx.Bucket([]byte("v2_only")) == nil {
 			t.Error("migration's bucket missing")
@@ -136,13 +137,14 @@ func TestOpen_Migrates(t *testing.T) {
 	s.Close()
 
 	// A failing migration leaves the file as it was.
-	schemaVersion = 3
-	migrations[2] = func(*bolt.Tx) error { return errors.New("boom") }
-	t.Cleanup(func() { delete(migrations, 2) })
-	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), "migrate schema 2 to 3: boom") {
+	schemaVersion = oldVersion + 2
+	migrations[oldVersion+1] = func(*bolt.Tx) error { return errors.New("boom") }
+	t.Cleanup(func() { delete(migrations, oldVersion+1) })
+	want := fmt.Sprintf("migrate schema %d to %d: boom", oldVersion+1, oldVersion+2)
+	if _, err := Open(path, Options{}); err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("failing migration: err = %v", err)
 	}
-	schemaVersion = 2
+	schemaVersion = oldVersion + 1
 	openAt(t, path, Options{}).Close()
 }
 

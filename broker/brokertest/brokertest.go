@@ -34,6 +34,30 @@ type Backend struct {
 	alive     map[string]bool // lease ID → credential exists
 	mintErr   error
 	revokeErr error
+	gate      chan struct{} // when set, Mint waits until it is closed
+	entered   chan string   // Mint sends its lease ID here before waiting
+}
+
+// Block makes every Mint from now on wait until release is called, after
+// creating its credential (as a slow backend would: the secret exists,
+// the answer has not arrived). Each blocked Mint first sends its lease ID
+// on entered, which holds up to 1024 of them.
+func (f *Backend) Block() (entered <-chan string, release func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	gate, ch := make(chan struct{}), make(chan string, 1024)
+	f.gate, f.entered = gate, ch
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			f.mu.Lock()
+			if f.gate == gate {
+				f.gate, f.entered = nil, nil
+			}
+			f.mu.Unlock()
+			close(gate)
+		})
+	}
 }
 
 var _ broker.Renewer = (*Backend)(nil)
@@ -46,11 +70,17 @@ func NewBackend() *Backend { return &Backend{alive: map[string]bool{}} }
 func (f *Backend) Mint(_ context.Context, req broker.MintRequest) (broker.Minted, error) {
 	f.Mints.Add(1)
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.mintErr != nil {
+		f.mu.Unlock()
 		return broker.Minted{}, f.mintErr
 	}
 	f.alive[req.LeaseID] = true
+	gate, entered := f.gate, f.entered
+	f.mu.Unlock()
+	if gate != nil {
+		entered <- req.LeaseID
+		<-gate
+	}
 	fields := map[string]string{"username": "u-" + req.LeaseID, "password": Canary}
 	if f.Fields != nil {
 		fields = f.Fields(req.LeaseID)

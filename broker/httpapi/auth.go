@@ -3,13 +3,11 @@ package httpapi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
 	"github.com/latchbroker/latch/attest"
 	"github.com/latchbroker/latch/broker"
-	"github.com/latchbroker/latch/templates"
 )
 
 // caller is a request's verified identity.
@@ -66,58 +64,18 @@ func (h *Handler) refuseUnidentified(ctx context.Context, r broker.Refusal) {
 	}
 }
 
-// authorize checks that the caller may use a route of permission p. Agent
-// routes are open to every verified identity except the admin socket (the
-// Service then decides who is an agent and what it may do, and only for
-// itself). Operator routes need a role: viewer to read, revoker to act,
-// approver to approve; admin holds them all. The admin socket may read
-// and act, never approve. Anything else is denied, naming the missing
-// role, and audited as a violation.
+// authorize checks that the caller may use a route of permission p
+// (broker.Authorize says who may do what). A refusal for a missing role is
+// audited as a violation.
 func (h *Handler) authorize(c *call, p perm) error {
-	var role templates.Role
-	switch p {
-	case permAgent:
-		if c.who.adminSocket {
-			return broker.Errorf(broker.EFORBIDDEN, "the admin socket is for operators: agents call %s with their SVID", c.route)
-		}
-		return nil
-	case permRead:
-		role = templates.RoleViewer
-	case permAct:
-		role = templates.RoleRevoker
-	case permApprove:
-		if c.who.adminSocket {
-			return broker.Errorf(broker.EFORBIDDEN, "the admin socket may never approve: an approval must be attributable to a person")
-		}
-		role = templates.RoleApprover
-	case permDeny:
-		role = templates.RoleApprover
-	case permIdentified:
-		return nil
-	default:
-		return broker.Errorf(broker.EFORBIDDEN, "%s is not open to anyone", c.route)
+	err := broker.Authorize(h.svc.Policy(), c.who.id, p, c.route)
+	var e *broker.Error
+	if err == nil || !errors.As(err, &e) || len(e.Reasons) == 0 || !strings.HasPrefix(e.Reasons[0], "missing_role") {
+		return err
 	}
-	if c.who.adminSocket {
-		return nil
+	if aerr := h.svc.Violation(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route, Reason: "missing_role",
+		Message: e.Message, Remote: c.r.RemoteAddr}); aerr != nil {
+		h.log.Error("audit a refused operator call", "request_id", c.requestID, "err", aerr)
 	}
-	op, isOperator := h.svc.Policy().Operator(c.who.id)
-	if isOperator && (op.Has(role) || op.Has(templates.RoleAdmin)) {
-		return nil
-	}
-	var msg string
-	if !isOperator {
-		msg = fmt.Sprintf("%s is not an operator: %s needs the %s role", c.who.id, c.route, role)
-	} else {
-		roles := make([]string, len(op.Roles))
-		for i, r := range op.Roles {
-			roles[i] = string(r)
-		}
-		msg = fmt.Sprintf("%s lacks the %s role that %s needs (it has: %s)", c.who.id, role, c.route, strings.Join(roles, ", "))
-	}
-	reason := "missing_role:" + string(role)
-	if err := h.svc.Violation(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route, Reason: "missing_role",
-		Message: msg, Remote: c.r.RemoteAddr}); err != nil {
-		h.log.Error("audit a refused operator call", "request_id", c.requestID, "err", err)
-	}
-	return &broker.Error{Code: broker.EFORBIDDEN, Message: msg, Reasons: []string{reason}}
+	return err
 }

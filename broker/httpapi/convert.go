@@ -39,6 +39,7 @@ func leaseOut(l *broker.Lease) api.Lease {
 		EndedAt:      utc(l.EndedAt),
 		RevokeReason: l.RevokeReason,
 		LastError:    l.LastError,
+		Withheld:     l.Withheld,
 	}
 }
 

@@ -325,16 +325,3 @@ func TestConvert_Decision(t *testing.T) {
 		t.Fatalf("decision on the wire:\n%s\nwant:\n%v", gb, wm)
 	}
 }
-
-// TestAuthorize_AdminSocket: the admin socket reads and acts, and never
-// approves nor acts as an agent.
-func TestAuthorize_AdminSocket(t *testing.T) {
-	h := &Handler{}
-	c := &call{who: caller{id: AdminSocketActor, adminSocket: true}, route: "POST /v1/approvals/{id}/approve"}
-	for p, allowed := range map[perm]bool{permRead: true, permAct: true, permApprove: false, permAgent: false} {
-		err := h.authorize(c, p)
-		if allowed != (err == nil) || (err != nil && broker.ErrorCode(err) != broker.EFORBIDDEN) {
-			t.Errorf("perm %d: %v, want allowed=%v", p, err, allowed)
-		}
-	}
-}

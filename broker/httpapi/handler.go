@@ -172,23 +172,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mux.ServeHTTP(w, r)
 }
 
-// perm is what a route requires of its caller.
-type perm int
+// perm is what a route requires of its caller: the broker.Action that
+// broker.Authorize decides on, or permNone for /healthz and /readyz (no
+// identity). Resuming an agent and ending a freeze are stops at the route;
+// the Service then asks for ActionReopen.
+type perm = broker.Action
 
 const (
-	permNone  perm = iota // /healthz, /readyz: no identity
-	permAgent             // any verified identity but the admin socket; the Service decides
-	permRead              // viewer, admin, the admin socket
-	permAct               // revoker, admin, the admin socket: revoke, pause, quarantine, resume, freeze
-	// permApprove is for approving: approver or admin, never the admin
-	// socket, so that granting is always attributable to a person.
-	permApprove
-	// permDeny is for denying an approval: approver or admin, and the
-	// admin socket (refusing is always easy).
-	permDeny
-	// permIdentified is any verified identity, the admin socket included;
-	// the route itself decides (an agent may read its own approval).
-	permIdentified
+	permNone       perm = ""
+	permAgent           = broker.ActionAgent
+	permRead            = broker.ActionRead
+	permAct             = broker.ActionStop
+	permApprove         = broker.ActionApprove
+	permDeny            = broker.ActionDeny
+	permIdentified      = broker.ActionIdentified
 )
 
 // call is one request being served.

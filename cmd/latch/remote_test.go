@@ -38,6 +38,7 @@ var (
 	rtServerID = spiffeid.RequireFromPath(rtTD, "/latch")
 	rtAgent    = spiffeid.RequireFromPath(rtTD, "/agent/report-bot")
 	rtRevoker  = spiffeid.RequireFromPath(rtTD, "/ops/rex")
+	rtAdmin    = spiffeid.RequireFromPath(rtTD, "/ops/ada")
 	rtViewer   = spiffeid.RequireFromPath(rtTD, "/ops/vera")
 	rtApprover = spiffeid.RequireFromPath(rtTD, "/ops/abe")
 )
@@ -49,6 +50,7 @@ const rtPolicy = `
 operators:
   - { id: spiffe://example.org/ops/vera, roles: [viewer] }
   - { id: spiffe://example.org/ops/rex, roles: [revoker] }
+  - { id: spiffe://example.org/ops/ada, roles: [admin] }
   - { id: spiffe://example.org/ops/abe, roles: [approver] }
 agents:
   - id: spiffe://example.org/agent/report-*
@@ -160,7 +162,7 @@ func newRTEnv(t *testing.T) *rtEnv {
 
 	e.bundle = filepath.Join(e.dir, "bundle.pem")
 	ca.WriteBundle(e.bundle)
-	for _, id := range []spiffeid.ID{rtAgent, rtRevoker, rtViewer, rtApprover} {
+	for _, id := range []spiffeid.ID{rtAgent, rtRevoker, rtViewer, rtApprover, rtAdmin} {
 		name := filepath.Base(id.Path())
 		attesttest.WriteSVID(t, ca.X509SVID(id), filepath.Join(e.dir, name+".pem"), filepath.Join(e.dir, name+".key"))
 	}
@@ -469,7 +471,12 @@ func TestAgent_QuarantineThenFetchDenied(t *testing.T) {
 		t.Fatalf("agent list table:\n%s", out)
 	}
 
-	e.mustRun("agent", "resume", rtAgent.String(), "--reason", "checked", "--admin-socket", e.socket)
+	// Reopening needs a person with the admin role, never the socket.
+	if _, errOut, code := e.run("", "agent", "resume", rtAgent.String(), "--reason", "checked", "--admin-socket", e.socket); code != exitDenied ||
+		!strings.Contains(errOut, "admin role") {
+		t.Fatalf("resume through the admin socket: exit %d, %q", code, errOut)
+	}
+	e.mustRun(cmd([]string{"agent", "resume", rtAgent.String(), "--reason", "checked"}, e.as(rtAdmin))...)
 	e.fetchJSON()
 
 	_, errOut, code = e.run("", "agent", "pause", rtAgent.String(), "--admin-socket", e.socket)
@@ -488,7 +495,11 @@ func TestFreeze_StartEnd(t *testing.T) {
 	if code != exitDenied || !strings.Contains(errOut, "freeze") {
 		t.Fatalf("fetch during freeze: exit %d, stderr %q", code, errOut)
 	}
-	out = e.mustRun(cmd([]string{"freeze", "end", "--reason", "resolved"}, e.as(rtRevoker))...)
+	if _, errOut, code := e.run("", cmd([]string{"freeze", "end", "--reason", "resolved"}, e.as(rtRevoker))...); code != exitDenied ||
+		!strings.Contains(errOut, "admin role") {
+		t.Fatalf("freeze end by a revoker: exit %d, %q", code, errOut)
+	}
+	out = e.mustRun(cmd([]string{"freeze", "end", "--reason", "resolved"}, e.as(rtAdmin))...)
 	if !strings.Contains(out, "freeze off") {
 		t.Fatalf("freeze end: %q", out)
 	}
@@ -588,9 +599,6 @@ func TestAuditTail_Follow(t *testing.T) {
 			t.Fatalf("audit tail -f printed no pause event:\n%s", out)
 		}
 		if _, err := cl.PauseAgent(ctx, rtAgent.String(), "test"); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := cl.ResumeAgent(ctx, rtAgent.String(), "test"); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(200 * time.Millisecond)

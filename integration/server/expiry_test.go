@@ -155,7 +155,10 @@ func TestServer_AutoPause(t *testing.T) {
 	if i := slices.IndexFunc(agents.Agents, func(a api.Agent) bool { return a.ID == agent }); i < 0 || agents.Agents[i].State != "paused" {
 		t.Fatalf("agents = %+v; want %s paused", agents.Agents, agent)
 	}
-	if r := l.cli(ctx, nil, "agent", "resume", agent, "--reason", "checked the bot", "--admin-socket", l.socket); r.code != 0 {
+	if r := l.cli(ctx, nil, "agent", "resume", agent, "--reason", "checked the bot", "--admin-socket", l.socket); r.code == 0 {
+		t.Fatalf("latch agent resume through the admin socket succeeded: %s", r)
+	}
+	if r := l.cli(ctx, nil, append([]string{"agent", "resume", agent, "--reason", "checked the bot"}, l.svidFiles(adminOp)...)...); r.code != 0 {
 		t.Fatalf("latch agent resume: %s", r)
 	}
 	if status, body := ask("close-ticket"); status != http.StatusOK {

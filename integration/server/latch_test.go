@@ -33,6 +33,7 @@ const (
 	agentPrefix = "spiffe://example.org/agent/"
 	revoker     = "spiffe://example.org/ops/alice" // roles: [revoker]
 	viewer      = "spiffe://example.org/ops/carol" // roles: [viewer]
+	adminOp     = "spiffe://example.org/ops/ada"   // roles: [admin]: resumes agents, ends freezes
 )
 
 // dbRoles are the database roles of nightly-report: report-<region>.
@@ -54,6 +55,7 @@ backends:
 operators:
   - { id: spiffe://example.org/ops/alice, roles: [revoker] }
   - { id: spiffe://example.org/ops/carol, roles: [viewer] }
+  - { id: spiffe://example.org/ops/ada, roles: [admin] }
 {{operators}}agents:
   - id: spiffe://example.org/agent/*
     owner: spiffe://example.org/ops/bob

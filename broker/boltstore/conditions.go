@@ -1,0 +1,146 @@
+package boltstore
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/templates"
+)
+
+// checkConditions reports the first of c that the state in tx does not
+// meet, nil when all hold. It runs in the transaction that writes the
+// change, before any of it is written, so it sees every change committed
+// before — including those earlier in the same group commit.
+func checkConditions(tx *bolt.Tx, c *broker.Conditions) (*broker.ConditionFailed, error) {
+	if c == nil {
+		return nil, nil
+	}
+	if c.Agent != "" {
+		if failed, err := checkAgentState(tx, c.Agent); failed != nil || err != nil {
+			return failed, err
+		}
+	}
+	if c.NotFrozen {
+		var fs broker.FreezeState
+		if v := tx.Bucket(bktFreeze).Get(keyFreeze); v != nil {
+			if err := json.Unmarshal(v, &fs); err != nil {
+				return nil, fmt.Errorf("%w: freeze: %v", ErrCorrupt, err)
+			}
+		}
+		if fs.Active {
+			return &broker.ConditionFailed{Reason: string(templates.ReasonGlobalFreeze)}, nil
+		}
+	}
+	if c.Template != "" && string(tx.Bucket(bktTemplates).Get([]byte(c.Template))) != c.TemplateVersion {
+		return &broker.ConditionFailed{Reason: broker.ReasonTemplateChanged}, nil
+	}
+	if c.MaxActive > 0 || c.MaxActiveTask > 0 {
+		if failed := checkBudgets(tx, c); failed != nil {
+			return failed, nil
+		}
+	}
+	if c.Intent != "" && tx.Bucket(bktIntents).Get([]byte(c.Intent)) == nil {
+		return &broker.ConditionFailed{Reason: broker.ReasonIntentGone}, nil
+	}
+	if c.LeaseActive != "" {
+		v := tx.Bucket(bktLeases).Get([]byte(c.LeaseActive))
+		var ix leaseIndex
+		if v != nil {
+			if err := json.Unmarshal(v, &ix); err != nil {
+				return nil, fmt.Errorf("%w: lease %s: %v", ErrCorrupt, c.LeaseActive, err)
+			}
+		}
+		if ix.State != broker.StateActive {
+			return &broker.ConditionFailed{Reason: broker.ReasonLeaseNotActive}, nil
+		}
+	}
+	return nil, nil
+}
+
+func checkAgentState(tx *bolt.Tx, agent string) (*broker.ConditionFailed, error) {
+	v := tx.Bucket(bktAgents).Get([]byte(agent))
+	if v == nil {
+		return nil, nil
+	}
+	var rec struct {
+		State broker.AgentState `json:"state"`
+	}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		return nil, fmt.Errorf("%w: agent %s: %v", ErrCorrupt, agent, err)
+	}
+	switch rec.State {
+	case broker.AgentPaused:
+		return &broker.ConditionFailed{Reason: string(templates.ReasonAgentPaused)}, nil
+	case broker.AgentQuarantined:
+		return &broker.ConditionFailed{Reason: string(templates.ReasonAgentQuarantined)}, nil
+	}
+	return nil, nil
+}
+
+// checkBudgets counts what the agent holds from the live index: one key
+// per live lease or intent, whose value is its task.
+func checkBudgets(tx *bolt.Tx, c *broker.Conditions) *broker.ConditionFailed {
+	all, ofTask := 0, 0
+	prefix := prefixKey(c.Agent)
+	task := []byte(c.Template)
+	cur := tx.Bucket(bktIdxLive).Cursor()
+	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+		all++
+		if bytes.Equal(v, task) {
+			ofTask++
+		}
+	}
+	switch {
+	case c.MaxActive > 0 && all >= c.MaxActive:
+		return &broker.ConditionFailed{Reason: broker.ReasonAgentBudget, Held: all}
+	case c.MaxActiveTask > 0 && ofTask >= c.MaxActiveTask:
+		return &broker.ConditionFailed{Reason: broker.ReasonTemplateBudget, Held: ofTask}
+	}
+	return nil
+}
+
+// putLive and deleteLive keep the live index: agent ␀ lease ID → task, for
+// every intent and every lease in a state that may still hold a
+// credential. Budgets count it.
+func putLive(tx *bolt.Tx, agent, id, task string) error {
+	return tx.Bucket(bktIdxLive).Put(pairKey(agent, id), []byte(task))
+}
+
+func deleteLive(tx *bolt.Tx, agent, id string) error {
+	return tx.Bucket(bktIdxLive).Delete(pairKey(agent, id))
+}
+
+// buildLive fills the live index from the intents and the state index's
+// live leases: the migration to schema 2, and Reindex.
+func buildLive(tx *bolt.Tx) error {
+	err := tx.Bucket(bktIntents).ForEach(func(k, v []byte) error {
+		var ix leaseIndex
+		if err := json.Unmarshal(v, &ix); err != nil {
+			return fmt.Errorf("%w: intent %s: %v", ErrCorrupt, k, err)
+		}
+		return putLive(tx, ix.Agent, string(k), ix.Task)
+	})
+	if err != nil {
+		return err
+	}
+	leases := tx.Bucket(bktLeases)
+	for _, st := range []broker.LeaseState{broker.StatePending, broker.StateActive, broker.StateRevoking, broker.StateIrrevocable} {
+		prefix := prefixKey(string(st))
+		cur := tx.Bucket(bktIdxState).Cursor()
+		for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+			id := k[len(prefix):]
+			var ix leaseIndex
+			if err := json.Unmarshal(leases.Get(id), &ix); err != nil {
+				return fmt.Errorf("%w: lease %s: %v", ErrCorrupt, id, err)
+			}
+			if err := putLive(tx, ix.Agent, string(id), ix.Task); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

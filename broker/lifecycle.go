@@ -1,0 +1,137 @@
+package broker
+
+import (
+	"context"
+	"errors"
+)
+
+// RevokeSelector says which leases to revoke; exactly one field is set.
+type RevokeSelector struct {
+	Lease    string
+	Agent    string
+	Task     string
+	Template string // a template version hash (sha256:...): everything issued under it
+	All      bool
+}
+
+func (sel RevokeSelector) validate() error {
+	n := 0
+	for _, set := range []bool{sel.Lease != "", sel.Agent != "", sel.Task != "", sel.Template != "", sel.All} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return Errorf(EINVALID, "say which leases to revoke: exactly one of a lease ID, agent, task, template or all")
+	}
+	return nil
+}
+
+// revokeBatch bounds how many leases one store change holds.
+const revokeBatch = 500
+
+// Revoke queues the revocation of every live lease sel matches and returns
+// how many were queued. The queue is durable: revocations survive restarts
+// and are retried until the backend confirms. Errors: EINVALID for a bad
+// selector, ENOTFOUND for an unknown lease ID, EUNAVAILABLE when the
+// store cannot record.
+func (s *Service) Revoke(ctx context.Context, actor, reason string, sel RevokeSelector) (int, error) {
+	leases, err := s.Selected(ctx, sel)
+	if err != nil {
+		return 0, err
+	}
+	return len(leases), s.queueRevocations(ctx, actor, reason, EventRevoke, leases, false)
+}
+
+// Selected lists the active leases sel selects: what Revoke would queue
+// (a dry run shows them).
+func (s *Service) Selected(ctx context.Context, sel RevokeSelector) ([]*Lease, error) {
+	if err := sel.validate(); err != nil {
+		return nil, err
+	}
+	if sel.Lease != "" {
+		l, err := s.Lease(ctx, sel.Lease)
+		if err != nil || l.State != StateActive {
+			return nil, err
+		}
+		return []*Lease{l}, nil
+	}
+	all, err := s.Leases(ctx, LeaseFilter{Agent: sel.Agent, Task: sel.Task, State: StateActive})
+	if err != nil {
+		return nil, err
+	}
+	var out []*Lease
+	for _, l := range all {
+		if sel.Template == "" || l.TemplateVersion == sel.Template {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+// queueRevocations moves leases to revoking and queues them, in batches,
+// each lease with its audit event.
+func (s *Service) queueRevocations(ctx context.Context, actor, reason string, typ EventType, leases []*Lease, expiry bool) error {
+	now := s.now()
+	for start := 0; start < len(leases); start += revokeBatch {
+		batch := leases[start:min(start+revokeBatch, len(leases))]
+		var c Change
+		for _, l := range batch {
+			l.State = StateRevoking
+			l.RevokeReason = reason
+			c.PutLeases = append(c.PutLeases, l)
+			c.Enqueue = append(c.Enqueue, Revocation{LeaseID: l.ID, Reason: reason, Actor: actor, NextAttempt: now, Expiry: expiry})
+			c.Events = append(c.Events, Event{Type: typ, Actor: actor, Subject: l.Agent, Task: l.Task, Lease: l.ID,
+				Outcome: "queued", Details: map[string]string{"reason": reason}})
+		}
+		if _, err := s.apply(ctx, c); err != nil {
+			return err
+		}
+	}
+	s.wake()
+	return nil
+}
+
+// Release ends an agent's own lease early (the agent is done with it).
+// Errors: ENOTFOUND when the lease does not exist or is not the agent's
+// (the two are not told apart), ECONFLICT when it is no longer active.
+func (s *Service) Release(ctx context.Context, agent, leaseID string) error {
+	l, err := s.ownLease(ctx, agent, leaseID)
+	if err != nil {
+		return err
+	}
+	if l.State != StateActive {
+		return Errorf(ECONFLICT, "lease %s is %s", l.ID, l.State)
+	}
+	return s.queueRevocations(ctx, agent, "released by the agent", EventRelease, []*Lease{l}, false)
+}
+
+func (s *Service) ownLease(ctx context.Context, agent, leaseID string) (*Lease, error) {
+	l, err := s.store.Lease(ctx, leaseID)
+	if errors.Is(err, ErrLeaseNotFound) || (err == nil && l.Agent != agent) {
+		return nil, Errorf(ENOTFOUND, "no lease %s of yours", leaseID)
+	}
+	if err != nil {
+		return nil, unavailable("the lease store", err)
+	}
+	return l, nil
+}
+
+// Sweep queues the revocation of every active lease past its expiry and
+// expires the approvals past their deadline (ExpireApprovals); it returns
+// how many leases and approvals it ended. Run calls it every second;
+// tests call it with an injected clock.
+func (s *Service) Sweep(ctx context.Context) (int, error) {
+	// An approval that cannot be expired must not hold up the leases.
+	total, approvalErr := s.ExpireApprovals(ctx)
+	for {
+		leases, err := s.store.ExpiringBefore(ctx, s.now(), revokeBatch)
+		if err != nil || len(leases) == 0 {
+			return total, errors.Join(approvalErr, err)
+		}
+		if err := s.queueRevocations(ctx, "latch", "expired", EventExpire, leases, true); err != nil {
+			return total, errors.Join(approvalErr, err)
+		}
+		total += len(leases)
+	}
+}

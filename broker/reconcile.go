@@ -1,0 +1,152 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+)
+
+// inflight is the set of intents that a live request of this process
+// owns: reconciliation leaves those alone, however old they are.
+type inflight struct {
+	mu  sync.Mutex
+	ids map[string]struct{}
+}
+
+// hold marks id owned until the returned release is called.
+func (f *inflight) hold(id string) (release func()) {
+	f.mu.Lock()
+	if f.ids == nil {
+		f.ids = map[string]struct{}{}
+	}
+	f.ids[id] = struct{}{}
+	f.mu.Unlock()
+	return func() {
+		f.mu.Lock()
+		delete(f.ids, id)
+		f.mu.Unlock()
+	}
+}
+
+func (f *inflight) owned(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.ids[id]
+	return ok
+}
+
+// Reconcile finishes what no live request owns: intents (a mint that was
+// started but never committed) left by a crash, or by a request whose
+// commit failed, are revoked through the refs they hold, or marked
+// failed when they hold none. It then queues the live leases of
+// quarantined agents (a crash between a quarantine and its revocations),
+// and the leases that expired while latch was down. Run calls it at start
+// and every Config.ReconcileEvery; a request in flight is never touched.
+func (s *Service) Reconcile(ctx context.Context) error {
+	intents, err := s.store.Intents(ctx)
+	if err != nil {
+		return unavailable("the store", err)
+	}
+	for _, l := range intents {
+		if s.inflight.owned(l.ID) {
+			continue
+		}
+		if err := s.reconcileIntent(ctx, l); err != nil {
+			return err
+		}
+	}
+	if err := s.requarantine(ctx); err != nil {
+		return err
+	}
+	if _, err := s.Sweep(ctx); err != nil {
+		return err
+	}
+	_, err = s.ProcessRevocations(ctx)
+	return err
+}
+
+// reconcileIntent ends one orphaned intent: queued for revocation when it
+// names something in the backend, failed when it names nothing.
+func (s *Service) reconcileIntent(ctx context.Context, l *Lease) error {
+	now := s.now()
+	ev := Event{Type: EventReconcile, Actor: "latch", Subject: l.Agent, Task: l.Task, Lease: l.ID}
+	// Conditional: its request may have committed since the listing.
+	c := Change{DeleteIntents: []string{l.ID}, PutLeases: []*Lease{l}, Conditions: &Conditions{Intent: l.ID}}
+	l.RevokeReason, l.Withheld = "latch stopped during issue", true
+	if l.Refs.IsZero() {
+		// Stopped before the backend was called (or before it named
+		// anything): nothing exists to revoke.
+		l.State, l.EndedAt = StateFailed, now
+		ev.Outcome = "failed"
+	} else {
+		l.State = StateRevoking
+		c.Enqueue = []Revocation{{LeaseID: l.ID, Reason: l.RevokeReason, Actor: "latch", NextAttempt: now}}
+		ev.Outcome = "revoking"
+	}
+	c.Events = []Event{ev}
+	_, err := s.apply(ctx, c)
+	var failed *ConditionFailed
+	if errors.As(err, &failed) {
+		return nil
+	}
+	return err
+}
+
+// requarantine queues the active leases of every quarantined agent.
+func (s *Service) requarantine(ctx context.Context) error {
+	agents, err := s.store.Agents(ctx)
+	if err != nil {
+		return unavailable("the store", err)
+	}
+	for _, a := range agents {
+		if a.State != AgentQuarantined {
+			continue
+		}
+		leases, err := s.Selected(ctx, RevokeSelector{Agent: a.ID})
+		if err != nil {
+			return err
+		}
+		if err := s.queueRevocations(ctx, "latch", "agent quarantined: "+a.Reason, EventRevoke, leases, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Run reconciles, then sweeps expired leases and works the revocation
+// queue every second (at once when woken), and reconciles again every
+// Config.ReconcileEvery, until ctx ends. ready, if not nil, is closed once
+// the first reconciliation is done.
+func (s *Service) Run(ctx context.Context, ready chan<- struct{}) error {
+	if err := s.Reconcile(ctx); err != nil {
+		return err
+	}
+	if ready != nil {
+		close(ready)
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	lastReconcile := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-s.kick:
+		}
+		if time.Since(lastReconcile) >= s.cfg.ReconcileEvery {
+			lastReconcile = time.Now()
+			if err := s.Reconcile(ctx); err != nil {
+				s.log.Error("reconcile", "err", err)
+			}
+			continue
+		}
+		if _, err := s.Sweep(ctx); err != nil {
+			s.log.Error("expiry sweep", "err", err)
+		}
+		if _, err := s.ProcessRevocations(ctx); err != nil {
+			s.log.Error("revocation queue", "err", err)
+		}
+	}
+}
