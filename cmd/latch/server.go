@@ -157,7 +157,7 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	if err := s.vault.Login(ctx); err != nil {
 		return nil, fmt.Errorf("vault login: %w", err)
 	}
-	backends, err := cfg.buildBackends(s.vault)
+	backends, err := cfg.backends.Build(s.vault)
 	if err != nil {
 		return nil, err
 	}
