@@ -79,6 +79,9 @@ func runServer(c *cli.Context) error {
 	return srv.Run(ctx)
 }
 
+// promstats takes backends/vault's Metrics by its method set alone.
+var _ vault.Metrics = (*promstats.Metrics)(nil)
+
 // Server is a running latch: everything `latch server` opens, in the order
 // it opens it. Integration tests use it directly.
 type Server struct {
