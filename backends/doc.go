@@ -2,7 +2,8 @@
 // broker.Backend: backends/vaulttoken, backends/vaultlease and
 // backends/vaultpki, over the shared Vault client in backends/vault.
 // Vault admins plug them in through the backends: section of the config;
-// cmd/latch lists them and hands each its own config block:
+// backends/catalog lists them, hands each its own config block and builds
+// them, for cmd/latch and the integration tests alike. Built by hand:
 //
 //	c, _ := vault.New(vaultCfg)                  // one client, latch's own login
 //	tokens, _ := vaulttoken.New(c, vaulttoken.Config{})

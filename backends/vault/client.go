@@ -152,7 +152,7 @@ type Request struct {
 func (c *Client) Do(ctx context.Context, r Request) (*vaultapi.Secret, error) {
 	start := time.Now()
 	s, err := c.do(ctx, r)
-	c.cfg.Metrics.ObserveVaultCall(r.Op, time.Since(start), err)
+	c.cfg.Metrics.ObserveVaultCall(r.Op, Outcome(err), time.Since(start))
 	return s, err
 }
 

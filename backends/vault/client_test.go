@@ -32,14 +32,13 @@ type recorder struct {
 }
 
 type call struct {
-	op  string
-	err error
+	op, outcome string
 }
 
-func (r *recorder) ObserveVaultCall(op string, _ time.Duration, err error) {
+func (r *recorder) ObserveVaultCall(op, outcome string, _ time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.calls = append(r.calls, call{op, err})
+	r.calls = append(r.calls, call{op, outcome})
 }
 
 func (r *recorder) ops() []string {
@@ -47,7 +46,7 @@ func (r *recorder) ops() []string {
 	defer r.mu.Unlock()
 	var out []string
 	for _, c := range r.calls {
-		out = append(out, c.op+"="+vault.Outcome(c.err))
+		out = append(out, c.op+"="+c.outcome)
 	}
 	return out
 }

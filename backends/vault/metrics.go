@@ -7,17 +7,19 @@ import (
 	"github.com/latchbroker/latch/broker"
 )
 
-// Metrics observes Vault calls; broker/promstats implements it for the
-// server. op is a fixed, low-cardinality name such as
-// "token.create" or "pki.issue" (never a path); d is the whole call,
-// retries and backoff included; err is its result.
+// Metrics observes Vault calls. op is a fixed, low-cardinality name such
+// as "token.create" or "pki.issue" (never a path); outcome is
+// Outcome of the call's error; d is the whole call, retries and backoff
+// included. The arguments are plain values so that an implementation
+// (broker/promstats, for the server) needs to import nothing of this
+// package: it satisfies Metrics by its method set alone.
 type Metrics interface {
-	ObserveVaultCall(op string, d time.Duration, err error)
+	ObserveVaultCall(op, outcome string, d time.Duration)
 }
 
 type nopMetrics struct{}
 
-func (nopMetrics) ObserveVaultCall(string, time.Duration, error) {}
+func (nopMetrics) ObserveVaultCall(string, string, time.Duration) {}
 
 // Outcome names a call's result: "ok", "unavailable" (a retryable
 // failure) or "error".

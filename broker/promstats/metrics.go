@@ -12,13 +12,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/latchbroker/latch/backends/vault"
 	"github.com/latchbroker/latch/broker"
 )
 
 // Metrics is latch's Prometheus instrumentation on a registry of its own.
-// It implements broker.Metrics, broker.EventDropCounter, httpapi.Metrics
-// and vault.Metrics. It is safe for concurrent use.
+// It implements broker.Metrics, broker.EventDropCounter, httpapi.Metrics,
+// notify.Metrics and, by ObserveVaultCall's plain arguments, the Metrics
+// of backends/vault without importing it (promstats knows no backend;
+// cmd/latch, which wires both, checks the fit at compile time). It is safe
+// for concurrent use.
 type Metrics struct {
 	reg *prometheus.Registry
 
@@ -169,9 +171,11 @@ func (m *Metrics) AuditAppendFailed() { m.auditFailures.Inc() }
 // EventDropped implements broker.EventDropCounter.
 func (m *Metrics) EventDropped() { m.eventsDropped.Inc() }
 
-// ObserveVaultCall implements vault.Metrics (backends/vault).
-func (m *Metrics) ObserveVaultCall(op string, d time.Duration, err error) {
-	m.vault.WithLabelValues(m.labels.value("op", op), vault.Outcome(err)).Observe(d.Seconds())
+// ObserveVaultCall records one Vault call: op is the operation's name,
+// outcome ok, unavailable or error, d the whole call with its retries.
+// It is backends/vault's Metrics.
+func (m *Metrics) ObserveVaultCall(op, outcome string, d time.Duration) {
+	m.vault.WithLabelValues(m.labels.value("op", op), m.labels.value("outcome", outcome)).Observe(d.Seconds())
 }
 
 // HTTPRequest implements httpapi.Metrics.

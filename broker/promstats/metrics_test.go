@@ -48,8 +48,8 @@ func TestMetrics(t *testing.T) {
 	m.QueueDepth(7)
 	m.AuditAppendFailed()
 	m.EventDropped()
-	m.ObserveVaultCall("token.create", 20*time.Millisecond, nil)
-	m.ObserveVaultCall("token.create", 30*time.Millisecond, fmt.Errorf("down: %w", broker.ErrBackendUnavailable))
+	m.ObserveVaultCall("token.create", "ok", 20*time.Millisecond)
+	m.ObserveVaultCall("token.create", "unavailable", 30*time.Millisecond)
 	m.HTTPRequest("POST /v1/credentials", 200, time.Millisecond)
 	m.SetActiveLeases(map[string]int{"report": 3, "ticket": 1})
 
@@ -108,7 +108,7 @@ func TestMetrics_LabelsBounded(t *testing.T) {
 		m.Violation(fmt.Sprintf("reason-%d", i))
 	}
 	m.Violation("bad\xffutf8")
-	m.ObserveVaultCall(strings.Repeat("x", 1000), time.Millisecond, nil)
+	m.ObserveVaultCall(strings.Repeat("x", 1000), "ok", time.Millisecond)
 	out := scrape(t, m)
 	if n := strings.Count(out, "latch_violations_total{"); n > 201 {
 		t.Fatalf("%d violation series", n)

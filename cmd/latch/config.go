@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/latchbroker/latch/backends/catalog"
 	"github.com/latchbroker/latch/notify"
 	"github.com/latchbroker/latch/templates"
 	"github.com/latchbroker/latch/templates/strictyaml"
@@ -35,7 +35,7 @@ type Config struct {
 	SPIFFE   SPIFFEConfig             `yaml:"spiffe"`
 	Store    StoreConfig              `yaml:"store"`
 	Vault    VaultConfig              `yaml:"vault"`
-	Backends map[string]BackendConfig `yaml:"backends"`
+	Backends map[string]catalog.Block `yaml:"backends"`
 	// operators, agents, freeze_windows, risk_tiers.
 	templates.PolicyConfig `yaml:",inline"`
 	Notify                 NotifyConfig    `yaml:"notify"`
@@ -45,8 +45,9 @@ type Config struct {
 
 	// Policy is the compiled policy; LoadConfig sets it.
 	Policy *templates.Policy `yaml:"-"`
-	// backends build each configured backend over latch's Vault client.
-	backends map[string]backendBuilder
+	// backends are the decoded backends: section; the server builds them
+	// over latch's Vault client.
+	backends catalog.Set
 
 	ServerAt       strictyaml.Pos `yaml:"server,pos"`
 	SPIFFEAt       strictyaml.Pos `yaml:"spiffe,pos"`
@@ -126,20 +127,6 @@ type VaultAuthConfig struct {
 	MethodAt strictyaml.Pos `yaml:"method,pos"`
 }
 
-// BackendConfig is one entry of backends:. Type picks the implementation;
-// every other key belongs to the backend, which decodes it with Decode.
-type BackendConfig struct {
-	Type    string         `yaml:"type"`
-	Options strictyaml.Raw `yaml:",remain"`
-
-	At     strictyaml.Pos `yaml:",pos"`
-	TypeAt strictyaml.Pos `yaml:"type,pos"`
-}
-
-// Decode strictly decodes the backend's own keys (all but type) into v;
-// errors name file:line:col like the rest of the config.
-func (b BackendConfig) Decode(v any) error { return b.Options.Decode(v) }
-
 // ApprovalsConfig is approvals: how long a request waits for its reviews,
 // and how long an approved request waits to be picked up. Zero takes the
 // broker's defaults (1h and 15m).
@@ -190,8 +177,6 @@ const (
 	defaultTemplatesDir  = "templates"
 )
 
-var backendNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$`)
-
 // LoadConfig reads, validates and compiles the config at path and the
 // templates in its templates_dir. It is the one loading path: `latch check`
 // and `latch server` both call it. The error lists every problem, one
@@ -214,30 +199,11 @@ func LoadConfig(path string) (*Config, error) {
 		}
 	}
 	errs = append(errs, cfg.validate()...)
-	backends := map[string]templates.Backend{}
-	cfg.backends = map[string]backendBuilder{}
-	for _, name := range sortedKeys(cfg.Backends) {
-		b := cfg.Backends[name]
-		path := "backends." + name
-		if !backendNameRE.MatchString(name) {
-			errs = append(errs, b.At.Errorf("%s: backend names are lowercase letters, digits and -", path))
-			continue
-		}
-		decode, ok := builtinBackends[b.Type]
-		switch {
-		case b.Type == "":
-			errs = append(errs, b.At.Errorf("%s: type is required; allowed: %s", path, strings.Join(sortedKeys(builtinBackends), ", ")))
-			continue
-		case !ok:
-			errs = append(errs, b.TypeAt.Errorf("%s.type: unknown backend type %q; allowed: %s", path, b.Type, strings.Join(sortedKeys(builtinBackends), ", ")))
-			continue
-		}
-		be, build, err := decode(path, b)
-		errs.Add(err)
-		be.Type = b.Type
-		backends[name] = be
-		cfg.backends[name] = build
-	}
+	// The backends: section is checked, type by type, by the one list of
+	// backend types the server builds from.
+	backends, err := catalog.Decode(cfg.Backends)
+	errs.Add(err)
+	cfg.backends = backends
 	cfg.resolvePaths()
 	var files []templates.File
 	if fi, err := os.Stat(cfg.TemplatesDir); err != nil || !fi.IsDir() {
@@ -252,7 +218,7 @@ func LoadConfig(path string) (*Config, error) {
 	} else if files, err = templates.ReadDir(cfg.TemplatesDir); err != nil {
 		errs = append(errs, cfg.at(cfg.TemplatesDirAt).Errorf("templates_dir: %v", err))
 	}
-	pol, err := templates.Load(templates.Source{Policy: cfg.PolicyConfig, Templates: files, Backends: backends})
+	pol, err := templates.Load(templates.Source{Policy: cfg.PolicyConfig, Templates: files, Backends: backends.Templates()})
 	errs.Add(err)
 	if err := errs.Err(); err != nil {
 		return nil, err

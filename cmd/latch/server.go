@@ -79,8 +79,11 @@ func runServer(c *cli.Context) error {
 	return srv.Run(ctx)
 }
 
+// promstats takes backends/vault's Metrics by its method set alone.
+var _ vault.Metrics = (*promstats.Metrics)(nil)
+
 // Server is a running latch: everything `latch server` opens, in the order
-// it opens it. Integration tests use it directly.
+// it opens it.
 type Server struct {
 	cfg      *Config
 	log      *slog.Logger
@@ -92,8 +95,9 @@ type Server struct {
 	metrics  *promstats.Metrics
 	notifier *notify.Notifier // nil without webhooks
 
-	// Listeners are opened by OpenServer, before serving, so that bind
-	// errors surface at start; Addr reports what they bound.
+	// Listeners are opened by Run (listen), first thing and before
+	// anything is served, so that a bind error fails the start; APIAddr
+	// and MetricsAddr report what they bound, once Run has listened.
 	apiLn, adminLn, metricsLn net.Listener
 
 	ready    chan struct{} // closed once reconciliation is done
@@ -103,8 +107,13 @@ type Server struct {
 	reloadMu sync.Mutex
 }
 
-// OpenServer opens the store, latch's SPIFFE identity and the Vault
-// client, and builds the service. Run starts it.
+// OpenServer opens the store, latch's SPIFFE identity and the Vault client
+// (and logs in, so bad Vault credentials fail here), builds the backends,
+// the service and the webhook notifier, and records the config's policy
+// with the service. It opens no listener and serves nothing: Run binds
+// the listeners first, then starts reconciliation and serves (/readyz
+// answers ready once reconciliation is done). On error, whatever was
+// opened is closed.
 func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, err error) {
 	s = &Server{cfg: cfg, log: log, ready: make(chan struct{}), runErr: make(chan error, 1), metrics: promstats.New()}
 	defer func() {
@@ -157,7 +166,7 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	if err := s.vault.Login(ctx); err != nil {
 		return nil, fmt.Errorf("vault login: %w", err)
 	}
-	backends, err := cfg.buildBackends(s.vault)
+	backends, err := cfg.backends.Build(s.vault)
 	if err != nil {
 		return nil, err
 	}

@@ -76,7 +76,7 @@ func newChild(t *testing.T, e *env) *child {
 		"secret_id_file": e.SecretIDFile,
 		"policy":         policyYAML,
 		"templates":      templateFiles,
-		"backends":       backendConfigs,
+		"backends":       backendsYAML,
 	}
 	b, err := json.Marshal(cfg)
 	if err != nil {

@@ -8,10 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/latchbroker/latch/backends/catalog"
 	"github.com/latchbroker/latch/backends/vault"
-	"github.com/latchbroker/latch/backends/vaultlease"
-	"github.com/latchbroker/latch/backends/vaultpki"
-	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/integration/vaultenv"
 	"github.com/latchbroker/latch/templates"
@@ -82,12 +80,14 @@ risk: low
 `,
 }
 
-// backendConfigs is the backends: section, as the crash child gets it too.
-var backendConfigs = map[string]vaultenv.BackendConfig{
-	"tokens": {Type: vaulttoken.Type},
-	"app-db": {Type: vaultlease.Type, Path: "database/creds/{{ .vars.role }}"},
-	"certs":  {Type: vaultpki.Type, Mount: pkiMount, Role: pkiRole},
-}
+// backendsYAML is the backends: section of latch.yaml, decoded by
+// backends/catalog as latch decodes it; the crash child gets the same text.
+var backendsYAML = fmt.Sprintf(`
+backends:
+  tokens: { type: vault-token }
+  app-db: { type: vault-lease, path: "database/creds/{{ .vars.role }}" }
+  certs:  { type: vault-pki, mount: %s, role: %s }
+`, pkiMount, pkiRole)
 
 // Task names and the backends behind them.
 const (
@@ -105,10 +105,11 @@ func loadPolicy(files map[string]string) (*templates.Policy, error) {
 	if err != nil {
 		return nil, err
 	}
-	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{}}
-	for name, b := range backendConfigs {
-		src.Backends[name] = templates.Backend{Type: b.Type, Path: b.Path} // as vaultenv.NewBackends describes them
+	set, err := catalog.Parse("latch.yaml", []byte(backendsYAML))
+	if err != nil {
+		return nil, err
 	}
+	src := templates.Source{Policy: pc, Backends: set.Templates()}
 	for name, body := range files {
 		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
 	}
@@ -159,10 +160,14 @@ func newEnv(ctx context.Context) (*env, error) {
 	return e, err
 }
 
-// newBackends builds the configured backends on c, as cmd/latch does.
+// newBackends builds the configured backends on c, through the same
+// catalog as cmd/latch.
 func newBackends(c *vault.Client) (map[string]broker.Backend, error) {
-	bs, _, err := vaultenv.NewBackends(c, backendConfigs)
-	return bs, err
+	set, err := catalog.Parse("latch.yaml", []byte(backendsYAML))
+	if err != nil {
+		return nil, err
+	}
+	return set.Build(c)
 }
 
 func dbRole(region string) string { return "report-" + region }

@@ -1,5 +1,6 @@
 // Command crashchild runs broker.Service the way latch's server does — a
-// bbolt store, the real Vault backends, latch's own AppRole login — minus
+// bbolt store, the real Vault backends (built by backends/catalog from a
+// backends: section, as latch builds them), latch's own AppRole login — minus
 // the HTTP API, for the kill -9 tests of integration/broker. The tests
 // build it with -tags failpoints and set LATCH_FAILPOINT so that it kills
 // itself at one point of an issue or a bulk revocation; then they start it
@@ -24,23 +25,24 @@ import (
 	"strings"
 	"time"
 
+	"github.com/latchbroker/latch/backends/catalog"
 	"github.com/latchbroker/latch/backends/vault"
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
-	"github.com/latchbroker/latch/integration/vaultenv"
 	"github.com/latchbroker/latch/templates"
 )
 
 // Config is what the test hands the child: where the store and Vault are,
 // and the policy, templates and backends it serves.
 type Config struct {
-	DB           string                            `json:"db"`
-	VaultAddr    string                            `json:"vault_addr"`
-	RoleIDFile   string                            `json:"role_id_file"`
-	SecretIDFile string                            `json:"secret_id_file"`
-	Policy       string                            `json:"policy"`
-	Templates    map[string]string                 `json:"templates"`
-	Backends     map[string]vaultenv.BackendConfig `json:"backends"`
+	DB           string            `json:"db"`
+	VaultAddr    string            `json:"vault_addr"`
+	RoleIDFile   string            `json:"role_id_file"`
+	SecretIDFile string            `json:"secret_id_file"`
+	Policy       string            `json:"policy"`
+	Templates    map[string]string `json:"templates"`
+	// Backends is latch.yaml's backends: section, as YAML text.
+	Backends string `json:"backends"`
 }
 
 type reqFlags []string
@@ -98,11 +100,15 @@ func run(cfgPath, op, agent string, reqs []string) error {
 		return err
 	}
 	go func() { _ = vc.Run(ctx) }()
-	backends, tb, err := vaultenv.NewBackends(vc, cfg.Backends)
+	set, err := catalog.Parse("latch.yaml", []byte(cfg.Backends))
 	if err != nil {
 		return err
 	}
-	policy, err := loadPolicy(cfg, tb)
+	backends, err := set.Build(vc)
+	if err != nil {
+		return err
+	}
+	policy, err := loadPolicy(cfg, set.Templates())
 	if err != nil {
 		return err
 	}
