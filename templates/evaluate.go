@@ -209,6 +209,22 @@ func (p *Policy) newEvaluation(req Request) *evaluation {
 	return ev
 }
 
+// prepareTrace precomputes, at Load, the trace text that does not depend
+// on the request, so Evaluate formats nothing on its common path. Each
+// stage's part is beside the stage.
+func (t *Template) prepareTrace(windows []*Window) {
+	t.taskDetail = "template " + t.Name + " " + t.Version   // findTemplate
+	t.baseWhy = "base risk " + t.Risk                       // escalate, settleTier
+	t.ttlDefault = "template default " + fmtDuration(t.TTL) // settleTTL
+	for i := range t.Escalations {
+		t.Escalations[i].prepareTrace(i)
+	}
+	for i := range t.Windows {
+		r := &t.Windows[i]
+		r.prepareTrace(t.Name, windows[r.index])
+	}
+}
+
 func (ev *evaluation) windowActive(i int) bool {
 	if ev.active[i] == 0 {
 		ev.active[i] = 1
@@ -401,6 +417,14 @@ func (ev *evaluation) raise(rule string, level int, detail, why string) {
 	ev.level = max(ev.level, level)
 }
 
+// prepareTrace sets the trace text of escalate[i].
+func (e *Escalation) prepareTrace(i int) {
+	e.rule = fmt.Sprintf("escalate[%d]", i)
+	e.falseDetail = e.When + " is false"
+	e.trueDetail = e.When + " is true → " + e.To
+	e.why = e.rule + ": " + e.When + " → " + e.To
+}
+
 // settleTier fixes the risk tier escalation reached.
 func (ev *evaluation) settleTier() {
 	ev.tier = ev.p.tiers[ev.level]
@@ -503,6 +527,23 @@ func (ev *evaluation) applyWindow(r WindowRule, active bool) (next time.Time, ha
 	ev.step(r.rule, ResultApproval, detail)
 	ev.approvals = append(ev.approvals, reason)
 	return next, hasNext
+}
+
+// prepareTrace sets the trace text and the reason's message of a window
+// rule of template task, for window w.
+func (r *WindowRule) prepareTrace(task string, w *Window) {
+	where := "during"
+	r.rule = "window." + r.Window
+	if r.Outside {
+		r.rule, where = "outside."+r.Window, "outside"
+	}
+	r.activeDetail = r.Window + " is active (" + w.String() + ")"
+	r.inactiveDetail = r.Window + " is inactive (" + w.String() + ")"
+	if r.Effect == EffectDeny {
+		r.blockMessage = task + " is frozen " + where + " window " + r.Window + " (" + w.String() + ")"
+	} else {
+		r.blockMessage = task + " needs approval " + where + " window " + r.Window + " (" + w.String() + ")"
+	}
 }
 
 // countApprovals sets how many approvals the request needs: the tier's,

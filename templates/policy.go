@@ -122,7 +122,7 @@ type Template struct {
 	names      *namesRenderer
 	riskLevel  int
 	// Trace details that do not depend on the request, precomputed so
-	// Evaluate formats nothing on its common path.
+	// Evaluate formats nothing on its common path (see prepareTrace).
 	taskDetail, baseWhy, ttlDefault string
 }
 
