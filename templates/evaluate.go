@@ -138,14 +138,6 @@ const (
 	ResultSkip     Result = "skip"     // not checked: an earlier rule failed
 )
 
-// Err returns a *Denied for a Deny decision and nil otherwise.
-func (d *Decision) Err() error {
-	if d.Outcome != Deny {
-		return nil
-	}
-	return &Denied{Agent: d.Agent, Task: d.Task, Reasons: d.Reasons, NextAllowedAt: d.NextAllowedAt}
-}
-
 // Evaluate decides a request. It is pure (the same Request always gives the
 // same Decision), never panics on any input, and does no I/O; every
 // template, condition and window was compiled by Load.
