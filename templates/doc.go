@@ -28,7 +28,7 @@
 //	switch d.Outcome {
 //	case templates.Allow: // mint d.Rendered (policy, path, names) for d.TTL
 //	case templates.ApprovalRequired: // wait for d.Approvals distinct approvers
-//	case templates.Deny: // d.Err() is a *templates.Denied with d.Reasons
+//	case templates.Deny: // d.Reasons say why; d.NextAllowedAt, when a window blocks
 //	}
 //
 // Freeze windows are evaluated in their own time zone's wall-clock time (see

@@ -138,191 +138,304 @@ const (
 	ResultSkip     Result = "skip"     // not checked: an earlier rule failed
 )
 
-// Err returns a *Denied for a Deny decision and nil otherwise.
-func (d *Decision) Err() error {
-	if d.Outcome != Deny {
-		return nil
+// Evaluate decides a request. It is pure (the same Request always gives the
+// same Decision), never panics on any input, and does no I/O; every
+// template, condition and window was compiled by Load.
+//
+// Each stage below checks one rule (or one family of rules) and writes its
+// own steps of the trace, so the trace lists the rules in this order.
+func (p *Policy) Evaluate(req Request) Decision {
+	ev := p.newEvaluation(req)
+	ev.identifyAgent()
+	ev.checkAgentState()
+	ev.checkGlobalFreeze()
+	if !ev.findTemplate() {
+		return ev.finish()
 	}
-	return &Denied{Agent: d.Agent, Task: d.Task, Reasons: d.Reasons, NextAllowedAt: d.NextAllowedAt}
+	ev.checkGrant()
+	ev.checkParams()
+	ev.escalate()
+	ev.settleTier()
+	ev.settleTTL()
+	ev.checkWindows()
+	ev.countApprovals()
+	ev.renderOutputs()
+	return ev.finish()
 }
 
-// evaluation is the per-request scratch state.
+// evaluation is the per-request scratch state: the decision being built,
+// and what each stage of Evaluate leaves for the later ones.
 type evaluation struct {
 	p      *Policy
-	now    time.Time
+	req    Request
 	active []int8 // per window index: 0 not computed, 1 inactive, 2 active
 	buf    [8]int8
+
+	d         Decision
+	denies    []Reason
+	approvals []Reason
+
+	agent          *Agent            // the matching agents: entry; nil if none
+	t              *Template         // the task's template, once found
+	params         map[string]string // effective parameters (defaults applied)
+	paramsOK       bool              // every parameter is valid
+	agentMap       map[string]string // see agentVars
+	level          int               // risk level, raised by escalation
+	tier           Tier              // the tier level settles on
+	windowApproval bool              // a require_approval window applies
+}
+
+func (p *Policy) newEvaluation(req Request) *evaluation {
+	ev := &evaluation{p: p, req: req}
+	if n := len(p.windowList); n <= len(ev.buf) {
+		ev.active = ev.buf[:n]
+	} else {
+		ev.active = make([]int8, n)
+	}
+	ev.d = Decision{Agent: req.Agent, Task: req.Task, EvaluatedAt: req.Now}
+	steps := 12 + len(req.Params)
+	if t, ok := p.templates[req.Task]; ok {
+		steps += len(t.Params) + len(t.Escalations) + len(t.Windows)
+	}
+	ev.d.Trace = make([]Step, 0, steps)
+	return ev
+}
+
+// prepareTrace precomputes, at Load, the trace text that does not depend
+// on the request, so Evaluate formats nothing on its common path. Each
+// stage's part is beside the stage.
+func (t *Template) prepareTrace(windows []*Window) {
+	t.taskDetail = "template " + t.Name + " " + t.Version   // findTemplate
+	t.baseWhy = "base risk " + t.Risk                       // escalate, settleTier
+	t.ttlDefault = "template default " + fmtDuration(t.TTL) // settleTTL
+	for i := range t.Escalations {
+		t.Escalations[i].prepareTrace(i)
+	}
+	for i := range t.Windows {
+		r := &t.Windows[i]
+		r.prepareTrace(t.Name, windows[r.index])
+	}
 }
 
 func (ev *evaluation) windowActive(i int) bool {
 	if ev.active[i] == 0 {
 		ev.active[i] = 1
-		if ev.p.windowList[i].Active(ev.now) {
+		if ev.p.windowList[i].Active(ev.req.Now) {
 			ev.active[i] = 2
 		}
 	}
 	return ev.active[i] == 2
 }
 
-// Evaluate decides a request. It is pure (the same Request always gives the
-// same Decision), never panics on any input, and does no I/O; every
-// template, condition and window was compiled by Load.
-func (p *Policy) Evaluate(req Request) Decision {
-	ev := &evaluation{p: p, now: req.Now}
-	if n := len(p.windowList); n <= len(ev.buf) {
-		ev.active = ev.buf[:n]
-	} else {
-		ev.active = make([]int8, n)
+// agentVars is the agent as CEL conditions and renderers see it.
+func (ev *evaluation) agentVars() map[string]string {
+	if ev.agentMap == nil {
+		ev.agentMap = map[string]string{"id": ev.req.Agent, "owner": ev.d.Owner}
 	}
-	d := Decision{Agent: req.Agent, Task: req.Task, EvaluatedAt: req.Now}
-	steps := 12 + len(req.Params)
-	if t, ok := p.templates[req.Task]; ok {
-		steps += len(t.Params) + len(t.Escalations) + len(t.Windows)
-	}
-	d.Trace = make([]Step, 0, steps)
-	var denies, approvals []Reason
-	deny := func(rule string, code ReasonCode, msg string) {
-		d.Trace = append(d.Trace, Step{Rule: rule, Result: ResultDeny, Detail: msg})
-		denies = append(denies, Reason{Code: code, Message: msg})
-	}
-	pass := func(rule, detail string) {
-		d.Trace = append(d.Trace, Step{Rule: rule, Result: ResultPass, Detail: detail})
-	}
-	skip := func(rule, detail string) {
-		d.Trace = append(d.Trace, Step{Rule: rule, Result: ResultSkip, Detail: detail})
-	}
+	return ev.agentMap
+}
 
-	// Who is asking.
-	var agent *Agent
-	if _, err := spiffeid.FromString(req.Agent); err != nil {
-		deny("agent", ReasonUnknownAgent, fmt.Sprintf("%s is not a valid SPIFFE ID", quoteTrunc(req.Agent)))
-	} else if a, ok := p.Agent(req.Agent); !ok {
-		deny("agent", ReasonUnknownAgent, fmt.Sprintf("agent %s is not registered", req.Agent))
+// Trace steps, each with the reason it adds to the decision, if any.
+
+func (ev *evaluation) step(rule string, result Result, detail string) {
+	ev.d.Trace = append(ev.d.Trace, Step{Rule: rule, Result: result, Detail: detail})
+}
+
+func (ev *evaluation) pass(rule, detail string) { ev.step(rule, ResultPass, detail) }
+
+func (ev *evaluation) skip(rule, detail string) { ev.step(rule, ResultSkip, detail) }
+
+func (ev *evaluation) deny(rule string, code ReasonCode, msg string) {
+	ev.step(rule, ResultDeny, msg)
+	ev.denies = append(ev.denies, Reason{Code: code, Message: msg})
+}
+
+// identifyAgent checks that the requester is a valid SPIFFE ID matching an
+// agents: entry.
+func (ev *evaluation) identifyAgent() {
+	id := ev.req.Agent
+	if _, err := spiffeid.FromString(id); err != nil {
+		ev.deny("agent", ReasonUnknownAgent, fmt.Sprintf("%s is not a valid SPIFFE ID", quoteTrunc(id)))
+	} else if a, ok := ev.p.Agent(id); !ok {
+		ev.deny("agent", ReasonUnknownAgent, fmt.Sprintf("agent %s is not registered", id))
 	} else {
-		agent = a
-		d.AgentPattern, d.Owner = a.Pattern, a.Owner
-		pass("agent", a.detail)
+		ev.agent = a
+		ev.d.AgentPattern, ev.d.Owner = a.Pattern, a.Owner
+		ev.pass("agent", a.detail)
 	}
-	switch req.AgentState {
+}
+
+// checkAgentState denies an agent an operator paused or quarantined.
+func (ev *evaluation) checkAgentState() {
+	switch s := ev.req.AgentState; s {
 	case "", AgentActive:
-		pass("agent_state", "active")
+		ev.pass("agent_state", "active")
 	case AgentPaused:
-		deny("agent_state", ReasonAgentPaused, "agent is paused by an operator")
+		ev.deny("agent_state", ReasonAgentPaused, "agent is paused by an operator")
 	case AgentQuarantined:
-		deny("agent_state", ReasonAgentQuarantined, "agent is quarantined by an operator")
+		ev.deny("agent_state", ReasonAgentQuarantined, "agent is quarantined by an operator")
 	default:
 		// An unknown state is a caller bug; fail closed.
-		deny("agent_state", ReasonAgentPaused, fmt.Sprintf("unknown agent state %s", quoteTrunc(string(req.AgentState))))
+		ev.deny("agent_state", ReasonAgentPaused, fmt.Sprintf("unknown agent state %s", quoteTrunc(string(s))))
 	}
-	if req.GlobalFreeze {
-		deny("global_freeze", ReasonGlobalFreeze, "a global emergency freeze is in effect")
+}
+
+// checkGlobalFreeze denies everything during an operator's emergency freeze.
+func (ev *evaluation) checkGlobalFreeze() {
+	if ev.req.GlobalFreeze {
+		ev.deny("global_freeze", ReasonGlobalFreeze, "a global emergency freeze is in effect")
 	} else {
-		pass("global_freeze", "not in effect")
+		ev.pass("global_freeze", "not in effect")
 	}
+}
 
-	// Which task.
-	t, ok := p.templates[req.Task]
+// findTemplate looks up the task's template. Without one, no later rule
+// can be checked and it reports false.
+func (ev *evaluation) findTemplate() bool {
+	t, ok := ev.p.templates[ev.req.Task]
 	if !ok {
-		deny("task", ReasonUnknownTask, fmt.Sprintf("no template named %s", quoteTrunc(req.Task)))
-		return finish(d, denies, nil)
+		ev.deny("task", ReasonUnknownTask, fmt.Sprintf("no template named %s", quoteTrunc(ev.req.Task)))
+		return false
 	}
-	d.TemplateVersion, d.Backend, d.BackendType = t.Version, t.Backend, t.BackendType
-	pass("task", t.taskDetail)
-	switch {
-	case agent == nil:
-		skip("grant", "agent not registered")
-	case agent.Granted(t.Name):
-		pass("grant", t.Name+" is granted to "+agent.Pattern)
-	default:
-		deny("grant", ReasonTaskNotGranted, fmt.Sprintf("%s is not granted to %s", t.Name, agent.Pattern))
-	}
+	ev.t = t
+	ev.d.TemplateVersion, ev.d.Backend, ev.d.BackendType = t.Version, t.Backend, t.BackendType
+	ev.pass("task", t.taskDetail)
+	return true
+}
 
-	// Parameters: unknown ones first (sorted, for a stable trace), then
-	// each declared one.
-	paramsOK := true
-	if len(req.Params) > 0 {
+// checkGrant checks that the agent's entry grants the template.
+func (ev *evaluation) checkGrant() {
+	switch name := ev.t.Name; {
+	case ev.agent == nil:
+		ev.skip("grant", "agent not registered")
+	case ev.agent.Granted(name):
+		ev.pass("grant", name+" is granted to "+ev.agent.Pattern)
+	default:
+		ev.deny("grant", ReasonTaskNotGranted, fmt.Sprintf("%s is not granted to %s", name, ev.agent.Pattern))
+	}
+}
+
+// checkParams checks the request's parameters: unknown ones first (sorted,
+// for a stable trace), then each declared one. The effective parameters
+// reach the decision only when every one is valid.
+func (ev *evaluation) checkParams() {
+	t := ev.t
+	ev.paramsOK = true
+	if len(ev.req.Params) > 0 {
 		var unknown []string
-		for k := range req.Params {
+		for k := range ev.req.Params {
 			if t.params[k] == nil {
 				unknown = append(unknown, k)
 			}
 		}
 		sort.Strings(unknown)
 		for _, k := range unknown {
-			paramsOK = false
-			deny("param", ReasonUnknownParam, fmt.Sprintf("unknown parameter %s; %s", quoteTrunc(k), allowedParams(t)))
+			ev.paramsOK = false
+			ev.deny("param", ReasonUnknownParam, fmt.Sprintf("unknown parameter %s; %s", quoteTrunc(k), allowedParams(t)))
 		}
 	}
-	params := make(map[string]string, len(t.Params))
+	ev.params = make(map[string]string, len(t.Params))
 	for i := range t.Params {
-		pd := &t.Params[i]
-		rule := "param." + pd.Name
-		v, given := req.Params[pd.Name]
+		if !ev.checkParam(&t.Params[i]) {
+			ev.paramsOK = false
+		}
+	}
+	if ev.paramsOK {
+		ev.d.Params = ev.params
+	}
+}
+
+// checkParam checks one declared parameter, given or defaulted, and records
+// its effective value; it reports whether the parameter is valid.
+func (ev *evaluation) checkParam(pd *Param) bool {
+	rule := "param." + pd.Name
+	v, given := ev.req.Params[pd.Name]
+	switch {
+	case !given && pd.HasDefault:
+		ev.params[pd.Name] = pd.Default
+		ev.pass(rule, fmt.Sprintf("%q (default)", pd.Default))
+	case !given:
+		ev.deny(rule, ReasonMissingParam, fmt.Sprintf("parameter %s is required", pd.Name))
+		return false
+	default:
+		if msg := ev.t.params[pd.Name].check(v); msg != "" {
+			ev.deny(rule, ReasonParamConstraint, fmt.Sprintf("parameter %s: %s", pd.Name, msg))
+			return false
+		}
+		ev.params[pd.Name] = v
+		ev.pass(rule, strconv.Quote(v)+pd.suffix)
+	}
+	return true
+}
+
+// escalate starts from the template's base risk and runs its escalation
+// rules, each of which can only raise the tier. The conditions read the
+// parameters, so they are skipped when those are invalid.
+func (ev *evaluation) escalate() {
+	t := ev.t
+	ev.level = t.riskLevel
+	ev.d.TierWhy = []string{t.baseWhy}
+	if len(t.Escalations) == 0 {
+		return
+	}
+	if !ev.paramsOK {
+		ev.skip("escalate", "parameters are invalid")
+		return
+	}
+	act := newActivation(ev, ev.params, ev.agentVars(), t.Name, ev.req.Now)
+	for _, e := range t.Escalations {
+		out, _, err := e.cond.prog.Eval(act)
 		switch {
-		case !given && pd.HasDefault:
-			params[pd.Name] = pd.Default
-			pass(rule, fmt.Sprintf("%q (default)", pd.Default))
-		case !given:
-			paramsOK = false
-			deny(rule, ReasonMissingParam, fmt.Sprintf("parameter %s is required", pd.Name))
+		case err != nil:
+			// A condition that cannot be evaluated raises the tier:
+			// failing closed costs an approval, failing open could skip
+			// one.
+			ev.raise(e.rule, e.toLevel,
+				fmt.Sprintf("%s: error %v; raised to %s (fail closed)", e.When, err, e.To),
+				fmt.Sprintf("%s: %s failed to evaluate → %s", e.rule, e.When, e.To))
+		case out == types.True:
+			ev.raise(e.rule, e.toLevel, e.trueDetail, e.why)
 		default:
-			if msg := t.params[pd.Name].check(v); msg != "" {
-				paramsOK = false
-				deny(rule, ReasonParamConstraint, fmt.Sprintf("parameter %s: %s", pd.Name, msg))
-			} else {
-				params[pd.Name] = v
-				pass(rule, strconv.Quote(v)+pd.suffix)
-			}
+			ev.pass(e.rule, e.falseDetail)
 		}
 	}
-	if paramsOK {
-		d.Params = params
-	}
+}
 
-	// Risk tier.
-	level := t.riskLevel
-	d.TierWhy = []string{t.baseWhy}
-	agentMap := map[string]string{"id": req.Agent, "owner": d.Owner}
-	if len(t.Escalations) > 0 {
-		if !paramsOK {
-			skip("escalate", "parameters are invalid")
-		} else {
-			act := newActivation(ev, params, agentMap, t.Name, req.Now)
-			for _, e := range t.Escalations {
-				rule := e.rule
-				out, _, err := e.cond.prog.Eval(act)
-				switch {
-				case err != nil:
-					// A condition that cannot be evaluated raises the
-					// tier: failing closed costs an approval, failing
-					// open could skip one.
-					d.Trace = append(d.Trace, Step{Rule: rule, Result: ResultRaise,
-						Detail: fmt.Sprintf("%s: error %v; raised to %s (fail closed)", e.When, err, e.To)})
-					d.TierWhy = append(d.TierWhy, fmt.Sprintf("%s: %s failed to evaluate → %s", rule, e.When, e.To))
-					level = max(level, e.toLevel)
-				case out == types.True:
-					d.Trace = append(d.Trace, Step{Rule: rule, Result: ResultRaise, Detail: e.trueDetail})
-					d.TierWhy = append(d.TierWhy, e.why)
-					level = max(level, e.toLevel)
-				default:
-					pass(rule, e.falseDetail)
-				}
-			}
-		}
-	}
-	tier := p.tiers[level]
-	d.Tier, d.Alert = tier.Name, tier.Alert
-	if len(d.TierWhy) == 1 {
-		pass("tier", t.baseWhy)
+// raise records an escalation that fired: detail for the trace, why for
+// the decision's TierWhy.
+func (ev *evaluation) raise(rule string, level int, detail, why string) {
+	ev.step(rule, ResultRaise, detail)
+	ev.d.TierWhy = append(ev.d.TierWhy, why)
+	ev.level = max(ev.level, level)
+}
+
+// prepareTrace sets the trace text of escalate[i].
+func (e *Escalation) prepareTrace(i int) {
+	e.rule = fmt.Sprintf("escalate[%d]", i)
+	e.falseDetail = e.When + " is false"
+	e.trueDetail = e.When + " is true → " + e.To
+	e.why = e.rule + ": " + e.When + " → " + e.To
+}
+
+// settleTier fixes the risk tier escalation reached.
+func (ev *evaluation) settleTier() {
+	ev.tier = ev.p.tiers[ev.level]
+	ev.d.Tier, ev.d.Alert = ev.tier.Name, ev.tier.Alert
+	if len(ev.d.TierWhy) == 1 {
+		ev.pass("tier", ev.t.baseWhy)
 	} else {
-		pass("tier", strings.Join(d.TierWhy, "; "))
+		ev.pass("tier", strings.Join(ev.d.TierWhy, "; "))
 	}
+}
 
-	// TTL.
+// settleTTL sets the lease TTL, requested or the template's default,
+// clamped to the template's max_ttl and the tier's.
+func (ev *evaluation) settleTTL() {
+	t, tier, d := ev.t, ev.tier, &ev.d
 	d.TTL, d.MaxTTL = t.TTL, t.MaxTTL
-	ttlWhy := t.ttlDefault
-	if req.TTL > 0 {
-		d.TTL, ttlWhy = req.TTL, "requested "+fmtDuration(req.TTL)
+	why := t.ttlDefault
+	if ev.req.TTL > 0 {
+		d.TTL, why = ev.req.TTL, "requested "+fmtDuration(ev.req.TTL)
 	}
 	if tier.MaxTTL > 0 && tier.MaxTTL < d.MaxTTL {
 		d.MaxTTL = tier.MaxTTL
@@ -332,100 +445,139 @@ func (p *Policy) Evaluate(req Request) Decision {
 		if d.MaxTTL < t.MaxTTL {
 			limit = "tier " + tier.Name + " max_ttl"
 		}
-		ttlWhy += fmt.Sprintf(", clamped to %s %s", limit, fmtDuration(d.MaxTTL))
+		why += fmt.Sprintf(", clamped to %s %s", limit, fmtDuration(d.MaxTTL))
 		d.TTL = d.MaxTTL
 	}
-	pass("ttl", ttlWhy)
+	ev.pass("ttl", why)
+}
 
-	// Freeze windows.
+// checkWindows checks the template's freeze windows. When deny windows
+// block, the decision says when none does any more, if ever.
+func (ev *evaluation) checkWindows() {
 	var denyRules []WindowRule
 	var blockedUntil time.Time
-	blocked, neverEnds, windowApproval := false, false, false
-	for _, r := range t.Windows {
-		w := p.windowList[r.index]
+	blocked, neverEnds := false, false
+	for _, r := range ev.t.Windows {
 		active := ev.windowActive(r.index)
 		if r.Effect == EffectDeny {
 			denyRules = append(denyRules, r)
 		}
-		rule := r.rule
 		if active == r.Outside {
 			if active {
-				pass(rule, r.activeDetail)
+				ev.pass(r.rule, r.activeDetail)
 			} else {
-				pass(rule, r.inactiveDetail)
+				ev.pass(r.rule, r.inactiveDetail)
 			}
 			continue
 		}
-		state := "inactive"
-		if active {
-			state = "active"
-		}
-		next, hasNext := w.NextChange(req.Now)
-		detail, nextText := r.Window+" is "+state, ""
-		if hasNext {
-			nextText = next.Format(time.RFC3339)
-			detail += "; changes at " + nextText
-		}
-		reason := Reason{Message: r.blockMessage, Window: r.Window, NextAllowedAt: next}
-		if r.Effect == EffectDeny {
-			if hasNext {
-				reason.Message += "; next allowed at " + nextText
-				if !blocked || next.After(blockedUntil) {
-					blockedUntil = next
-				}
-			} else {
-				neverEnds = true
-			}
-			reason.Code = ReasonFrozen
-			d.Trace = append(d.Trace, Step{Rule: rule, Result: ResultDeny, Detail: detail})
-			denies = append(denies, reason)
-			blocked = true
+		next, hasNext := ev.applyWindow(r, active)
+		if r.Effect != EffectDeny {
 			continue
 		}
-		windowApproval = true
-		reason.Code = ReasonWindowApproval
-		d.Trace = append(d.Trace, Step{Rule: rule, Result: ResultApproval, Detail: detail})
-		approvals = append(approvals, reason)
+		switch {
+		case !hasNext:
+			neverEnds = true
+		case !blocked || next.After(blockedUntil):
+			blockedUntil = next
+		}
+		blocked = true
 	}
 	if blocked && !neverEnds {
 		// Each blocking window blocks until its own change, so the latest
 		// of those is a lower bound; from there, other windows may still
 		// (or newly) block.
-		d.NextAllowedAt = p.nextAllowed(denyRules, blockedUntil)
+		ev.d.NextAllowedAt = ev.p.nextAllowed(denyRules, blockedUntil)
 	}
+}
 
-	// Approvals.
+// applyWindow records a window rule that applies now: a deny rule denies,
+// a require_approval rule asks for an approval. It returns when the
+// window next changes, if it does.
+func (ev *evaluation) applyWindow(r WindowRule, active bool) (next time.Time, hasNext bool) {
+	state := "inactive"
+	if active {
+		state = "active"
+	}
+	next, hasNext = ev.p.windowList[r.index].NextChange(ev.req.Now)
+	detail, nextText := r.Window+" is "+state, ""
+	if hasNext {
+		nextText = next.Format(time.RFC3339)
+		detail += "; changes at " + nextText
+	}
+	reason := Reason{Message: r.blockMessage, Window: r.Window, NextAllowedAt: next}
+	if r.Effect == EffectDeny {
+		if hasNext {
+			reason.Message += "; next allowed at " + nextText
+		}
+		reason.Code = ReasonFrozen
+		ev.step(r.rule, ResultDeny, detail)
+		ev.denies = append(ev.denies, reason)
+		return next, hasNext
+	}
+	ev.windowApproval = true
+	reason.Code = ReasonWindowApproval
+	ev.step(r.rule, ResultApproval, detail)
+	ev.approvals = append(ev.approvals, reason)
+	return next, hasNext
+}
+
+// prepareTrace sets the trace text and the reason's message of a window
+// rule of template task, for window w.
+func (r *WindowRule) prepareTrace(task string, w *Window) {
+	where := "during"
+	r.rule = "window." + r.Window
+	if r.Outside {
+		r.rule, where = "outside."+r.Window, "outside"
+	}
+	r.activeDetail = r.Window + " is active (" + w.String() + ")"
+	r.inactiveDetail = r.Window + " is inactive (" + w.String() + ")"
+	if r.Effect == EffectDeny {
+		r.blockMessage = task + " is frozen " + where + " window " + r.Window + " (" + w.String() + ")"
+	} else {
+		r.blockMessage = task + " needs approval " + where + " window " + r.Window + " (" + w.String() + ")"
+	}
+}
+
+// countApprovals sets how many approvals the request needs: the tier's,
+// and at least one when a require_approval window applies. The tier's
+// reason comes before the windows'.
+func (ev *evaluation) countApprovals() {
+	tier, d := ev.tier, &ev.d
 	d.Approvals = tier.Approvals
 	if tier.Approvals > 0 {
-		approvals = append([]Reason{{Code: ReasonTierApproval,
-			Message: fmt.Sprintf("risk tier %s needs %d approval%s", tier.Name, tier.Approvals, plural(tier.Approvals))}}, approvals...)
+		ev.approvals = append([]Reason{{Code: ReasonTierApproval,
+			Message: fmt.Sprintf("risk tier %s needs %d approval%s", tier.Name, tier.Approvals, plural(tier.Approvals))}}, ev.approvals...)
 	}
-	if windowApproval && d.Approvals < 1 {
+	if ev.windowApproval && d.Approvals < 1 {
 		d.Approvals = 1
 	}
 	if d.Approvals > 0 {
-		d.Trace = append(d.Trace, Step{Rule: "approval", Result: ResultApproval, Detail: fmt.Sprintf("%d approval%s needed", d.Approvals, plural(d.Approvals))})
+		ev.step("approval", ResultApproval, fmt.Sprintf("%d approval%s needed", d.Approvals, plural(d.Approvals)))
 	} else {
-		pass("approval", "none needed")
+		ev.pass("approval", "none needed")
 	}
-
-	// What would be minted.
-	if !paramsOK {
-		skip("render", "parameters are invalid")
-	} else if err := t.render(&d, params, agentMap); err != nil {
-		deny("render", ReasonRenderFailed, err.Error())
-	} else {
-		pass("render", renderDetail(&d.Rendered))
-	}
-	return finish(d, denies, approvals)
 }
 
-func finish(d Decision, denies, approvals []Reason) Decision {
+// renderOutputs renders what would be minted, from valid parameters only.
+func (ev *evaluation) renderOutputs() {
+	if !ev.paramsOK {
+		ev.skip("render", "parameters are invalid")
+	} else if err := ev.t.render(&ev.d, ev.params, ev.agentVars()); err != nil {
+		ev.deny("render", ReasonRenderFailed, err.Error())
+	} else {
+		ev.pass("render", renderDetail(&ev.d.Rendered))
+	}
+}
+
+// finish sets the outcome: deny if any rule denied, else approval_required
+// if any approval is needed, else allow.
+func (ev *evaluation) finish() Decision {
+	d := ev.d
 	switch {
-	case len(denies) > 0:
-		d.Outcome, d.Reasons = Deny, denies
+	case len(ev.denies) > 0:
+		d.Outcome, d.Reasons = Deny, ev.denies
 	case d.Approvals > 0:
-		d.Outcome, d.Reasons = ApprovalRequired, approvals
+		d.Outcome, d.Reasons = ApprovalRequired, ev.approvals
 	default:
 		d.Outcome = Allow
 	}

@@ -93,11 +93,11 @@ func FuzzEvaluate(f *testing.F) {
 		}
 		switch d.Outcome {
 		case Allow:
-			if len(d.Reasons) != 0 || d.Approvals != 0 || d.Err() != nil {
+			if len(d.Reasons) != 0 || d.Approvals != 0 {
 				t.Fatalf("allow with reasons %+v", d)
 			}
 		case Deny:
-			if len(d.Reasons) == 0 || d.Err() == nil {
+			if len(d.Reasons) == 0 {
 				t.Fatalf("deny without reasons %+v", d)
 			}
 		case ApprovalRequired:

@@ -271,7 +271,9 @@ func (l *loader) loadTemplates() {
 }
 
 // compileTemplate validates one template against the policy and compiles
-// its conditions and renderers.
+// its conditions and renderers. Each stage adds what it finds wrong to
+// l.errs, in the order of the template's keys; the template is kept only
+// when none did.
 func (l *loader) compileTemplate(file string, tc *TemplateConfig) (*Template, bool) {
 	n0 := len(l.errs)
 	fileAt := strictyaml.Pos{File: file, Line: 1, Col: 1}
@@ -283,8 +285,29 @@ func (l *loader) compileTemplate(file string, tc *TemplateConfig) (*Template, bo
 		TTL: tc.TTL, MaxTTL: tc.MaxTTL, Risk: tc.Risk, MaxActive: tc.MaxActive, File: file,
 		params: map[string]*Param{}, paramNames: map[string]bool{},
 	}
+	l.checkTemplateName(tc, fileAt)
+	be := l.findBackend(t, tc, fileAt)
+	l.compileParams(t, tc)
+	l.checkTTLs(t, tc, fileAt)
+	l.checkMaxActive(tc)
+	l.checkRisk(t, tc, fileAt)
+	l.compileEscalations(t, tc)
+	l.compileWindowRules(t, tc)
+	l.compileRenderers(t, tc, be)
+	if len(l.errs) == n0 {
+		l.trialRender(t, tc)
+	}
+	if len(l.errs) > n0 {
+		return nil, false
+	}
+	t.Version = versionOf(t, tc)
+	t.prepareTrace(l.p.windowList)
+	return t, true
+}
 
-	// Name.
+// checkTemplateName checks the name's form and that no other template
+// already has it.
+func (l *loader) checkTemplateName(tc *TemplateConfig, fileAt strictyaml.Pos) {
 	switch {
 	case tc.Name == "":
 		l.errorf(fileAt, "name is required")
@@ -297,26 +320,31 @@ func (l *loader) compileTemplate(file string, tc *TemplateConfig) (*Template, bo
 			l.defined[tc.Name] = tc.NameAt
 		}
 	}
+}
 
-	// Backend.
-	var be Backend
-	switch {
-	case tc.Backend == "":
+// findBackend looks up the template's backend in the config and sets the
+// template's backend type; an unknown backend gives the zero Backend.
+func (l *loader) findBackend(t *Template, tc *TemplateConfig, fileAt strictyaml.Pos) Backend {
+	if tc.Backend == "" {
 		l.errorf(fileAt, "backend is required (a name from backends: in the config)")
-	default:
-		var ok bool
-		be, ok = l.src.Backends[tc.Backend]
-		if !ok {
-			if len(l.src.Backends) == 0 {
-				l.errorf(tc.BackendAt, "backend: unknown backend %q; no backends are configured", tc.Backend)
-			} else {
-				l.errorf(tc.BackendAt, "backend: unknown backend %q; configured: %s", tc.Backend, strings.Join(sortedKeys(l.src.Backends), ", "))
-			}
-		}
-		t.BackendType = be.Type
+		return Backend{}
 	}
+	be, ok := l.src.Backends[tc.Backend]
+	if !ok {
+		if len(l.src.Backends) == 0 {
+			l.errorf(tc.BackendAt, "backend: unknown backend %q; no backends are configured", tc.Backend)
+		} else {
+			l.errorf(tc.BackendAt, "backend: unknown backend %q; configured: %s", tc.Backend, strings.Join(sortedKeys(l.src.Backends), ", "))
+		}
+	}
+	t.BackendType = be.Type
+	return be
+}
 
-	// Params.
+// compileParams compiles the declared parameters, sorted by name. A
+// parameter in error is still a known name, so conditions using it report
+// nothing more.
+func (l *loader) compileParams(t *Template, tc *TemplateConfig) {
 	for _, name := range sortedKeys(tc.Params) {
 		pc := tc.Params[name]
 		if p, ok := l.compileParam(name, pc); ok {
@@ -325,8 +353,10 @@ func (l *loader) compileTemplate(file string, tc *TemplateConfig) (*Template, bo
 		}
 		t.paramNames[name] = true
 	}
+}
 
-	// TTLs.
+// checkTTLs checks ttl and max_ttl; max_ttl defaults to ttl.
+func (l *loader) checkTTLs(t *Template, tc *TemplateConfig, fileAt strictyaml.Pos) {
 	switch {
 	case tc.TTL == 0:
 		l.errorf(fileAt, "ttl is required (the default lease TTL, such as 10m)")
@@ -342,11 +372,16 @@ func (l *loader) compileTemplate(file string, tc *TemplateConfig) (*Template, bo
 	if tc.TTL > 0 && tc.MaxTTL > 0 && tc.TTL > tc.MaxTTL {
 		l.errorf(tc.TTLAt, "ttl: %s exceeds max_ttl %s", fmtDuration(tc.TTL), fmtDuration(tc.MaxTTL))
 	}
+}
+
+func (l *loader) checkMaxActive(tc *TemplateConfig) {
 	if tc.MaxActive < 0 {
 		l.errorf(tc.MaxActiveAt, "max_active: must not be negative")
 	}
+}
 
-	// Risk and escalation.
+// checkRisk checks the base risk tier and sets the template's level.
+func (l *loader) checkRisk(t *Template, tc *TemplateConfig, fileAt strictyaml.Pos) {
 	switch lvl, ok := tierLevel(tc.Risk); {
 	case tc.Risk == "":
 		l.errorf(fileAt, "risk is required; allowed: %s", strings.Join(tierNames, ", "))
@@ -355,116 +390,95 @@ func (l *loader) compileTemplate(file string, tc *TemplateConfig) (*Template, bo
 	default:
 		t.riskLevel = lvl
 	}
+}
+
+func (l *loader) compileEscalations(t *Template, tc *TemplateConfig) {
 	for i, ec := range tc.Escalate {
-		path := fmt.Sprintf("escalate[%d]", i)
-		e := Escalation{When: ec.When, To: ec.To}
-		ok := true
-		if ec.When == "" {
-			l.errorf(ec.At, "%s: when is required (a CEL condition)", path)
-			ok = false
-		} else if cond, err := compileCond(l.p.env, ec.When, t.paramNames); err != nil {
-			l.errorf(ec.WhenAt, "%s.when: %v", path, err)
-			ok = false
-		} else {
-			e.cond = cond
-		}
-		switch lvl, known := tierLevel(ec.To); {
-		case ec.To == "":
-			l.errorf(ec.At, "%s: to is required; allowed: %s", path, strings.Join(tierNames, ", "))
-			ok = false
-		case !known:
-			l.errorf(ec.ToAt, "%s.to: %s", path, unknownTier(ec.To))
-			ok = false
-		case t.Risk != "" && lvl <= t.riskLevel:
-			l.errorf(ec.ToAt, "%s.to: %s does not raise risk %s; escalation can only raise a tier", path, ec.To, t.Risk)
-			ok = false
-		default:
-			e.toLevel = lvl
-		}
-		if ok {
+		if e, ok := l.compileEscalation(t, i, ec); ok {
 			t.Escalations = append(t.Escalations, e)
 		}
 	}
+}
 
-	// Windows.
+// compileEscalation compiles the condition of escalate[i] and checks that
+// its tier raises the template's risk.
+func (l *loader) compileEscalation(t *Template, i int, ec EscalateConfig) (Escalation, bool) {
+	path := fmt.Sprintf("escalate[%d]", i)
+	e := Escalation{When: ec.When, To: ec.To}
+	ok := true
+	if ec.When == "" {
+		l.errorf(ec.At, "%s: when is required (a CEL condition)", path)
+		ok = false
+	} else if cond, err := compileCond(l.p.env, ec.When, t.paramNames); err != nil {
+		l.errorf(ec.WhenAt, "%s.when: %v", path, err)
+		ok = false
+	} else {
+		e.cond = cond
+	}
+	switch lvl, known := tierLevel(ec.To); {
+	case ec.To == "":
+		l.errorf(ec.At, "%s: to is required; allowed: %s", path, strings.Join(tierNames, ", "))
+		ok = false
+	case !known:
+		l.errorf(ec.ToAt, "%s.to: %s", path, unknownTier(ec.To))
+		ok = false
+	case t.Risk != "" && lvl <= t.riskLevel:
+		l.errorf(ec.ToAt, "%s.to: %s does not raise risk %s; escalation can only raise a tier", path, ec.To, t.Risk)
+		ok = false
+	default:
+		e.toLevel = lvl
+	}
+	return e, ok
+}
+
+func (l *loader) compileWindowRules(t *Template, tc *TemplateConfig) {
 	for i, wc := range tc.Windows {
-		path := fmt.Sprintf("windows[%d]", i)
-		r := WindowRule{Effect: wc.Effect}
-		name, at := wc.Window, wc.WindowAt
-		switch {
-		case wc.Window != "" && wc.Outside != "":
-			l.errorf(wc.At, "%s: set window or outside, not both", path)
-			continue
-		case wc.Window == "" && wc.Outside == "":
-			l.errorf(wc.At, "%s: needs window (effect during it) or outside (effect outside it)", path)
-			continue
-		case wc.Outside != "":
-			name, at, r.Outside = wc.Outside, wc.OutsideAt, true
+		if r, ok := l.compileWindowRule(i, wc); ok {
+			t.Windows = append(t.Windows, r)
 		}
-		r.Window = name
-		idx, known := l.windowIndex[name]
-		if !known {
-			key := "window"
-			if r.Outside {
-				key = "outside"
-			}
-			defined := "none are defined"
-			if len(l.windowIndex) > 0 {
-				defined = "defined: " + strings.Join(sortedKeys(l.windowIndex), ", ")
-			}
-			l.errorf(at, "%s.%s: unknown freeze window %q; %s", path, key, name, defined)
-			continue
-		}
-		r.index = idx
-		switch wc.Effect {
-		case EffectDeny, EffectRequireApproval:
-		case "":
-			l.errorf(wc.At, "%s: effect is required; allowed: deny, require_approval", path)
-			continue
-		default:
-			l.errorf(wc.EffectAt, "%s.effect: unknown effect %q; allowed: deny, require_approval", path, wc.Effect)
-			continue
-		}
-		t.Windows = append(t.Windows, r)
 	}
+}
 
-	// Renderers.
-	l.compileRenderers(t, tc, be)
-	if len(l.errs) == n0 {
-		l.trialRender(t, tc)
+// compileWindowRule checks windows[i]: one known window, during it or
+// outside it, and an effect.
+func (l *loader) compileWindowRule(i int, wc WindowRuleConfig) (WindowRule, bool) {
+	path := fmt.Sprintf("windows[%d]", i)
+	r := WindowRule{Effect: wc.Effect}
+	name, at := wc.Window, wc.WindowAt
+	switch {
+	case wc.Window != "" && wc.Outside != "":
+		l.errorf(wc.At, "%s: set window or outside, not both", path)
+		return r, false
+	case wc.Window == "" && wc.Outside == "":
+		l.errorf(wc.At, "%s: needs window (effect during it) or outside (effect outside it)", path)
+		return r, false
+	case wc.Outside != "":
+		name, at, r.Outside = wc.Outside, wc.OutsideAt, true
 	}
-
-	if len(l.errs) > n0 {
-		return nil, false
-	}
-	t.Version = versionOf(t, tc)
-	t.taskDetail = "template " + t.Name + " " + t.Version
-	t.baseWhy = "base risk " + t.Risk
-	t.ttlDefault = "template default " + fmtDuration(t.TTL)
-	for i := range t.Escalations {
-		e := &t.Escalations[i]
-		e.rule = fmt.Sprintf("escalate[%d]", i)
-		e.falseDetail = e.When + " is false"
-		e.trueDetail = e.When + " is true → " + e.To
-		e.why = e.rule + ": " + e.When + " → " + e.To
-	}
-	for i := range t.Windows {
-		r := &t.Windows[i]
-		w := l.p.windowList[r.index]
-		where := "during"
-		r.rule = "window." + r.Window
+	r.Window = name
+	idx, known := l.windowIndex[name]
+	if !known {
+		key := "window"
 		if r.Outside {
-			r.rule, where = "outside."+r.Window, "outside"
+			key = "outside"
 		}
-		r.activeDetail = r.Window + " is active (" + w.String() + ")"
-		r.inactiveDetail = r.Window + " is inactive (" + w.String() + ")"
-		if r.Effect == EffectDeny {
-			r.blockMessage = t.Name + " is frozen " + where + " window " + r.Window + " (" + w.String() + ")"
-		} else {
-			r.blockMessage = t.Name + " needs approval " + where + " window " + r.Window + " (" + w.String() + ")"
+		defined := "none are defined"
+		if len(l.windowIndex) > 0 {
+			defined = "defined: " + strings.Join(sortedKeys(l.windowIndex), ", ")
 		}
+		l.errorf(at, "%s.%s: unknown freeze window %q; %s", path, key, name, defined)
+		return r, false
 	}
-	return t, true
+	r.index = idx
+	switch wc.Effect {
+	case EffectDeny, EffectRequireApproval:
+		return r, true
+	case "":
+		l.errorf(wc.At, "%s: effect is required; allowed: deny, require_approval", path)
+	default:
+		l.errorf(wc.EffectAt, "%s.effect: unknown effect %q; allowed: deny, require_approval", path, wc.Effect)
+	}
+	return r, false
 }
 
 func (l *loader) compileParam(name string, pc ParamConfig) (*Param, bool) {

@@ -47,14 +47,6 @@ type Agent struct {
 // IsPrefix reports whether the agent entry matches a family of IDs.
 func (a *Agent) IsPrefix() bool { return a.prefix != "" }
 
-// Matches reports whether the SPIFFE ID id falls under this entry.
-func (a *Agent) Matches(id string) bool {
-	if a.prefix != "" {
-		return strings.HasPrefix(id, a.prefix)
-	}
-	return id == a.Pattern
-}
-
 // Granted reports whether the agent may use the named template.
 func (a *Agent) Granted(task string) bool { return a.granted[task] }
 
@@ -122,7 +114,7 @@ type Template struct {
 	names      *namesRenderer
 	riskLevel  int
 	// Trace details that do not depend on the request, precomputed so
-	// Evaluate formats nothing on its common path.
+	// Evaluate formats nothing on its common path (see prepareTrace).
 	taskDetail, baseWhy, ttlDefault string
 }
 

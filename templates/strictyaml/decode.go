@@ -283,13 +283,7 @@ func (d *decoder) decode(n ast.Node, v reflect.Value, path string, entry Pos) {
 		v.Set(reflect.ValueOf(Raw{file: d.file, path: path, pos: d.pos(n), node: n}))
 		return
 	case t == durationType:
-		s, ok := scalarText(n)
-		dur, err := time.ParseDuration(s)
-		if _, isStr := n.(*ast.StringNode); !ok || !isStr || err != nil {
-			d.errorf(d.pos(n), "%s: expected a duration such as 10m or 1h30m, got %s", label(path), describe(n))
-			return
-		}
-		v.SetInt(int64(dur))
+		d.decodeDuration(n, v, path)
 		return
 	}
 	switch t.Kind() {
@@ -306,38 +300,70 @@ func (d *decoder) decode(n ast.Node, v reflect.Value, path string, entry Pos) {
 		}
 		d.decodeEntries(entries, v, path, entry)
 	case reflect.Slice:
-		seq, ok := n.(*ast.SequenceNode)
-		if !ok {
-			d.errorf(d.pos(n), "%s: expected a list, got %s", label(path), describe(n))
-			return
-		}
-		out := reflect.MakeSlice(t, len(seq.Values), len(seq.Values))
-		for i, item := range seq.Values {
-			d.decode(item, out.Index(i), fmt.Sprintf("%s[%d]", path, i), d.pos(item))
-		}
-		v.Set(out)
+		d.decodeSlice(n, v, path)
 	case reflect.Map:
-		if t.Key().Kind() != reflect.String {
-			d.errorf(d.pos(n), "%s: unsupported map key type %s", label(path), t.Key())
-			return
-		}
-		entries, ok := mappingOf(n)
+		d.decodeMap(n, v, path)
+	default:
+		d.decodeScalar(n, v, path)
+	}
+}
+
+// decodeDuration decodes a quoted or plain string such as 10m; a number is
+// refused, since its unit would be a guess.
+func (d *decoder) decodeDuration(n ast.Node, v reflect.Value, path string) {
+	s, ok := scalarText(n)
+	dur, err := time.ParseDuration(s)
+	if _, isStr := n.(*ast.StringNode); !ok || !isStr || err != nil {
+		d.errorf(d.pos(n), "%s: expected a duration such as 10m or 1h30m, got %s", label(path), describe(n))
+		return
+	}
+	v.SetInt(int64(dur))
+}
+
+func (d *decoder) decodeSlice(n ast.Node, v reflect.Value, path string) {
+	seq, ok := n.(*ast.SequenceNode)
+	if !ok {
+		d.errorf(d.pos(n), "%s: expected a list, got %s", label(path), describe(n))
+		return
+	}
+	out := reflect.MakeSlice(v.Type(), len(seq.Values), len(seq.Values))
+	for i, item := range seq.Values {
+		d.decode(item, out.Index(i), fmt.Sprintf("%s[%d]", path, i), d.pos(item))
+	}
+	v.Set(out)
+}
+
+// decodeMap decodes a mapping into a map with string keys, refusing
+// duplicate keys.
+func (d *decoder) decodeMap(n ast.Node, v reflect.Value, path string) {
+	t := v.Type()
+	if t.Key().Kind() != reflect.String {
+		d.errorf(d.pos(n), "%s: unsupported map key type %s", label(path), t.Key())
+		return
+	}
+	entries, ok := mappingOf(n)
+	if !ok {
+		d.errorf(d.pos(n), "%s: expected a mapping, got %s", label(path), describe(n))
+		return
+	}
+	out := reflect.MakeMapWithSize(t, len(entries))
+	seen := make(map[string]Pos, len(entries))
+	for _, e := range entries {
+		key, kp, ok := d.key(e, path, seen)
 		if !ok {
-			d.errorf(d.pos(n), "%s: expected a mapping, got %s", label(path), describe(n))
-			return
+			continue
 		}
-		out := reflect.MakeMapWithSize(t, len(entries))
-		seen := make(map[string]Pos, len(entries))
-		for _, e := range entries {
-			key, kp, ok := d.key(e, path, seen)
-			if !ok {
-				continue
-			}
-			elem := reflect.New(t.Elem()).Elem()
-			d.decode(e.Value, elem, join(path, key), kp)
-			out.SetMapIndex(reflect.ValueOf(key).Convert(t.Key()), elem)
-		}
-		v.Set(out)
+		elem := reflect.New(t.Elem()).Elem()
+		d.decode(e.Value, elem, join(path, key), kp)
+		out.SetMapIndex(reflect.ValueOf(key).Convert(t.Key()), elem)
+	}
+	v.Set(out)
+}
+
+// decodeScalar decodes a string, a bool or a number; each accepts only
+// its own YAML type, so `true` is not a string and "1" is not a number.
+func (d *decoder) decodeScalar(n ast.Node, v reflect.Value, path string) {
+	switch v.Kind() {
 	case reflect.String:
 		s, ok := scalarText(n)
 		if !ok {
@@ -353,60 +379,72 @@ func (d *decoder) decode(n ast.Node, v reflect.Value, path string, entry Pos) {
 		}
 		v.SetBool(b.Value)
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		in, ok := n.(*ast.IntegerNode)
-		var i int64
-		switch x := valueOf(in, ok).(type) {
-		case int64:
-			i = x
-		case uint64:
-			if x > math.MaxInt64 {
-				ok = false
-			}
-			i = int64(x)
-		default:
-			ok = false
-		}
-		if !ok || v.OverflowInt(i) {
-			d.errorf(d.pos(n), "%s: expected an integer, got %s", label(path), describe(n))
-			return
-		}
-		v.SetInt(i)
+		d.decodeInt(n, v, path)
 	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		in, ok := n.(*ast.IntegerNode)
-		var u uint64
-		switch x := valueOf(in, ok).(type) {
-		case int64:
-			if x < 0 {
-				ok = false
-			}
-			u = uint64(x)
-		case uint64:
-			u = x
-		default:
+		d.decodeUint(n, v, path)
+	case reflect.Float32, reflect.Float64:
+		d.decodeFloat(n, v, path)
+	default:
+		d.errorf(d.pos(n), "%s: unsupported field type %s", label(path), v.Type())
+	}
+}
+
+func (d *decoder) decodeInt(n ast.Node, v reflect.Value, path string) {
+	in, ok := n.(*ast.IntegerNode)
+	var i int64
+	switch x := valueOf(in, ok).(type) {
+	case int64:
+		i = x
+	case uint64:
+		if x > math.MaxInt64 {
 			ok = false
 		}
-		if !ok || v.OverflowUint(u) {
-			d.errorf(d.pos(n), "%s: expected a non-negative integer, got %s", label(path), describe(n))
-			return
-		}
-		v.SetUint(u)
-	case reflect.Float32, reflect.Float64:
-		var f float64
-		var err error
-		switch n.(type) {
-		case *ast.IntegerNode, *ast.FloatNode:
-			f, err = strconv.ParseFloat(strings.ReplaceAll(n.GetToken().Value, "_", ""), 64)
-		default:
-			err = errors.New("not a number")
-		}
-		if err != nil || v.OverflowFloat(f) {
-			d.errorf(d.pos(n), "%s: expected a number, got %s", label(path), describe(n))
-			return
-		}
-		v.SetFloat(f)
+		i = int64(x)
 	default:
-		d.errorf(d.pos(n), "%s: unsupported field type %s", label(path), t)
+		ok = false
 	}
+	if !ok || v.OverflowInt(i) {
+		d.errorf(d.pos(n), "%s: expected an integer, got %s", label(path), describe(n))
+		return
+	}
+	v.SetInt(i)
+}
+
+func (d *decoder) decodeUint(n ast.Node, v reflect.Value, path string) {
+	in, ok := n.(*ast.IntegerNode)
+	var u uint64
+	switch x := valueOf(in, ok).(type) {
+	case int64:
+		if x < 0 {
+			ok = false
+		}
+		u = uint64(x)
+	case uint64:
+		u = x
+	default:
+		ok = false
+	}
+	if !ok || v.OverflowUint(u) {
+		d.errorf(d.pos(n), "%s: expected a non-negative integer, got %s", label(path), describe(n))
+		return
+	}
+	v.SetUint(u)
+}
+
+func (d *decoder) decodeFloat(n ast.Node, v reflect.Value, path string) {
+	var f float64
+	var err error
+	switch n.(type) {
+	case *ast.IntegerNode, *ast.FloatNode:
+		f, err = strconv.ParseFloat(strings.ReplaceAll(n.GetToken().Value, "_", ""), 64)
+	default:
+		err = errors.New("not a number")
+	}
+	if err != nil || v.OverflowFloat(f) {
+		d.errorf(d.pos(n), "%s: expected a number, got %s", label(path), describe(n))
+		return
+	}
+	v.SetFloat(f)
 }
 
 func valueOf(in *ast.IntegerNode, ok bool) any {

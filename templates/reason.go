@@ -1,9 +1,6 @@
 package templates
 
-import (
-	"strings"
-	"time"
-)
+import "time"
 
 // ReasonCode says why a request was denied or needs approval. The broker
 // maps codes to its own error codes and HTTP statuses; they are stable
@@ -39,44 +36,4 @@ type Reason struct {
 	Window string `json:"window,omitempty"`
 	// NextAllowedAt is when this reason stops applying, when known.
 	NextAllowedAt time.Time `json:"next_allowed_at,omitzero"`
-}
-
-// Denied is the error form of a deny Decision (see Decision.Err). The broker
-// recovers it with errors.As to build its response and audit event:
-//
-//	var denied *templates.Denied
-//	if errors.As(err, &denied) { ... denied.Reasons ... }
-type Denied struct {
-	Agent   string
-	Task    string
-	Reasons []Reason
-	// NextAllowedAt is when freeze windows stop blocking; zero if no window
-	// blocks or none ends.
-	NextAllowedAt time.Time
-}
-
-func (e *Denied) Error() string {
-	msgs := make([]string, len(e.Reasons))
-	for i, r := range e.Reasons {
-		msgs[i] = string(r.Code) + ": " + r.Message
-	}
-	return "templates: denied: " + strings.Join(msgs, "; ")
-}
-
-// Code is the first reason's code, the one to report when only one fits.
-func (e *Denied) Code() ReasonCode {
-	if len(e.Reasons) == 0 {
-		return ""
-	}
-	return e.Reasons[0].Code
-}
-
-// Has reports whether any reason has code c.
-func (e *Denied) Has(c ReasonCode) bool {
-	for _, r := range e.Reasons {
-		if r.Code == c {
-			return true
-		}
-	}
-	return false
 }
