@@ -323,7 +323,7 @@ func TestApproval_ReviewRefused(t *testing.T) {
 	}{
 		{name: "ErrOwner", approver: bob, code: broker.EFORBIDDEN, says: "owns agent", audited: "owner_approval"},
 		{name: "ErrRequestingAgent", approver: deployBot, code: broker.EFORBIDDEN, says: "its own request", audited: "self_approval"},
-		{name: "ErrAdminSocket", admin: true, code: broker.EFORBIDDEN, says: "admin socket can never approve", audited: "admin_socket_approval"},
+		{name: "ErrAdminSocket", admin: true, code: broker.EFORBIDDEN, says: "admin socket may never approve", audited: "admin_socket_approval"},
 		{name: "ErrAdminSocketByName", approver: broker.AdminSocketActor, code: broker.EFORBIDDEN, says: "admin socket", audited: "admin_socket_approval"},
 		{name: "ErrNotApprover", approver: vic, code: broker.EFORBIDDEN, says: "lacks the approver role", audited: "missing_role"},
 		{name: "ErrNotOperator", approver: "spiffe://example.org/ops/mallory", code: broker.EFORBIDDEN, says: "is not an operator", audited: "missing_role"},

@@ -64,7 +64,7 @@ func Authorize(p *templates.Policy, actor string, action Action, what string) er
 	case action == ActionAgent:
 		return nil
 	case action == ActionApprove && adminSocket:
-		return forbidden("admin_socket_approval", "the admin socket can never approve: every grant must be attributable to a person")
+		return forbidden("admin_socket_approval", "the admin socket may never approve: an approval must be attributable to a person")
 	case action == ActionReopen && adminSocket:
 		return forbidden("admin_socket_reopen", "the admin socket can never resume an agent or end a freeze: an operator with the admin role must, with a reason")
 	case adminSocket:
