@@ -399,55 +399,72 @@ func (s *Service) Review(ctx context.Context, approver, approvalID string, appro
 			return nil, err
 		}
 	}
-	if a.Status != ApprovalPending {
-		return nil, Errorf(ECONFLICT, "approval %s is %s; only a pending approval can be reviewed", a.ID, a.Status)
+	// The owner when the agent asked, and the owner now: a config reload
+	// in between must not open a way around the rule.
+	owner := ""
+	if entry, ok := s.Policy().Agent(a.Agent); ok {
+		owner = entry.Owner
 	}
+	review := Review{Approver: approver, Decision: ReviewDeny, Reason: reason, At: s.now()}
 	if approve {
-		if approver == a.Agent {
-			return nil, s.refuseReview(ctx, approver, a, "self_approval", "an agent can never approve its own request")
-		}
-		// The owner when the agent asked, and the owner now: a config
-		// reload in between must not open a way around the rule.
-		owner := ""
-		if entry, ok := s.Policy().Agent(a.Agent); ok {
-			owner = entry.Owner
-		}
-		if approver == a.Owner || approver == owner {
-			return nil, s.refuseReview(ctx, approver, a, "owner_approval",
-				fmt.Sprintf("%s owns agent %s and can never approve its requests", approver, a.Agent))
-		}
+		review.Decision = ReviewApprove
 	}
-	if a.reviewedBy(approver) {
-		return nil, Errorf(ECONFLICT, "%s has already reviewed approval %s", approver, a.ID)
+	next, ev, err := ApplyReview(a, review, owner, s.cfg.PickupTTL)
+	var refused *Error
+	if errors.As(err, &refused) && refused.Code == EFORBIDDEN {
+		return nil, s.refuseReview(ctx, approver, a, refused.Reasons[0], refused.Message)
 	}
-
-	now := s.now()
-	decision := ReviewDeny
-	if approve {
-		decision = ReviewApprove
+	if err != nil {
+		return nil, err
 	}
-	a.Reviews = append(a.Reviews, Review{Approver: approver, Decision: decision, Reason: reason, At: now})
-	typ := EventApprovalReview
-	switch {
-	case !approve:
-		a.Status, a.DecidedAt, typ = ApprovalDenied, now, EventApprovalDenied
-	case len(a.Approvers()) >= a.Required:
-		a.Status, a.DecidedAt, a.PickupBy, typ = ApprovalApproved, now, now.Add(s.cfg.PickupTTL), EventApprovalApproved
-	}
-	ev := Event{Type: typ, Actor: approver, Subject: a.Agent, Task: a.Task, Outcome: string(decision), Details: map[string]string{
-		"approval_id": a.ID,
-		"reason":      reason,
-		"status":      string(a.Status),
-		"approvals":   fmt.Sprintf("%d/%d", len(a.Approvers()), a.Required),
-	}}
-	if a.Status == ApprovalApproved {
-		ev.Details["pickup_by"] = a.PickupBy.UTC().Format(time.RFC3339)
-	}
+	a = next
 	if _, err := s.apply(ctx, Change{PutApprovals: []*Approval{a}, Events: []Event{ev}}); err != nil {
 		return nil, err
 	}
 	s.approvalWaiters.notify(a.ID)
 	return a, nil
+}
+
+// ApplyReview is one review as a pure state transition: it returns the
+// approval as the review leaves it (a is not changed) and the event that
+// says what happened, or why the review is refused. Nothing is read or
+// written; the caller commits both. owner is the agent's owner now (the
+// owner when it asked is in a); pickupTTL is how long an approved request
+// waits for its pickup.
+//
+// Errors: ECONFLICT when a is not pending or the approver has reviewed it
+// already; EFORBIDDEN, with reason self_approval or owner_approval, when
+// the approver is the agent or its owner.
+func ApplyReview(a *Approval, r Review, owner string, pickupTTL time.Duration) (*Approval, Event, error) {
+	switch {
+	case a.Status != ApprovalPending:
+		return nil, Event{}, Errorf(ECONFLICT, "approval %s is %s; only a pending approval can be reviewed", a.ID, a.Status)
+	case r.Decision == ReviewApprove && r.Approver == a.Agent:
+		return nil, Event{}, forbidden("self_approval", "an agent can never approve its own request")
+	case r.Decision == ReviewApprove && (r.Approver == a.Owner || r.Approver == owner):
+		return nil, Event{}, forbidden("owner_approval", fmt.Sprintf("%s owns agent %s and can never approve its requests", r.Approver, a.Agent))
+	case a.reviewedBy(r.Approver):
+		return nil, Event{}, Errorf(ECONFLICT, "%s has already reviewed approval %s", r.Approver, a.ID)
+	}
+	next := *a
+	next.Reviews = append(slices.Clone(a.Reviews), r)
+	typ := EventApprovalReview
+	switch {
+	case r.Decision == ReviewDeny:
+		next.Status, next.DecidedAt, typ = ApprovalDenied, r.At, EventApprovalDenied
+	case len(next.Approvers()) >= next.Required:
+		next.Status, next.DecidedAt, next.PickupBy, typ = ApprovalApproved, r.At, r.At.Add(pickupTTL), EventApprovalApproved
+	}
+	ev := Event{Type: typ, Actor: r.Approver, Subject: a.Agent, Task: a.Task, Outcome: string(r.Decision), Details: map[string]string{
+		"approval_id": a.ID,
+		"reason":      r.Reason,
+		"status":      string(next.Status),
+		"approvals":   fmt.Sprintf("%d/%d", len(next.Approvers()), next.Required),
+	}}
+	if next.Status == ApprovalApproved {
+		ev.Details["pickup_by"] = next.PickupBy.UTC().Format(time.RFC3339)
+	}
+	return &next, ev, nil
 }
 
 // refuseReview audits a review that the rules forbid, as a violation, and

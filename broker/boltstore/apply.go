@@ -214,120 +214,152 @@ func checkLease(what string, l *broker.Lease) error {
 
 // prepare validates c and encodes what does not depend on stored state.
 func (s *Store) prepare(c broker.Change) (*write, error) {
-	w := &write{}
-	for _, id := range c.DeleteIntents {
-		if err := checkID("intent ID to delete", id, true); err != nil {
+	w := &write{conditions: c.Conditions}
+	for _, step := range []func(*write, broker.Change) error{prepareIntents, prepareLeases, prepareQueue, prepareAgents, prepareRecords} {
+		if err := step(w, c); err != nil {
 			return nil, err
 		}
-		w.deleteIntents = append(w.deleteIntents, id)
-	}
-	for _, l := range c.PutIntents {
-		if err := checkLease("intent", l); err != nil {
-			return nil, err
-		}
-		v, err := json.Marshal(l)
-		if err != nil {
-			return nil, fmt.Errorf("%w: encode intent %s: %v", ErrInvalidChange, l.ID, err)
-		}
-		w.putIntents = append(w.putIntents, intentWrite{id: l.ID, agent: l.Agent, task: l.Task, val: v})
-	}
-	for _, l := range c.PutLeases {
-		if err := checkLease("lease", l); err != nil {
-			return nil, err
-		}
-		if !leaseStates[l.State] {
-			return nil, fmt.Errorf("%w: lease %s has unknown state %q", ErrInvalidChange, l.ID, l.State)
-		}
-		if l.State == broker.StateActive && l.ExpiresAt.IsZero() {
-			return nil, fmt.Errorf("%w: active lease %s has no expiry", ErrInvalidChange, l.ID)
-		}
-		v, err := json.Marshal(l)
-		if err != nil {
-			return nil, fmt.Errorf("%w: encode lease %s: %v", ErrInvalidChange, l.ID, err)
-		}
-		w.leases = append(w.leases, leaseWrite{id: l.ID, val: v, ix: leaseIndex{
-			Agent: l.Agent, Task: l.Task, RequestID: l.RequestID, ExpiresAt: l.ExpiresAt, State: l.State,
-		}})
-	}
-	for _, id := range c.Dequeue {
-		if err := checkID("revocation to dequeue", id, true); err != nil {
-			return nil, err
-		}
-		w.dequeue = append(w.dequeue, id)
-	}
-	for _, r := range c.Enqueue {
-		if err := checkID("revocation lease ID", r.LeaseID, true); err != nil {
-			return nil, err
-		}
-		v, err := json.Marshal(r)
-		if err != nil {
-			return nil, fmt.Errorf("%w: encode revocation %s: %v", ErrInvalidChange, r.LeaseID, err)
-		}
-		w.enqueue = append(w.enqueue, revWrite{id: r.LeaseID, val: v, next: r.NextAttempt})
-	}
-	for _, a := range c.AgentStates {
-		if err := checkID("agent ID", a.ID, true); err != nil {
-			return nil, err
-		}
-		if !agentStates[a.State] {
-			return nil, fmt.Errorf("%w: agent %s has unknown state %q", ErrInvalidChange, a.ID, a.State)
-		}
-		w.agentStates = append(w.agentStates, a)
-	}
-	for _, u := range c.Uses {
-		if err := checkID("agent ID", u.Agent, true); err != nil {
-			return nil, err
-		}
-		w.uses = append(w.uses, u)
-	}
-	if c.Templates != nil {
-		w.templates = []kv{}
-		for name, version := range c.Templates {
-			if err := checkID("template name", name, true); err != nil {
-				return nil, err
-			}
-			w.templates = append(w.templates, kv{[]byte(name), []byte(version)})
-		}
-	}
-	w.conditions = c.Conditions
-	if c.Freeze != nil {
-		v, err := json.Marshal(c.Freeze)
-		if err != nil {
-			return nil, fmt.Errorf("%w: encode freeze: %v", ErrInvalidChange, err)
-		}
-		w.freeze = v
-	}
-	if c.Grants != nil {
-		v, err := json.Marshal(c.Grants)
-		if err != nil {
-			return nil, fmt.Errorf("%w: encode grants: %v", ErrInvalidChange, err)
-		}
-		w.grants = v
 	}
 	approvals, err := prepareApprovals(c.PutApprovals)
 	if err != nil {
 		return nil, err
 	}
 	w.approvals = approvals
-	if len(c.Events) > 0 {
-		now := s.now()
-		w.events = make([]broker.Event, len(c.Events))
-		for i, e := range c.Events {
-			if e.Type == "" {
-				return nil, fmt.Errorf("%w: event %d has no type", ErrInvalidChange, i)
+	return w, s.prepareEvents(w, c.Events)
+}
+
+func prepareIntents(w *write, c broker.Change) error {
+	for _, id := range c.DeleteIntents {
+		if err := checkID("intent ID to delete", id, true); err != nil {
+			return err
+		}
+		w.deleteIntents = append(w.deleteIntents, id)
+	}
+	for _, l := range c.PutIntents {
+		if err := checkLease("intent", l); err != nil {
+			return err
+		}
+		v, err := json.Marshal(l)
+		if err != nil {
+			return fmt.Errorf("%w: encode intent %s: %v", ErrInvalidChange, l.ID, err)
+		}
+		w.putIntents = append(w.putIntents, intentWrite{id: l.ID, agent: l.Agent, task: l.Task, val: v})
+	}
+	return nil
+}
+
+func prepareLeases(w *write, c broker.Change) error {
+	for _, l := range c.PutLeases {
+		if err := checkLease("lease", l); err != nil {
+			return err
+		}
+		if !leaseStates[l.State] {
+			return fmt.Errorf("%w: lease %s has unknown state %q", ErrInvalidChange, l.ID, l.State)
+		}
+		if l.State == broker.StateActive && l.ExpiresAt.IsZero() {
+			return fmt.Errorf("%w: active lease %s has no expiry", ErrInvalidChange, l.ID)
+		}
+		v, err := json.Marshal(l)
+		if err != nil {
+			return fmt.Errorf("%w: encode lease %s: %v", ErrInvalidChange, l.ID, err)
+		}
+		w.leases = append(w.leases, leaseWrite{id: l.ID, val: v, ix: leaseIndex{
+			Agent: l.Agent, Task: l.Task, RequestID: l.RequestID, ExpiresAt: l.ExpiresAt, State: l.State,
+		}})
+	}
+	return nil
+}
+
+func prepareQueue(w *write, c broker.Change) error {
+	for _, id := range c.Dequeue {
+		if err := checkID("revocation to dequeue", id, true); err != nil {
+			return err
+		}
+		w.dequeue = append(w.dequeue, id)
+	}
+	for _, r := range c.Enqueue {
+		if err := checkID("revocation lease ID", r.LeaseID, true); err != nil {
+			return err
+		}
+		v, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("%w: encode revocation %s: %v", ErrInvalidChange, r.LeaseID, err)
+		}
+		w.enqueue = append(w.enqueue, revWrite{id: r.LeaseID, val: v, next: r.NextAttempt})
+	}
+	return nil
+}
+
+func prepareAgents(w *write, c broker.Change) error {
+	for _, a := range c.AgentStates {
+		if err := checkID("agent ID", a.ID, true); err != nil {
+			return err
+		}
+		if !agentStates[a.State] {
+			return fmt.Errorf("%w: agent %s has unknown state %q", ErrInvalidChange, a.ID, a.State)
+		}
+		w.agentStates = append(w.agentStates, a)
+	}
+	for _, u := range c.Uses {
+		if err := checkID("agent ID", u.Agent, true); err != nil {
+			return err
+		}
+		w.uses = append(w.uses, u)
+	}
+	return nil
+}
+
+// prepareRecords encodes the single records: freeze, grants, templates.
+func prepareRecords(w *write, c broker.Change) error {
+	if c.Freeze != nil {
+		v, err := json.Marshal(c.Freeze)
+		if err != nil {
+			return fmt.Errorf("%w: encode freeze: %v", ErrInvalidChange, err)
+		}
+		w.freeze = v
+	}
+	if c.Grants != nil {
+		v, err := json.Marshal(c.Grants)
+		if err != nil {
+			return fmt.Errorf("%w: encode grants: %v", ErrInvalidChange, err)
+		}
+		w.grants = v
+	}
+	if c.Templates != nil {
+		w.templates = []kv{}
+		for name, version := range c.Templates {
+			if err := checkID("template name", name, true); err != nil {
+				return err
 			}
-			if e.Time.IsZero() {
-				e.Time = now
-			}
-			// The canonical encoding is RFC 3339, which has four-digit
-			// years: outside them the hash cannot be computed.
-			if y := e.Time.UTC().Year(); y < 1 || y > 9999 {
-				return nil, fmt.Errorf("%w: event %d time %s is outside the years 1 to 9999", ErrInvalidChange, i, e.Time)
-			}
-			w.events[i] = e
+			w.templates = append(w.templates, kv{[]byte(name), []byte(version)})
 		}
 	}
-	return w, nil
+	return nil
+}
+
+// prepareEvents stamps events without a time and refuses those whose
+// hash could not be computed.
+func (s *Store) prepareEvents(w *write, events []broker.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	now := s.now()
+	w.events = make([]broker.Event, len(events))
+	for i, e := range events {
+		if e.Type == "" {
+			return fmt.Errorf("%w: event %d has no type", ErrInvalidChange, i)
+		}
+		if e.Time.IsZero() {
+			e.Time = now
+		}
+		// The canonical encoding is RFC 3339, which has four-digit
+		// years: outside them the hash cannot be computed.
+		if y := e.Time.UTC().Year(); y < 1 || y > 9999 {
+			return fmt.Errorf("%w: event %d time %s is outside the years 1 to 9999", ErrInvalidChange, i, e.Time)
+		}
+		w.events[i] = e
+	}
+	return nil
 }
 
 // write applies w in tx, chaining events (a copy of w.events) in place.
