@@ -484,13 +484,7 @@ func (s *Service) refuseReview(ctx context.Context, actor string, a *Approval, c
 // Approval returns one approval. Errors: ENOTFOUND, EUNAVAILABLE.
 func (s *Service) Approval(ctx context.Context, id string) (*Approval, error) {
 	a, err := s.store.Approval(ctx, id)
-	if errors.Is(err, ErrApprovalNotFound) {
-		return nil, Errorf(ENOTFOUND, "no approval %s", id)
-	}
-	if err != nil {
-		return nil, unavailable("the approval store", err)
-	}
-	return a, nil
+	return storedRecord(a, err, ErrApprovalNotFound, "no approval "+id)
 }
 
 // AgentApproval returns one of the agent's own approvals, for the agent
@@ -507,11 +501,7 @@ func (s *Service) AgentApproval(ctx context.Context, agent, id string) (*Approva
 // Approvals lists the approvals f matches, newest first. Errors:
 // EUNAVAILABLE.
 func (s *Service) Approvals(ctx context.Context, f ApprovalFilter) ([]*Approval, error) {
-	as, err := s.store.Approvals(ctx, f)
-	if err != nil {
-		return nil, unavailable("the approval store", err)
-	}
-	return as, nil
+	return stored(s.store.Approvals(ctx, f))
 }
 
 // WaitApproval returns the approval once it is no longer pending, or as it

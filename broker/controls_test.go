@@ -79,32 +79,34 @@ func (f *fixture) wantWithheld(t *testing.T, id string) {
 	}
 }
 
-func TestControls_QuarantineDuringMint(t *testing.T) {
-	f := newFixture(t)
-	entered, release := f.backend.Block()
-	defer release()
-	done := f.issueAsync(broker.IssueRequest{Agent: reportBot, Task: "report", Params: eu, Reason: "race"})
-	id := <-entered // the credential exists; its lease is an intent
-	if err := f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentQuarantined, "leak"); err != nil {
-		t.Fatal(err)
+// A stop while the backend is minting: the caller gets no secret and the
+// credential is revoked.
+func TestControls_StopDuringMint(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		stop   func(f *fixture) error
+		reason templates.ReasonCode
+	}{
+		{"Quarantine", func(f *fixture) error {
+			return f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentQuarantined, "leak")
+		}, templates.ReasonAgentQuarantined},
+		{"Pause", func(f *fixture) error {
+			return f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentPaused, "odd")
+		}, templates.ReasonAgentPaused},
+		{"Freeze", func(f *fixture) error { return f.svc.SetFreeze(ctx, operator, true, "incident") }, templates.ReasonGlobalFreeze},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			entered, release := f.backend.Block()
+			defer release()
+			done := f.issueAsync(broker.IssueRequest{Agent: reportBot, Task: "report", Params: eu, Reason: "race"})
+			id := <-entered // the credential exists; its lease is an intent
+			must(t, tt.stop(f))
+			release()
+			wantRefused(t, <-done, broker.EFORBIDDEN, string(tt.reason))
+			f.wantWithheld(t, id)
+		})
 	}
-	release()
-	wantRefused(t, <-done, broker.EFORBIDDEN, string(templates.ReasonAgentQuarantined))
-	f.wantWithheld(t, id)
-}
-
-func TestControls_FreezeDuringMint(t *testing.T) {
-	f := newFixture(t)
-	entered, release := f.backend.Block()
-	defer release()
-	done := f.issueAsync(broker.IssueRequest{Agent: reportBot, Task: "report", Params: eu, Reason: "race"})
-	id := <-entered
-	if err := f.svc.SetFreeze(ctx, operator, true, "incident"); err != nil {
-		t.Fatal(err)
-	}
-	release()
-	wantRefused(t, <-done, broker.EFORBIDDEN, string(templates.ReasonGlobalFreeze))
-	f.wantWithheld(t, id)
 }
 
 // A pause that lands between the decision and the commit: the commit

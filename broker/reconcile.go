@@ -44,13 +44,13 @@ func (f *inflight) owned(id string) bool {
 // and the leases that expired while latch was down. Run calls it at start
 // and every Config.ReconcileEvery; a request in flight is never touched.
 func (s *Service) Reconcile(ctx context.Context) error {
-	intents, err := s.store.Intents(ctx)
+	intents, err := stored(s.store.Intents(ctx))
 	if err != nil {
-		return unavailable("the store", err)
+		return err
 	}
 	for _, l := range intents {
 		if s.inflight.owned(l.ID) {
-			continue
+			continue // its request is live: it commits or fails it itself
 		}
 		if err := s.reconcileIntent(ctx, l); err != nil {
 			return err
@@ -95,23 +95,16 @@ func (s *Service) reconcileIntent(ctx context.Context, l *Lease) error {
 
 // requarantine queues the active leases of every quarantined agent.
 func (s *Service) requarantine(ctx context.Context) error {
-	agents, err := s.store.Agents(ctx)
-	if err != nil {
-		return unavailable("the store", err)
-	}
+	agents, err := s.Agents(ctx)
 	for _, a := range agents {
-		if a.State != AgentQuarantined {
-			continue
-		}
-		leases, err := s.Selected(ctx, RevokeSelector{Agent: a.ID})
-		if err != nil {
-			return err
-		}
-		if err := s.queueRevocations(ctx, "latch", "agent quarantined: "+a.Reason, EventRevoke, leases, false); err != nil {
-			return err
+		if a.State == AgentQuarantined && err == nil {
+			var leases []*Lease
+			if leases, err = s.Selected(ctx, RevokeSelector{Agent: a.ID}); err == nil {
+				err = s.queueRevocations(ctx, "latch", "agent quarantined: "+a.Reason, EventRevoke, leases, false)
+			}
 		}
 	}
-	return nil
+	return err
 }
 
 // Run reconciles, then sweeps expired leases and works the revocation
