@@ -222,30 +222,9 @@ func New(cfg Config) (*Notifier, error) {
 		n.poll = time.Second
 	}
 	for i, w := range cfg.Webhooks {
-		u, err := url.Parse(w.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("notify: webhooks[%d].url %q: want http(s)://host/path", i, w.URL)
+		if err := n.addHook(i, w); err != nil {
+			return nil, err
 		}
-		for _, prev := range n.hooks {
-			if prev.URL == w.URL {
-				return nil, fmt.Errorf("notify: webhooks[%d].url %q is listed twice: merge their events", i, w.URL)
-			}
-		}
-		if len(w.Events) == 0 {
-			w.Events = DefaultEvents
-		}
-		for _, e := range w.Events {
-			if !slices.Contains(KnownEvents, e) {
-				return nil, fmt.Errorf("notify: webhooks[%d].events: unknown event type %q (known: %s)", i, e, strings.Join(KnownEvents, ", "))
-			}
-		}
-		w.Events = slices.Clone(w.Events)
-		w.Secret = slices.Clone(w.Secret)
-		if len(w.Secret) == 0 {
-			n.log.Warn("webhook has no secret: its deliveries are not signed", "url", redactURL(w.URL))
-		}
-		n.hooks = append(n.hooks, w)
-		n.wakes = append(n.wakes, make(chan struct{}, 1))
 	}
 	db, err := bolt.Open(cfg.OutboxPath, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
@@ -265,6 +244,37 @@ func New(cfg Config) (*Notifier, error) {
 	}
 	n.db = db
 	return n, nil
+}
+
+// addHook checks webhooks[i] and adds it, with DefaultEvents when it
+// names none, and copies of its slices, so the caller's config cannot
+// change what is sent.
+func (n *Notifier) addHook(i int, w Webhook) error {
+	u, err := url.Parse(w.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("notify: webhooks[%d].url %q: want http(s)://host/path", i, w.URL)
+	}
+	for _, prev := range n.hooks {
+		if prev.URL == w.URL {
+			return fmt.Errorf("notify: webhooks[%d].url %q is listed twice: merge their events", i, w.URL)
+		}
+	}
+	if len(w.Events) == 0 {
+		w.Events = DefaultEvents
+	}
+	for _, e := range w.Events {
+		if !slices.Contains(KnownEvents, e) {
+			return fmt.Errorf("notify: webhooks[%d].events: unknown event type %q (known: %s)", i, e, strings.Join(KnownEvents, ", "))
+		}
+	}
+	w.Events = slices.Clone(w.Events)
+	w.Secret = slices.Clone(w.Secret)
+	if len(w.Secret) == 0 {
+		n.log.Warn("webhook has no secret: its deliveries are not signed", "url", redactURL(w.URL))
+	}
+	n.hooks = append(n.hooks, w)
+	n.wakes = append(n.wakes, make(chan struct{}, 1))
+	return nil
 }
 
 // Close closes the outbox. Call it after Run has returned.
