@@ -2,6 +2,8 @@ package broker_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -12,7 +14,7 @@ import (
 	"github.com/latchbroker/latch/templates"
 )
 
-// hubMetrics counts what the event hub and the refusals report.
+// hubMetrics counts what the event feed and the refusals report.
 type hubMetrics struct {
 	mu         sync.Mutex
 	dropped    int
@@ -59,27 +61,64 @@ func newHubService(t *testing.T) (*broker.Service, *hubMetrics, broker.Store) {
 	return svc, m, st
 }
 
+// follow runs svc.Follow until the test ends and passes on each event it
+// delivers. The channel's buffer is large enough for every test here, so
+// that a test reads at its own pace and still sees what Follow did.
+func follow(t *testing.T, svc *broker.Service, after uint64, f broker.EventFilter) <-chan broker.Event {
+	t.Helper()
+	ch := make(chan broker.Event, 4096)
+	runFollow(t, svc, after, f, func(evs []broker.Event) error {
+		for _, e := range evs {
+			ch <- e
+		}
+		return nil
+	})
+	return ch
+}
+
+// runFollow runs svc.Follow with fn until the test ends, and checks that
+// it then returns the context's error.
+func runFollow(t *testing.T, svc *broker.Service, after uint64, f broker.EventFilter, fn func([]broker.Event) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Follow(ctx, after, f, fn) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Follow returned %v, want context.Canceled", err)
+		}
+	})
+}
+
 func receive(t *testing.T, ch <-chan broker.Event) broker.Event {
 	t.Helper()
 	select {
 	case e := <-ch:
 		return e
-	case <-time.After(5 * time.Second):
-		t.Fatal("no event")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
 	}
 	return broker.Event{}
 }
 
-func TestService_Subscribe(t *testing.T) {
+// receiveSeqs reads n events and checks that they are first+1 … first+n.
+func receiveSeqs(t *testing.T, ch <-chan broker.Event, first uint64, n int) {
+	t.Helper()
+	for i := range n {
+		if e := receive(t, ch); e.Seq != first+uint64(i)+1 {
+			t.Fatalf("event %d has seq %d, want %d", i, e.Seq, first+uint64(i)+1)
+		}
+	}
+}
+
+func TestService_Follow(t *testing.T) {
 	svc, _, _ := newHubService(t)
 	ctx := context.Background()
 	const bot = "spiffe://example.org/agent/bot"
-	all, cancelAll := svc.Subscribe(broker.EventFilter{})
-	defer cancelAll()
-	mine, cancelMine := svc.Subscribe(broker.EventFilter{Agent: bot})
-	defer cancelMine()
-	freezes, cancelFreezes := svc.Subscribe(broker.EventFilter{Types: []broker.EventType{broker.EventFreeze, broker.EventUnfreeze}})
-	defer cancelFreezes()
+	all := follow(t, svc, 0, broker.EventFilter{})
+	mine := follow(t, svc, 0, broker.EventFilter{Agent: bot})
+	freezes := follow(t, svc, 0, broker.EventFilter{Types: []broker.EventType{broker.EventFreeze, broker.EventUnfreeze}})
 
 	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "incident"); err != nil {
 		t.Fatal(err)
@@ -87,82 +126,193 @@ func TestService_Subscribe(t *testing.T) {
 	if err := svc.SetAgentState(ctx, "op", bot, broker.AgentPaused, "odd"); err != nil {
 		t.Fatal(err)
 	}
+	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", false, "over"); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.SetAgentState(ctx, "spiffe://example.org/op", bot, broker.AgentActive, "fine"); err != nil {
+		t.Fatal(err)
+	}
 
 	e := receive(t, all)
-	if e.Type != broker.EventFreeze || e.Seq == 0 || e.Hash == "" {
+	if e.Type != broker.EventFreeze || e.Seq != 1 || e.Hash == "" {
 		t.Fatalf("first event = %+v, want the chained freeze", e)
 	}
-	if e := receive(t, all); e.Type != broker.EventPause {
-		t.Fatalf("second event = %+v", e)
+	for i, want := range []broker.EventType{broker.EventPause, broker.EventUnfreeze, broker.EventResume} {
+		if e := receive(t, all); e.Type != want || e.Seq != uint64(i+2) {
+			t.Fatalf("event %d = %+v, want %s", i+2, e, want)
+		}
 	}
+	// Each filtered follower's next event is the second it wants: the
+	// ones between were not let through.
 	if e := receive(t, mine); e.Type != broker.EventPause || e.Subject != bot {
 		t.Fatalf("agent filter got %+v", e)
+	}
+	if e := receive(t, mine); e.Type != broker.EventResume {
+		t.Fatalf("agent filter got %+v, want the resume", e)
 	}
 	if e := receive(t, freezes); e.Type != broker.EventFreeze {
 		t.Fatalf("type filter got %+v", e)
 	}
-	select {
-	case e := <-mine:
-		t.Fatalf("agent filter let through %+v", e)
-	case e := <-freezes:
-		t.Fatalf("type filter let through %+v", e)
-	default:
+	if e := receive(t, freezes); e.Type != broker.EventUnfreeze {
+		t.Fatalf("type filter got %+v, want the unfreeze", e)
 	}
 
-	cancelMine()
-	cancelMine() // twice is harmless
-	if _, ok := <-mine; ok {
-		t.Fatal("channel open after cancel")
-	}
-	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", false, "over"); err != nil {
+	// From a sequence number: the log first, then what is new.
+	resumed := follow(t, svc, 2, broker.EventFilter{})
+	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "again"); err != nil {
 		t.Fatal(err)
 	}
-	if e := receive(t, all); e.Type != broker.EventUnfreeze {
-		t.Fatalf("after another subscriber left: %+v", e)
-	}
+	receiveSeqs(t, resumed, 2, 3)
 }
 
-// TestService_Subscribe_SlowSubscriber: a subscriber that never reads
-// costs events for itself only, never a wait for the writer.
-func TestService_Subscribe_SlowSubscriber(t *testing.T) {
+// TestService_Follow_SlowFollower: a follower stuck in fn while more
+// events are written than the live feed holds costs the writer nothing;
+// once it moves again it gets every event, once, in order, from the
+// audit log, and the events it missed live are counted.
+func TestService_Follow_SlowFollower(t *testing.T) {
 	svc, m, _ := newHubService(t)
 	ctx := context.Background()
-	_, cancel := svc.Subscribe(broker.EventFilter{})
-	defer cancel()
-	reader, cancelReader := svc.Subscribe(broker.EventFilter{})
-	defer cancelReader()
 	const extra = 10
-	const n = broker.SubscriberBuffer + extra
-	got := make(chan int)
-	go func() {
-		k := 0
-		for range reader {
-			k++
+	const n = broker.LiveFeedSize + extra
+	first, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	got := make(chan uint64, n)
+	runFollow(t, svc, 0, broker.EventFilter{}, func(evs []broker.Event) error {
+		once.Do(func() { close(first); <-release })
+		for _, e := range evs {
+			got <- e.Seq
 		}
-		got <- k
-	}()
+		return nil
+	})
+	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "flip"); err != nil {
+		t.Fatal(err)
+	}
+	free := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(free) // before Follow's cleanup, should the test fail
+	select {
+	case <-first: // stuck with event 1, caught up live
+	case <-time.After(10 * time.Second):
+		t.Fatal("event 1 not delivered")
+	}
 	start := time.Now()
-	for i := range n {
+	for i := 1; i < n; i++ {
 		if err := svc.SetFreeze(ctx, "spiffe://example.org/op", i%2 == 0, "flip"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if d := time.Since(start); d > 20*time.Second {
-		t.Fatalf("writes took %s with a stuck subscriber", d)
+		t.Fatalf("writes took %s with a stuck follower", d)
 	}
-	cancelReader()
-	read := <-got
-	// The stuck subscriber lost exactly its overflow; the reader lost
-	// what it did not read (nothing, unless the machine starved it).
-	want := uint64(extra + n - read)
-	if d := svc.EventsDropped(); d != want {
-		t.Fatalf("EventsDropped = %d, want %d (reader got %d of %d)", d, want, read, n)
+	free()
+	for want := uint64(1); want <= n; want++ {
+		select {
+		case seq := <-got:
+			if seq != want {
+				t.Fatalf("got seq %d, want %d", seq, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("stuck before seq %d", want)
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if uint64(m.dropped) != want {
-		t.Fatalf("metrics counted %d drops, want %d", m.dropped, want)
+	// Events 2 … n-LiveFeedSize were overwritten while it was stuck.
+	if want := n - broker.LiveFeedSize - 1; m.dropped != want {
+		t.Fatalf("metrics counted %d events missed live, want %d", m.dropped, want)
 	}
+}
+
+// TestService_Follow_ConcurrentWriters: writes committed together are
+// published in whatever order their callers resume; followers, a fast
+// and a slow one, still see strictly increasing, gap-free sequences.
+func TestService_Follow_ConcurrentWriters(t *testing.T) {
+	svc, _, _ := newHubService(t)
+	ctx := context.Background()
+	fast := follow(t, svc, 0, broker.EventFilter{})
+	slow := make(chan broker.Event, 4096)
+	runFollow(t, svc, 0, broker.EventFilter{}, func(evs []broker.Event) error {
+		time.Sleep(time.Millisecond) // a consumer with real work to do, not synchronisation
+		for _, e := range evs {
+			slow <- e
+		}
+		return nil
+	})
+	const writers, each = 8, 40
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			agent := fmt.Sprintf("spiffe://example.org/agent/a%d", w)
+			for i := range each {
+				state := map[bool]broker.AgentState{true: broker.AgentPaused, false: broker.AgentActive}[i%2 == 0]
+				if err := svc.SetAgentState(ctx, "spiffe://example.org/op", agent, state, "flip"); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	receiveSeqs(t, fast, 0, writers*each)
+	receiveSeqs(t, slow, 0, writers*each)
+}
+
+// TestService_Follow_Unpublished: an event that is durable but never
+// reached the live feed (its write timed out in apply after the store
+// took it) is delivered all the same: at once when a later event reveals
+// the gap, and by the periodic read of the log when none does.
+func TestService_Follow_Unpublished(t *testing.T) {
+	svc, _, st := newHubService(t)
+	ctx := context.Background()
+	evs := follow(t, svc, 0, broker.EventFilter{})
+	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "a"); err != nil {
+		t.Fatal(err)
+	}
+	receiveSeqs(t, evs, 0, 1)
+	unseen := broker.Change{Events: []broker.Event{{Type: broker.EventIssue, Actor: "spiffe://example.org/agent/x", Time: time.Now()}}}
+	if _, err := st.Apply(ctx, unseen); err != nil {
+		t.Fatal(err)
+	}
+	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", false, "b"); err != nil {
+		t.Fatal(err)
+	}
+	receiveSeqs(t, evs, 1, 2)
+
+	if _, err := st.Apply(ctx, unseen); err != nil {
+		t.Fatal(err)
+	}
+	if e := receive(t, evs); e.Seq != 4 || e.Type != broker.EventIssue {
+		t.Fatalf("got %+v, want the unpublished issue (seq 4)", e)
+	}
+}
+
+func TestService_Follow_Errors(t *testing.T) {
+	svc, _, st := newHubService(t)
+	ctx := context.Background()
+	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "a"); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("ErrFn", func(t *testing.T) {
+		boom := errors.New("boom")
+		err := svc.Follow(ctx, 0, broker.EventFilter{}, func([]broker.Event) error { return boom })
+		if !errors.Is(err, boom) {
+			t.Fatalf("Follow = %v, want fn's error", err)
+		}
+	})
+	t.Run("ErrContext", func(t *testing.T) {
+		c, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		err := svc.Follow(c, 1, broker.EventFilter{}, func([]broker.Event) error { return nil })
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Follow = %v, want the context's error", err)
+		}
+	})
+	t.Run("ErrUnavailable", func(t *testing.T) {
+		st.Close()
+		err := svc.Follow(ctx, 0, broker.EventFilter{}, func([]broker.Event) error { return nil })
+		if broker.ErrorCode(err) != broker.EUNAVAILABLE {
+			t.Fatalf("Follow on a closed store = %v, want unavailable", err)
+		}
+	})
 }
 
 func TestService_AuditEvents(t *testing.T) {

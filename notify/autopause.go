@@ -28,7 +28,10 @@ type AutoPauseConfig struct {
 // Pauser is what AutoPause watches and acts on. *broker.Service
 // implements it.
 type Pauser interface {
-	Subscribe(broker.EventFilter) (<-chan broker.Event, func())
+	// Follow and LastAuditSeq are broker.Service's: AutoPause sees every
+	// denial written after it starts, however busy the Service is.
+	Follow(ctx context.Context, after uint64, f broker.EventFilter, fn func([]broker.Event) error) error
+	LastAuditSeq(ctx context.Context) (uint64, error)
 	Policy() *templates.Policy
 	Agent(ctx context.Context, id string) (broker.AgentRecord, error)
 	SetAgentState(ctx context.Context, actor, agent string, state broker.AgentState, reason string) error
@@ -68,42 +71,62 @@ func NewAutoPause(cfg AutoPauseConfig) (*AutoPause, error) {
 	return a, nil
 }
 
-// Run watches svc's denials until ctx ends, and returns nil then.
+// autoPauseRetry is the wait before AutoPause follows the audit events
+// again after a failure to read them.
+const autoPauseRetry = time.Second
+
+// Run watches svc's denials from now until ctx ends, and returns nil then.
+// It sees every one, in order: a burst of denials is counted however fast
+// it comes, and a failure to read the audit log is logged and resumed
+// from the last denial seen.
 func (a *AutoPause) Run(ctx context.Context, svc Pauser) error {
-	events, cancel := svc.Subscribe(broker.EventFilter{Types: []broker.EventType{broker.EventDeny, broker.EventViolation}})
-	defer cancel()
+	denials := broker.EventFilter{Types: []broker.EventType{broker.EventDeny, broker.EventViolation}}
 	recent := map[string][]time.Time{}
-	for {
-		select {
-		case <-ctx.Done():
+	var after uint64
+	started := false
+	followRetrying(ctx, a.log, "auto-pause", autoPauseRetry, func() error {
+		if !started {
+			last, err := svc.LastAuditSeq(ctx)
+			if err != nil {
+				return err
+			}
+			after, started = last, true
+		}
+		return svc.Follow(ctx, after, denials, func(evs []broker.Event) error {
+			for _, e := range evs {
+				after = e.Seq
+				a.observe(ctx, svc, recent, e)
+			}
 			return nil
-		case e, ok := <-events:
-			if !ok {
-				return nil
-			}
-			agent := e.Actor
-			if agent == "" || slices.ContainsFunc(e.Reasons, func(r string) bool { return slices.Contains(notCounted, r) }) {
-				continue
-			}
-			if _, ok := svc.Policy().Agent(agent); !ok {
-				continue
-			}
-			ts := append(recent[agent], e.Time)
-			ts = slices.DeleteFunc(ts, func(t time.Time) bool { return e.Time.Sub(t) >= a.window })
-			recent[agent] = ts
-			// Forget agents whose denials have all aged out.
-			for id, t := range recent {
-				if len(t) == 0 || e.Time.Sub(t[len(t)-1]) >= a.window {
-					delete(recent, id)
-				}
-			}
-			if len(ts) < a.threshold {
-				continue
-			}
-			delete(recent, agent)
-			a.pause(ctx, svc, agent, len(ts), e)
+		})
+	})
+	return nil
+}
+
+// observe counts one denial in recent (the denials within the window, by
+// agent) and pauses the agent when they reach the threshold.
+func (a *AutoPause) observe(ctx context.Context, svc Pauser, recent map[string][]time.Time, e broker.Event) {
+	agent := e.Actor
+	if agent == "" || slices.ContainsFunc(e.Reasons, func(r string) bool { return slices.Contains(notCounted, r) }) {
+		return
+	}
+	if _, ok := svc.Policy().Agent(agent); !ok {
+		return
+	}
+	ts := append(recent[agent], e.Time)
+	ts = slices.DeleteFunc(ts, func(t time.Time) bool { return e.Time.Sub(t) >= a.window })
+	recent[agent] = ts
+	// Forget agents whose denials have all aged out.
+	for id, t := range recent {
+		if len(t) == 0 || e.Time.Sub(t[len(t)-1]) >= a.window {
+			delete(recent, id)
 		}
 	}
+	if len(ts) < a.threshold {
+		return
+	}
+	delete(recent, agent)
+	a.pause(ctx, svc, agent, len(ts), e)
 }
 
 func (a *AutoPause) pause(ctx context.Context, svc Pauser, agent string, n int, last broker.Event) {

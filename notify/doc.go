@@ -4,21 +4,22 @@
 // (DefaultEvents), or any other audit event type a webhook asks for, so
 // that people hear of them where they are.
 //
-// A Notifier subscribes to the Service's live events (Service.Subscribe),
-// writes one delivery per event and matching webhook to a durable outbox
-// — a bbolt file of its own, separate from the store — and POSTs them,
-// one sender per webhook so that a slow receiver delays only its own
-// deliveries, in event order per webhook, retrying failures with exponential backoff (MinBackoff doubling up to
-// MaxBackoff) across restarts until MaxAttempts, after which a delivery
-// is moved to a dead-letter bucket and logged as an error. Publishing
-// never waits for the notifier, so delivery can neither block nor fail
-// issuance. Events the live stream dropped, or that were written while
-// the notifier was not running, are read back from the audit log (the
-// outbox remembers how far it got); on first use it starts at the log's
-// end. Delivery is at least once: X-Latch-Delivery is the same across
-// retries, for receivers to deduplicate. Deliveries to a webhook no
-// longer configured are moved to the dead letters at start. Config.Metrics
-// counts the results and watches the outbox's depth.
+// A Notifier follows the Service's audit events (Service.Follow, which
+// misses none however far behind it falls), writes one delivery per event
+// and matching webhook to a durable outbox — a bbolt file of its own,
+// separate from the store — and POSTs them, one sender per webhook so
+// that a slow receiver delays only its own deliveries, in event order per
+// webhook, retrying failures with exponential backoff (MinBackoff
+// doubling up to MaxBackoff) across restarts until MaxAttempts, after
+// which a delivery is moved to a dead-letter bucket and logged as an
+// error. Publishing never waits for the notifier, so delivery can neither
+// block nor fail issuance. The outbox records, with the deliveries, the
+// last event it holds, and a restart follows on from there: events written
+// while the notifier was not running are sent too; on first use it starts
+// at the log's end. Delivery is at least once: X-Latch-Delivery is the
+// same across retries, for receivers to deduplicate. Deliveries to a
+// webhook no longer configured are moved to the dead letters at start.
+// Config.Metrics counts the results and watches the outbox's depth.
 //
 // Bodies are JSON Payloads — the audit event without its hash-chain
 // fields, plus a one-line Text — or, for a webhook with Slack set, just

@@ -89,7 +89,9 @@ type Config struct {
 	// MaxAttempts is how many times a delivery is tried before it is moved
 	// to the dead-letter bucket and logged as an error (default 30).
 	MaxAttempts int
-	// Poll is how often the outbox is checked for due retries (default 1 s).
+	// Poll is how often the outbox is checked for due retries and its
+	// depth reported, and the wait before following the audit events
+	// again after a failure (default 1 s).
 	Poll time.Duration
 	// Metrics counts deliveries and watches the outbox (optional).
 	Metrics Metrics
@@ -120,13 +122,13 @@ func (noMetrics) WebhookOutbox(int)      {}
 
 // Source is where events come from. *broker.Service implements it.
 type Source interface {
-	// Subscribe is broker.Service.Subscribe.
-	Subscribe(broker.EventFilter) (<-chan broker.Event, func())
-	// AuditEvents is broker.Service.AuditEvents: gaps in the live stream
-	// (events dropped for a slow subscriber, or written while latch's
-	// notifier was not running) are filled from the audit log.
-	AuditEvents(ctx context.Context, after uint64, fn func(broker.Event) (bool, error)) error
-	// LastAuditSeq is broker.Service.LastAuditSeq.
+	// Follow is broker.Service.Follow: every event after a sequence
+	// number, in order, then the new ones as they are written. Run resumes
+	// it from the outbox's cursor, so events written while latch's
+	// notifier was not running are sent too.
+	Follow(ctx context.Context, after uint64, f broker.EventFilter, fn func([]broker.Event) error) error
+	// LastAuditSeq is broker.Service.LastAuditSeq: where a new outbox
+	// starts.
 	LastAuditSeq(ctx context.Context) (uint64, error)
 }
 
@@ -220,30 +222,9 @@ func New(cfg Config) (*Notifier, error) {
 		n.poll = time.Second
 	}
 	for i, w := range cfg.Webhooks {
-		u, err := url.Parse(w.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("notify: webhooks[%d].url %q: want http(s)://host/path", i, w.URL)
+		if err := n.addHook(i, w); err != nil {
+			return nil, err
 		}
-		for _, prev := range n.hooks {
-			if prev.URL == w.URL {
-				return nil, fmt.Errorf("notify: webhooks[%d].url %q is listed twice: merge their events", i, w.URL)
-			}
-		}
-		if len(w.Events) == 0 {
-			w.Events = DefaultEvents
-		}
-		for _, e := range w.Events {
-			if !slices.Contains(KnownEvents, e) {
-				return nil, fmt.Errorf("notify: webhooks[%d].events: unknown event type %q (known: %s)", i, e, strings.Join(KnownEvents, ", "))
-			}
-		}
-		w.Events = slices.Clone(w.Events)
-		w.Secret = slices.Clone(w.Secret)
-		if len(w.Secret) == 0 {
-			n.log.Warn("webhook has no secret: its deliveries are not signed", "url", redactURL(w.URL))
-		}
-		n.hooks = append(n.hooks, w)
-		n.wakes = append(n.wakes, make(chan struct{}, 1))
 	}
 	db, err := bolt.Open(cfg.OutboxPath, 0o600, &bolt.Options{Timeout: time.Second})
 	if err != nil {
@@ -265,24 +246,51 @@ func New(cfg Config) (*Notifier, error) {
 	return n, nil
 }
 
+// addHook checks webhooks[i] and adds it, with DefaultEvents when it
+// names none, and copies of its slices, so the caller's config cannot
+// change what is sent.
+func (n *Notifier) addHook(i int, w Webhook) error {
+	u, err := url.Parse(w.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("notify: webhooks[%d].url %q: want http(s)://host/path", i, w.URL)
+	}
+	for _, prev := range n.hooks {
+		if prev.URL == w.URL {
+			return fmt.Errorf("notify: webhooks[%d].url %q is listed twice: merge their events", i, w.URL)
+		}
+	}
+	if len(w.Events) == 0 {
+		w.Events = DefaultEvents
+	}
+	for _, e := range w.Events {
+		if !slices.Contains(KnownEvents, e) {
+			return fmt.Errorf("notify: webhooks[%d].events: unknown event type %q (known: %s)", i, e, strings.Join(KnownEvents, ", "))
+		}
+	}
+	w.Events = slices.Clone(w.Events)
+	w.Secret = slices.Clone(w.Secret)
+	if len(w.Secret) == 0 {
+		n.log.Warn("webhook has no secret: its deliveries are not signed", "url", redactURL(w.URL))
+	}
+	n.hooks = append(n.hooks, w)
+	n.wakes = append(n.wakes, make(chan struct{}, 1))
+	return nil
+}
+
 // Close closes the outbox. Call it after Run has returned.
 func (n *Notifier) Close() error { return n.db.Close() }
 
-// Run delivers src's events until ctx ends: it subscribes to the live
-// events, writes a delivery per matching webhook to the outbox, and sends
-// them, retrying failures with exponential backoff. Publishing never waits
-// for Run, so delivery can neither block nor fail issuance. Run returns
-// nil when ctx ends; an error only when the outbox cannot be read or
-// written at start.
+// Run delivers src's events until ctx ends: it follows the audit events
+// from the outbox's cursor, writes a delivery per matching webhook to the
+// outbox, and sends them, retrying failures with exponential backoff.
+// Publishing never waits for Run, so delivery can neither block nor fail
+// issuance. Run returns nil when ctx ends; an error only when the outbox
+// cannot be read or written at start.
 func (n *Notifier) Run(ctx context.Context, src Source) error {
 	if len(n.hooks) == 0 {
 		<-ctx.Done()
 		return nil
 	}
-	// Subscribe to every type: the contiguous sequence numbers tell us
-	// when an event was dropped for us.
-	events, cancel := src.Subscribe(broker.EventFilter{})
-	defer cancel()
 	cursor, err := n.loadCursor(ctx, src)
 	if err != nil {
 		return err
@@ -294,64 +302,38 @@ func (n *Notifier) Run(ctx context.Context, src Source) error {
 	for i, w := range n.hooks {
 		wg.Go(func() { n.deliverLoop(ctx, w, n.wakes[i]) })
 	}
+	wg.Go(func() { n.reportLoop(ctx) })
 	defer wg.Wait()
+	// Every type: the cursor then moves over the events no webhook wants,
+	// and a restart does not read them again.
+	followRetrying(ctx, n.log, "webhook outbox", n.poll, func() error {
+		return src.Follow(ctx, cursor, broker.EventFilter{}, func(evs []broker.Event) error {
+			last := evs[len(evs)-1].Seq
+			if err := n.enqueue(evs, last); err != nil {
+				return fmt.Errorf("write webhook deliveries to the outbox: %w", err)
+			}
+			cursor = last
+			return nil
+		})
+	})
+	return nil
+}
 
-	seen := map[uint64]bool{} // seqs > cursor enqueued from the live stream
-	// Whatever was written since the cursor (while we were down, or
-	// before the subscription) is read from the audit log first.
-	cursor = n.catchUp(ctx, src, cursor, seen)
-	gapSince := time.Time{}
-	tick := time.NewTicker(n.poll)
-	defer tick.Stop()
+// followRetrying calls follow until ctx ends, again after pause each time
+// it fails (the audit log unreadable, the outbox unwritable). follow
+// resumes from the last event it handled, so a failure delays events and
+// never skips one; it is logged, naming what follows.
+func followRetrying(ctx context.Context, log *slog.Logger, what string, pause time.Duration, follow func() error) {
 	for {
+		err := follow()
+		if ctx.Err() != nil {
+			return
+		}
+		log.Error(what+": following the audit events failed; will resume where it stopped", "retry_in", pause, "err", err)
 		select {
 		case <-ctx.Done():
-			return nil
-		case e, ok := <-events:
-			if !ok {
-				return nil
-			}
-			batch := []broker.Event{e}
-		drain:
-			for len(batch) < broker.SubscriberBuffer {
-				select {
-				case e, ok := <-events:
-					if !ok {
-						break drain
-					}
-					batch = append(batch, e)
-				default:
-					break drain
-				}
-			}
-			var fresh []broker.Event
-			for _, e := range batch {
-				if e.Seq > cursor && !seen[e.Seq] {
-					fresh = append(fresh, e)
-				}
-			}
-			if err := n.enqueue(fresh); err != nil {
-				n.log.Error("write webhook deliveries to the outbox; will read them again from the audit log", "err", err)
-				gapSince = time.Now()
-				continue
-			}
-			for _, e := range fresh {
-				seen[e.Seq] = true
-			}
-			cursor = n.advance(cursor, seen)
-			if len(seen) == 0 {
-				gapSince = time.Time{}
-			} else if gapSince.IsZero() {
-				gapSince = time.Now()
-			}
-		case <-tick.C:
-			n.reportOutbox()
-			// Events of one group commit may arrive out of order; a gap
-			// that lasts a poll interval was dropped: read it back.
-			if !gapSince.IsZero() && time.Since(gapSince) >= n.poll {
-				cursor = n.catchUp(ctx, src, cursor, seen)
-				gapSince = time.Time{}
-			}
+			return
+		case <-time.After(pause):
 		}
 	}
 }
@@ -378,62 +360,22 @@ func (n *Notifier) loadCursor(ctx context.Context, src Source) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("notify: read the audit log's end: %w", err)
 	}
-	return last, n.saveCursor(last)
-}
-
-func (n *Notifier) saveCursor(c uint64) error {
-	return n.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(keyCursor, binary.BigEndian.AppendUint64(nil, c))
-	})
-}
-
-// advance moves the cursor over the contiguous seqs in seen and persists it.
-func (n *Notifier) advance(cursor uint64, seen map[uint64]bool) uint64 {
-	start := cursor
-	for seen[cursor+1] {
-		cursor++
-		delete(seen, cursor)
-	}
-	if cursor != start {
-		if err := n.saveCursor(cursor); err != nil {
-			n.log.Error("save the outbox cursor", "err", err)
-		}
-	}
-	return cursor
-}
-
-// catchUp enqueues the events after cursor that the live stream has not
-// delivered, from the audit log, and returns the new cursor.
-func (n *Notifier) catchUp(ctx context.Context, src Source, cursor uint64, seen map[uint64]bool) uint64 {
-	var missed []broker.Event
-	last := cursor
-	err := src.AuditEvents(ctx, cursor, func(e broker.Event) (bool, error) {
-		if !seen[e.Seq] {
-			missed = append(missed, e)
-		}
-		last = max(last, e.Seq)
-		return true, nil
-	})
+	err = n.db.Update(func(tx *bolt.Tx) error { return putCursor(tx, last) })
 	if err != nil {
-		n.log.Error("read missed events from the audit log; will retry", "after", cursor, "err", err)
-		return cursor
+		return 0, fmt.Errorf("notify: save the outbox cursor: %w", err)
 	}
-	if err := n.enqueue(missed); err != nil {
-		n.log.Error("write webhook deliveries to the outbox; will retry", "err", err)
-		return cursor
-	}
-	clear(seen)
-	if last != cursor {
-		if err := n.saveCursor(last); err != nil {
-			n.log.Error("save the outbox cursor", "err", err)
-		}
-	}
-	return last
+	return last, nil
 }
 
-// enqueue writes one delivery per event and matching webhook, in one
-// transaction, and wakes the senders of the webhooks that got one.
-func (n *Notifier) enqueue(events []broker.Event) error {
+func putCursor(tx *bolt.Tx, c uint64) error {
+	return tx.Bucket(bucketMeta).Put(keyCursor, binary.BigEndian.AppendUint64(nil, c))
+}
+
+// enqueue writes one delivery per event and matching webhook and moves
+// the cursor to cursor, in one transaction — so a delivery is never
+// written twice, nor an event skipped — and wakes the senders of the
+// webhooks that got one.
+func (n *Notifier) enqueue(events []broker.Event, cursor uint64) error {
 	now := n.now()
 	var items []item
 	got := make([]bool, len(n.hooks)) // which webhooks have new deliveries
@@ -450,9 +392,6 @@ func (n *Notifier) enqueue(events []broker.Event) error {
 			items = append(items, item{URL: w.URL, Delivery: deliveryID(e.Seq, w.URL), Type: string(e.Type), Body: body, NextAt: now, CreatedAt: now})
 		}
 	}
-	if len(items) == 0 {
-		return nil
-	}
 	err := n.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketOutbox)
 		for _, it := range items {
@@ -464,7 +403,7 @@ func (n *Notifier) enqueue(events []broker.Event) error {
 				return err
 			}
 		}
-		return nil
+		return putCursor(tx, cursor)
 	})
 	if err != nil {
 		return err
@@ -525,6 +464,20 @@ func (n *Notifier) outbox(keep func(item) bool) ([]item, error) {
 		})
 	})
 	return out, err
+}
+
+// reportLoop reports the outbox's depth every poll until ctx ends.
+func (n *Notifier) reportLoop(ctx context.Context) {
+	tick := time.NewTicker(n.poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			n.reportOutbox()
+		}
+	}
 }
 
 // reportOutbox reports the outbox's depth to the metrics.

@@ -20,48 +20,55 @@ import (
 	"github.com/latchbroker/latch/notify"
 )
 
-// source is an in-memory event log with a live stream, as the Service
-// has. publish appends and streams; hide appends without streaming (an
-// event dropped for a slow subscriber).
+// source is an in-memory audit log that keeps broker.Service.Follow's
+// contract: every event after a sequence number, in order, then each new
+// one as it is added. It tells of each Follow call (its after) on
+// follows, and fails the next look at the log with fail, once.
 type source struct {
-	mu   sync.Mutex
-	log  []broker.Event
-	subs []chan broker.Event
+	mu      sync.Mutex
+	log     []broker.Event
+	wake    chan struct{} // closed by add
+	fail    error
+	follows chan uint64
 }
 
-func (s *source) Subscribe(broker.EventFilter) (<-chan broker.Event, func()) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ch := make(chan broker.Event, broker.SubscriberBuffer)
-	s.subs = append(s.subs, ch)
-	var once sync.Once
-	return ch, func() {
-		once.Do(func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			for i, c := range s.subs {
-				if c == ch {
-					s.subs = append(s.subs[:i], s.subs[i+1:]...)
-				}
+func newSource() *source { return &source{follows: make(chan uint64, 16)} }
+
+func (s *source) Follow(ctx context.Context, after uint64, f broker.EventFilter, fn func([]broker.Event) error) error {
+	select {
+	case s.follows <- after:
+	default: // nobody asks any more
+	}
+	for {
+		s.mu.Lock()
+		evs := slices.Clone(s.log[min(after, uint64(len(s.log))):])
+		if s.wake == nil {
+			s.wake = make(chan struct{})
+		}
+		wake, fail := s.wake, s.fail
+		s.fail = nil
+		s.mu.Unlock()
+		if fail != nil {
+			return fail
+		}
+		var match []broker.Event
+		for _, e := range evs {
+			after = e.Seq
+			if f.Match(e) {
+				match = append(match, e)
 			}
-			close(ch)
-		})
-	}
-}
-
-func (s *source) AuditEvents(_ context.Context, after uint64, fn func(broker.Event) (bool, error)) error {
-	s.mu.Lock()
-	evs := append([]broker.Event(nil), s.log...)
-	s.mu.Unlock()
-	for _, e := range evs {
-		if e.Seq <= after {
-			continue
 		}
-		if more, err := fn(e); err != nil || !more {
-			return err
+		if len(match) > 0 {
+			if err := fn(match); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wake:
 		}
 	}
-	return nil
 }
 
 func (s *source) LastAuditSeq(context.Context) (uint64, error) {
@@ -70,28 +77,42 @@ func (s *source) LastAuditSeq(context.Context) (uint64, error) {
 	return uint64(len(s.log)), nil
 }
 
-func (s *source) add(e broker.Event, stream bool) broker.Event {
+// add appends e to the log, as the Service writes an event.
+func (s *source) add(e broker.Event) broker.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e.Seq = uint64(len(s.log) + 1)
 	e.Time = time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC).Add(time.Duration(e.Seq) * time.Second)
 	e.Hash = "hash-of-" + e.Task
 	s.log = append(s.log, e)
-	if stream {
-		for _, c := range s.subs {
-			c <- e
-		}
+	if s.wake != nil {
+		close(s.wake)
+		s.wake = nil
 	}
 	return e
 }
 
-func (s *source) publish(e broker.Event) broker.Event { return s.add(e, true) }
-func (s *source) hide(e broker.Event) broker.Event    { return s.add(e, false) }
-
-func (s *source) subscribed() bool {
+// failNext makes Follow return err at its next look at the log.
+func (s *source) failNext(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.subs) > 0
+	s.fail = err
+	if s.wake != nil {
+		close(s.wake)
+		s.wake = nil
+	}
+}
+
+// followed waits for the next Follow call and returns its after.
+func (s *source) followed(t *testing.T) uint64 {
+	t.Helper()
+	select {
+	case after := <-s.follows:
+		return after
+	case <-time.After(10 * time.Second):
+		t.Fatal("Follow not called within 10s")
+		return 0
+	}
 }
 
 // delivery is one request the receiver got.
@@ -107,13 +128,18 @@ type receiver struct {
 	mu   sync.Mutex
 	got  []delivery
 	hits atomic.Int64
+	hit  chan struct{} // a token after each request, delivered or not
 	ch   chan delivery
 }
 
 func newReceiver(t *testing.T) *receiver {
-	r := &receiver{ch: make(chan delivery, 64)}
+	r := &receiver{ch: make(chan delivery, 64), hit: make(chan struct{}, 1)}
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.hits.Add(1)
+		select {
+		case r.hit <- struct{}{}:
+		default: // a token is waiting already
+		}
 		if r.down.Load() {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
@@ -140,16 +166,38 @@ func (r *receiver) next(t *testing.T) delivery {
 	}
 }
 
-func (r *receiver) none(t *testing.T, within time.Duration) {
+// waitHits waits until the receiver has been sent n requests.
+func (r *receiver) waitHits(t *testing.T, n int64) {
 	t.Helper()
-	select {
-	case d := <-r.ch:
-		t.Fatalf("unexpected delivery: %s", d.body)
-	case <-time.After(within):
+	deadline := time.After(10 * time.Second)
+	for r.hits.Load() < n {
+		select {
+		case <-r.hit:
+		case <-deadline:
+			t.Fatalf("%d requests within 10s, want %d", r.hits.Load(), n)
+		}
 	}
 }
 
-// start runs a notifier over src until the test ends (or stop is called).
+// nothingMore adds sentinel, an event the receiver's webhook wants, and
+// checks that it is the next delivery (its body holds marker). A
+// webhook's deliveries go in event order, so anything else still to come
+// — a duplicate, an event it did not ask for — would arrive first: no
+// wait for silence is needed.
+func (r *receiver) nothingMore(t *testing.T, src *source, sentinel broker.Event, marker string) {
+	t.Helper()
+	src.add(sentinel)
+	if d := r.next(t); !strings.Contains(string(d.body), marker) {
+		t.Fatalf("delivery %s, want the sentinel %q and nothing before it", d.body, marker)
+	}
+}
+
+// sentinel is an event of the default types, for nothingMore.
+var sentinel = approvalRequested("sentinel")
+
+// start runs a notifier over src until the test ends (or stop is called),
+// from the moment it follows src: events added after start returns reach
+// it.
 func start(t *testing.T, src *source, cfg notify.Config) (stop func()) {
 	t.Helper()
 	if cfg.OutboxPath == "" {
@@ -168,12 +216,12 @@ func start(t *testing.T, src *source, cfg notify.Config) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx, src) }()
-	for !src.subscribed() {
-		select {
-		case err := <-done:
-			t.Fatalf("Run returned before it subscribed: %v", err)
-		case <-time.After(time.Millisecond):
-		}
+	select {
+	case <-src.follows:
+	case err := <-done:
+		t.Fatalf("Run returned before it followed the events: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not follow the events within 10s")
 	}
 	var once sync.Once
 	stop = func() {
@@ -202,14 +250,14 @@ func approvalRequested(task string) broker.Event {
 // webhook's secret over timestamp + "." + body, and only the event types
 // the webhook asked for are sent.
 func TestNotifier_Signed(t *testing.T) {
-	src, rcv := &source{}, newReceiver(t)
+	src, rcv := newSource(), newReceiver(t)
 	now := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 	start(t, src, notify.Config{
 		Webhooks: []notify.Webhook{{URL: rcv.srv.URL + "/hook", Secret: secret}},
 		Now:      func() time.Time { return now },
 	})
-	src.publish(broker.Event{Type: broker.EventIssue, Actor: "spiffe://example.org/agent/report-bot", Task: "report"}) // not a default event
-	e := src.publish(approvalRequested("ticket"))
+	src.add(broker.Event{Type: broker.EventIssue, Actor: "spiffe://example.org/agent/report-bot", Task: "report"}) // not a default event
+	e := src.add(approvalRequested("ticket"))
 
 	d := rcv.next(t)
 	ts, sig := d.header.Get(notify.HeaderTimestamp), d.header.Get(notify.HeaderSignature)
@@ -243,15 +291,15 @@ func TestNotifier_Signed(t *testing.T) {
 	if strings.Contains(string(d.body), string(secret)) || strings.Contains(string(d.body), "hash") {
 		t.Fatalf("payload leaks the secret or the chain: %s", d.body)
 	}
-	rcv.none(t, 100*time.Millisecond) // the issue event was not sent
+	rcv.nothingMore(t, src, sentinel, `"task":"sentinel"`) // the issue event was not sent
 }
 
 // TestNotifier_Slack: a Slack webhook gets {"text": "..."} only.
 func TestNotifier_Slack(t *testing.T) {
-	src, rcv := &source{}, newReceiver(t)
+	src, rcv := newSource(), newReceiver(t)
 	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL, Slack: true, Events: []string{"pause"}}}})
-	src.publish(approvalRequested("ticket"))
-	src.publish(broker.Event{Type: broker.EventPause, Actor: "spiffe://example.org/ops/rex", Subject: "spiffe://example.org/agent/chatty",
+	src.add(approvalRequested("ticket"))
+	src.add(broker.Event{Type: broker.EventPause, Actor: "spiffe://example.org/ops/rex", Subject: "spiffe://example.org/agent/chatty",
 		Details: map[string]string{"reason": "too many denials"}})
 	d := rcv.next(t)
 	var m map[string]any
@@ -265,7 +313,7 @@ func TestNotifier_Slack(t *testing.T) {
 	if d.header.Get(notify.HeaderSignature) != "" {
 		t.Fatal("signed without a secret")
 	}
-	rcv.none(t, 100*time.Millisecond)
+	rcv.nothingMore(t, src, broker.Event{Type: broker.EventPause, Subject: "spiffe://example.org/agent/sentinel"}, "agent/sentinel")
 }
 
 // metrics records what the notifier reports.
@@ -274,45 +322,77 @@ type metrics struct {
 	results  map[string]int
 	maxDepth int
 	depth    int
+	changed  chan struct{} // a token after each report
+}
+
+func newMetrics() *metrics {
+	return &metrics{results: map[string]int{}, changed: make(chan struct{}, 1)}
 }
 
 func (m *metrics) WebhookDelivery(result string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.results == nil {
-		m.results = map[string]int{}
-	}
 	m.results[result]++
+	m.signal()
 }
 
 func (m *metrics) WebhookOutbox(depth int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.depth, m.maxDepth = depth, max(m.maxDepth, depth)
+	m.signal()
+}
+
+func (m *metrics) signal() {
+	select {
+	case m.changed <- struct{}{}:
+	default: // a token is waiting already
+	}
+}
+
+// wait waits until cond, called with m locked, holds after a report.
+func (m *metrics) wait(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for !m.holds(cond) {
+		select {
+		case <-m.changed:
+		case <-deadline:
+			t.Fatalf("not within 10s: %s", what)
+		}
+	}
+}
+
+func (m *metrics) holds(cond func() bool) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return cond()
 }
 
 // TestNotifier_Retry: while the receiver is down deliveries are retried
 // with backoff; they arrive, once each, when it returns. The metrics see
 // the failures, the deliveries and the outbox grow and drain.
 func TestNotifier_Retry(t *testing.T) {
-	src, rcv, m := &source{}, newReceiver(t), &metrics{}
+	src, rcv, m := newSource(), newReceiver(t), newMetrics()
 	rcv.down.Store(true)
 	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL, Secret: secret}}, Metrics: m})
-	src.publish(approvalRequested("a"))
-	src.publish(approvalRequested("b"))
-	for rcv.hits.Load() < 6 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	src.add(approvalRequested("a"))
+	src.add(approvalRequested("b"))
+	rcv.waitHits(t, 6)
+	m.wait(t, "the outbox reported with both waiting", func() bool { return m.maxDepth == 2 })
 	rcv.down.Store(false)
 	first, second := rcv.next(t), rcv.next(t)
 	if !strings.Contains(string(first.body), `"task":"a"`) || !strings.Contains(string(second.body), `"task":"b"`) {
 		t.Fatalf("deliveries out of order: %s, %s", first.body, second.body)
 	}
-	rcv.none(t, 150*time.Millisecond)
+	rcv.nothingMore(t, src, sentinel, `"task":"sentinel"`)
+	m.wait(t, "3 delivered and the outbox reported empty", func() bool {
+		return m.results[notify.ResultDelivered] == 3 && m.depth == 0
+	})
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.results[notify.ResultFailed] < 5 || m.results[notify.ResultDelivered] != 2 || m.maxDepth != 2 || m.depth != 0 {
-		t.Fatalf("metrics: results %v, outbox depth %d (max %d); want the failures, 2 delivered, 2 waiting then none", m.results, m.depth, m.maxDepth)
+	if m.results[notify.ResultFailed] < 5 || m.maxDepth != 2 {
+		t.Fatalf("metrics: results %v, outbox depth %d (max %d); want the failures, 2 waiting then none", m.results, m.depth, m.maxDepth)
 	}
 }
 
@@ -323,14 +403,14 @@ func TestNotifier_HangingReceiver(t *testing.T) {
 	stuck := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-hang }))
 	t.Cleanup(stuck.Close)
 	t.Cleanup(func() { close(hang) }) // runs first: lets stuck.Close finish
-	src, rcv := &source{}, newReceiver(t)
+	src, rcv := newSource(), newReceiver(t)
 	start(t, src, notify.Config{
 		Webhooks: []notify.Webhook{{URL: stuck.URL, Secret: secret}, {URL: rcv.srv.URL, Secret: secret}},
 		Client:   &http.Client{Timeout: time.Minute},
 	})
 	begin := time.Now()
-	src.publish(approvalRequested("a"))
-	src.publish(approvalRequested("b"))
+	src.add(approvalRequested("a"))
+	src.add(approvalRequested("b"))
 	first, second := rcv.next(t), rcv.next(t)
 	if !strings.Contains(string(first.body), `"task":"a"`) || !strings.Contains(string(second.body), `"task":"b"`) {
 		t.Fatalf("deliveries out of order: %s, %s", first.body, second.body)
@@ -343,16 +423,14 @@ func TestNotifier_HangingReceiver(t *testing.T) {
 // TestNotifier_Durable: deliveries survive a restart in the outbox, and
 // events written while the notifier was down are read from the audit log.
 func TestNotifier_Durable(t *testing.T) {
-	src, rcv := &source{}, newReceiver(t)
+	src, rcv := newSource(), newReceiver(t)
 	path := filepath.Join(t.TempDir(), "outbox.db")
 	rcv.down.Store(true)
 	stop := start(t, src, notify.Config{OutboxPath: path, Webhooks: []notify.Webhook{{URL: rcv.srv.URL}}})
-	src.publish(approvalRequested("before"))
-	for rcv.hits.Load() < 2 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	src.add(approvalRequested("before"))
+	rcv.waitHits(t, 2)
 	stop()
-	src.hide(approvalRequested("while-down"))
+	src.add(approvalRequested("while-down"))
 	rcv.down.Store(false)
 
 	start(t, src, notify.Config{OutboxPath: path, Webhooks: []notify.Webhook{{URL: rcv.srv.URL}}})
@@ -367,25 +445,23 @@ func TestNotifier_Durable(t *testing.T) {
 	if !got["before"] || !got["while-down"] {
 		t.Fatalf("delivered %v", got)
 	}
-	rcv.none(t, 150*time.Millisecond)
+	rcv.nothingMore(t, src, sentinel, `"task":"sentinel"`)
 }
 
 // TestNotifier_RemovedWebhook: deliveries still in the outbox for a
 // webhook taken out of the config are moved to the dead letters at the
 // next start, and the remaining webhooks are served.
 func TestNotifier_RemovedWebhook(t *testing.T) {
-	src, gone, kept := &source{}, newReceiver(t), newReceiver(t)
+	src, gone, kept := newSource(), newReceiver(t), newReceiver(t)
 	path := filepath.Join(t.TempDir(), "outbox.db")
 	gone.down.Store(true)
 	stop := start(t, src, notify.Config{OutboxPath: path, Webhooks: []notify.Webhook{{URL: gone.srv.URL}}})
-	src.publish(approvalRequested("never"))
-	for gone.hits.Load() < 2 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	src.add(approvalRequested("never"))
+	gone.waitHits(t, 2)
 	stop()
 
 	stop = start(t, src, notify.Config{OutboxPath: path, Webhooks: []notify.Webhook{{URL: kept.srv.URL}}})
-	src.publish(approvalRequested("after"))
+	src.add(approvalRequested("after"))
 	if p := kept.next(t); !strings.Contains(string(p.body), `"task":"after"`) {
 		t.Fatalf("delivered %s", p.body)
 	}
@@ -412,36 +488,38 @@ func TestNotifier_RemovedWebhook(t *testing.T) {
 	}
 }
 
-// TestNotifier_Gap: an event dropped from the live stream is read back
-// from the audit log.
-func TestNotifier_Gap(t *testing.T) {
-	src, rcv := &source{}, newReceiver(t)
+// TestNotifier_FollowFails: when following the audit events fails (the
+// log cannot be read), the notifier follows again from the last event in
+// its outbox: the next event is sent, the previous one not again.
+func TestNotifier_FollowFails(t *testing.T) {
+	src, rcv := newSource(), newReceiver(t)
 	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL}}})
-	src.hide(approvalRequested("dropped"))
-	src.publish(approvalRequested("seen"))
-	got := map[string]bool{}
-	for range 2 {
-		var p notify.Payload
-		_ = json.Unmarshal(rcv.next(t).body, &p)
-		got[p.Task] = true
+	a := src.add(approvalRequested("a"))
+	if d := rcv.next(t); !strings.Contains(string(d.body), `"task":"a"`) {
+		t.Fatalf("delivered %s", d.body)
 	}
-	if !got["dropped"] || !got["seen"] {
-		t.Fatalf("delivered %v", got)
+	src.failNext(broker.Errorf(broker.EUNAVAILABLE, "the audit log is unavailable"))
+	if after := src.followed(t); after != a.Seq {
+		t.Fatalf("followed again after seq %d, want %d", after, a.Seq)
 	}
-	rcv.none(t, 100*time.Millisecond)
+	src.add(approvalRequested("b"))
+	if d := rcv.next(t); !strings.Contains(string(d.body), `"task":"b"`) {
+		t.Fatalf("delivered %s", d.body)
+	}
+	rcv.nothingMore(t, src, sentinel, `"task":"sentinel"`)
 }
 
 // TestNotifier_FirstStart: a new outbox starts at the end of the audit
 // log; the past is not sent.
 func TestNotifier_FirstStart(t *testing.T) {
-	src, rcv := &source{}, newReceiver(t)
-	src.hide(approvalRequested("old"))
+	src, rcv := newSource(), newReceiver(t)
+	src.add(approvalRequested("old"))
 	start(t, src, notify.Config{Webhooks: []notify.Webhook{{URL: rcv.srv.URL}}})
-	src.publish(approvalRequested("new"))
+	src.add(approvalRequested("new"))
 	if d := rcv.next(t); !strings.Contains(string(d.body), `"task":"new"`) {
 		t.Fatalf("delivered %s", d.body)
 	}
-	rcv.none(t, 100*time.Millisecond)
+	rcv.nothingMore(t, src, sentinel, `"task":"sentinel"`)
 }
 
 func TestNew_Errors(t *testing.T) {

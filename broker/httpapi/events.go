@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,11 +36,6 @@ func eventFilter(agent, types string) (broker.EventFilter, error) {
 	return f, nil
 }
 
-// sseBatch is how many events one catch-up reads from the audit log
-// before sending them: the read transaction must end before the network
-// is written to, so a slow client never holds the store.
-const sseBatch = 256
-
 // sseWriteTimeout bounds one write to an event stream: a client that
 // stops reading is dropped instead of holding a goroutine forever.
 const sseWriteTimeout = 30 * time.Second
@@ -47,14 +43,10 @@ const sseWriteTimeout = 30 * time.Second
 // events streams audit events as Server-Sent Events: "id: <seq>" and
 // "data: <api.Event JSON>", with comment lines as heartbeats. Without
 // after (or Last-Event-ID) the stream starts at the newest event; with
-// it, the events after that sequence number are replayed first.
-//
-// Events arrive from the Service's live feed, which may drop events for
-// a slow reader and may deliver the writes of one group commit out of
-// order. The stream is nonetheless complete and in sequence order: it
-// sends the next event straight from the feed only when its sequence
-// number follows the last one seen, and otherwise reads the gap from the
-// audit log.
+// it, the events after that sequence number are replayed first. The
+// Service's follower (Service.Follow) makes the stream complete and in
+// sequence order however slowly the client reads; a client that
+// reconnects with the last id it got misses nothing either.
 func (h *Handler) events(c *call) error {
 	q, err := query(c, "agent", "type", "after")
 	if err != nil {
@@ -64,12 +56,9 @@ func (h *Handler) events(c *call) error {
 	if err != nil {
 		return err
 	}
-	after, replay := q["after"], true
+	after := q["after"]
 	if after == "" {
 		after = c.r.Header.Get("Last-Event-ID")
-	}
-	if after == "" {
-		replay = false
 	}
 	cursor, err := seqParam("after", after)
 	if err != nil {
@@ -81,120 +70,98 @@ func (h *Handler) events(c *call) error {
 			Reasons: []string{"too_many_streams"}, RetryAfter: 10 * time.Second}
 	}
 	defer h.streams.Add(-1)
-	ctx := c.r.Context()
-	feed, cancel := h.svc.Subscribe(broker.EventFilter{})
-	defer cancel()
-	if !replay {
-		if cursor, err = h.svc.LastAuditSeq(ctx); err != nil {
+	if after == "" {
+		if cursor, err = h.svc.LastAuditSeq(c.r.Context()); err != nil {
 			return err
 		}
 	}
-
-	rc := http.NewResponseController(c.w)
+	s := &sseStream{c: c, rc: http.NewResponseController(c.w)}
 	hdr := c.w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("X-Accel-Buffering", "no")
 	c.w.WriteHeader(http.StatusOK)
-	var buf bytes.Buffer
-	flush := func() error {
-		if buf.Len() == 0 {
-			return nil
-		}
-		_ = rc.SetWriteDeadline(time.Now().Add(sseWriteTimeout))
-		if _, err := c.w.Write(buf.Bytes()); err != nil {
-			return err
-		}
-		buf.Reset()
-		return rc.Flush()
-	}
-	add := func(e broker.Event) {
-		cursor = e.Seq
-		if !f.Match(e) {
-			return
-		}
-		b, _ := json.Marshal(eventOut(e)) // strings, times, integers: cannot fail
-		fmt.Fprintf(&buf, "id: %d\ndata: %s\n\n", e.Seq, b)
-	}
-	// catchUp sends every event after cursor from the audit log.
-	catchUp := func() error {
-		for {
-			var batch []broker.Event
-			err := h.svc.AuditEvents(ctx, cursor, func(e broker.Event) (bool, error) {
-				batch = append(batch, e)
-				return len(batch) < sseBatch, nil
-			})
-			if err != nil {
-				return err
-			}
-			for _, e := range batch {
-				add(e)
-			}
-			if err := flush(); err != nil {
-				return err
-			}
-			if len(batch) < sseBatch {
-				return nil
-			}
-		}
-	}
-	// fail ends the stream with an error event; headers are gone.
-	fail := func(err error) error {
-		if ctx.Err() != nil || errors.Is(err, ctx.Err()) {
-			return nil
-		}
-		body, _ := errorBody(err, c.requestID)
-		b, _ := json.Marshal(api.ErrorResponse{Error: body})
-		buf.Reset()
-		fmt.Fprintf(&buf, "event: error\ndata: %s\n\n", b)
-		_ = flush()
-		return err
-	}
-
-	buf.WriteString(": latch audit events\n\n")
-	if replay {
-		if err := catchUp(); err != nil {
-			return fail(err)
-		}
-	} else if err := flush(); err != nil {
+	s.buf.WriteString(": latch audit events\n\n")
+	if err := s.flush(); err != nil {
 		return nil
 	}
+	return s.serve(h, cursor, f)
+}
+
+// sseStream writes one event stream.
+type sseStream struct {
+	c   *call
+	rc  *http.ResponseController
+	buf bytes.Buffer
+}
+
+// serve follows the audit events after cursor in a goroutine and writes
+// them, with a heartbeat every h.heartbeat, until the client leaves or a
+// write fails. Only this goroutine writes to the client; the follower
+// waits for each batch to be written before it looks for the next, so a
+// slow client holds back only its own stream.
+func (s *sseStream) serve(h *Handler, cursor uint64, f broker.EventFilter) error {
+	ctx, cancel := context.WithCancel(s.c.r.Context())
+	batches := make(chan []broker.Event)
+	followed := make(chan error, 1)
+	go func() {
+		followed <- h.svc.Follow(ctx, cursor, f, func(evs []broker.Event) error {
+			select {
+			case batches <- evs:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	defer func() { cancel(); <-followed }()
 	tick := time.NewTicker(h.heartbeat)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-followed:
+			followed <- err // for the deferred wait
+			return s.fail(err)
 		case <-tick.C:
-			buf.WriteString(": keepalive\n\n")
-			if err := catchUp(); err != nil {
-				return fail(err)
-			}
-		case e, ok := <-feed:
-			if !ok {
-				return nil
-			}
-			gap := false
-			for ok {
-				switch {
-				case e.Seq <= cursor:
-				case e.Seq == cursor+1:
-					add(e)
-				default:
-					gap = true
-				}
-				select { // take what else is waiting before writing
-				case e, ok = <-feed:
-				default:
-					ok = false
-				}
-			}
-			if gap {
-				if err := catchUp(); err != nil {
-					return fail(err)
-				}
-			} else if err := flush(); err != nil {
-				return nil
+			s.buf.WriteString(": keepalive\n\n")
+		case evs := <-batches:
+			for _, e := range evs {
+				b, _ := json.Marshal(eventOut(e)) // strings, times, integers: cannot fail
+				fmt.Fprintf(&s.buf, "id: %d\ndata: %s\n\n", e.Seq, b)
 			}
 		}
+		if err := s.flush(); err != nil {
+			return nil // the client is gone
+		}
 	}
+}
+
+// flush writes what is buffered, within sseWriteTimeout.
+func (s *sseStream) flush() error {
+	if s.buf.Len() == 0 {
+		return nil
+	}
+	_ = s.rc.SetWriteDeadline(time.Now().Add(sseWriteTimeout))
+	if _, err := s.c.w.Write(s.buf.Bytes()); err != nil {
+		return err
+	}
+	s.buf.Reset()
+	return s.rc.Flush()
+}
+
+// fail ends the stream with an error event, the headers being sent: the
+// client resumes from the last id it got. The end of the request is no
+// failure.
+func (s *sseStream) fail(err error) error {
+	ctx := s.c.r.Context()
+	if ctx.Err() != nil || errors.Is(err, ctx.Err()) {
+		return nil
+	}
+	body, _ := errorBody(err, s.c.requestID)
+	b, _ := json.Marshal(api.ErrorResponse{Error: body})
+	s.buf.Reset()
+	fmt.Fprintf(&s.buf, "event: error\ndata: %s\n\n", b)
+	_ = s.flush()
+	return err
 }

@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -248,7 +249,7 @@ func TestAPI_EventsCompleteUnderLoad(t *testing.T) {
 	}
 	defer s.Close()
 	start, _ := e.svc.LastAuditSeq(ctx)
-	const n = 2 * broker.SubscriberBuffer
+	const n = 2 * broker.LiveFeedSize
 	for i := range n {
 		if err := e.svc.SetFreeze(ctx, admin.String(), i%2 == 0, "flip"); err != nil {
 			t.Fatal(err)
@@ -262,6 +263,64 @@ func TestAPI_EventsCompleteUnderLoad(t *testing.T) {
 		if ev.Seq != start+uint64(i)+1 {
 			t.Fatalf("event %d has seq %d, want %d", i, ev.Seq, start+uint64(i)+1)
 		}
+	}
+}
+
+// TestAPI_EventsWire reads the stream as bytes: Last-Event-ID resumes
+// after that id, type= filters, comment lines are heartbeats, and an
+// audit log that can no longer be read ends the stream with an error
+// event.
+func TestAPI_EventsWire(t *testing.T) {
+	e := newEnv(t, func(c *httpapi.Config) { c.Heartbeat = 20 * time.Millisecond })
+	c, cancel := contextWithTimeout(t, 10*time.Second)
+	defer cancel()
+	for i := range 4 {
+		if err := e.svc.SetFreeze(ctx, admin.String(), i%2 == 0, "flip"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	req, err := http.NewRequestWithContext(c, http.MethodGet, e.url+"/v1/events?type=unfreeze", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Last-Event-ID", "2") // 1 and 3 are freezes, 2 and 4 unfreezes
+	resp, err := e.httpClient(e.ca.X509SVID(admin), nil).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); resp.StatusCode != http.StatusOK || ct != "text/event-stream" {
+		t.Fatalf("status %d, content type %q", resp.StatusCode, ct)
+	}
+	lines := bufio.NewScanner(resp.Body)
+	next := func() string {
+		t.Helper()
+		if !lines.Scan() {
+			t.Fatalf("stream ended: %v", lines.Err())
+		}
+		return lines.Text()
+	}
+	for _, want := range []string{": latch audit events", "", "id: 4"} {
+		if got := next(); got != want {
+			t.Fatalf("line %q, want %q", got, want)
+		}
+	}
+	if got := next(); !strings.HasPrefix(got, `data: {"seq":4,`) || !strings.Contains(got, `"type":"unfreeze"`) {
+		t.Fatalf("data line %q", got)
+	}
+	if got := next() + next(); got != ": keepalive" {
+		t.Fatalf("after the event %q, want the blank line and a heartbeat", got)
+	}
+
+	e.store.Store.Close() // the follower's next read of the log fails
+	// Heartbeats until then; c's deadline bounds the wait.
+	for l := next(); l != "event: error"; l = next() {
+		if l != "" && l != ": keepalive" {
+			t.Fatalf("line %q before the error event", l)
+		}
+	}
+	if got := next(); !strings.HasPrefix(got, `data: {"error":{"code":"unavailable"`) {
+		t.Fatalf("error data %q", got)
 	}
 }
 
