@@ -383,9 +383,7 @@ func (s *Service) Review(ctx context.Context, approver, approvalID string, appro
 		action = ActionApprove
 	}
 	if err := Authorize(s.Policy(), approver, action, "a review"); err != nil {
-		e := err.(*Error)
-		code, _, _ := strings.Cut(e.Reasons[0], ":")
-		return nil, s.refuseReview(ctx, approver, nil, code, e.Message)
+		return nil, s.refuse(ctx, Event{Actor: approver}, err.(*Error))
 	}
 
 	unlock := s.approvalLocks.lock(approvalID)
@@ -470,15 +468,29 @@ func ApplyReview(a *Approval, r Review, owner string, pickupTTL time.Duration) (
 // refuseReview audits a review that the rules forbid, as a violation, and
 // returns the caller's error naming why.
 func (s *Service) refuseReview(ctx context.Context, actor string, a *Approval, code, msg string) error {
-	s.metrics.Violation(code)
-	ev := Event{Type: EventViolation, Actor: actor, Outcome: "refused", Reasons: []string{code}, Details: map[string]string{"message": msg}}
+	ev := Event{Actor: actor, Details: map[string]string{}}
 	if a != nil {
 		ev.Subject, ev.Task, ev.Details["approval_id"] = a.Agent, a.Task, a.ID
 	}
-	if err := s.audit(ctx, ev); err != nil {
-		s.log.Error("audit a refused review", "actor", actor, "err", err)
+	return s.refuse(ctx, ev, forbidden(code, msg))
+}
+
+// refuse audits an operator's action that the rules forbid as a
+// violation (ev gives who and what about) and returns e. A reason such as
+// missing_role:admin is audited and counted as missing_role, as the HTTP
+// API audits it.
+func (s *Service) refuse(ctx context.Context, ev Event, e *Error) error {
+	code, _, _ := strings.Cut(e.Reasons[0], ":")
+	s.metrics.Violation(code)
+	ev.Type, ev.Outcome, ev.Reasons = EventViolation, "refused", []string{code}
+	if ev.Details == nil {
+		ev.Details = map[string]string{}
 	}
-	return &Error{Code: EFORBIDDEN, Message: msg, Reasons: []string{code}}
+	ev.Details["message"] = e.Message
+	if err := s.audit(ctx, ev); err != nil {
+		s.log.Error("audit a refused action", "actor", ev.Actor, "err", err)
+	}
+	return e
 }
 
 // Approval returns one approval. Errors: ENOTFOUND, EUNAVAILABLE.

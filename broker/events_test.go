@@ -176,11 +176,11 @@ func TestService_Follow_SlowFollower(t *testing.T) {
 	const n = broker.LiveFeedSize + extra
 	first, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	got := make(chan uint64, n)
+	got := make(chan broker.Event, n)
 	runFollow(t, svc, 0, broker.EventFilter{}, func(evs []broker.Event) error {
 		once.Do(func() { close(first); <-release })
 		for _, e := range evs {
-			got <- e.Seq
+			got <- e
 		}
 		return nil
 	})
@@ -204,16 +204,7 @@ func TestService_Follow_SlowFollower(t *testing.T) {
 		t.Fatalf("writes took %s with a stuck follower", d)
 	}
 	free()
-	for want := uint64(1); want <= n; want++ {
-		select {
-		case seq := <-got:
-			if seq != want {
-				t.Fatalf("got seq %d, want %d", seq, want)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("stuck before seq %d", want)
-		}
-	}
+	receiveSeqs(t, got, 0, n)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	// Events 2 … n-LiveFeedSize were overwritten while it was stuck.

@@ -73,19 +73,19 @@ func (s *Service) checkBudgets(ctx context.Context, agent string, d templates.De
 	}
 	switch {
 	case c.MaxActive > 0 && len(live) >= c.MaxActive:
-		return s.budgetError(ctx, agent, d.Task, &ConditionFailed{Reason: ReasonAgentBudget, Held: len(live)})
+		return s.budgetError(ctx, c, &ConditionFailed{Reason: ReasonAgentBudget, Held: len(live)})
 	case c.MaxActiveTask > 0 && ofTask >= c.MaxActiveTask:
-		return s.budgetError(ctx, agent, d.Task, &ConditionFailed{Reason: ReasonTemplateBudget, Held: ofTask})
+		return s.budgetError(ctx, c, &ConditionFailed{Reason: ReasonTemplateBudget, Held: ofTask})
 	}
 	return nil
 }
 
-// budgetError is the caller's error for a full budget, with RetryAfter
-// set to when the soonest of the agent's leases ends (a second at least:
-// leases being minted or revoked end soon).
-func (s *Service) budgetError(ctx context.Context, agent, task string, failed *ConditionFailed) error {
+// budgetError is the caller's error for a budget of c that failed, with
+// RetryAfter set to when the soonest of the agent's leases ends (a second
+// at least: leases being minted or revoked end soon).
+func (s *Service) budgetError(ctx context.Context, c *Conditions, failed *ConditionFailed) error {
 	next := time.Time{}
-	if live, err := s.store.Leases(ctx, LeaseFilter{Agent: agent, State: StateActive}); err == nil {
+	if live, err := s.store.Leases(ctx, LeaseFilter{Agent: c.Agent, State: StateActive}); err == nil {
 		for _, l := range live {
 			if next.IsZero() || l.ExpiresAt.Before(next) {
 				next = l.ExpiresAt
@@ -93,10 +93,9 @@ func (s *Service) budgetError(ctx context.Context, agent, task string, failed *C
 		}
 	}
 	retry := max(next.Sub(s.now()), time.Second)
-	c := s.issueConditions(agent, templates.Decision{Task: task}, true)
 	msg := fmt.Sprintf("agent holds %d live leases, its budget is %d", failed.Held, c.MaxActive)
 	if failed.Reason == ReasonTemplateBudget {
-		msg = fmt.Sprintf("agent holds %d live leases of %s, the template's budget is %d", failed.Held, task, c.MaxActiveTask)
+		msg = fmt.Sprintf("agent holds %d live leases of %s, the template's budget is %d", failed.Held, c.Template, c.MaxActiveTask)
 	}
 	return &Error{Code: ELIMIT, Message: msg, Reasons: []string{failed.Reason}, RetryAfter: retry}
 }

@@ -20,7 +20,7 @@ func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decisi
 	defer s.inflight.hold(lease.ID)()
 	intent := Change{PutIntents: []*Lease{lease}, Conditions: s.issueConditions(req.Agent, d, true)}
 	if _, err := s.apply(ctx, intent); err != nil {
-		return nil, s.refusedAtIntent(ctx, req, d, err)
+		return nil, s.refusedAtIntent(ctx, req, d, intent.Conditions, err)
 	}
 	failpoint("issue-after-intent")
 	mreq := mintRequest(lease.ID, req.Agent, d)
@@ -181,13 +181,13 @@ func (s *Service) issueEvents(req IssueRequest, d templates.Decision, lease *Lea
 // refusedAtIntent turns a failed intent write into the caller's error:
 // a failed condition is the denial (or the limit) the request would have
 // met a moment later, audited as such; nothing was minted.
-func (s *Service) refusedAtIntent(ctx context.Context, req IssueRequest, d templates.Decision, err error) error {
+func (s *Service) refusedAtIntent(ctx context.Context, req IssueRequest, d templates.Decision, c *Conditions, err error) error {
 	var failed *ConditionFailed
 	if !errors.As(err, &failed) {
 		return err
 	}
 	if failed.Reason == ReasonAgentBudget || failed.Reason == ReasonTemplateBudget {
-		return s.budgetError(ctx, req.Agent, d.Task, failed)
+		return s.budgetError(ctx, c, failed)
 	}
 	ev := s.refusalEvent(req, d, failed)
 	if aerr := s.audit(ctx, ev); aerr != nil {

@@ -96,15 +96,22 @@ func (s *Service) reconcileIntent(ctx context.Context, l *Lease) error {
 // requarantine queues the active leases of every quarantined agent.
 func (s *Service) requarantine(ctx context.Context) error {
 	agents, err := s.Agents(ctx)
+	if err != nil {
+		return err
+	}
 	for _, a := range agents {
-		if a.State == AgentQuarantined && err == nil {
-			var leases []*Lease
-			if leases, err = s.Selected(ctx, RevokeSelector{Agent: a.ID}); err == nil {
-				err = s.queueRevocations(ctx, "latch", "agent quarantined: "+a.Reason, EventRevoke, leases, false)
-			}
+		if a.State != AgentQuarantined {
+			continue
+		}
+		leases, err := s.Selected(ctx, RevokeSelector{Agent: a.ID})
+		if err == nil {
+			err = s.queueRevocations(ctx, "latch", "agent quarantined: "+a.Reason, EventRevoke, leases, false)
+		}
+		if err != nil {
+			return err
 		}
 	}
-	return err
+	return nil
 }
 
 // Run reconciles, then sweeps expired leases and works the revocation
