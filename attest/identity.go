@@ -1,7 +1,6 @@
 package attest
 
 import (
-	"context"
 	"fmt"
 	"time"
 
@@ -46,18 +45,4 @@ func (id Identity) String() string {
 		return fmt.Sprintf("%s (jwt)", id.ID)
 	}
 	return id.ID.String()
-}
-
-type identityKey struct{}
-
-// NewContext returns ctx carrying id, for handlers below the one that
-// called Verifier.Identify.
-func NewContext(ctx context.Context, id Identity) context.Context {
-	return context.WithValue(ctx, identityKey{}, id)
-}
-
-// FromContext returns the Identity NewContext stored in ctx.
-func FromContext(ctx context.Context) (Identity, bool) {
-	id, ok := ctx.Value(identityKey{}).(Identity)
-	return id, ok
 }

@@ -4,19 +4,24 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/latchbroker/latch/broker/api"
 )
 
-// Error codes. Each maps to one HTTP status in the server's table; the
-// message of an *Error is safe to show to the caller.
+// Error codes: the wire's codes (broker/api), under the names the domain
+// uses. broker/api holds the one list and the one table from code to HTTP
+// status; the client reads them there without linking the broker. These are
+// the codes the broker itself returns; the HTTP layer adds unauthorized,
+// method_not_allowed and too_large. The message of an *Error is safe to
+// show to the caller.
 const (
-	EINVALID      = "invalid"      // bad input: malformed, unknown field, bad parameter
-	EUNAUTHORIZED = "unauthorized" // no or bad identity
-	EFORBIDDEN    = "forbidden"    // identity known, request denied by policy
-	ENOTFOUND     = "not_found"    // no such lease, agent or approval
-	ECONFLICT     = "conflict"     // the state does not allow it (e.g. renew a revoked lease)
-	ELIMIT        = "limit"        // rate limit or lease budget exceeded
-	EUNAVAILABLE  = "unavailable"  // Vault or the audit log cannot be reached; retry later
-	EINTERNAL     = "internal"     // a bug; details are logged, never sent
+	EINVALID     = api.CodeInvalid     // bad input: malformed, unknown field, bad parameter
+	EFORBIDDEN   = api.CodeForbidden   // identity known, request denied by policy
+	ENOTFOUND    = api.CodeNotFound    // no such lease, agent or approval
+	ECONFLICT    = api.CodeConflict    // the state does not allow it (e.g. renew a revoked lease)
+	ELIMIT       = api.CodeLimit       // rate limit or lease budget exceeded
+	EUNAVAILABLE = api.CodeUnavailable // Vault or the audit log cannot be reached; retry later
+	EINTERNAL    = api.CodeInternal    // a bug; details are logged, never sent
 )
 
 // Error is latch's error as the caller sees it: a code, a message safe to
@@ -57,16 +62,6 @@ func ErrorCode(err error) string {
 		return e.Code
 	}
 	return EINTERNAL
-}
-
-// ErrorMessage returns the safe message of err: the *Error's message, or a
-// generic text for internal errors, whose details must not leak.
-func ErrorMessage(err error) string {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Message
-	}
-	return "internal error"
 }
 
 // unavailable is the error of a store or audit log (what) that cannot

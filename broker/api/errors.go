@@ -5,9 +5,12 @@ import (
 	"time"
 )
 
-// Error codes. The first eight are the broker's (broker.EINVALID ...); the
-// HTTP layer adds method_not_allowed and too_large. The server maps each
-// code to exactly one HTTP status (see Status).
+// Error codes: the one list, shared by the server, the client and the
+// broker (whose EINVALID, EFORBIDDEN ... are these constants). The broker
+// returns invalid, forbidden, not_found, conflict, limit, unavailable and
+// internal; the HTTP layer adds unauthorized (a credential that did not
+// verify), method_not_allowed and too_large. Each maps to exactly one HTTP
+// status (see Status).
 const (
 	CodeInvalid          = "invalid"            // 400: malformed request, unknown field, bad value
 	CodeUnauthorized     = "unauthorized"       // 401: no credential, or one that did not verify

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
+	"testing/synctest"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -112,29 +112,42 @@ func TestCommitter_FailureIsolated(t *testing.T) {
 	})
 }
 
-// TestCommitter_CloseDrains checks that Close commits what is queued and
-// refuses what comes after.
+// TestCommitter_CloseDrains checks that Close waits for the write on the
+// disk, commits what is queued, and refuses what comes after. It runs in a
+// synctest bubble so that synctest.Wait, not a sleep, says when Close has
+// begun: once every other goroutine is blocked, the writer is held by busy
+// and Close has stopped taking writes and waits for the queue to drain.
 func TestCommitter_CloseDrains(t *testing.T) {
-	s := openTest(t, Options{})
-	release, first := busy(t, s.c)
-	queued := s.c.submit(func(tx *bolt.Tx) error { return tx.Bucket(bktAgents).Put([]byte("q"), []byte("{}")) })
+	synctest.Test(t, func(t *testing.T) {
+		s := openTest(t, Options{})
+		release, first := busy(t, s.c)
+		queued := s.c.submit(func(tx *bolt.Tx) error { return tx.Bucket(bktAgents).Put([]byte("q"), []byte("{}")) })
 
-	closed := make(chan error, 1)
-	go func() { closed <- s.Close() }()
-	time.Sleep(10 * time.Millisecond) // let Close start waiting
-	close(release)
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-queued; err != nil {
-		t.Errorf("write queued before Close: %v", err)
-	}
-	if err := <-closed; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-s.c.submit(func(*bolt.Tx) error { return nil }); !errors.Is(err, errClosed) {
-		t.Errorf("write after Close: err = %v", err)
-	}
+		closed := make(chan error, 1)
+		go func() { closed <- s.Close() }()
+		synctest.Wait()
+		select {
+		case err := <-closed:
+			t.Fatalf("Close returned (%v) while a write was on the disk", err)
+		default:
+		}
+		if err := <-s.c.submit(func(*bolt.Tx) error { return nil }); !errors.Is(err, errClosed) {
+			t.Errorf("write after Close began: err = %v", err)
+		}
+		close(release)
+		if err := <-first; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-queued; err != nil {
+			t.Errorf("write queued before Close: %v", err)
+		}
+		if err := <-closed; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-s.c.submit(func(*bolt.Tx) error { return nil }); !errors.Is(err, errClosed) {
+			t.Errorf("write after Close: err = %v", err)
+		}
+	})
 	if err := classify("apply", errClosed); !errors.Is(err, broker.ErrStoreUnavailable) {
 		t.Errorf("errClosed is not ErrStoreUnavailable: %v", err)
 	}

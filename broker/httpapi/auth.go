@@ -27,7 +27,6 @@ func (h *Handler) identify(c *call) error {
 	id, err := h.verifier.Identify(c.r)
 	if err == nil {
 		c.who = caller{id: id.ID.String()}
-		c.r = c.r.WithContext(attest.NewContext(c.r.Context(), id))
 		return nil
 	}
 	var ae *attest.Error

@@ -189,7 +189,6 @@ func TestErrorBody(t *testing.T) {
 		code   string
 	}{
 		{&broker.Error{Code: broker.EINVALID, Message: "bad"}, 400, api.CodeInvalid},
-		{&broker.Error{Code: broker.EUNAUTHORIZED, Message: "who"}, 401, api.CodeUnauthorized},
 		{&broker.Error{Code: broker.EFORBIDDEN, Message: "denied", Reasons: []string{"frozen:w"}, NextAllowedAt: next}, 403, api.CodeForbidden},
 		{&broker.Error{Code: broker.ENOTFOUND, Message: "none"}, 404, api.CodeNotFound},
 		{&broker.Error{Code: api.CodeMethodNotAllowed, Message: "no"}, 405, api.CodeMethodNotAllowed},
@@ -235,20 +234,6 @@ func TestErrorBody(t *testing.T) {
 	body, _ = errorBody(&broker.Error{Code: broker.EFORBIDDEN, Reasons: []string{"frozen:w"}, NextAllowedAt: next}, "r")
 	if !body.NextAllowedAt.Equal(next) || body.Reasons[0] != "frozen:w" {
 		t.Errorf("denial body = %+v", body)
-	}
-}
-
-// TestErrorCodesAreTheBrokers keeps the wire codes and the broker's codes
-// the same strings.
-func TestErrorCodesAreTheBrokers(t *testing.T) {
-	for b, a := range map[string]string{
-		broker.EINVALID: api.CodeInvalid, broker.EUNAUTHORIZED: api.CodeUnauthorized, broker.EFORBIDDEN: api.CodeForbidden,
-		broker.ENOTFOUND: api.CodeNotFound, broker.ECONFLICT: api.CodeConflict, broker.ELIMIT: api.CodeLimit,
-		broker.EUNAVAILABLE: api.CodeUnavailable, broker.EINTERNAL: api.CodeInternal,
-	} {
-		if a != b {
-			t.Errorf("broker code %q is %q on the wire", b, a)
-		}
 	}
 }
 

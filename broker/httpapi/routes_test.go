@@ -295,7 +295,7 @@ func TestAPI_ErrorStatus(t *testing.T) {
 			status: 400, code: api.CodeInvalid, reason: "unknown_field",
 		},
 		{
-			name: "EUNAUTHORIZED",
+			name: "CodeUnauthorized",
 			do: func(e *env) (int, http.Header, []byte) {
 				return e.rawWith(e.httpClient(nil, nil), "POST", "/v1/credentials", "application/json", []byte(`{"task":"report"}`))
 			},

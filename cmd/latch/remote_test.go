@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	stdlog "log"
 	"log/slog"
@@ -13,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -100,11 +103,14 @@ type rtEnv struct {
 	dir    string
 	bundle string
 	ca     *attesttest.CA
+	// eventStreams gets a value (if none is pending) when a request for
+	// the event stream reaches the admin socket.
+	eventStreams chan struct{}
 }
 
 func newRTEnv(t *testing.T) *rtEnv {
 	t.Helper()
-	e := &rtEnv{t: t, dir: t.TempDir()}
+	e := &rtEnv{t: t, dir: t.TempDir(), eventStreams: make(chan struct{}, 1)}
 	ca := attesttest.New(t, rtTD)
 	e.ca = ca
 	st, err := boltstore.Open(filepath.Join(e.dir, "latch.db"), boltstore.Options{})
@@ -156,7 +162,15 @@ func newRTEnv(t *testing.T) *rtEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	asrv := &http.Server{Handler: admin}
+	asrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/events" {
+			select {
+			case e.eventStreams <- struct{}{}:
+			default:
+			}
+		}
+		admin.ServeHTTP(w, r)
+	})}
 	go asrv.Serve(ln)
 	t.Cleanup(func() { asrv.Close() })
 
@@ -180,17 +194,47 @@ func (e *rtEnv) as(id spiffeid.ID) []string {
 func (e *rtEnv) run(stdin string, args ...string) (string, string, int) {
 	e.t.Helper()
 	var out, errOut bytes.Buffer
+	code := e.runTo(&out, &errOut, stdin, args...)
+	return out.String(), errOut.String(), code
+}
+
+// runTo runs latch with stdin, writing to out and errOut, and returns the
+// exit status.
+func (e *rtEnv) runTo(out, errOut io.Writer, stdin string, args ...string) int {
+	e.t.Helper()
 	code := 0
 	old := cli.OsExiter
 	cli.OsExiter = func(c int) { code = c }
 	defer func() { cli.OsExiter = old }()
 	app := newApp()
-	app.Writer, app.ErrWriter, app.Reader = &out, &errOut, strings.NewReader(stdin)
+	app.Writer, app.ErrWriter, app.Reader = out, errOut, strings.NewReader(stdin)
 	if err := app.Run(append([]string{"latch"}, args...)); err != nil && code == 0 {
 		code = exitCode(err)
-		errOut.WriteString(err.Error())
+		io.WriteString(errOut, err.Error())
 	}
-	return out.String(), errOut.String(), code
+	return code
+}
+
+// watchBuffer is output a test reads while it is written, with a signal:
+// seen is closed once the output contains want. A test waits on seen for a
+// line of output instead of sleeping or polling.
+type watchBuffer struct {
+	brokertest.SyncBuffer
+	want string
+	seen chan struct{}
+	once sync.Once
+}
+
+func newWatchBuffer(want string) *watchBuffer {
+	return &watchBuffer{want: want, seen: make(chan struct{})}
+}
+
+func (w *watchBuffer) Write(p []byte) (int, error) {
+	n, err := w.SyncBuffer.Write(p)
+	if strings.Contains(w.String(), w.want) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return n, err
 }
 
 // cmd builds an argument list: the command words, then the flags.
@@ -300,34 +344,39 @@ func TestFetch_PendingApprovalExit4(t *testing.T) {
 
 func TestFetch_WaitsForApproval(t *testing.T) {
 	e := newRTEnv(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	// fetch says it is waiting, with the approval pending, just before it
+	// long-polls: that is when to approve. --wait bounds the test.
+	errOut := newWatchBuffer("waiting for approval")
+	fetched := make(chan struct{})
 	approved := make(chan error, 1)
 	go func() {
-		for ctx.Err() == nil {
-			as, err := e.svc.Approvals(ctx, broker.ApprovalFilter{Status: broker.ApprovalPending})
-			if err != nil {
-				approved <- err
-				return
-			}
-			if len(as) > 0 {
-				time.Sleep(150 * time.Millisecond) // let fetch poll once while pending
-				_, err := e.svc.Review(ctx, "spiffe://example.org/ops/abe", as[0].ID, true, "looks right", false)
-				approved <- err
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
+		select {
+		case <-errOut.seen:
+		case <-fetched:
+			approved <- errors.New("fetch ended without waiting for approval")
+			return
 		}
+		ctx := context.Background()
+		as, err := e.svc.Approvals(ctx, broker.ApprovalFilter{Status: broker.ApprovalPending})
+		if err != nil || len(as) != 1 {
+			approved <- fmt.Errorf("pending approvals: %d, %v; want 1", len(as), err)
+			return
+		}
+		_, err = e.svc.Review(ctx, "spiffe://example.org/ops/abe", as[0].ID, true, "looks right", false)
+		approved <- err
 	}()
-	out, errOut, code := e.run("", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--request-id", "run-1", "--wait", "20s"}, e.as(rtAgent))...)
+	var stdout bytes.Buffer
+	code := e.runTo(&stdout, errOut, "", cmd([]string{"fetch", "--task", "ticket", "-p", "ticket=42", "--reason", "fix it", "--request-id", "run-1", "--wait", "20s"}, e.as(rtAgent))...)
+	close(fetched)
+	out := stdout.String()
 	if err := <-approved; err != nil {
-		t.Fatalf("approve: %v", err)
+		t.Fatalf("approve: %v\nstderr: %s", err, errOut)
 	}
 	if code != 0 || !strings.Contains(out, "export LATCH_PASSWORD=") {
 		t.Fatalf("fetch --wait: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
-	if !strings.Contains(errOut, "approval required") || !strings.Contains(errOut, "waiting for approval") {
-		t.Fatalf("fetch --wait shows no progress: %q", errOut)
+	if !strings.Contains(errOut.String(), "approval required") {
+		t.Fatalf("fetch --wait does not say approval is required: %q", errOut)
 	}
 }
 
@@ -581,7 +630,7 @@ func TestInterspersedFlags(t *testing.T) {
 func TestAuditTail_Follow(t *testing.T) {
 	e := newRTEnv(t)
 	e.fetchJSON()
-	out := &brokertest.SyncBuffer{}
+	out := newWatchBuffer(`"type":"pause"`)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -590,18 +639,26 @@ func TestAuditTail_Follow(t *testing.T) {
 		app.Writer, app.ErrWriter, app.Reader = out, out, strings.NewReader("")
 		done <- app.RunContext(ctx, []string{"latch", "audit", "tail", "-f", "-n", "0", "-o", "json", "--agent", rtAgent.String(), "--admin-socket", e.socket})
 	}()
-	// Events after the head tail found are replayed, so it sees these
-	// whenever its stream opens.
+	// tail asks for the stream once it has read the head; a pause from
+	// then on is after the head, and the server replays what is after the
+	// head, so tail sees it however soon the stream serves.
+	select {
+	case <-e.eventStreams:
+	case err := <-done:
+		t.Fatalf("audit tail -f ended before following (%v):\n%s", err, out)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("audit tail -f asked for no event stream:\n%s", out)
+	}
 	cl := client.NewUnix(e.socket)
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(out.String(), `"type":"pause"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("audit tail -f printed no pause event:\n%s", out)
-		}
-		if _, err := cl.PauseAgent(ctx, rtAgent.String(), "test"); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	if _, err := cl.PauseAgent(ctx, rtAgent.String(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-out.seen:
+	case err := <-done:
+		t.Fatalf("audit tail -f ended (%v) without a pause event:\n%s", err, out)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("audit tail -f printed no pause event:\n%s", out)
 	}
 	cancel()
 	select {
@@ -616,7 +673,7 @@ func TestAuditTail_Follow(t *testing.T) {
 
 func TestExec_ForwardsSignals(t *testing.T) {
 	e := newRTEnv(t)
-	out := &brokertest.SyncBuffer{}
+	out := newWatchBuffer("ready ")
 	code := make(chan int, 1)
 	old := cli.OsExiter
 	cli.OsExiter = func(c int) { code <- c }
@@ -632,12 +689,12 @@ func TestExec_ForwardsSignals(t *testing.T) {
 		}
 		code <- 0
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(out.String(), "ready ") {
-		if time.Now().After(deadline) {
-			t.Fatalf("exec did not start the command:\n%s", out)
-		}
-		time.Sleep(20 * time.Millisecond)
+	select {
+	case <-out.seen:
+	case c := <-code:
+		t.Fatalf("exec ended (exit %d) before the command was ready:\n%s", c, out)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("exec did not start the command:\n%s", out)
 	}
 	// latch is this test process: while exec runs, it catches USR1 and
 	// passes it on.
