@@ -5,7 +5,7 @@ import (
 	"strings"
 )
 
-// SetAgentState pauses, quarantines or resumes an agent. Once it returns,
+// SetState pauses, quarantines or resumes an agent. Once it returns,
 // the state is durable and no lease of the agent commits any more: a
 // request in flight is refused at its commit and whatever it minted is
 // revoked. Quarantine then revokes every live lease the agent holds,
@@ -14,7 +14,7 @@ import (
 //
 // Errors: EINVALID for an unknown state or a resume without a reason,
 // EFORBIDDEN for a resume not allowed to actor, EUNAVAILABLE.
-func (s *Service) SetAgentState(ctx context.Context, actor, agent string, state AgentState, reason string) error {
+func (s Agents) SetState(ctx context.Context, actor, agent string, state AgentState, reason string) error {
 	typ := map[AgentState]EventType{AgentPaused: EventPause, AgentQuarantined: EventQuarantine, AgentActive: EventResume}[state]
 	if typ == "" {
 		return Errorf(EINVALID, "unknown agent state %q (want active, paused or quarantined)", state)
@@ -45,7 +45,7 @@ func (s *Service) SetAgentState(ctx context.Context, actor, agent string, state 
 		return err
 	}
 	if state == AgentQuarantined {
-		_, err = s.Revoke(ctx, actor, "agent quarantined: "+reason, RevokeSelector{Agent: agent})
+		_, err = Leases{s.core}.Revoke(ctx, actor, "agent quarantined: "+reason, RevokeSelector{Agent: agent})
 	}
 	return err
 }
@@ -54,9 +54,9 @@ func (s *Service) SetAgentState(ctx context.Context, actor, agent string, state 
 // task while on. Once a start returns, no lease commits until the end: a
 // request in flight is refused at its commit and what it minted revoked.
 // Ending it needs an operator with the admin role and a reason, never the
-// admin socket. Errors: EINVALID, EFORBIDDEN (see SetAgentState),
+// admin socket. Errors: EINVALID, EFORBIDDEN (see SetState),
 // EUNAVAILABLE.
-func (s *Service) SetFreeze(ctx context.Context, actor string, on bool, reason string) error {
+func (s Agents) SetFreeze(ctx context.Context, actor string, on bool, reason string) error {
 	typ := EventUnfreeze
 	if on {
 		typ = EventFreeze
@@ -81,12 +81,24 @@ func (s *Service) SetFreeze(ctx context.Context, actor string, on bool, reason s
 // authorizeReopen lets a resume (of subject) or a freeze end through only
 // for a person with the admin role who says why; a refusal is audited as
 // a violation.
-func (s *Service) authorizeReopen(ctx context.Context, actor, subject, reason string) error {
+func (s *core) authorizeReopen(ctx context.Context, actor, subject, reason string) error {
 	if strings.TrimSpace(reason) == "" {
 		return Errorf(EINVALID, "resuming an agent or ending a freeze needs a reason")
 	}
-	if err := Authorize(s.Policy(), actor, ActionReopen, ""); err != nil {
+	if err := Authorize(s.policy.Load(), actor, ActionReopen, ""); err != nil {
 		return s.refuse(ctx, Event{Actor: actor, Subject: subject}, err.(*Error))
 	}
 	return nil
+}
+
+// Get returns what latch remembers of one agent: a record with only ID
+// and state active when nothing.
+func (s Agents) Get(ctx context.Context, id string) (AgentRecord, error) {
+	return stored(s.store.Agent(ctx, id))
+}
+
+// List lists every agent latch holds a record of (it got a credential,
+// or an operator changed its state), with state and last use.
+func (s Agents) List(ctx context.Context) ([]AgentRecord, error) {
+	return stored(s.store.Agents(ctx))
 }

@@ -181,7 +181,7 @@ func (f ApprovalFilter) Match(a *Approval) bool {
 // picked up, with that approval, so a client that lost the 202 does not
 // queue a second one for the approvers. It returns nil, nil when there
 // is none; a closed one (denied, expired) lets the request be asked again.
-func (s *Service) replayApproval(ctx context.Context, req IssueRequest) (*Issued, error) {
+func (s *core) replayApproval(ctx context.Context, req IssueRequest) (*Issued, error) {
 	prev, err := s.store.ApprovalByRequest(ctx, req.Agent, req.RequestID)
 	switch {
 	case errors.Is(err, ErrApprovalNotFound):
@@ -198,7 +198,7 @@ func (s *Service) replayApproval(ctx context.Context, req IssueRequest) (*Issued
 
 // requestApproval records an approval_required decision as a pending
 // approval: nothing is minted until it is approved and picked up.
-func (s *Service) requestApproval(ctx context.Context, req IssueRequest, d templates.Decision) (*Issued, error) {
+func (s *core) requestApproval(ctx context.Context, req IssueRequest, d templates.Decision) (*Issued, error) {
 	// Limits apply to the request as well as to the pickup: the rate
 	// limit guards the approvers' attention, and a request over budget now
 	// is refused before anyone spends time on it.
@@ -255,12 +255,12 @@ func (s *Service) requestApproval(ctx context.Context, req IssueRequest, d templ
 // request must be the one approved. The policy is evaluated again now — a
 // freeze or a pause since the approval still denies — and the approval is
 // marked consumed in the same store change that commits the lease.
-func (s *Service) pickup(ctx context.Context, req IssueRequest) (*Issued, error) {
+func (s *core) pickup(ctx context.Context, req IssueRequest) (*Issued, error) {
 	// Held across the mint: two pickups of one approval must not both
 	// mint, and the sweeper must not expire it under a pickup.
 	unlock := s.approvalLocks.lock(req.ApprovalID)
 	defer unlock()
-	a, err := s.AgentApproval(ctx, req.Agent, req.ApprovalID)
+	a, err := Approvals{s}.ForAgent(ctx, req.Agent, req.ApprovalID)
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +288,7 @@ func (s *Service) pickup(ctx context.Context, req IssueRequest) (*Issued, error)
 		req.TTL = a.TTL // shorter than approved is fine, longer is not
 	}
 
-	d := s.Policy().Evaluate(s.templatesRequest(req))
+	d := s.policy.Load().Evaluate(s.templatesRequest(req))
 	if d.Outcome == templates.Deny {
 		s.deny(ctx, req, d)
 		return nil, deniedError(d)
@@ -314,7 +314,7 @@ func (s *Service) pickup(ctx context.Context, req IssueRequest) (*Issued, error)
 // usable says why an approval cannot be picked up, nil when it can. An
 // approval past its deadline that the sweeper has not reached yet is
 // expired here.
-func (s *Service) usable(ctx context.Context, a *Approval) error {
+func (s *core) usable(ctx context.Context, a *Approval) error {
 	if a.Status.Open() && s.now().After(a.Deadline()) {
 		if err := s.expireApproval(ctx, a); err != nil {
 			return err
@@ -342,7 +342,7 @@ func (s *Service) usable(ctx context.Context, a *Approval) error {
 // mismatch refuses a pickup that asks for something other than what was
 // approved. It is audited as a violation: an agent that tries it is
 // trying to widen an approval.
-func (s *Service) mismatch(ctx context.Context, req IssueRequest, a *Approval, msg string) error {
+func (s *core) mismatch(ctx context.Context, req IssueRequest, a *Approval, msg string) error {
 	s.metrics.Violation("approval_mismatch")
 	ev := Event{Type: EventViolation, Actor: req.Agent, Task: req.Task, Outcome: "refused", Reasons: []string{"approval_mismatch"},
 		Details: map[string]string{"approval_id": a.ID, "message": msg}}
@@ -365,7 +365,7 @@ func (s *Service) mismatch(ctx context.Context, req IssueRequest, a *Approval, m
 // admin socket (these are audited as violations); ENOTFOUND; ECONFLICT when
 // the approval is no longer pending or the caller has already reviewed it;
 // EUNAVAILABLE.
-func (s *Service) Review(ctx context.Context, approver, approvalID string, approve bool, reason string, viaAdminSocket bool) (*Approval, error) {
+func (s Approvals) Review(ctx context.Context, approver, approvalID string, approve bool, reason string, viaAdminSocket bool) (*Approval, error) {
 	reason = strings.TrimSpace(reason)
 	switch {
 	case reason == "":
@@ -382,13 +382,13 @@ func (s *Service) Review(ctx context.Context, approver, approvalID string, appro
 	if approve {
 		action = ActionApprove
 	}
-	if err := Authorize(s.Policy(), approver, action, "a review"); err != nil {
+	if err := Authorize(s.policy.Load(), approver, action, "a review"); err != nil {
 		return nil, s.refuse(ctx, Event{Actor: approver}, err.(*Error))
 	}
 
 	unlock := s.approvalLocks.lock(approvalID)
 	defer unlock()
-	a, err := s.Approval(ctx, approvalID)
+	a, err := s.Get(ctx, approvalID)
 	if err != nil {
 		return nil, err
 	}
@@ -400,7 +400,7 @@ func (s *Service) Review(ctx context.Context, approver, approvalID string, appro
 	// The owner when the agent asked, and the owner now: a config reload
 	// in between must not open a way around the rule.
 	owner := ""
-	if entry, ok := s.Policy().Agent(a.Agent); ok {
+	if entry, ok := s.policy.Load().Agent(a.Agent); ok {
 		owner = entry.Owner
 	}
 	review := Review{Approver: approver, Decision: ReviewDeny, Reason: reason, At: s.now()}
@@ -467,7 +467,7 @@ func ApplyReview(a *Approval, r Review, owner string, pickupTTL time.Duration) (
 
 // refuseReview audits a review that the rules forbid, as a violation, and
 // returns the caller's error naming why.
-func (s *Service) refuseReview(ctx context.Context, actor string, a *Approval, code, msg string) error {
+func (s *core) refuseReview(ctx context.Context, actor string, a *Approval, code, msg string) error {
 	ev := Event{Actor: actor, Details: map[string]string{}}
 	if a != nil {
 		ev.Subject, ev.Task, ev.Details["approval_id"] = a.Agent, a.Task, a.ID
@@ -479,7 +479,7 @@ func (s *Service) refuseReview(ctx context.Context, actor string, a *Approval, c
 // violation (ev gives who and what about) and returns e. A reason such as
 // missing_role:admin is audited and counted as missing_role, as the HTTP
 // API audits it.
-func (s *Service) refuse(ctx context.Context, ev Event, e *Error) error {
+func (s *core) refuse(ctx context.Context, ev Event, e *Error) error {
 	code, _, _ := strings.Cut(e.Reasons[0], ":")
 	s.metrics.Violation(code)
 	ev.Type, ev.Outcome, ev.Reasons = EventViolation, "refused", []string{code}
@@ -494,16 +494,16 @@ func (s *Service) refuse(ctx context.Context, ev Event, e *Error) error {
 }
 
 // Approval returns one approval. Errors: ENOTFOUND, EUNAVAILABLE.
-func (s *Service) Approval(ctx context.Context, id string) (*Approval, error) {
+func (s Approvals) Get(ctx context.Context, id string) (*Approval, error) {
 	a, err := s.store.Approval(ctx, id)
 	return storedRecord(a, err, ErrApprovalNotFound, "no approval "+id)
 }
 
-// AgentApproval returns one of the agent's own approvals, for the agent
+// ForAgent returns one of the agent's own approvals, for the agent
 // that asked. Errors: ENOTFOUND when it does not exist or is another
 // agent's (the two are not told apart), EUNAVAILABLE.
-func (s *Service) AgentApproval(ctx context.Context, agent, id string) (*Approval, error) {
-	a, err := s.Approval(ctx, id)
+func (s Approvals) ForAgent(ctx context.Context, agent, id string) (*Approval, error) {
+	a, err := s.Get(ctx, id)
 	if err == nil && a.Agent != agent {
 		return nil, Errorf(ENOTFOUND, "no approval %s of yours", id)
 	}
@@ -512,23 +512,23 @@ func (s *Service) AgentApproval(ctx context.Context, agent, id string) (*Approva
 
 // Approvals lists the approvals f matches, newest first. Errors:
 // EUNAVAILABLE.
-func (s *Service) Approvals(ctx context.Context, f ApprovalFilter) ([]*Approval, error) {
+func (s Approvals) List(ctx context.Context, f ApprovalFilter) ([]*Approval, error) {
 	return stored(s.store.Approvals(ctx, f))
 }
 
-// WaitApproval returns the approval once it is no longer pending, or as it
+// Wait returns the approval once it is no longer pending, or as it
 // stands when maxWait has passed (at once when maxWait ≤ 0): the server
 // side of a long poll. It does not check whose approval it is; an agent's
-// caller checks with AgentApproval first. Errors: ENOTFOUND, EUNAVAILABLE,
+// caller checks with ForAgent first. Errors: ENOTFOUND, EUNAVAILABLE,
 // ctx.Err() when ctx ends first.
-func (s *Service) WaitApproval(ctx context.Context, id string, maxWait time.Duration) (*Approval, error) {
+func (s Approvals) Wait(ctx context.Context, id string, maxWait time.Duration) (*Approval, error) {
 	timer := time.NewTimer(max(maxWait, 0))
 	defer timer.Stop()
 	for {
 		// Registered before the read, so a change between the read and
 		// the wait still wakes us.
 		changed, release := s.approvalWaiters.add(id)
-		a, err := s.Approval(ctx, id)
+		a, err := s.Get(ctx, id)
 		if err != nil || a.Status != ApprovalPending {
 			release()
 			return a, err
@@ -545,10 +545,10 @@ func (s *Service) WaitApproval(ctx context.Context, id string, maxWait time.Dura
 	}
 }
 
-// ExpireApprovals expires every open approval past its deadline: pending
+// Expire expires every open approval past its deadline: pending
 // ones past ExpiresAt, approved ones not picked up by PickupBy. Each gets
 // an approval_expired event. Sweep calls it; it returns how many expired.
-func (s *Service) ExpireApprovals(ctx context.Context) (int, error) {
+func (s Approvals) Expire(ctx context.Context) (int, error) {
 	total := 0
 	for {
 		due, err := s.store.ExpiringApprovals(ctx, s.now(), revokeBatch)
@@ -576,10 +576,10 @@ func (s *Service) ExpireApprovals(ctx context.Context) (int, error) {
 
 // expireDue expires one approval, under its lock, if it is still open and
 // past its deadline: a review or a pickup may have got there first.
-func (s *Service) expireDue(ctx context.Context, id string) (bool, error) {
+func (s *core) expireDue(ctx context.Context, id string) (bool, error) {
 	unlock := s.approvalLocks.lock(id)
 	defer unlock()
-	a, err := s.Approval(ctx, id)
+	a, err := Approvals{s}.Get(ctx, id)
 	if ErrorCode(err) == ENOTFOUND {
 		return false, nil
 	}
@@ -594,7 +594,7 @@ func (s *Service) expireDue(ctx context.Context, id string) (bool, error) {
 
 // expireApproval moves an open approval to expired and records it; the
 // caller holds its lock. a is updated in place.
-func (s *Service) expireApproval(ctx context.Context, a *Approval) error {
+func (s *core) expireApproval(ctx context.Context, a *Approval) error {
 	was, deadline := a.Status, a.Deadline()
 	next := *a
 	next.Status, next.DecidedAt = ApprovalExpired, s.now()
@@ -686,4 +686,9 @@ func (w *approvalWaiters) notify(id string) {
 		close(e.ch)
 		delete(w.m, id)
 	}
+}
+
+// Count counts the approvals in status.
+func (s Approvals) Count(ctx context.Context, status ApprovalStatus) (int, error) {
+	return stored(s.store.CountApprovals(ctx, status))
 }

@@ -143,7 +143,7 @@ func (f *fixture) request(t testing.TB, agent, task string, params map[string]st
 
 func (f *fixture) review(t testing.TB, approver, id string, approve bool) *broker.Approval {
 	t.Helper()
-	a, err := f.svc.Review(context.Background(), approver, id, approve, "checked with the on-call", false)
+	a, err := f.svc.Approvals().Review(context.Background(), approver, id, approve, "checked with the on-call", false)
 	if err != nil {
 		t.Fatalf("Review by %s: %v", approver, err)
 	}
@@ -196,7 +196,7 @@ func TestApproval_RequestApprovePickup(t *testing.T) {
 	case len(a.Reasons) == 0 || a.Reasons[0].Code != string(templates.ReasonTierApproval) || a.Reasons[0].Message == "":
 		t.Fatalf("reasons = %+v, want the tier's", a.Reasons)
 	}
-	if stored, err := f.svc.Approval(ctx, a.ID); err != nil || stored.Status != broker.ApprovalPending || stored.Rendered.Policy != a.Rendered.Policy {
+	if stored, err := f.svc.Approvals().Get(ctx, a.ID); err != nil || stored.Status != broker.ApprovalPending || stored.Rendered.Policy != a.Rendered.Policy {
 		t.Fatalf("stored approval = %+v, %v", stored, err)
 	}
 	if ev := lastEvent(t, f); ev.Type != broker.EventApprovalRequested || ev.Actor != deployBot || ev.Subject != deployBot || ev.Details["approval_id"] != a.ID || ev.Details["tier"] != "high" {
@@ -225,7 +225,7 @@ func TestApproval_RequestApprovePickup(t *testing.T) {
 	if n := f.backend.Mints.Load(); n != 1 {
 		t.Fatalf("backend minted %d times, want 1 (at pickup)", n)
 	}
-	used, _ := f.svc.Approval(ctx, a.ID)
+	used, _ := f.svc.Approvals().Get(ctx, a.ID)
 	if used.Status != broker.ApprovalConsumed || used.LeaseID != res.Lease.ID {
 		t.Fatalf("approval after pickup = %s, lease %q; want consumed by %s", used.Status, used.LeaseID, res.Lease.ID)
 	}
@@ -252,7 +252,7 @@ func TestApproval_RequestIsIdempotent(t *testing.T) {
 	if err != nil || again.Pending == nil || again.Pending.ID != first.Pending.ID || !again.Replayed {
 		t.Fatalf("retry = %+v, %v; want the same approval %s, replayed", again, err, first.Pending.ID)
 	}
-	if all, _ := f.svc.Approvals(ctx, broker.ApprovalFilter{}); len(all) != 1 {
+	if all, _ := f.svc.Approvals().List(ctx, broker.ApprovalFilter{}); len(all) != 1 {
 		t.Fatalf("%d approvals for one request_id, want 1", len(all))
 	}
 	if evs := eventsOf(t, f, broker.EventApprovalRequested); len(evs) != 1 {
@@ -293,9 +293,9 @@ func TestApproval_CriticalNeedsTwoDistinctApprovers(t *testing.T) {
 	if ev := lastEvent(t, f); ev.Type != broker.EventApprovalReview || ev.Actor != alice || ev.Details["approvals"] != "1/2" {
 		t.Fatalf("last event = %+v, want approval_review 1/2 by alice", ev)
 	}
-	_, err := f.svc.Review(ctx, alice, a.ID, true, "really sure", false)
+	_, err := f.svc.Approvals().Review(ctx, alice, a.ID, true, "really sure", false)
 	wantCode(t, err, broker.ECONFLICT, "already reviewed")
-	if got, _ := f.svc.Approval(ctx, a.ID); got.Status != broker.ApprovalPending || len(got.Approvers()) != 1 {
+	if got, _ := f.svc.Approvals().Get(ctx, a.ID); got.Status != broker.ApprovalPending || len(got.Approvers()) != 1 {
 		t.Fatalf("the same approver twice counted: %+v", got)
 	}
 	_, err = f.pickup(deployBot, a.ID)
@@ -337,9 +337,9 @@ func TestApproval_ReviewRefused(t *testing.T) {
 			if tt.reason != "" {
 				reason = tt.reason
 			}
-			_, err := f.svc.Review(context.Background(), tt.approver, a.ID, true, reason, tt.admin)
+			_, err := f.svc.Approvals().Review(context.Background(), tt.approver, a.ID, true, reason, tt.admin)
 			wantCode(t, err, tt.code, tt.says)
-			got, _ := f.svc.Approval(context.Background(), a.ID)
+			got, _ := f.svc.Approvals().Get(context.Background(), a.ID)
 			if got.Status != broker.ApprovalPending || len(got.Reviews) != 0 {
 				t.Fatalf("a refused review changed the approval: %+v", got)
 			}
@@ -357,7 +357,7 @@ func TestApproval_ReviewRefused(t *testing.T) {
 	}
 	t.Run("ErrNotFound", func(t *testing.T) {
 		f := newApprovalFixture(t)
-		_, err := f.svc.Review(context.Background(), alice, "01NOSUCHAPPROVAL", true, "ok", false)
+		_, err := f.svc.Approvals().Review(context.Background(), alice, "01NOSUCHAPPROVAL", true, "ok", false)
 		wantCode(t, err, broker.ENOTFOUND, "no approval")
 	})
 }
@@ -374,7 +374,7 @@ func TestApproval_DenyWins(t *testing.T) {
 	if ev := lastEvent(t, f); ev.Type != broker.EventApprovalDenied || ev.Actor != carol || ev.Details["reason"] == "" {
 		t.Fatalf("last event = %+v, want approval_denied by carol", ev)
 	}
-	_, err := f.svc.Review(ctx, dave, a.ID, true, "overrule", false)
+	_, err := f.svc.Approvals().Review(ctx, dave, a.ID, true, "overrule", false)
 	wantCode(t, err, broker.ECONFLICT, "denied")
 	_, err = f.pickup(deployBot, a.ID)
 	wantCode(t, err, broker.EFORBIDDEN, "denied")
@@ -386,7 +386,7 @@ func TestApproval_DenyWins(t *testing.T) {
 func TestApproval_AdminSocketMayDeny(t *testing.T) {
 	f := newApprovalFixture(t)
 	a := f.request(t, deployBot, "rotate", rotateAlpha)
-	got, err := f.svc.Review(context.Background(), "", a.ID, false, "incident: nothing gets rotated", true)
+	got, err := f.svc.Approvals().Review(context.Background(), "", a.ID, false, "incident: nothing gets rotated", true)
 	if err != nil || got.Status != broker.ApprovalDenied || got.Reviews[0].Approver != broker.AdminSocketActor {
 		t.Fatalf("admin socket deny = %+v, %v", got, err)
 	}
@@ -400,10 +400,10 @@ func TestApproval_PickupRefused(t *testing.T) {
 		f.review(t, alice, a.ID, true)
 		_, err := f.pickup(otherBot, a.ID)
 		wantCode(t, err, broker.ENOTFOUND, "no approval")
-		if _, err := f.svc.AgentApproval(ctx, otherBot, a.ID); broker.ErrorCode(err) != broker.ENOTFOUND {
+		if _, err := f.svc.Approvals().ForAgent(ctx, otherBot, a.ID); broker.ErrorCode(err) != broker.ENOTFOUND {
 			t.Fatalf("another agent reading the approval: %v, want not found", err)
 		}
-		if got, _ := f.svc.Approval(ctx, a.ID); got.Status != broker.ApprovalApproved {
+		if got, _ := f.svc.Approvals().Get(ctx, a.ID); got.Status != broker.ApprovalApproved {
 			t.Fatalf("after a foreign pickup the approval is %s", got.Status)
 		}
 	})
@@ -439,7 +439,7 @@ func TestApproval_PickupRefused(t *testing.T) {
 		f := newApprovalFixture(t)
 		a := f.request(t, deployBot, "rotate", rotateAlpha)
 		f.review(t, alice, a.ID, true)
-		if err := f.svc.SetFreeze(ctx, carol, true, "incident"); err != nil {
+		if err := f.svc.Agents().SetFreeze(ctx, carol, true, "incident"); err != nil {
 			t.Fatal(err)
 		}
 		_, err := f.pickup(deployBot, a.ID)
@@ -450,10 +450,10 @@ func TestApproval_PickupRefused(t *testing.T) {
 		if f.backend.Mints.Load() != 0 {
 			t.Fatal("minted during a freeze")
 		}
-		if got, _ := f.svc.Approval(ctx, a.ID); got.Status != broker.ApprovalApproved {
+		if got, _ := f.svc.Approvals().Get(ctx, a.ID); got.Status != broker.ApprovalApproved {
 			t.Fatalf("a denied pickup used up the approval: %s", got.Status)
 		}
-		if err := f.svc.SetFreeze(ctx, dave, false, "over"); err != nil {
+		if err := f.svc.Agents().SetFreeze(ctx, dave, false, "over"); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := f.pickup(deployBot, a.ID); err != nil {
@@ -464,7 +464,7 @@ func TestApproval_PickupRefused(t *testing.T) {
 		f := newApprovalFixture(t)
 		a := f.request(t, deployBot, "rotate", rotateAlpha)
 		f.review(t, alice, a.ID, true)
-		if err := f.svc.SetAgentState(ctx, carol, deployBot, broker.AgentPaused, "odd"); err != nil {
+		if err := f.svc.Agents().SetState(ctx, carol, deployBot, broker.AgentPaused, "odd"); err != nil {
 			t.Fatal(err)
 		}
 		_, err := f.pickup(deployBot, a.ID)
@@ -501,7 +501,7 @@ func TestApproval_PickupRetriedAfterBackendOutage(t *testing.T) {
 	if _, err := f.svc.Issue(ctx, pick); broker.ErrorCode(err) != broker.EUNAVAILABLE {
 		t.Fatalf("pickup with the backend down: %v, want unavailable", err)
 	}
-	if got, _ := f.svc.Approval(ctx, a.ID); got.Status != broker.ApprovalApproved {
+	if got, _ := f.svc.Approvals().Get(ctx, a.ID); got.Status != broker.ApprovalApproved {
 		t.Fatalf("a failed pickup used up the approval: %s", got.Status)
 	}
 	f.backend.SetErrors(nil, nil)
@@ -547,14 +547,14 @@ func TestApproval_Expiry(t *testing.T) {
 		f := newApprovalFixture(t)
 		a := f.request(t, deployBot, "rotate", rotateAlpha)
 		f.clock.Add(59 * time.Minute)
-		if n, err := f.svc.Sweep(ctx); n != 0 || err != nil {
+		if n, err := f.svc.Leases().Sweep(ctx); n != 0 || err != nil {
 			t.Fatalf("Sweep before the deadline = %d, %v", n, err)
 		}
 		f.clock.Add(time.Minute + time.Second)
-		if n, err := f.svc.Sweep(ctx); n != 1 || err != nil {
+		if n, err := f.svc.Leases().Sweep(ctx); n != 1 || err != nil {
 			t.Fatalf("Sweep past the deadline = %d, %v; want 1", n, err)
 		}
-		got, _ := f.svc.Approval(ctx, a.ID)
+		got, _ := f.svc.Approvals().Get(ctx, a.ID)
 		if got.Status != broker.ApprovalExpired || got.DecidedAt.IsZero() {
 			t.Fatalf("approval after its deadline: %+v", got)
 		}
@@ -562,9 +562,9 @@ func TestApproval_Expiry(t *testing.T) {
 		if ev.Type != broker.EventApprovalExpired || ev.Details["approval_id"] != a.ID || ev.Details["was"] != "pending" || ev.Subject != deployBot {
 			t.Fatalf("last event = %+v, want approval_expired of a pending approval", ev)
 		}
-		_, err := f.svc.Review(ctx, alice, a.ID, true, "late", false)
+		_, err := f.svc.Approvals().Review(ctx, alice, a.ID, true, "late", false)
 		wantCode(t, err, broker.ECONFLICT, "expired")
-		if n, _ := f.svc.Sweep(ctx); n != 0 {
+		if n, _ := f.svc.Leases().Sweep(ctx); n != 0 {
 			t.Fatalf("an expired approval was swept again (%d)", n)
 		}
 	})
@@ -576,11 +576,11 @@ func TestApproval_Expiry(t *testing.T) {
 		// The pickup window runs from the approval, past the review
 		// deadline.
 		f.clock.Add(14 * time.Minute)
-		if n, _ := f.svc.Sweep(ctx); n != 0 {
+		if n, _ := f.svc.Leases().Sweep(ctx); n != 0 {
 			t.Fatalf("swept %d within the pickup time", n)
 		}
 		f.clock.Add(time.Minute + time.Second)
-		if n, err := f.svc.Sweep(ctx); n != 1 || err != nil {
+		if n, err := f.svc.Leases().Sweep(ctx); n != 1 || err != nil {
 			t.Fatalf("Sweep past the pickup time = %d, %v; want 1", n, err)
 		}
 		if ev := lastEvent(t, f); ev.Type != broker.EventApprovalExpired || ev.Details["was"] != "approved" {
@@ -609,11 +609,11 @@ func TestApproval_Wait(t *testing.T) {
 	ctx := context.Background()
 	f := newApprovalFixture(t)
 	a := f.request(t, deployBot, "rotate", rotateAlpha)
-	if got, err := f.svc.WaitApproval(ctx, a.ID, 0); err != nil || got.Status != broker.ApprovalPending {
+	if got, err := f.svc.Approvals().Wait(ctx, a.ID, 0); err != nil || got.Status != broker.ApprovalPending {
 		t.Fatalf("WaitApproval(0) = %+v, %v", got, err)
 	}
 	start := time.Now()
-	if got, err := f.svc.WaitApproval(ctx, a.ID, 50*time.Millisecond); err != nil || got.Status != broker.ApprovalPending || time.Since(start) < 50*time.Millisecond {
+	if got, err := f.svc.Approvals().Wait(ctx, a.ID, 50*time.Millisecond); err != nil || got.Status != broker.ApprovalPending || time.Since(start) < 50*time.Millisecond {
 		t.Fatalf("WaitApproval timed out with %+v, %v after %s", got, err, time.Since(start))
 	}
 
@@ -623,7 +623,7 @@ func TestApproval_Wait(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		got, err := f.svc.WaitApproval(ctx, a.ID, time.Minute)
+		got, err := f.svc.Approvals().Wait(ctx, a.ID, time.Minute)
 		done <- result{got, err}
 	}()
 	time.Sleep(20 * time.Millisecond) // let the waiter park; it must not miss a change either way
@@ -640,10 +640,10 @@ func TestApproval_Wait(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	b := f.request(t, deployBot, "drop-db", scratch7)
 	go func() { time.Sleep(20 * time.Millisecond); cancel() }()
-	if _, err := f.svc.WaitApproval(cctx, b.ID, time.Minute); !errors.Is(err, context.Canceled) {
+	if _, err := f.svc.Approvals().Wait(cctx, b.ID, time.Minute); !errors.Is(err, context.Canceled) {
 		t.Fatalf("WaitApproval after cancel: %v", err)
 	}
-	if _, err := f.svc.WaitApproval(ctx, "01NOSUCHAPPROVAL", time.Second); broker.ErrorCode(err) != broker.ENOTFOUND {
+	if _, err := f.svc.Approvals().Wait(ctx, "01NOSUCHAPPROVAL", time.Second); broker.ErrorCode(err) != broker.ENOTFOUND {
 		t.Fatalf("WaitApproval of nothing: %v", err)
 	}
 }
@@ -667,7 +667,7 @@ func TestApproval_List(t *testing.T) {
 		{broker.ApprovalFilter{Limit: 1}, []string{c.ID}},
 	}
 	for _, tt := range tests {
-		got, err := f.svc.Approvals(ctx, tt.f)
+		got, err := f.svc.Approvals().List(ctx, tt.f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -694,8 +694,8 @@ func TestApproval_SecretNeverStored(t *testing.T) {
 		t.Fatalf("pickup = %+v, %v", res, err)
 	}
 	f.pickup(deployBot, a.ID) // refused: must not leave anything either
-	f.svc.Revoke(ctx, carol, "done", broker.RevokeSelector{All: true})
-	f.svc.ProcessRevocations(ctx)
+	f.svc.Leases().Revoke(ctx, carol, "done", broker.RevokeSelector{All: true})
+	f.svc.Leases().ProcessRevocations(ctx)
 	f.events(t)
 	db, err := os.ReadFile(f.dbPath)
 	if err != nil {

@@ -55,10 +55,10 @@ func wantRefused(t *testing.T, r result, code, reason string) {
 // revocation has run: it must end revoked, and its credential gone.
 func (f *fixture) wantWithheld(t *testing.T, id string) {
 	t.Helper()
-	if _, err := f.svc.ProcessRevocations(ctx); err != nil {
+	if _, err := f.svc.Leases().ProcessRevocations(ctx); err != nil {
 		t.Fatal(err)
 	}
-	l, err := f.svc.Lease(ctx, id)
+	l, err := f.svc.Leases().Get(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,12 +88,12 @@ func TestControls_StopDuringMint(t *testing.T) {
 		reason templates.ReasonCode
 	}{
 		{"Quarantine", func(f *fixture) error {
-			return f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentQuarantined, "leak")
+			return f.svc.Agents().SetState(ctx, operator, reportBot, broker.AgentQuarantined, "leak")
 		}, templates.ReasonAgentQuarantined},
 		{"Pause", func(f *fixture) error {
-			return f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentPaused, "odd")
+			return f.svc.Agents().SetState(ctx, operator, reportBot, broker.AgentPaused, "odd")
 		}, templates.ReasonAgentPaused},
-		{"Freeze", func(f *fixture) error { return f.svc.SetFreeze(ctx, operator, true, "incident") }, templates.ReasonGlobalFreeze},
+		{"Freeze", func(f *fixture) error { return f.svc.Agents().SetFreeze(ctx, operator, true, "incident") }, templates.ReasonGlobalFreeze},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture(t)
@@ -123,7 +123,7 @@ func TestControls_PauseDuringCommit(t *testing.T) {
 	}
 	done := f.issueAsync(broker.IssueRequest{Agent: reportBot, Task: "report", Params: eu, Reason: "race"})
 	<-inCommit
-	if err := f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentPaused, "odd"); err != nil {
+	if err := f.svc.Agents().SetState(ctx, operator, reportBot, broker.AgentPaused, "odd"); err != nil {
 		t.Fatal(err)
 	}
 	close(proceed)
@@ -139,7 +139,7 @@ func TestControls_PauseDuringCommit(t *testing.T) {
 func TestControls_PauseRacingIssue(t *testing.T) {
 	f := newFixture(t)
 	done := f.issueAsync(broker.IssueRequest{Agent: reportBot, Task: "report", Params: eu, Reason: "race"})
-	if err := f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentPaused, "odd"); err != nil {
+	if err := f.svc.Agents().SetState(ctx, operator, reportBot, broker.AgentPaused, "odd"); err != nil {
 		t.Fatal(err)
 	}
 	if r := <-done; r.err != nil {
@@ -195,7 +195,7 @@ func TestControls_BudgetUnderConcurrency(t *testing.T) {
 			t.Fatalf("refusal %v, want limit with reason %s", r.err, broker.ReasonTemplateBudget)
 		}
 	}
-	active, err := f.svc.Leases(ctx, broker.LeaseFilter{Agent: "spiffe://example.org/agent/hoarder", State: broker.StateActive})
+	active, err := f.svc.Leases().List(ctx, broker.LeaseFilter{Agent: "spiffe://example.org/agent/hoarder", State: broker.StateActive})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,13 +213,13 @@ func TestControls_RenewReEvaluates(t *testing.T) {
 		reason string
 	}{
 		{"Paused", func(t *testing.T, f *fixture) {
-			must(t, f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentPaused, "odd"))
+			must(t, f.svc.Agents().SetState(ctx, operator, reportBot, broker.AgentPaused, "odd"))
 		}, string(templates.ReasonAgentPaused)},
 		{"Quarantined", func(t *testing.T, f *fixture) {
-			must(t, f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentQuarantined, "leak"))
+			must(t, f.svc.Agents().SetState(ctx, operator, reportBot, broker.AgentQuarantined, "leak"))
 		}, string(templates.ReasonAgentQuarantined)},
 		{"GlobalFreeze", func(t *testing.T, f *fixture) {
-			must(t, f.svc.SetFreeze(ctx, operator, true, "incident"))
+			must(t, f.svc.Agents().SetFreeze(ctx, operator, true, "incident"))
 		}, string(templates.ReasonGlobalFreeze)},
 		{"DenyWindow", func(t *testing.T, f *fixture) {
 			// Six minutes later it is the 28th in Berlin: billing-close.
@@ -236,12 +236,12 @@ func TestControls_RenewReEvaluates(t *testing.T) {
 			f.clock.Set(time.Date(2026, 3, 27, 22, 55, 0, 0, time.UTC)) // 23:55 in Berlin
 			l := issue(t, f)
 			tt.stop(t, f)
-			_, err := f.svc.Renew(ctx, reportBot, l.ID, 0)
+			_, err := f.svc.Leases().Renew(ctx, reportBot, l.ID, 0)
 			var e *broker.Error
 			if !errors.As(err, &e) || e.Code != broker.EFORBIDDEN || !slices.Contains(e.Reasons, tt.reason) {
 				t.Fatalf("renew: %v, want forbidden with reason %s", err, tt.reason)
 			}
-			got, _ := f.svc.Lease(ctx, l.ID)
+			got, _ := f.svc.Leases().Get(ctx, l.ID)
 			if want := map[bool]broker.LeaseState{true: broker.StateRevoking, false: broker.StateActive}[tt.name == "Quarantined"]; got.State != want {
 				t.Fatalf("lease is %s after the refused renewal, want %s", got.State, want)
 			}
@@ -261,7 +261,7 @@ func TestControls_ReconcileDuringFlight(t *testing.T) {
 	defer release()
 	done := f.issueAsync(broker.IssueRequest{Agent: reportBot, Task: "report", Params: eu, Reason: "race"})
 	id := <-entered
-	if err := f.svc.Reconcile(ctx); err != nil {
+	if err := f.svc.Leases().Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	release()
@@ -269,10 +269,10 @@ func TestControls_ReconcileDuringFlight(t *testing.T) {
 	if r.err != nil {
 		t.Fatalf("request in flight during reconciliation: %v", r.err)
 	}
-	if err := f.svc.Reconcile(ctx); err != nil { // and after it committed
+	if err := f.svc.Leases().Reconcile(ctx); err != nil { // and after it committed
 		t.Fatal(err)
 	}
-	l, err := f.svc.Lease(ctx, id)
+	l, err := f.svc.Leases().Get(ctx, id)
 	if err != nil || l.State != broker.StateActive || !f.backend.Alive(id) {
 		t.Fatalf("lease after reconciliation = %+v, %v (alive %v); want active", l, err, f.backend.Alive(id))
 	}
@@ -295,10 +295,10 @@ func TestControls_ReconcileOrphanedIntent(t *testing.T) {
 	if len(intents) != 1 {
 		t.Fatalf("%d intents after the failed commit, want 1", len(intents))
 	}
-	if err := f.svc.Reconcile(ctx); err != nil {
+	if err := f.svc.Leases().Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	l, err := f.svc.Lease(ctx, intents[0].ID)
+	l, err := f.svc.Leases().Get(ctx, intents[0].ID)
 	if err != nil || l.State != broker.StateRevoked || f.backend.Alive(l.ID) {
 		t.Fatalf("orphaned intent after reconciliation: %+v, %v; want revoked", l, err)
 	}

@@ -68,8 +68,8 @@ type EventDropCounter interface {
 // Service. Follow returns ctx's error, fn's error, or an EUNAVAILABLE
 // error when the audit log cannot be read; after any of them the caller
 // resumes from the last event it handled.
-func (s *Service) Follow(ctx context.Context, after uint64, f EventFilter, fn func([]Event) error) error {
-	fl := &follower{s: s, cursor: after, filter: f, fn: fn}
+func (s Audit) Follow(ctx context.Context, after uint64, f EventFilter, fn func([]Event) error) error {
+	fl := &follower{s: s.core, cursor: after, filter: f, fn: fn}
 	poll := time.NewTicker(followPoll)
 	defer poll.Stop()
 	fromLog := true // whatever was written before this call
@@ -114,7 +114,7 @@ func (s *Service) Follow(ctx context.Context, after uint64, f EventFilter, fn fu
 
 // follower is one Follow call's position in the stream.
 type follower struct {
-	s      *Service
+	s      *core
 	cursor uint64 // the Seq of the last event handled, matched or not
 	filter EventFilter
 	fn     func([]Event) error
@@ -187,7 +187,7 @@ type hub struct {
 // publish hands events that were just made durable to the live feed. It
 // is called by apply after each write, with that write's events in
 // commit order, and never blocks.
-func (s *Service) publish(events []Event) {
+func (s *core) publish(events []Event) {
 	if len(events) == 0 {
 		return
 	}
@@ -235,11 +235,11 @@ func (h *hub) next(cursor uint64) (live []Event, wake <-chan struct{}, gap bool,
 	return nil, h.wake, h.high > cursor, evicted
 }
 
-// AuditEvents calls fn for each audit event with Seq > after, in order,
+// Events calls fn for each audit event with Seq > after, in order,
 // until fn returns false or an error: one page of the log, for the audit
 // listing. fn runs inside a read of the store: it must not block
 // (collect, then send). Errors: EUNAVAILABLE, or fn's error.
-func (s *Service) AuditEvents(ctx context.Context, after uint64, fn func(Event) (bool, error)) error {
+func (s Audit) Events(ctx context.Context, after uint64, fn func(Event) (bool, error)) error {
 	var fnErr error
 	err := s.store.Events(ctx, after, func(e Event) (bool, error) {
 		more, err := fn(e)
@@ -252,10 +252,10 @@ func (s *Service) AuditEvents(ctx context.Context, after uint64, fn func(Event) 
 	return err
 }
 
-// LastAuditSeq is the sequence number of the newest audit event, 0 when
+// LastSeq is the sequence number of the newest audit event, 0 when
 // there is none: where a follower starts that wants only what is new.
 // Errors: EUNAVAILABLE.
-func (s *Service) LastAuditSeq(ctx context.Context) (uint64, error) {
+func (s Audit) LastSeq(ctx context.Context) (uint64, error) {
 	e, err := s.store.LastEvent(ctx)
 	if err != nil {
 		return 0, unavailable("the audit log", err)

@@ -90,7 +90,7 @@ func TestHub_Next(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := &Service{}
+			s := &core{}
 			for _, evs := range tt.published {
 				s.publish(evs)
 			}
@@ -120,7 +120,7 @@ func followSeqs(t *testing.T, s *Service) (expect func(want ...uint64)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- s.Follow(ctx, 0, EventFilter{}, func(evs []Event) error {
+		done <- s.Audit().Follow(ctx, 0, EventFilter{}, func(evs []Event) error {
 			for _, e := range evs {
 				got <- e.Seq
 			}
@@ -153,7 +153,7 @@ func followSeqs(t *testing.T, s *Service) (expect func(want ...uint64)) {
 // not hold yet makes the follower wait, not spin.
 func TestFollow_OutOfOrder(t *testing.T) {
 	ls := &logStore{read: make(chan struct{}, 1)}
-	s := &Service{store: ls, metrics: nopMetrics{}}
+	s := &Service{&core{store: ls, metrics: nopMetrics{}}}
 	expect := followSeqs(t, s)
 	s.publish(ls.append(1))
 	expect(1)

@@ -82,7 +82,7 @@ func runFollow(t *testing.T, svc *broker.Service, after uint64, f broker.EventFi
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- svc.Follow(ctx, after, f, fn) }()
+	go func() { done <- svc.Audit().Follow(ctx, after, f, fn) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; !errors.Is(err, context.Canceled) {
@@ -120,16 +120,16 @@ func TestService_Follow(t *testing.T) {
 	mine := follow(t, svc, 0, broker.EventFilter{Agent: bot})
 	freezes := follow(t, svc, 0, broker.EventFilter{Types: []broker.EventType{broker.EventFreeze, broker.EventUnfreeze}})
 
-	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "incident"); err != nil {
+	if err := svc.Agents().SetFreeze(ctx, "spiffe://example.org/op", true, "incident"); err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.SetAgentState(ctx, "op", bot, broker.AgentPaused, "odd"); err != nil {
+	if err := svc.Agents().SetState(ctx, "op", bot, broker.AgentPaused, "odd"); err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", false, "over"); err != nil {
+	if err := svc.Agents().SetFreeze(ctx, "spiffe://example.org/op", false, "over"); err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.SetAgentState(ctx, "spiffe://example.org/op", bot, broker.AgentActive, "fine"); err != nil {
+	if err := svc.Agents().SetState(ctx, "spiffe://example.org/op", bot, broker.AgentActive, "fine"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -159,7 +159,7 @@ func TestService_Follow(t *testing.T) {
 
 	// From a sequence number: the log first, then what is new.
 	resumed := follow(t, svc, 2, broker.EventFilter{})
-	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "again"); err != nil {
+	if err := svc.Agents().SetFreeze(ctx, "spiffe://example.org/op", true, "again"); err != nil {
 		t.Fatal(err)
 	}
 	receiveSeqs(t, resumed, 2, 3)
@@ -184,7 +184,7 @@ func TestService_Follow_SlowFollower(t *testing.T) {
 		}
 		return nil
 	})
-	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "flip"); err != nil {
+	if err := svc.Agents().SetFreeze(ctx, "spiffe://example.org/op", true, "flip"); err != nil {
 		t.Fatal(err)
 	}
 	free := sync.OnceFunc(func() { close(release) })
@@ -196,7 +196,7 @@ func TestService_Follow_SlowFollower(t *testing.T) {
 	}
 	start := time.Now()
 	for i := 1; i < n; i++ {
-		if err := svc.SetFreeze(ctx, "spiffe://example.org/op", i%2 == 0, "flip"); err != nil {
+		if err := svc.Agents().SetFreeze(ctx, "spiffe://example.org/op", i%2 == 0, "flip"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -235,7 +235,7 @@ func TestService_Follow_ConcurrentWriters(t *testing.T) {
 			agent := fmt.Sprintf("spiffe://example.org/agent/a%d", w)
 			for i := range each {
 				state := map[bool]broker.AgentState{true: broker.AgentPaused, false: broker.AgentActive}[i%2 == 0]
-				if err := svc.SetAgentState(ctx, "spiffe://example.org/op", agent, state, "flip"); err != nil {
+				if err := svc.Agents().SetState(ctx, "spiffe://example.org/op", agent, state, "flip"); err != nil {
 					t.Error(err)
 					return
 				}
@@ -255,7 +255,7 @@ func TestService_Follow_Unpublished(t *testing.T) {
 	svc, _, st := newHubService(t)
 	ctx := context.Background()
 	evs := follow(t, svc, 0, broker.EventFilter{})
-	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "a"); err != nil {
+	if err := svc.Agents().SetFreeze(ctx, "spiffe://example.org/op", true, "a"); err != nil {
 		t.Fatal(err)
 	}
 	receiveSeqs(t, evs, 0, 1)
@@ -263,7 +263,7 @@ func TestService_Follow_Unpublished(t *testing.T) {
 	if _, err := st.Apply(ctx, unseen); err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", false, "b"); err != nil {
+	if err := svc.Agents().SetFreeze(ctx, "spiffe://example.org/op", false, "b"); err != nil {
 		t.Fatal(err)
 	}
 	receiveSeqs(t, evs, 1, 2)
@@ -279,12 +279,12 @@ func TestService_Follow_Unpublished(t *testing.T) {
 func TestService_Follow_Errors(t *testing.T) {
 	svc, _, st := newHubService(t)
 	ctx := context.Background()
-	if err := svc.SetFreeze(ctx, "spiffe://example.org/op", true, "a"); err != nil {
+	if err := svc.Agents().SetFreeze(ctx, "spiffe://example.org/op", true, "a"); err != nil {
 		t.Fatal(err)
 	}
 	t.Run("ErrFn", func(t *testing.T) {
 		boom := errors.New("boom")
-		err := svc.Follow(ctx, 0, broker.EventFilter{}, func([]broker.Event) error { return boom })
+		err := svc.Audit().Follow(ctx, 0, broker.EventFilter{}, func([]broker.Event) error { return boom })
 		if !errors.Is(err, boom) {
 			t.Fatalf("Follow = %v, want fn's error", err)
 		}
@@ -292,14 +292,14 @@ func TestService_Follow_Errors(t *testing.T) {
 	t.Run("ErrContext", func(t *testing.T) {
 		c, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 		defer cancel()
-		err := svc.Follow(c, 1, broker.EventFilter{}, func([]broker.Event) error { return nil })
+		err := svc.Audit().Follow(c, 1, broker.EventFilter{}, func([]broker.Event) error { return nil })
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Follow = %v, want the context's error", err)
 		}
 	})
 	t.Run("ErrUnavailable", func(t *testing.T) {
 		st.Close()
-		err := svc.Follow(ctx, 0, broker.EventFilter{}, func([]broker.Event) error { return nil })
+		err := svc.Audit().Follow(ctx, 0, broker.EventFilter{}, func([]broker.Event) error { return nil })
 		if broker.ErrorCode(err) != broker.EUNAVAILABLE {
 			t.Fatalf("Follow on a closed store = %v, want unavailable", err)
 		}
@@ -309,19 +309,19 @@ func TestService_Follow_Errors(t *testing.T) {
 func TestService_AuditEvents(t *testing.T) {
 	svc, _, _ := newHubService(t)
 	ctx := context.Background()
-	if seq, err := svc.LastAuditSeq(ctx); err != nil || seq != 0 {
+	if seq, err := svc.Audit().LastSeq(ctx); err != nil || seq != 0 {
 		t.Fatalf("empty log: %d, %v", seq, err)
 	}
 	for i := range 5 {
-		if err := svc.SetFreeze(ctx, "spiffe://example.org/op", i%2 == 0, "flip"); err != nil {
+		if err := svc.Agents().SetFreeze(ctx, "spiffe://example.org/op", i%2 == 0, "flip"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if seq, err := svc.LastAuditSeq(ctx); err != nil || seq != 5 {
+	if seq, err := svc.Audit().LastSeq(ctx); err != nil || seq != 5 {
 		t.Fatalf("LastAuditSeq = %d, %v", seq, err)
 	}
 	var seqs []uint64
-	err := svc.AuditEvents(ctx, 2, func(e broker.Event) (bool, error) {
+	err := svc.Audit().Events(ctx, 2, func(e broker.Event) (bool, error) {
 		seqs = append(seqs, e.Seq)
 		return len(seqs) < 2, nil
 	})

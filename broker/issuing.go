@@ -29,7 +29,7 @@ type Issued struct {
 	Secret Secret
 	// Pending, when set, is the approval the request is waiting for, and
 	// Lease is nil: nothing was minted. The agent waits for the approval
-	// (WaitApproval) and picks it up with IssueRequest.ApprovalID.
+	// (Approvals.Wait) and picks it up with IssueRequest.ApprovalID.
 	Pending *Approval
 	// Replayed is set when RequestID named an earlier request: Lease (or
 	// Pending) is that request's, and Secret is empty, because latch never
@@ -52,10 +52,10 @@ var violations = map[templates.ReasonCode]bool{
 
 // Explain evaluates a request without issuing anything.
 func (s *Service) Explain(req IssueRequest) templates.Decision {
-	return s.Policy().Evaluate(s.templatesRequest(req))
+	return s.policy.Load().Evaluate(s.templatesRequest(req))
 }
 
-func (s *Service) templatesRequest(req IssueRequest) templates.Request {
+func (s *core) templatesRequest(req IssueRequest) templates.Request {
 	return templates.Request{
 		Agent:        req.Agent,
 		Task:         req.Task,
@@ -121,7 +121,7 @@ func requestOutcome(res *Issued, err error) (outcome, reason string) {
 	return "failed", reason
 }
 
-func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, error) {
+func (s *core) issue(ctx context.Context, req IssueRequest) (*Issued, error) {
 	if req.RequestID != "" {
 		// Serialise retries of one request, so that two copies racing
 		// each other cannot both mint.
@@ -133,7 +133,7 @@ func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, error) 
 	if req.ApprovalID != "" {
 		return s.pickup(ctx, req)
 	}
-	d := s.Policy().Evaluate(s.templatesRequest(req))
+	d := s.policy.Load().Evaluate(s.templatesRequest(req))
 	switch d.Outcome {
 	case templates.Deny:
 		s.deny(ctx, req, d)
@@ -148,7 +148,7 @@ func (s *Service) issue(ctx context.Context, req IssueRequest) (*Issued, error) 
 // an open approval) with it; nil, nil when the request is new, or when
 // its earlier try never delivered a secret (the backend failed, or a
 // condition withheld it): that one is decided afresh.
-func (s *Service) replay(ctx context.Context, req IssueRequest) (*Issued, error) {
+func (s *core) replay(ctx context.Context, req IssueRequest) (*Issued, error) {
 	prev, err := s.store.LeaseByRequest(ctx, req.Agent, req.RequestID)
 	switch {
 	case errors.Is(err, ErrLeaseNotFound) || (err == nil && (prev.State == StateFailed || prev.Withheld)):
@@ -166,7 +166,7 @@ func (s *Service) replay(ctx context.Context, req IssueRequest) (*Issued, error)
 
 // issueAllowed mints what an allowed decision (or an approved pickup, with
 // its approval) grants, within the agent's limits.
-func (s *Service) issueAllowed(ctx context.Context, req IssueRequest, d templates.Decision, approval *Approval) (*Issued, error) {
+func (s *core) issueAllowed(ctx context.Context, req IssueRequest, d templates.Decision, approval *Approval) (*Issued, error) {
 	if err := s.checkRate(req.Agent); err != nil {
 		return nil, err
 	}
@@ -185,7 +185,7 @@ func (s *Service) issueAllowed(ctx context.Context, req IssueRequest, d template
 
 // deny records a denial: a violation event when a reason points at
 // misuse, a deny event otherwise.
-func (s *Service) deny(ctx context.Context, req IssueRequest, d templates.Decision) {
+func (s *core) deny(ctx context.Context, req IssueRequest, d templates.Decision) {
 	typ := EventDeny
 	for _, r := range d.Reasons {
 		if violations[r.Code] {
@@ -199,7 +199,7 @@ func (s *Service) deny(ctx context.Context, req IssueRequest, d templates.Decisi
 	}
 }
 
-func (s *Service) decisionEvent(typ EventType, req IssueRequest, d templates.Decision) Event {
+func (s *core) decisionEvent(typ EventType, req IssueRequest, d templates.Decision) Event {
 	ev := Event{
 		Type:    typ,
 		Actor:   req.Agent,

@@ -37,8 +37,8 @@ func (l *limiters) get(agent string, r templates.Rate) *rate.Limiter {
 
 // checkRate enforces the agent's request rate. Errors: ELIMIT with
 // RetryAfter set.
-func (s *Service) checkRate(agent string) error {
-	entry, ok := s.Policy().Agent(agent)
+func (s *core) checkRate(agent string) error {
+	entry, ok := s.policy.Load().Agent(agent)
 	if !ok || entry.Rate.N <= 0 || entry.Rate.Per <= 0 {
 		return nil // Evaluate has already denied an unknown agent
 	}
@@ -56,7 +56,7 @@ func (s *Service) checkRate(agent string) error {
 // now. The store's conditions decide for real when the intent is written;
 // this earlier look keeps an approval over budget from reaching the
 // approvers. Errors: ELIMIT, EUNAVAILABLE.
-func (s *Service) checkBudgets(ctx context.Context, agent string, d templates.Decision) error {
+func (s *core) checkBudgets(ctx context.Context, agent string, d templates.Decision) error {
 	c := s.issueConditions(agent, d, true)
 	if c.MaxActive == 0 && c.MaxActiveTask == 0 {
 		return nil
@@ -83,7 +83,7 @@ func (s *Service) checkBudgets(ctx context.Context, agent string, d templates.De
 // budgetError is the caller's error for a budget of c that failed, with
 // RetryAfter set to when the soonest of the agent's leases ends (a second
 // at least: leases being minted or revoked end soon).
-func (s *Service) budgetError(ctx context.Context, c *Conditions, failed *ConditionFailed) error {
+func (s *core) budgetError(ctx context.Context, c *Conditions, failed *ConditionFailed) error {
 	next := time.Time{}
 	if live, err := s.store.Leases(ctx, LeaseFilter{Agent: c.Agent, State: StateActive}); err == nil {
 		for _, l := range live {

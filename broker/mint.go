@@ -14,7 +14,7 @@ import (
 // leaves it queued for revocation — or, when even that cannot be written,
 // in the intent that reconciliation revokes. approval, when not nil, is
 // consumed in the commit: with the lease or not at all.
-func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decision, backend Backend, approval *Approval) (*Issued, error) {
+func (s *core) mint(ctx context.Context, req IssueRequest, d templates.Decision, backend Backend, approval *Approval) (*Issued, error) {
 	lease := s.newLease(req, d)
 	// Owned by this request until it ends: reconciliation leaves it alone.
 	defer s.inflight.hold(lease.ID)()
@@ -54,7 +54,7 @@ func (s *Service) mint(ctx context.Context, req IssueRequest, d templates.Decisi
 	return &Issued{Lease: lease, Secret: minted.Secret}, nil
 }
 
-func (s *Service) newLease(req IssueRequest, d templates.Decision) *Lease {
+func (s *core) newLease(req IssueRequest, d templates.Decision) *Lease {
 	now := s.now()
 	return &Lease{
 		ID:              s.newLeaseID(),
@@ -97,12 +97,12 @@ func mintRequest(leaseID, agent string, d templates.Decision) MintRequest {
 // lease need of the stored state: the agent still active, no global
 // freeze, the template as decided and, for the intent, room in the
 // budgets. The intent itself counts toward them from then on.
-func (s *Service) issueConditions(agent string, d templates.Decision, withBudgets bool) *Conditions {
+func (s *core) issueConditions(agent string, d templates.Decision, withBudgets bool) *Conditions {
 	c := &Conditions{Agent: agent, NotFrozen: true, Template: d.Task, TemplateVersion: d.TemplateVersion}
 	if !withBudgets {
 		return c
 	}
-	p := s.Policy()
+	p := s.policy.Load()
 	if entry, ok := p.Agent(agent); ok {
 		c.MaxActive = entry.MaxActive
 	}
@@ -116,7 +116,7 @@ func (s *Service) issueConditions(agent string, d templates.Decision, withBudget
 // approval). When its conditions fail the credential is withheld: revoked
 // and refused. When the store cannot write, it is revoked at once and the
 // intent stays for reconciliation.
-func (s *Service) commit(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, approval *Approval) error {
+func (s *core) commit(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, approval *Approval) error {
 	lease.State = StateActive
 	c := Change{
 		DeleteIntents: []string{lease.ID},
@@ -149,7 +149,7 @@ func (s *Service) commit(ctx context.Context, lease *Lease, req IssueRequest, d 
 // and, when the backend refuses too, records its refs in the intent (best
 // effort: the store has just failed), so that reconciliation can revoke
 // what the mint created.
-func (s *Service) revokeUncommitted(ctx context.Context, lease *Lease) {
+func (s *core) revokeUncommitted(ctx context.Context, lease *Lease) {
 	if s.revokeNow(lease) == nil {
 		return
 	}
@@ -163,7 +163,7 @@ func (s *Service) revokeUncommitted(ctx context.Context, lease *Lease) {
 // issueEvents are the events of an issue: the issue itself and, for a
 // tier that alerts when nobody approved it (medium by default), an alert
 // written with it, so that an alert is never lost.
-func (s *Service) issueEvents(req IssueRequest, d templates.Decision, lease *Lease, unapproved bool) []Event {
+func (s *core) issueEvents(req IssueRequest, d templates.Decision, lease *Lease, unapproved bool) []Event {
 	ev := s.decisionEvent(EventIssue, req, d)
 	ev.Lease, ev.Outcome = lease.ID, "issued"
 	ev.Details["expires_at"] = lease.ExpiresAt.UTC().Format(time.RFC3339)
@@ -181,7 +181,7 @@ func (s *Service) issueEvents(req IssueRequest, d templates.Decision, lease *Lea
 // refusedAtIntent turns a failed intent write into the caller's error:
 // a failed condition is the denial (or the limit) the request would have
 // met a moment later, audited as such; nothing was minted.
-func (s *Service) refusedAtIntent(ctx context.Context, req IssueRequest, d templates.Decision, c *Conditions, err error) error {
+func (s *core) refusedAtIntent(ctx context.Context, req IssueRequest, d templates.Decision, c *Conditions, err error) error {
 	var failed *ConditionFailed
 	if !errors.As(err, &failed) {
 		return err
@@ -202,7 +202,7 @@ func (s *Service) refusedAtIntent(ctx context.Context, req IssueRequest, d templ
 // shows the refused attempt and the revocation. If even that cannot be
 // written, the credential is revoked at once and the intent stays for
 // reconciliation.
-func (s *Service) withhold(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, failed *ConditionFailed) error {
+func (s *core) withhold(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, failed *ConditionFailed) error {
 	now := s.now()
 	reason := "withheld at commit: " + failed.Reason
 	lease.State, lease.Withheld, lease.RevokeReason = StateRevoking, true, reason
@@ -226,7 +226,7 @@ func (s *Service) withhold(ctx context.Context, lease *Lease, req IssueRequest, 
 // refusalEvent is the audit event of a request refused by a failed
 // condition: a violation for an agent paused or quarantined (as the
 // policy's denial would be), a deny otherwise.
-func (s *Service) refusalEvent(req IssueRequest, d templates.Decision, failed *ConditionFailed) Event {
+func (s *core) refusalEvent(req IssueRequest, d templates.Decision, failed *ConditionFailed) Event {
 	typ := EventDeny
 	if violations[templates.ReasonCode(failed.Reason)] {
 		typ = EventViolation
@@ -255,7 +255,7 @@ func conditionError(failed *ConditionFailed) *Error {
 
 // mintFailed records a failed mint and queues the revocation of anything
 // Prepare created.
-func (s *Service) mintFailed(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, cause error) error {
+func (s *core) mintFailed(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, cause error) error {
 	s.log.Warn("mint failed", "lease", lease.ID, "agent", lease.Agent, "task", lease.Task, "backend", lease.Backend, "err", cause)
 	lease.State, lease.Withheld = StateFailed, true
 	lease.EndedAt = s.now()
@@ -282,7 +282,7 @@ func (s *Service) mintFailed(ctx context.Context, lease *Lease, req IssueRequest
 // committed. It runs detached from the caller's context: the caller has
 // gone, the credential must not stay. A failure is left to
 // reconciliation, which finds the intent.
-func (s *Service) revokeNow(lease *Lease) error {
+func (s *core) revokeNow(lease *Lease) error {
 	backend, ok := s.backends[lease.Backend]
 	if !ok || lease.Refs.IsZero() {
 		return nil

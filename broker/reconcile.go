@@ -43,7 +43,7 @@ func (f *inflight) owned(id string) bool {
 // quarantined agents (a crash between a quarantine and its revocations),
 // and the leases that expired while latch was down. Run calls it at start
 // and every Config.ReconcileEvery; a request in flight is never touched.
-func (s *Service) Reconcile(ctx context.Context) error {
+func (s Leases) Reconcile(ctx context.Context) error {
 	intents, err := stored(s.store.Intents(ctx))
 	if err != nil {
 		return err
@@ -68,7 +68,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 
 // reconcileIntent ends one orphaned intent: queued for revocation when it
 // names something in the backend, failed when it names nothing.
-func (s *Service) reconcileIntent(ctx context.Context, l *Lease) error {
+func (s *core) reconcileIntent(ctx context.Context, l *Lease) error {
 	now := s.now()
 	ev := Event{Type: EventReconcile, Actor: "latch", Subject: l.Agent, Task: l.Task, Lease: l.ID}
 	// Conditional: its request may have committed since the listing.
@@ -94,8 +94,8 @@ func (s *Service) reconcileIntent(ctx context.Context, l *Lease) error {
 }
 
 // requarantine queues the active leases of every quarantined agent.
-func (s *Service) requarantine(ctx context.Context) error {
-	agents, err := s.Agents(ctx)
+func (s Leases) requarantine(ctx context.Context) error {
+	agents, err := stored(s.store.Agents(ctx))
 	if err != nil {
 		return err
 	}
@@ -119,7 +119,8 @@ func (s *Service) requarantine(ctx context.Context) error {
 // Config.ReconcileEvery, until ctx ends. ready, if not nil, is closed once
 // the first reconciliation is done.
 func (s *Service) Run(ctx context.Context, ready chan<- struct{}) error {
-	if err := s.Reconcile(ctx); err != nil {
+	leases := s.Leases()
+	if err := leases.Reconcile(ctx); err != nil {
 		return err
 	}
 	if ready != nil {
@@ -137,15 +138,15 @@ func (s *Service) Run(ctx context.Context, ready chan<- struct{}) error {
 		}
 		if time.Since(lastReconcile) >= s.cfg.ReconcileEvery {
 			lastReconcile = time.Now()
-			if err := s.Reconcile(ctx); err != nil {
+			if err := leases.Reconcile(ctx); err != nil {
 				s.log.Error("reconcile", "err", err)
 			}
 			continue
 		}
-		if _, err := s.Sweep(ctx); err != nil {
+		if _, err := leases.Sweep(ctx); err != nil {
 			s.log.Error("expiry sweep", "err", err)
 		}
-		if _, err := s.ProcessRevocations(ctx); err != nil {
+		if _, err := leases.ProcessRevocations(ctx); err != nil {
 			s.log.Error("revocation queue", "err", err)
 		}
 	}

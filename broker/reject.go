@@ -35,7 +35,7 @@ const (
 // Reject records a malformed request — unknown field, trailing data,
 // oversized body, wrong content type, bad value — as a rejected audit
 // event, and nothing else. Errors: EUNAVAILABLE.
-func (s *Service) Reject(ctx context.Context, r Refusal) error {
+func (s Audit) Reject(ctx context.Context, r Refusal) error {
 	return s.audit(ctx, r.event(EventRejected, "rejected"))
 }
 
@@ -43,7 +43,7 @@ func (s *Service) Reject(ctx context.Context, r Refusal) error {
 // did not verify, an identity calling an endpoint its roles do not allow
 // — as a violation audit event, and counts it in Metrics.Violation by
 // reason. Errors: EUNAVAILABLE.
-func (s *Service) Violation(ctx context.Context, r Refusal) error {
+func (s Audit) Violation(ctx context.Context, r Refusal) error {
 	s.metrics.Violation(clean(r.Reason, maxRefusalField))
 	return s.audit(ctx, r.event(EventViolation, "refused"))
 }

@@ -12,12 +12,12 @@ func TestService_Reject(t *testing.T) {
 	svc, m, st := newHubService(t)
 	ctx := context.Background()
 	long := strings.Repeat("é", 600) // 1200 bytes
-	err := svc.Reject(ctx, broker.Refusal{Actor: "spiffe://example.org/agent/bot", Endpoint: "POST /v1/credentials",
+	err := svc.Audit().Reject(ctx, broker.Refusal{Actor: "spiffe://example.org/agent/bot", Endpoint: "POST /v1/credentials",
 		Reason: "unknown_field", Message: "unknown field \"x\"\n\x1b[31mforged log line " + long, Remote: "10.0.0.1:5555"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := svc.Violation(ctx, broker.Refusal{Endpoint: "GET /v1/leases", Reason: "expired", Message: "SVID expired", Remote: "10.0.0.2:1"}); err != nil {
+	if err := svc.Audit().Violation(ctx, broker.Refusal{Endpoint: "GET /v1/leases", Reason: "expired", Message: "SVID expired", Remote: "10.0.0.2:1"}); err != nil {
 		t.Fatal(err)
 	}
 	var evs []broker.Event

@@ -23,7 +23,7 @@ const renewSlack = 3 * time.Second
 // Errors: ENOTFOUND, EFORBIDDEN (denied, with reasons), ECONFLICT (not
 // active, not renewable, at its max TTL, or the template changed),
 // EUNAVAILABLE.
-func (s *Service) Renew(ctx context.Context, agent, leaseID string, ttl time.Duration) (*Lease, error) {
+func (s Leases) Renew(ctx context.Context, agent, leaseID string, ttl time.Duration) (*Lease, error) {
 	l, err := s.ownLease(ctx, agent, leaseID)
 	if err != nil {
 		return nil, err
@@ -68,9 +68,9 @@ func (s *Service) Renew(ctx context.Context, agent, leaseID string, ttl time.Dur
 
 // decideRenewal evaluates the lease's request again now. A denial is
 // audited; for a quarantined agent the lease is also revoked.
-func (s *Service) decideRenewal(ctx context.Context, l *Lease) (templates.Decision, error) {
+func (s *core) decideRenewal(ctx context.Context, l *Lease) (templates.Decision, error) {
 	req := IssueRequest{Agent: l.Agent, Task: l.Task, Params: l.Params, Reason: "renew " + l.ID, TraceID: l.TraceID}
-	d := s.Policy().Evaluate(s.templatesRequest(req))
+	d := s.policy.Load().Evaluate(s.templatesRequest(req))
 	if d.Outcome != templates.Deny {
 		return d, nil
 	}
@@ -105,7 +105,7 @@ func renewTarget(l *Lease, ttl time.Duration, now time.Time) (time.Time, error) 
 
 // renewInBackend asks the lease's backend for the extension and returns
 // the expiry it granted, at most want.
-func (s *Service) renewInBackend(ctx context.Context, l *Lease, want time.Time) (time.Time, error) {
+func (s *core) renewInBackend(ctx context.Context, l *Lease, want time.Time) (time.Time, error) {
 	r, ok := s.backends[l.Backend].(Renewer)
 	if !ok {
 		return time.Time{}, Errorf(ECONFLICT, "leases of backend %q cannot be renewed", l.Backend)

@@ -52,7 +52,7 @@ func (s *Service) Report(ctx context.Context) (*Inventory, error) {
 	if err != nil {
 		return nil, unavailable("the store", err)
 	}
-	agents, err := s.Agents(ctx)
+	agents, err := s.Agents().List(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,7 @@ import (
 
 // ProcessRevocations makes one pass over the due revocations, calling the
 // backends with bounded concurrency. It returns how many were confirmed.
-func (s *Service) ProcessRevocations(ctx context.Context) (int, error) {
+func (s Leases) ProcessRevocations(ctx context.Context) (int, error) {
 	due, err := s.store.DueRevocations(ctx, s.now(), 1000)
 	if err != nil {
 		return 0, err
@@ -39,7 +39,7 @@ func (s *Service) ProcessRevocations(ctx context.Context) (int, error) {
 }
 
 // revokeOne tries one queued revocation and records the result.
-func (s *Service) revokeOne(ctx context.Context, r Revocation) bool {
+func (s *core) revokeOne(ctx context.Context, r Revocation) bool {
 	l, err := s.store.Lease(ctx, r.LeaseID)
 	if err != nil {
 		s.log.Error("queued revocation without its lease", "lease", r.LeaseID, "err", err)
@@ -98,7 +98,7 @@ func (s *Service) revokeOne(ctx context.Context, r Revocation) bool {
 
 // backoff is exponential from RetryBase, capped at RetryMax, with ±25 %
 // jitter so that a Vault outage does not end in a thundering herd.
-func (s *Service) backoff(attempt int) time.Duration {
+func (s *core) backoff(attempt int) time.Duration {
 	d := s.cfg.RetryBase
 	for i := 1; i < attempt && d < s.cfg.RetryMax; i++ {
 		d *= 2

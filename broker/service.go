@@ -55,7 +55,40 @@ type Config struct {
 // Service turns a verified identity and a policy decision into a recorded
 // lease, and revokes leases on request, on expiry and after crashes. It
 // knows nothing of HTTP: callers pass identities already verified.
-type Service struct {
+//
+// Service itself issues (Issue, Explain), holds the policy and runs the
+// background duties; the rest is in its parts, each a view of the same
+// state: Leases (the lease lifecycle), Approvals, Agents (states and the
+// freeze) and Audit (the event log and its followers).
+type Service struct{ *core }
+
+// Leases is the lease lifecycle: renew, release, revoke, the expiry sweep,
+// the revocation queue and reconciliation after a crash.
+func (s *Service) Leases() Leases { return Leases{s.core} }
+
+// Approvals reviews, waits for and expires the approvals that high tiers
+// need.
+func (s *Service) Approvals() Approvals { return Approvals{s.core} }
+
+// Agents pauses, quarantines and resumes agents, and starts and ends the
+// global freeze.
+func (s *Service) Agents() Agents { return Agents{s.core} }
+
+// Audit reads and follows the audit log, and records the refusals the
+// HTTP layer makes before the Service decides anything.
+func (s *Service) Audit() Audit { return Audit{s.core} }
+
+// The parts of a Service; see its accessors.
+type (
+	Leases    struct{ *core }
+	Approvals struct{ *core }
+	Agents    struct{ *core }
+	Audit     struct{ *core }
+)
+
+// core is what every part shares: the store, the backends, the policy in
+// force and the in-memory state every request reads.
+type core struct {
 	store    Store
 	backends map[string]Backend
 	policy   atomic.Pointer[templates.Policy]
@@ -111,7 +144,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.RevokeConcurrency <= 0 {
 		cfg.RevokeConcurrency = 8
 	}
-	s := &Service{
+	s := &core{
 		store:    cfg.Store,
 		backends: cfg.Backends,
 		log:      cfg.Logger,
@@ -139,7 +172,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	if _, err := s.apply(ctx, Change{Templates: templateVersions(cfg.Policy)}); err != nil {
 		return nil, fmt.Errorf("broker: record the templates: %w", err)
 	}
-	return s, nil
+	return &Service{s}, nil
 }
 
 func templateVersions(p *templates.Policy) map[string]string {
@@ -182,21 +215,21 @@ func (s *Service) SetPolicy(ctx context.Context, p *templates.Policy, actor stri
 	return err
 }
 
-func (s *Service) newLeaseID() string {
+func (s *core) newLeaseID() string {
 	s.idMu.Lock()
 	defer s.idMu.Unlock()
 	return ulid.MustNew(ulid.Timestamp(s.now()), s.entropy).String()
 }
 
 // audit appends events on their own, within the audit deadline.
-func (s *Service) audit(ctx context.Context, events ...Event) error {
+func (s *core) audit(ctx context.Context, events ...Event) error {
 	_, err := s.apply(ctx, Change{Events: events})
 	return err
 }
 
 // apply writes c within the audit deadline; a failure is an unavailable
 // error: latch fails closed when it cannot record.
-func (s *Service) apply(ctx context.Context, c Change) ([]Event, error) {
+func (s *core) apply(ctx context.Context, c Change) ([]Event, error) {
 	now := s.now()
 	for i := range c.Events {
 		if c.Events[i].Time.IsZero() {
@@ -240,7 +273,7 @@ func (s *Service) apply(ctx context.Context, c Change) ([]Event, error) {
 	return events, nil
 }
 
-func (s *Service) agentState(id string) AgentState {
+func (s *core) agentState(id string) AgentState {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if st, ok := s.agents[id]; ok {
@@ -249,14 +282,14 @@ func (s *Service) agentState(id string) AgentState {
 	return AgentActive
 }
 
-func (s *Service) isFrozen() bool {
+func (s *core) isFrozen() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.frozen
 }
 
 // wake asks the revocation worker to look at the queue now.
-func (s *Service) wake() {
+func (s *core) wake() {
 	select {
 	case s.kick <- struct{}{}:
 	default:

@@ -136,7 +136,7 @@ func TestService_Issue(t *testing.T) {
 	if want := f.clock.Now().Add(10 * time.Minute); !l.ExpiresAt.Equal(want) {
 		t.Fatalf("ExpiresAt = %s, want latch's TTL %s (not the backend's longer one)", l.ExpiresAt, want)
 	}
-	stored, err := f.svc.Lease(context.Background(), l.ID)
+	stored, err := f.svc.Leases().Get(context.Background(), l.ID)
 	if err != nil || stored.State != broker.StateActive {
 		t.Fatalf("stored lease = %+v, %v", stored, err)
 	}
@@ -170,19 +170,19 @@ func TestService_Issue_Denied(t *testing.T) {
 			reason: templates.ReasonFrozen},
 		{name: "ErrGlobalFreeze", agent: reportBot, task: "report", params: map[string]string{"region": "eu"},
 			setup: func(f *fixture) {
-				if err := f.svc.SetFreeze(context.Background(), operator, true, "incident"); err != nil {
+				if err := f.svc.Agents().SetFreeze(context.Background(), operator, true, "incident"); err != nil {
 					panic(err)
 				}
 			}, reason: templates.ReasonGlobalFreeze},
 		{name: "ErrAgentPaused", agent: reportBot, task: "report", params: map[string]string{"region": "eu"},
 			setup: func(f *fixture) {
-				if err := f.svc.SetAgentState(context.Background(), operator, reportBot, broker.AgentPaused, "odd"); err != nil {
+				if err := f.svc.Agents().SetState(context.Background(), operator, reportBot, broker.AgentPaused, "odd"); err != nil {
 					panic(err)
 				}
 			}, reason: templates.ReasonAgentPaused, violation: true},
 		{name: "ErrAgentQuarantined", agent: reportBot, task: "report", params: map[string]string{"region": "eu"},
 			setup: func(f *fixture) {
-				if err := f.svc.SetAgentState(context.Background(), operator, reportBot, broker.AgentQuarantined, "leak"); err != nil {
+				if err := f.svc.Agents().SetState(context.Background(), operator, reportBot, broker.AgentQuarantined, "leak"); err != nil {
 					panic(err)
 				}
 			}, reason: templates.ReasonAgentQuarantined, violation: true},
@@ -273,7 +273,7 @@ func TestService_Issue_BackendUnavailable(t *testing.T) {
 	if broker.ErrorCode(err) != broker.EUNAVAILABLE {
 		t.Fatalf("err = %v, want unavailable", err)
 	}
-	ls, _ := f.svc.Leases(context.Background(), broker.LeaseFilter{})
+	ls, _ := f.svc.Leases().List(context.Background(), broker.LeaseFilter{})
 	if len(ls) != 1 || ls[0].State != broker.StateFailed {
 		t.Fatalf("leases = %+v, want one failed lease", ls)
 	}
@@ -323,17 +323,17 @@ func TestService_RevokeSelectors(t *testing.T) {
 			a := f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
 			f.issue(t, reportBot, "report", map[string]string{"region": "us"})
 			f.issue(t, ticketBot, "report", map[string]string{"region": "eu"})
-			n, err := f.svc.Revoke(ctx, operator, "test", tt.sel)
+			n, err := f.svc.Leases().Revoke(ctx, operator, "test", tt.sel)
 			if err != nil || n != tt.want {
 				t.Fatalf("Revoke = %d, %v; want %d", n, err, tt.want)
 			}
-			if done, err := f.svc.ProcessRevocations(ctx); err != nil || done != tt.want {
+			if done, err := f.svc.Leases().ProcessRevocations(ctx); err != nil || done != tt.want {
 				t.Fatalf("ProcessRevocations = %d, %v; want %d", done, err, tt.want)
 			}
 			if f.backend.Alive(a.Lease.ID) {
 				t.Fatal("revoked lease still alive in the backend")
 			}
-			revoked, _ := f.svc.Leases(ctx, broker.LeaseFilter{State: broker.StateRevoked})
+			revoked, _ := f.svc.Leases().List(ctx, broker.LeaseFilter{State: broker.StateRevoked})
 			if len(revoked) != tt.want {
 				t.Fatalf("%d leases revoked, want %d", len(revoked), tt.want)
 			}
@@ -342,21 +342,21 @@ func TestService_RevokeSelectors(t *testing.T) {
 	t.Run("Template", func(t *testing.T) {
 		f := newFixture(t)
 		a := f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
-		n, err := f.svc.Revoke(ctx, operator, "drift", broker.RevokeSelector{Template: a.Lease.TemplateVersion})
+		n, err := f.svc.Leases().Revoke(ctx, operator, "drift", broker.RevokeSelector{Template: a.Lease.TemplateVersion})
 		if err != nil || n != 1 {
 			t.Fatalf("Revoke by template version = %d, %v", n, err)
 		}
 	})
 	t.Run("ErrNotFound", func(t *testing.T) {
 		f := newFixture(t)
-		_, err := f.svc.Revoke(ctx, operator, "x", broker.RevokeSelector{Lease: "01NOSUCHLEASE"})
+		_, err := f.svc.Leases().Revoke(ctx, operator, "x", broker.RevokeSelector{Lease: "01NOSUCHLEASE"})
 		if broker.ErrorCode(err) != broker.ENOTFOUND {
 			t.Fatalf("err = %v, want not found", err)
 		}
 	})
 	t.Run("ErrInvalid", func(t *testing.T) {
 		f := newFixture(t)
-		_, err := f.svc.Revoke(ctx, operator, "x", broker.RevokeSelector{Agent: reportBot, All: true})
+		_, err := f.svc.Leases().Revoke(ctx, operator, "x", broker.RevokeSelector{Agent: reportBot, All: true})
 		if broker.ErrorCode(err) != broker.EINVALID {
 			t.Fatalf("err = %v, want invalid", err)
 		}
@@ -368,10 +368,10 @@ func TestService_Quarantine(t *testing.T) {
 	f := newFixture(t)
 	a := f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
 	b := f.issue(t, reportBot, "report", map[string]string{"region": "us"})
-	if err := f.svc.SetAgentState(ctx, operator, reportBot, broker.AgentQuarantined, "leak"); err != nil {
+	if err := f.svc.Agents().SetState(ctx, operator, reportBot, broker.AgentQuarantined, "leak"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.svc.ProcessRevocations(ctx); err != nil {
+	if _, err := f.svc.Leases().ProcessRevocations(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range []*broker.Lease{a.Lease, b.Lease} {
@@ -382,7 +382,7 @@ func TestService_Quarantine(t *testing.T) {
 	if _, err := f.svc.Issue(ctx, broker.IssueRequest{Agent: reportBot, Task: "report", Params: map[string]string{"region": "eu"}}); broker.ErrorCode(err) != broker.EFORBIDDEN {
 		t.Fatalf("quarantined agent got %v, want forbidden", err)
 	}
-	if err := f.svc.SetAgentState(ctx, admin, reportBot, broker.AgentActive, "fixed"); err != nil {
+	if err := f.svc.Agents().SetState(ctx, admin, reportBot, broker.AgentActive, "fixed"); err != nil {
 		t.Fatal(err)
 	}
 	f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
@@ -395,7 +395,7 @@ func TestService_RenewUpToMaxTTL(t *testing.T) {
 	max := l.MaxExpiresAt
 	for i := 0; i < 5; i++ {
 		f.clock.Add(8 * time.Minute)
-		got, err := f.svc.Renew(ctx, reportBot, l.ID, 0)
+		got, err := f.svc.Leases().Renew(ctx, reportBot, l.ID, 0)
 		if err != nil {
 			if broker.ErrorCode(err) != broker.ECONFLICT {
 				t.Fatalf("renew %d: %v", i, err)
@@ -409,11 +409,11 @@ func TestService_RenewUpToMaxTTL(t *testing.T) {
 			t.Fatalf("renewed past max TTL: %s > %s", got.ExpiresAt, max)
 		}
 	}
-	got, _ := f.svc.Lease(ctx, l.ID)
+	got, _ := f.svc.Leases().Get(ctx, l.ID)
 	if !got.ExpiresAt.Equal(max) {
 		t.Fatalf("after renewals ExpiresAt = %s, want max %s", got.ExpiresAt, max)
 	}
-	if _, err := f.svc.Renew(ctx, ticketBot, l.ID, 0); broker.ErrorCode(err) != broker.ENOTFOUND {
+	if _, err := f.svc.Leases().Renew(ctx, ticketBot, l.ID, 0); broker.ErrorCode(err) != broker.ENOTFOUND {
 		t.Fatalf("another agent renewing: %v, want not found", err)
 	}
 }
@@ -422,17 +422,17 @@ func TestService_Release(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
-	if err := f.svc.Release(ctx, ticketBot, l.ID); broker.ErrorCode(err) != broker.ENOTFOUND {
+	if err := f.svc.Leases().Release(ctx, ticketBot, l.ID); broker.ErrorCode(err) != broker.ENOTFOUND {
 		t.Fatalf("release of another agent's lease: %v, want not found", err)
 	}
-	if err := f.svc.Release(ctx, reportBot, l.ID); err != nil {
+	if err := f.svc.Leases().Release(ctx, reportBot, l.ID); err != nil {
 		t.Fatal(err)
 	}
-	f.svc.ProcessRevocations(ctx)
-	if got, _ := f.svc.Lease(ctx, l.ID); got.State != broker.StateRevoked || f.backend.Alive(l.ID) {
+	f.svc.Leases().ProcessRevocations(ctx)
+	if got, _ := f.svc.Leases().Get(ctx, l.ID); got.State != broker.StateRevoked || f.backend.Alive(l.ID) {
 		t.Fatalf("released lease state = %s", got.State)
 	}
-	if err := f.svc.Release(ctx, reportBot, l.ID); broker.ErrorCode(err) != broker.ECONFLICT {
+	if err := f.svc.Leases().Release(ctx, reportBot, l.ID); broker.ErrorCode(err) != broker.ECONFLICT {
 		t.Fatalf("second release: %v, want conflict", err)
 	}
 }
@@ -441,15 +441,15 @@ func TestService_ExpirySweep(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
-	if n, _ := f.svc.Sweep(ctx); n != 0 {
+	if n, _ := f.svc.Leases().Sweep(ctx); n != 0 {
 		t.Fatalf("swept %d leases before their TTL", n)
 	}
 	f.clock.Add(10*time.Minute + time.Second)
-	if n, err := f.svc.Sweep(ctx); n != 1 || err != nil {
+	if n, err := f.svc.Leases().Sweep(ctx); n != 1 || err != nil {
 		t.Fatalf("Sweep = %d, %v; want 1", n, err)
 	}
-	f.svc.ProcessRevocations(ctx)
-	got, _ := f.svc.Lease(ctx, l.ID)
+	f.svc.Leases().ProcessRevocations(ctx)
+	got, _ := f.svc.Leases().Get(ctx, l.ID)
 	if got.State != broker.StateExpired || f.backend.Alive(l.ID) {
 		t.Fatalf("state after expiry = %s, alive = %v", got.State, f.backend.Alive(l.ID))
 	}
@@ -465,14 +465,14 @@ func TestService_RevocationRetries(t *testing.T) {
 	f := newFixture(t)
 	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
 	f.backend.SetErrors(nil, fmt.Errorf("vault sealed: %w", broker.ErrBackendUnavailable))
-	if _, err := f.svc.Revoke(ctx, operator, "leak", broker.RevokeSelector{Lease: l.ID}); err != nil {
+	if _, err := f.svc.Leases().Revoke(ctx, operator, "leak", broker.RevokeSelector{Lease: l.ID}); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 { // MaxAttempts
-		f.svc.ProcessRevocations(ctx)
+		f.svc.Leases().ProcessRevocations(ctx)
 		f.clock.Add(time.Minute)
 	}
-	got, _ := f.svc.Lease(ctx, l.ID)
+	got, _ := f.svc.Leases().Get(ctx, l.ID)
 	if got.State != broker.StateIrrevocable || got.LastError == "" {
 		t.Fatalf("after exhausting retries: state %s, last error %q", got.State, got.LastError)
 	}
@@ -481,8 +481,8 @@ func TestService_RevocationRetries(t *testing.T) {
 	}
 	f.backend.SetErrors(nil, nil)
 	f.clock.Add(time.Minute)
-	f.svc.ProcessRevocations(ctx)
-	if got, _ := f.svc.Lease(ctx, l.ID); got.State != broker.StateRevoked {
+	f.svc.Leases().ProcessRevocations(ctx)
+	if got, _ := f.svc.Leases().Get(ctx, l.ID); got.State != broker.StateRevoked {
 		t.Fatalf("after Vault returned: state %s, want revoked", got.State)
 	}
 }
@@ -501,14 +501,14 @@ func TestService_Reconcile(t *testing.T) {
 	if _, err := f.store.Apply(ctx, broker.Change{PutIntents: []*broker.Lease{withRefs, noRefs}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.svc.Reconcile(ctx); err != nil {
+	if err := f.svc.Leases().Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if f.backend.Alive(withRefs.ID) {
 		t.Fatal("the crashed mint is still alive in the backend")
 	}
 	for id, want := range map[string]broker.LeaseState{withRefs.ID: broker.StateRevoked, noRefs.ID: broker.StateFailed} {
-		if got, err := f.svc.Lease(ctx, id); err != nil || got.State != want {
+		if got, err := f.svc.Leases().Get(ctx, id); err != nil || got.State != want {
 			t.Fatalf("lease %s after reconcile: %+v, %v; want %s", id, got, err, want)
 		}
 	}
@@ -522,9 +522,9 @@ func TestService_SecretNeverStored(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	l := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
-	f.svc.Renew(ctx, reportBot, l.ID, 0)
-	f.svc.Revoke(ctx, operator, "done", broker.RevokeSelector{All: true})
-	f.svc.ProcessRevocations(ctx)
+	f.svc.Leases().Renew(ctx, reportBot, l.ID, 0)
+	f.svc.Leases().Revoke(ctx, operator, "done", broker.RevokeSelector{All: true})
+	f.svc.Leases().ProcessRevocations(ctx)
 	f.events(t)
 	db, err := os.ReadFile(f.dbPath)
 	if err != nil {
@@ -596,7 +596,7 @@ func TestService_Issue_Limits(t *testing.T) {
 	t.Run("BudgetFreedByRelease", func(t *testing.T) {
 		f := newFixture(t)
 		l := f.issue(t, "spiffe://example.org/agent/hoarder", "budgeted", eu).Lease
-		if err := f.svc.Release(ctx, l.Agent, l.ID); err != nil {
+		if err := f.svc.Leases().Release(ctx, l.Agent, l.ID); err != nil {
 			t.Fatal(err)
 		}
 		// A lease being revoked still holds its credential, and its place.
@@ -604,7 +604,7 @@ func TestService_Issue_Limits(t *testing.T) {
 		if broker.ErrorCode(err) != broker.ELIMIT {
 			t.Fatalf("issue while the released lease is revoking: %v, want limit", err)
 		}
-		if _, err := f.svc.ProcessRevocations(ctx); err != nil {
+		if _, err := f.svc.Leases().ProcessRevocations(ctx); err != nil {
 			t.Fatal(err)
 		}
 		f.issue(t, "spiffe://example.org/agent/hoarder", "budgeted", eu)

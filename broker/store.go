@@ -181,3 +181,23 @@ var (
 	// read-only filesystem, or closed.
 	ErrStoreUnavailable = errors.New("store unavailable")
 )
+
+// storedRecord is stored for a read of one record: the store's notFound
+// becomes ENOTFOUND with msg.
+func storedRecord[T any](v T, err, notFound error, msg string) (T, error) {
+	if errors.Is(err, notFound) {
+		var zero T
+		return zero, &Error{Code: ENOTFOUND, Message: msg}
+	}
+	return stored(v, err)
+}
+
+// stored passes a read of the store through, its failure turned into
+// the caller's EUNAVAILABLE (the cause logged, never sent).
+func stored[T any](v T, err error) (T, error) {
+	if err != nil {
+		var zero T
+		return zero, unavailable("the store", err)
+	}
+	return v, nil
+}

@@ -25,20 +25,6 @@ type AutoPauseConfig struct {
 	Logger    *slog.Logger
 }
 
-// Pauser is what AutoPause watches and acts on. *broker.Service
-// implements it.
-type Pauser interface {
-	// Follow and LastAuditSeq are broker.Service's: AutoPause sees every
-	// denial written after it starts, however busy the Service is.
-	Follow(ctx context.Context, after uint64, f broker.EventFilter, fn func([]broker.Event) error) error
-	LastAuditSeq(ctx context.Context) (uint64, error)
-	Policy() *templates.Policy
-	Agent(ctx context.Context, id string) (broker.AgentRecord, error)
-	SetAgentState(ctx context.Context, actor, agent string, state broker.AgentState, reason string) error
-}
-
-var _ Pauser = (*broker.Service)(nil)
-
 // notCounted are denial reasons that say nothing about the agent's
 // behaviour: policy schedules, operators' own actions, config bugs.
 var notCounted = []string{
@@ -75,24 +61,25 @@ func NewAutoPause(cfg AutoPauseConfig) (*AutoPause, error) {
 // again after a failure to read them.
 const autoPauseRetry = time.Second
 
-// Run watches svc's denials from now until ctx ends, and returns nil then.
+// Run watches the denials of src (svc.Audit() but for tests) from now
+// until ctx ends, pausing through svc, and returns nil then.
 // It sees every one, in order: a burst of denials is counted however fast
 // it comes, and a failure to read the audit log is logged and resumed
 // from the last denial seen.
-func (a *AutoPause) Run(ctx context.Context, svc Pauser) error {
+func (a *AutoPause) Run(ctx context.Context, src Source, svc *broker.Service) error {
 	denials := broker.EventFilter{Types: []broker.EventType{broker.EventDeny, broker.EventViolation}}
 	recent := map[string][]time.Time{}
 	var after uint64
 	started := false
 	followRetrying(ctx, a.log, "auto-pause", autoPauseRetry, func() error {
 		if !started {
-			last, err := svc.LastAuditSeq(ctx)
+			last, err := src.LastSeq(ctx)
 			if err != nil {
 				return err
 			}
 			after, started = last, true
 		}
-		return svc.Follow(ctx, after, denials, func(evs []broker.Event) error {
+		return src.Follow(ctx, after, denials, func(evs []broker.Event) error {
 			for _, e := range evs {
 				after = e.Seq
 				a.observe(ctx, svc, recent, e)
@@ -105,7 +92,7 @@ func (a *AutoPause) Run(ctx context.Context, svc Pauser) error {
 
 // observe counts one denial in recent (the denials within the window, by
 // agent) and pauses the agent when they reach the threshold.
-func (a *AutoPause) observe(ctx context.Context, svc Pauser, recent map[string][]time.Time, e broker.Event) {
+func (a *AutoPause) observe(ctx context.Context, svc *broker.Service, recent map[string][]time.Time, e broker.Event) {
 	agent := e.Actor
 	if agent == "" || slices.ContainsFunc(e.Reasons, func(r string) bool { return slices.Contains(notCounted, r) }) {
 		return
@@ -129,8 +116,8 @@ func (a *AutoPause) observe(ctx context.Context, svc Pauser, recent map[string][
 	a.pause(ctx, svc, agent, len(ts), e)
 }
 
-func (a *AutoPause) pause(ctx context.Context, svc Pauser, agent string, n int, last broker.Event) {
-	r, err := svc.Agent(ctx, agent)
+func (a *AutoPause) pause(ctx context.Context, svc *broker.Service, agent string, n int, last broker.Event) {
+	r, err := svc.Agents().Get(ctx, agent)
 	if err != nil {
 		a.log.Error("auto-pause: read the agent's state", "agent", agent, "err", err)
 		return
@@ -139,7 +126,7 @@ func (a *AutoPause) pause(ctx context.Context, svc Pauser, agent string, n int, 
 		return // paused or quarantined already: never downgrade
 	}
 	reason := fmt.Sprintf("auto-pause: %d denials within %s (last: %s %v)", n, a.window, last.Type, last.Reasons)
-	if err := svc.SetAgentState(ctx, AutoPauseActor, agent, broker.AgentPaused, reason); err != nil {
+	if err := svc.Agents().SetState(ctx, AutoPauseActor, agent, broker.AgentPaused, reason); err != nil {
 		a.log.Error("auto-pause an agent", "agent", agent, "err", err)
 		return
 	}

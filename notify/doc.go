@@ -4,7 +4,7 @@
 // (DefaultEvents), or any other audit event type a webhook asks for, so
 // that people hear of them where they are.
 //
-// A Notifier follows the Service's audit events (Service.Follow, which
+// A Notifier follows the Service's audit events (Audit.Follow, which
 // misses none however far behind it falls), writes one delivery per event
 // and matching webhook to a durable outbox — a bbolt file of its own,
 // separate from the store — and POSTs them, one sender per webhook so

@@ -120,19 +120,19 @@ type noMetrics struct{}
 func (noMetrics) WebhookDelivery(string) {}
 func (noMetrics) WebhookOutbox(int)      {}
 
-// Source is where events come from. *broker.Service implements it.
+// Source is where events come from. broker.Audit (a Service's Audit())
+// implements it.
 type Source interface {
-	// Follow is broker.Service.Follow: every event after a sequence
+	// Follow is broker.Audit.Follow: every event after a sequence
 	// number, in order, then the new ones as they are written. Run resumes
 	// it from the outbox's cursor, so events written while latch's
 	// notifier was not running are sent too.
 	Follow(ctx context.Context, after uint64, f broker.EventFilter, fn func([]broker.Event) error) error
-	// LastAuditSeq is broker.Service.LastAuditSeq: where a new outbox
-	// starts.
-	LastAuditSeq(ctx context.Context) (uint64, error)
+	// LastSeq is broker.Audit.LastSeq: where a new outbox starts.
+	LastSeq(ctx context.Context) (uint64, error)
 }
 
-var _ Source = (*broker.Service)(nil)
+var _ Source = broker.Audit{}
 
 // Payload is the JSON body of a (non-Slack) delivery: the audit event
 // without its hash-chain fields, and a one-line summary. Events never
@@ -356,7 +356,7 @@ func (n *Notifier) loadCursor(ctx context.Context, src Source) (uint64, error) {
 	if found {
 		return cur, nil
 	}
-	last, err := src.LastAuditSeq(ctx)
+	last, err := src.LastSeq(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("notify: read the audit log's end: %w", err)
 	}

@@ -20,7 +20,7 @@ import (
 	"github.com/latchbroker/latch/notify"
 )
 
-// source is an in-memory audit log that keeps broker.Service.Follow's
+// source is an in-memory audit log that keeps broker.Audit.Follow's
 // contract: every event after a sequence number, in order, then each new
 // one as it is added. It tells of each Follow call (its after) on
 // follows, and fails the next look at the log with fail, once.
@@ -71,7 +71,7 @@ func (s *source) Follow(ctx context.Context, after uint64, f broker.EventFilter,
 	}
 }
 
-func (s *source) LastAuditSeq(context.Context) (uint64, error) {
+func (s *source) LastSeq(context.Context) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return uint64(len(s.log)), nil

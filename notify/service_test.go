@@ -92,22 +92,22 @@ func newService(t *testing.T) *broker.Service {
 	return svc
 }
 
-// following is the Service, as a notify.Source and notify.Pauser, that
-// tells when it is first followed: Run has then taken its starting point,
-// and every event written after reaches it.
+// following is the Service's Audit, as a notify.Source, that tells when
+// it is first followed: Run has then taken its starting point, and every
+// event written after reaches it.
 type following struct {
-	*broker.Service
+	broker.Audit
 	once    sync.Once
 	started chan struct{}
 }
 
 func newFollowing(svc *broker.Service) *following {
-	return &following{Service: svc, started: make(chan struct{})}
+	return &following{Audit: svc.Audit(), started: make(chan struct{})}
 }
 
 func (f *following) Follow(ctx context.Context, after uint64, filter broker.EventFilter, fn func([]broker.Event) error) error {
 	f.once.Do(func() { close(f.started) })
-	return f.Service.Follow(ctx, after, filter, fn)
+	return f.Audit.Follow(ctx, after, filter, fn)
 }
 
 func (f *following) wait(t *testing.T) {
@@ -205,7 +205,7 @@ func TestNotifier_Service(t *testing.T) {
 	if d := time.Since(begin); d > 2*time.Second {
 		t.Fatalf("issuance took %v with a hanging receiver", d)
 	}
-	if _, err := svc.Review(ctx, "spiffe://example.org/ops/abe", res.Pending.ID, true, "ok", false); err != nil {
+	if _, err := svc.Approvals().Review(ctx, "spiffe://example.org/ops/abe", res.Pending.ID, true, "ok", false); err != nil {
 		t.Fatal(err)
 	}
 	picked, err := svc.Issue(ctx, broker.IssueRequest{Agent: "spiffe://example.org/agent/ticket-bot", ApprovalID: res.Pending.ID})
@@ -264,13 +264,13 @@ func TestAutoPause(t *testing.T) {
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	src := newFollowing(svc)
-	go func() { done <- ap.Run(runCtx, src) }()
+	go func() { done <- ap.Run(runCtx, src, svc) }()
 	defer func() { cancel(); <-done }()
 	src.wait(t) // from now on every denial reaches Run
 	pauses := make(chan broker.Event, 16)
 	followed := make(chan error, 1)
 	go func() {
-		followed <- svc.Follow(runCtx, 0, broker.EventFilter{Types: []broker.EventType{broker.EventPause}}, func(evs []broker.Event) error {
+		followed <- svc.Audit().Follow(runCtx, 0, broker.EventFilter{Types: []broker.EventType{broker.EventPause}}, func(evs []broker.Event) error {
 			for _, e := range evs {
 				pauses <- e
 			}

@@ -89,7 +89,7 @@ func BenchmarkRestart(b *testing.B) {
 			if err != nil || len(ls) != restartLeases/1000 {
 				b.Fatalf("after the restart bot-7 has %d live leases (%v), want %d", len(ls), err, restartLeases/1000)
 			}
-			countTime, countAlloc = countActive(b, svc)
+			countTime, countAlloc = countActive(b, s)
 		}
 
 		cancel()
@@ -109,12 +109,12 @@ func BenchmarkRestart(b *testing.B) {
 // countActive runs what `latch server` starts beside the Service, at start
 // and every 15 s after: latch_active_leases counted from the store. It
 // returns how long the count took and the bytes it allocated.
-func countActive(b *testing.B, svc *broker.Service) (time.Duration, float64) {
+func countActive(b *testing.B, st *Store) (time.Duration, float64) {
 	b.Helper()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	start := time.Now()
-	counts, err := promstats.CountActiveLeases(context.Background(), svc)
+	counts, err := promstats.CountActiveLeases(context.Background(), st)
 	took := time.Since(start)
 	runtime.ReadMemStats(&after)
 	if err != nil || counts["task-7"] != restartLeases/50 {

@@ -44,7 +44,7 @@ func (h *Handler) approvals(c *call) error {
 		return err
 	}
 	f.Limit = limit + 1 // one more says whether there are more
-	as, err := h.svc.Approvals(c.r.Context(), f)
+	as, err := h.svc.Approvals().List(c.r.Context(), f)
 	if err != nil {
 		return err
 	}
@@ -79,11 +79,11 @@ func (h *Handler) approval(c *call) error {
 	ctx := c.r.Context()
 	if !h.readsApprovals(c) {
 		// An agent, for its own approval only; anyone else learns nothing.
-		if _, err := h.svc.AgentApproval(ctx, c.who.id, id); err != nil {
+		if _, err := h.svc.Approvals().ForAgent(ctx, c.who.id, id); err != nil {
 			return err
 		}
 	}
-	a, err := h.svc.WaitApproval(ctx, id, wait)
+	a, err := h.svc.Approvals().Wait(ctx, id, wait)
 	if err != nil {
 		return err
 	}
@@ -108,7 +108,7 @@ func (h *Handler) review(c *call, approve bool) error {
 	if err := c.decode(&req, false); err != nil {
 		return err
 	}
-	a, err := h.svc.Review(c.r.Context(), c.who.id, id, approve, req.Reason, c.who.adminSocket)
+	a, err := h.svc.Approvals().Review(c.r.Context(), c.who.id, id, approve, req.Reason, c.who.adminSocket)
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func (h *Handler) identify(c *call) error {
 // only counted, and logged once a second.
 func (h *Handler) refuseUnidentified(ctx context.Context, r broker.Refusal) {
 	if h.refusals.Allow() {
-		if err := h.svc.Violation(ctx, r); err != nil {
+		if err := h.svc.Audit().Violation(ctx, r); err != nil {
 			h.log.Error("audit a refused credential", "err", err)
 		}
 		return
@@ -72,7 +72,7 @@ func (h *Handler) authorize(c *call, p perm) error {
 	if err == nil || !errors.As(err, &e) || len(e.Reasons) == 0 || !strings.HasPrefix(e.Reasons[0], "missing_role") {
 		return err
 	}
-	if aerr := h.svc.Violation(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route, Reason: "missing_role",
+	if aerr := h.svc.Audit().Violation(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route, Reason: "missing_role",
 		Message: e.Message, Remote: c.r.RemoteAddr}); aerr != nil {
 		h.log.Error("audit a refused operator call", "request_id", c.requestID, "err", aerr)
 	}

@@ -44,7 +44,7 @@ const sseWriteTimeout = 30 * time.Second
 // "data: <api.Event JSON>", with comment lines as heartbeats. Without
 // after (or Last-Event-ID) the stream starts at the newest event; with
 // it, the events after that sequence number are replayed first. The
-// Service's follower (Service.Follow) makes the stream complete and in
+// Service's follower (Audit.Follow) makes the stream complete and in
 // sequence order however slowly the client reads; a client that
 // reconnects with the last id it got misses nothing either.
 func (h *Handler) events(c *call) error {
@@ -71,7 +71,7 @@ func (h *Handler) events(c *call) error {
 	}
 	defer h.streams.Add(-1)
 	if after == "" {
-		if cursor, err = h.svc.LastAuditSeq(c.r.Context()); err != nil {
+		if cursor, err = h.svc.Audit().LastSeq(c.r.Context()); err != nil {
 			return err
 		}
 	}
@@ -104,7 +104,7 @@ func (s *sseStream) serve(h *Handler, cursor uint64, f broker.EventFilter) error
 	batches := make(chan []broker.Event)
 	followed := make(chan error, 1)
 	go func() {
-		followed <- h.svc.Follow(ctx, cursor, f, func(evs []broker.Event) error {
+		followed <- h.svc.Audit().Follow(ctx, cursor, f, func(evs []broker.Event) error {
 			select {
 			case batches <- evs:
 				return nil

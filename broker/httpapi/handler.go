@@ -233,7 +233,7 @@ func (h *Handler) serve(c *call, p perm, fn func(*call) error) error {
 	err := fn(c)
 	var bad *badRequest
 	if errors.As(err, &bad) {
-		if aerr := h.svc.Reject(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route,
+		if aerr := h.svc.Audit().Reject(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route,
 			Reason: bad.reason, Message: bad.message, Remote: c.r.RemoteAddr}); aerr != nil {
 			h.log.Error("audit a rejected request", "request_id", c.requestID, "err", aerr)
 		}

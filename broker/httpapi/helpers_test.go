@@ -337,7 +337,7 @@ func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context
 // promstatsCount recounts the active leases into the metrics, as
 // TrackCounts does periodically.
 func promstatsCount(e *env) (map[string]int, error) {
-	counts, err := promstats.CountActiveLeases(context.Background(), e.svc)
+	counts, err := promstats.CountActiveLeases(context.Background(), e.store)
 	if err != nil {
 		return nil, err
 	}

@@ -79,7 +79,7 @@ func (h *Handler) credentials(c *call) error {
 	if err := c.writeJSON(http.StatusOK, resp); err != nil {
 		h.log.Warn("credentials response not delivered; revoking its lease", "request_id", c.requestID, "lease", res.Lease.ID, "err", err)
 		ctx := context.WithoutCancel(c.r.Context())
-		if _, rerr := h.svc.Revoke(ctx, "latch", "response not delivered", broker.RevokeSelector{Lease: res.Lease.ID}); rerr != nil {
+		if _, rerr := h.svc.Leases().Revoke(ctx, "latch", "response not delivered", broker.RevokeSelector{Lease: res.Lease.ID}); rerr != nil {
 			h.log.Error("revoke an undelivered lease", "lease", res.Lease.ID, "err", rerr)
 		}
 	}
@@ -128,7 +128,7 @@ func (h *Handler) explain(c *call) error {
 	d := h.svc.Explain(issueRequest(c.who.id, &req))
 	for _, r := range d.Reasons {
 		if r.Code == templates.ReasonUnknownAgent || r.Code == templates.ReasonTaskNotGranted {
-			if err := h.svc.Violation(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route, Reason: string(r.Code),
+			if err := h.svc.Audit().Violation(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route, Reason: string(r.Code),
 				Message: r.Message, Remote: c.r.RemoteAddr}); err != nil {
 				h.log.Error("audit an explain probe", "request_id", c.requestID, "err", err)
 			}
@@ -158,7 +158,7 @@ func (h *Handler) renew(c *call) error {
 	if err := c.decode(&req, true); err != nil {
 		return err
 	}
-	l, err := h.svc.Renew(c.r.Context(), c.who.id, id, req.TTL.D())
+	l, err := h.svc.Leases().Renew(c.r.Context(), c.who.id, id, req.TTL.D())
 	if err != nil {
 		return err
 	}
@@ -173,7 +173,7 @@ func (h *Handler) release(c *call) error {
 	if err := c.noBody(); err != nil {
 		return err
 	}
-	if err := h.svc.Release(c.r.Context(), c.who.id, id); err != nil {
+	if err := h.svc.Leases().Release(c.r.Context(), c.who.id, id); err != nil {
 		return err
 	}
 	return c.writeJSON(http.StatusOK, api.ReleaseResponse{LeaseID: id, State: string(broker.StateRevoking)})
@@ -198,7 +198,7 @@ func (h *Handler) leases(c *call) error {
 		return err
 	}
 	f.Limit = limit + 1 // one more says whether there are more
-	ls, err := h.svc.Leases(c.r.Context(), f)
+	ls, err := h.svc.Leases().List(c.r.Context(), f)
 	if err != nil {
 		return err
 	}
@@ -221,7 +221,7 @@ func (h *Handler) lease(c *call) error {
 	if _, err := query(c); err != nil {
 		return err
 	}
-	l, err := h.svc.Lease(c.r.Context(), id)
+	l, err := h.svc.Leases().Get(c.r.Context(), id)
 	if err != nil {
 		return err
 	}
@@ -240,7 +240,7 @@ func (h *Handler) revoke(c *call) error {
 	}
 	sel := broker.RevokeSelector{Lease: req.Lease, Agent: req.Agent, Task: req.Task, Template: req.Template, All: req.All}
 	if req.DryRun {
-		ls, err := h.svc.Selected(c.r.Context(), sel)
+		ls, err := h.svc.Leases().Selected(c.r.Context(), sel)
 		if err != nil {
 			return err
 		}
@@ -250,7 +250,7 @@ func (h *Handler) revoke(c *call) error {
 		}
 		return c.writeJSON(http.StatusOK, resp)
 	}
-	n, err := h.svc.Revoke(c.r.Context(), c.who.id, req.Reason, sel)
+	n, err := h.svc.Leases().Revoke(c.r.Context(), c.who.id, req.Reason, sel)
 	if err != nil {
 		return err
 	}
@@ -261,7 +261,7 @@ func (h *Handler) agents(c *call) error {
 	if _, err := query(c); err != nil {
 		return err
 	}
-	recs, err := h.svc.Agents(c.r.Context())
+	recs, err := h.svc.Agents().List(c.r.Context())
 	if err != nil {
 		return err
 	}
@@ -321,11 +321,11 @@ func (h *Handler) agentAction(c *call) error {
 	if err := c.decode(&req, false); err != nil {
 		return err
 	}
-	if err := h.svc.SetAgentState(c.r.Context(), c.who.id, id, state, req.Reason); err != nil {
+	if err := h.svc.Agents().SetState(c.r.Context(), c.who.id, id, state, req.Reason); err != nil {
 		return err
 	}
 	out := api.Agent{ID: id, State: string(state), Reason: req.Reason, Actor: c.who.id, ChangedAt: h.now().UTC()}
-	if r, err := h.svc.Agent(c.r.Context(), id); err == nil {
+	if r, err := h.svc.Agents().Get(c.r.Context(), id); err == nil {
 		out = agentOut(r, h.svc.Policy())
 	}
 	return c.writeJSON(http.StatusOK, api.AgentResponse{Agent: out})
@@ -336,7 +336,7 @@ func (h *Handler) freeze(c *call) error {
 	if err := c.decode(&req, false); err != nil {
 		return err
 	}
-	if err := h.svc.SetFreeze(c.r.Context(), c.who.id, *req.On, req.Reason); err != nil {
+	if err := h.svc.Agents().SetFreeze(c.r.Context(), c.who.id, *req.On, req.Reason); err != nil {
 		return err
 	}
 	return c.writeJSON(http.StatusOK, api.FreezeResponse{Freeze: api.Freeze{Active: *req.On, Reason: req.Reason, Actor: c.who.id, Since: h.now().UTC()}})
@@ -365,7 +365,7 @@ func (h *Handler) audit(c *call) error {
 	}
 	resp := api.AuditResponse{Events: []api.Event{}, Next: after}
 	scanned := 0
-	err = h.svc.AuditEvents(c.r.Context(), after, func(e broker.Event) (bool, error) {
+	err = h.svc.Audit().Events(c.r.Context(), after, func(e broker.Event) (bool, error) {
 		if len(resp.Events) == limit || scanned == maxAuditScan {
 			resp.More = true
 			return false, nil

@@ -108,7 +108,7 @@ func TestAPI_AgentRoutes(t *testing.T) {
 		if err := c.Release(ctx, l.ID); err != nil {
 			t.Fatal(err)
 		}
-		got, err := e.svc.Lease(ctx, l.ID)
+		got, err := e.svc.Leases().Get(ctx, l.ID)
 		if err != nil || got.State != broker.StateRevoking {
 			t.Fatalf("lease after release = %+v, %v; want revoking", got, err)
 		}
@@ -172,7 +172,7 @@ func TestAPI_OperatorRoutes(t *testing.T) {
 		if err != nil || res.Count != 2 || !res.DryRun || len(res.Leases) != 2 {
 			t.Fatalf("dry run = %+v, %v", res, err)
 		}
-		if l, _ := e.svc.Lease(ctx, a.ID); l.State != broker.StateActive {
+		if l, _ := e.svc.Leases().Get(ctx, a.ID); l.State != broker.StateActive {
 			t.Fatal("a dry run revoked")
 		}
 	})
@@ -182,7 +182,7 @@ func TestAPI_OperatorRoutes(t *testing.T) {
 		if err != nil || res.Count != 1 {
 			t.Fatalf("revoke = %+v, %v", res, err)
 		}
-		l, _ := e.svc.Lease(ctx, a.ID)
+		l, _ := e.svc.Leases().Get(ctx, a.ID)
 		if l.State != broker.StateRevoking || l.RevokeReason != "leaked" {
 			t.Fatalf("lease = %+v", l)
 		}
@@ -213,7 +213,7 @@ func TestAPI_OperatorRoutes(t *testing.T) {
 		if err != nil || ag.State != api.AgentQuarantined {
 			t.Fatalf("quarantine = %+v, %v", ag, err)
 		}
-		if l, _ := e.svc.Lease(ctx, b.ID); l.State != broker.StateRevoking {
+		if l, _ := e.svc.Leases().Get(ctx, b.ID); l.State != broker.StateRevoking {
 			t.Fatalf("lease of a quarantined agent is %s, want revoking", l.State)
 		}
 	})
@@ -501,7 +501,7 @@ func TestAPI_AgentActsOnlyOnItsOwnLeases(t *testing.T) {
 	if _, err := other.Renew(ctx, l.ID, 0); client.Code(err) != api.CodeNotFound {
 		t.Fatalf("renew of another agent's lease: %v; want not_found", err)
 	}
-	if got, _ := e.svc.Lease(ctx, l.ID); got.State != broker.StateActive {
+	if got, _ := e.svc.Leases().Get(ctx, l.ID); got.State != broker.StateActive {
 		t.Fatalf("lease is %s after another agent's attempts", got.State)
 	}
 	// Agents are not operators.
@@ -571,7 +571,7 @@ func TestAPI_Roles(t *testing.T) {
 			})
 		}
 	}
-	if l2, _ := e.svc.Lease(ctx, l.ID); l2.State != broker.StateActive {
+	if l2, _ := e.svc.Leases().Get(ctx, l.ID); l2.State != broker.StateActive {
 		t.Fatal("a role check let a revoke through")
 	}
 }
@@ -585,18 +585,18 @@ func TestAPI_RevokerRevokesAgent(t *testing.T) {
 	if err != nil || res.Count != 2 {
 		t.Fatalf("revoke = %+v, %v", res, err)
 	}
-	if _, err := e.svc.ProcessRevocations(ctx); err != nil {
+	if _, err := e.svc.Leases().ProcessRevocations(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{a.ID, b.ID} {
-		if l, _ := e.svc.Lease(ctx, id); l.State != broker.StateRevoked {
+		if l, _ := e.svc.Leases().Get(ctx, id); l.State != broker.StateRevoked {
 			t.Fatalf("lease %s is %s, want revoked", id, l.State)
 		}
 		if e.backend.Alive(id) {
 			t.Fatalf("lease %s is still alive in the backend", id)
 		}
 	}
-	if l, _ := e.svc.Lease(ctx, other.ID); l.State != broker.StateActive {
+	if l, _ := e.svc.Leases().Get(ctx, other.ID); l.State != broker.StateActive {
 		t.Fatal("another agent's lease was revoked")
 	}
 }
@@ -669,7 +669,7 @@ func TestAPI_ApprovalRequired(t *testing.T) {
 	if _, err := c.Credentials(ctx, pickup); client.Code(err) != api.CodeConflict || !strings.Contains(err.Error(), "pending") {
 		t.Fatalf("pickup while pending: %v; want 409", err)
 	}
-	if _, err := e.svc.Review(ctx, approver.String(), a.ID, true, "fine", false); err != nil {
+	if _, err := e.svc.Approvals().Review(ctx, approver.String(), a.ID, true, "fine", false); err != nil {
 		t.Fatal(err)
 	}
 	got, err := c.Credentials(ctx, pickup)

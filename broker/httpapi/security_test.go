@@ -102,7 +102,7 @@ func TestAPI_Malformed(t *testing.T) {
 			if e.backend.Mints.Load() != mints {
 				t.Fatal("a malformed request reached the backend")
 			}
-			if ls, _ := e.svc.Leases(ctx, broker.LeaseFilter{}); len(ls) != 0 {
+			if ls, _ := e.svc.Leases().List(ctx, broker.LeaseFilter{}); len(ls) != 0 {
 				t.Fatalf("a malformed request left %d leases", len(ls))
 			}
 		})
@@ -248,10 +248,10 @@ func TestAPI_EventsCompleteUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	start, _ := e.svc.LastAuditSeq(ctx)
+	start, _ := e.svc.Audit().LastSeq(ctx)
 	const n = 2 * broker.LiveFeedSize
 	for i := range n {
-		if err := e.svc.SetFreeze(ctx, admin.String(), i%2 == 0, "flip"); err != nil {
+		if err := e.svc.Agents().SetFreeze(ctx, admin.String(), i%2 == 0, "flip"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -275,7 +275,7 @@ func TestAPI_EventsWire(t *testing.T) {
 	c, cancel := contextWithTimeout(t, 10*time.Second)
 	defer cancel()
 	for i := range 4 {
-		if err := e.svc.SetFreeze(ctx, admin.String(), i%2 == 0, "flip"); err != nil {
+		if err := e.svc.Agents().SetFreeze(ctx, admin.String(), i%2 == 0, "flip"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -333,7 +333,7 @@ func TestAPI_Metrics(t *testing.T) {
 	if _, err := op.Revoke(ctx, api.RevokeRequest{Agent: ticketBot.String(), Reason: "r"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.svc.ProcessRevocations(ctx); err != nil {
+	if _, err := e.svc.Leases().ProcessRevocations(ctx); err != nil {
 		t.Fatal(err)
 	}
 	counts, err := promstatsCount(e)
@@ -424,7 +424,7 @@ func TestAPI_UndeliveredCredentialsAreRevoked(t *testing.T) {
 	r.TLS = &tls.ConnectionState{Version: tls.VersionTLS13, HandshakeComplete: true, PeerCertificates: []*x509.Certificate{svid.Certificates[0]}}
 	w := &brokenWriter{header: http.Header{}}
 	e.handler.ServeHTTP(w, r)
-	ls, err := e.svc.Leases(ctx, broker.LeaseFilter{Agent: reportBot.String()})
+	ls, err := e.svc.Leases().List(ctx, broker.LeaseFilter{Agent: reportBot.String()})
 	if err != nil || len(ls) != 1 {
 		t.Fatalf("leases = %v, %v", ls, err)
 	}

@@ -7,7 +7,7 @@
 //	svc, _ := broker.NewService(ctx, broker.Config{..., Metrics: stats})
 //	h, _ := httpapi.New(httpapi.Config{..., Metrics: stats})
 //	vc, _ := vault.New(vault.Config{..., Metrics: stats})
-//	go stats.TrackCounts(ctx, svc, 15*time.Second)
+//	go stats.TrackCounts(ctx, store, 15*time.Second)
 //	go http.Serve(metricsListener, stats.Handler()) // server.metrics_listen
 //
 // Metrics:

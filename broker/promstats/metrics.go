@@ -206,7 +206,7 @@ func (m *Metrics) SetActiveLeases(counts map[string]int) {
 	}
 }
 
-// Counter is what TrackCounts counts from; *broker.Service implements it.
+// Counter is what TrackCounts counts from; every broker.Store implements it.
 type Counter interface {
 	CountByTask(ctx context.Context, state broker.LeaseState) (map[string]int, error)
 	CountApprovals(ctx context.Context, status broker.ApprovalStatus) (int, error)

@@ -357,12 +357,12 @@ func TestFetch_WaitsForApproval(t *testing.T) {
 			return
 		}
 		ctx := context.Background()
-		as, err := e.svc.Approvals(ctx, broker.ApprovalFilter{Status: broker.ApprovalPending})
+		as, err := e.svc.Approvals().List(ctx, broker.ApprovalFilter{Status: broker.ApprovalPending})
 		if err != nil || len(as) != 1 {
 			approved <- fmt.Errorf("pending approvals: %d, %v; want 1", len(as), err)
 			return
 		}
-		_, err = e.svc.Review(ctx, "spiffe://example.org/ops/abe", as[0].ID, true, "looks right", false)
+		_, err = e.svc.Approvals().Review(ctx, "spiffe://example.org/ops/abe", as[0].ID, true, "looks right", false)
 		approved <- err
 	}()
 	var stdout bytes.Buffer

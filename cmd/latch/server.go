@@ -212,20 +212,20 @@ func (s *Server) Run(ctx context.Context) error {
 			s.runErr <- err
 		}
 	}()
-	go func() { defer s.bg.Done(); s.metrics.TrackCounts(bgCtx, s.service, 15*time.Second) }()
+	go func() { defer s.bg.Done(); s.metrics.TrackCounts(bgCtx, s.store, 15*time.Second) }()
 	if ap := s.cfg.AutoPause; ap.Enabled() {
 		pauser, err := notify.NewAutoPause(notify.AutoPauseConfig{Threshold: ap.Denials, Window: ap.Window, Logger: s.log})
 		if err != nil {
 			return fmt.Errorf("auto_pause: %w", err)
 		}
 		s.bg.Add(1)
-		go func() { defer s.bg.Done(); _ = pauser.Run(bgCtx, s.service) }()
+		go func() { defer s.bg.Done(); _ = pauser.Run(bgCtx, s.service.Audit(), s.service) }()
 	}
 	if s.notifier != nil {
 		s.bg.Add(1)
 		go func() {
 			defer s.bg.Done()
-			if err := s.notifier.Run(bgCtx, s.service); err != nil {
+			if err := s.notifier.Run(bgCtx, s.service.Audit()); err != nil {
 				s.log.Error("webhook notifier stopped", "err", err)
 			}
 		}()

@@ -151,7 +151,7 @@ func TestAuditFailure_RevokesMinted(t *testing.T) {
 
 	// A restart: reconciliation closes every intent, revoking again
 	// (harmlessly) what was revoked already.
-	if err := l.svc.Reconcile(ctx); err != nil {
+	if err := l.svc.Leases().Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	l.drain(t)

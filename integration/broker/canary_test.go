@@ -102,20 +102,20 @@ func TestSecretCanary(t *testing.T) {
 		t.Fatalf("only %d canaries: %v", len(secrets), keys(secrets))
 	}
 
-	_, err = l.svc.Renew(ctx, agent, tok.Lease.ID, time.Hour)
+	_, err = l.svc.Leases().Renew(ctx, agent, tok.Lease.ID, time.Hour)
 	note(err)
-	_, err = l.svc.Renew(ctx, agent, db.Lease.ID, time.Hour)
+	_, err = l.svc.Leases().Renew(ctx, agent, db.Lease.ID, time.Hour)
 	note(err)
-	_, err = l.svc.Renew(ctx, agent, cert.Lease.ID, time.Hour) // certificates do not renew
+	_, err = l.svc.Leases().Renew(ctx, agent, cert.Lease.ID, time.Hour) // certificates do not renew
 	if err == nil {
 		t.Fatal("renewed a certificate")
 	}
 	note(err)
-	note(l.svc.Release(ctx, agent+"-other", tok.Lease.ID))
-	note(l.svc.Release(ctx, agent, tok.Lease.ID))
+	note(l.svc.Leases().Release(ctx, agent+"-other", tok.Lease.ID))
+	note(l.svc.Leases().Release(ctx, agent, tok.Lease.ID))
 	_, err = l.svc.Issue(ctx, broker.IssueRequest{Agent: agent, Task: taskDB, Params: map[string]string{"region": "z"}})
 	note(err)
-	_, err = l.svc.Revoke(ctx, "spiffe://example.org/ops/alice", "canary", broker.RevokeSelector{Lease: revoked.Lease.ID})
+	_, err = l.svc.Leases().Revoke(ctx, "spiffe://example.org/ops/alice", "canary", broker.RevokeSelector{Lease: revoked.Lease.ID})
 	note(err)
 	// A mint Vault refuses (no such database role), after Prepare made
 	// the mint token.
@@ -136,16 +136,16 @@ func TestSecretCanary(t *testing.T) {
 	// The expiring lease's TTL passes on latch's clock.
 	clk.Add(2*time.Minute + time.Second)
 	l.drain(t)
-	note(l.svc.Reconcile(ctx))
+	note(l.svc.Leases().Reconcile(ctx))
 	l.drain(t)
-	_, err = l.svc.Renew(ctx, agent, expiring.Lease.ID, time.Minute)
+	_, err = l.svc.Leases().Renew(ctx, agent, expiring.Lease.ID, time.Minute)
 	note(err)
 	if got := l.lease(t, expiring.Lease.ID); got.State != broker.StateExpired {
 		t.Fatalf("lease %s is %s, want expired", expiring.Lease.ID, got.State)
 	}
 	// Everything else goes too, so the check below sees every kind of
 	// record.
-	_, err = l.svc.Revoke(ctx, "spiffe://example.org/ops/alice", "canary: end", broker.RevokeSelector{Agent: agent})
+	_, err = l.svc.Leases().Revoke(ctx, "spiffe://example.org/ops/alice", "canary: end", broker.RevokeSelector{Agent: agent})
 	note(err)
 	l.drain(t)
 	e.assertConsistent(t, l.store, scope{agent: agent, region: region, cn: service + ".svc.example.org", since: start})

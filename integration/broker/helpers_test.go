@@ -129,7 +129,7 @@ func drainStore(t testing.TB, svc *broker.Service, store broker.Store, timeout t
 	ctx := context.Background()
 	deadline := time.Now().Add(timeout)
 	for {
-		if _, err := svc.ProcessRevocations(ctx); err != nil {
+		if _, err := svc.Leases().ProcessRevocations(ctx); err != nil {
 			t.Fatalf("ProcessRevocations: %v", err)
 		}
 		n, err := store.QueueDepth(ctx)

@@ -98,7 +98,7 @@ func TestVaultOutage_Revocations(t *testing.T) {
 		}
 	}()
 	<-ready
-	n, err := l.svc.Revoke(ctx, "spiffe://example.org/ops/alice", "outage test", broker.RevokeSelector{Agent: agent})
+	n, err := l.svc.Leases().Revoke(ctx, "spiffe://example.org/ops/alice", "outage test", broker.RevokeSelector{Agent: agent})
 	if err != nil || n != total {
 		t.Fatalf("Revoke = %d, %v; want %d", n, err, total)
 	}

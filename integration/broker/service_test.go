@@ -90,7 +90,7 @@ func TestService_Lifecycle(t *testing.T) {
 			t.Fatalf("refs = %+v", lease.Refs)
 		}
 		// Certificates cannot be renewed.
-		if _, err := l.svc.Renew(ctx, agent, lease.ID, time.Minute); broker.ErrorCode(err) != broker.ECONFLICT {
+		if _, err := l.svc.Leases().Renew(ctx, agent, lease.ID, time.Minute); broker.ErrorCode(err) != broker.ECONFLICT {
 			t.Fatalf("Renew(certificate) = %v, want %s", err, broker.ECONFLICT)
 		}
 		release(t, l, agent, lease)
@@ -132,7 +132,7 @@ func renewToMax(t *testing.T, l *latch, agent string, lease *broker.Lease, vault
 		t.Fatalf("Vault expiry %s, lease expiry %s", before, lease.ExpiresAt)
 	}
 	time.Sleep(1100 * time.Millisecond) // so that a renewal shows in Vault's whole seconds
-	renewed, err := l.svc.Renew(ctx, agent, lease.ID, time.Hour)
+	renewed, err := l.svc.Leases().Renew(ctx, agent, lease.ID, time.Hour)
 	if err != nil {
 		t.Fatalf("Renew: %v", err)
 	}
@@ -149,7 +149,7 @@ func renewToMax(t *testing.T, l *latch, agent string, lease *broker.Lease, vault
 	}
 	t.Logf("renewed to %s short of the max TTL (Vault: %s short)", max.Sub(renewed.ExpiresAt).Round(time.Millisecond), max.Sub(after).Round(time.Millisecond))
 
-	_, err = l.svc.Renew(ctx, agent, lease.ID, time.Hour)
+	_, err = l.svc.Leases().Renew(ctx, agent, lease.ID, time.Hour)
 	if broker.ErrorCode(err) != broker.ECONFLICT {
 		t.Fatalf("second Renew at the max TTL = %v, want %s", err, broker.ECONFLICT)
 	}
@@ -164,17 +164,17 @@ func renewToMax(t *testing.T, l *latch, agent string, lease *broker.Lease, vault
 // release releases lease as its agent and works the queue.
 func release(t *testing.T, l *latch, agent string, lease *broker.Lease) {
 	t.Helper()
-	if err := l.svc.Release(t.Context(), agent+"-other", lease.ID); broker.ErrorCode(err) != broker.ENOTFOUND {
+	if err := l.svc.Leases().Release(t.Context(), agent+"-other", lease.ID); broker.ErrorCode(err) != broker.ENOTFOUND {
 		t.Fatalf("Release by another agent = %v, want %s", err, broker.ENOTFOUND)
 	}
-	if err := l.svc.Release(t.Context(), agent, lease.ID); err != nil {
+	if err := l.svc.Leases().Release(t.Context(), agent, lease.ID); err != nil {
 		t.Fatalf("Release: %v", err)
 	}
 	l.drain(t)
 	if got := l.lease(t, lease.ID); got.State != broker.StateRevoked {
 		t.Fatalf("released lease is %s", got.State)
 	}
-	if err := l.svc.Release(t.Context(), agent, lease.ID); broker.ErrorCode(err) != broker.ECONFLICT {
+	if err := l.svc.Leases().Release(t.Context(), agent, lease.ID); broker.ErrorCode(err) != broker.ECONFLICT {
 		t.Fatalf("second Release = %v, want %s", err, broker.ECONFLICT)
 	}
 }
@@ -274,7 +274,7 @@ func TestService_RevokeSelectors(t *testing.T) {
 	}
 	for _, step := range steps {
 		t.Run(step.name, func(t *testing.T) {
-			n, err := l.svc.Revoke(ctx, "spiffe://example.org/ops/alice", "test: revoke by "+step.name, step.sel)
+			n, err := l.svc.Leases().Revoke(ctx, "spiffe://example.org/ops/alice", "test: revoke by "+step.name, step.sel)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -334,7 +334,7 @@ func TestService_Quarantine(t *testing.T) {
 	res := l.issue(t, agent, taskCert, map[string]string{"service": service})
 	certs = append(certs, held{res.Lease, nil})
 
-	if err := l.svc.SetAgentState(ctx, "spiffe://example.org/ops/alice", agent, broker.AgentQuarantined, "leaked a token"); err != nil {
+	if err := l.svc.Agents().SetState(ctx, "spiffe://example.org/ops/alice", agent, broker.AgentQuarantined, "leaked a token"); err != nil {
 		t.Fatal(err)
 	}
 	_, err := l.svc.Issue(ctx, broker.IssueRequest{Agent: agent, Task: taskToken, Params: map[string]string{"ticket": "42"}})
@@ -424,11 +424,11 @@ func TestService_Expiry(t *testing.T) {
 				creds = res.Secret.Reveal()
 			}
 		}
-		if n, err := l.svc.Sweep(ctx); err != nil || n != 0 {
+		if n, err := l.svc.Leases().Sweep(ctx); err != nil || n != 0 {
 			t.Fatalf("Sweep before the TTL = %d, %v", n, err)
 		}
 		clk.Add(61 * time.Second)
-		if n, err := l.svc.Sweep(ctx); err != nil || n != 3 {
+		if n, err := l.svc.Leases().Sweep(ctx); err != nil || n != 3 {
 			t.Fatalf("Sweep after the TTL = %d, %v; want 3", n, err)
 		}
 		l.drain(t)

@@ -129,7 +129,7 @@ func run(cfgPath, op, agent string, reqs []string) error {
 	case "issue":
 		return issue(ctx, svc, agent, reqs)
 	case "revoke-all":
-		if _, err := svc.Revoke(ctx, "spiffe://example.org/ops/alice", "crash test: revoke all", broker.RevokeSelector{All: true}); err != nil {
+		if _, err := svc.Leases().Revoke(ctx, "spiffe://example.org/ops/alice", "crash test: revoke all", broker.RevokeSelector{All: true}); err != nil {
 			return err
 		}
 		return runUntilDone(ctx, svc, store)

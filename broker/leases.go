@@ -35,7 +35,7 @@ const revokeBatch = 500
 // and are retried until the backend confirms. Errors: EINVALID for a bad
 // selector, ENOTFOUND for an unknown lease ID, EUNAVAILABLE when the
 // store cannot record.
-func (s *Service) Revoke(ctx context.Context, actor, reason string, sel RevokeSelector) (int, error) {
+func (s Leases) Revoke(ctx context.Context, actor, reason string, sel RevokeSelector) (int, error) {
 	leases, err := s.Selected(ctx, sel)
 	if err != nil {
 		return 0, err
@@ -45,18 +45,18 @@ func (s *Service) Revoke(ctx context.Context, actor, reason string, sel RevokeSe
 
 // Selected lists the active leases sel selects: what Revoke would queue
 // (a dry run shows them).
-func (s *Service) Selected(ctx context.Context, sel RevokeSelector) ([]*Lease, error) {
+func (s Leases) Selected(ctx context.Context, sel RevokeSelector) ([]*Lease, error) {
 	if err := sel.validate(); err != nil {
 		return nil, err
 	}
 	if sel.Lease != "" {
-		l, err := s.Lease(ctx, sel.Lease)
+		l, err := s.Get(ctx, sel.Lease)
 		if err != nil || l.State != StateActive {
 			return nil, err
 		}
 		return []*Lease{l}, nil
 	}
-	all, err := s.Leases(ctx, LeaseFilter{Agent: sel.Agent, Task: sel.Task, State: StateActive})
+	all, err := s.List(ctx, LeaseFilter{Agent: sel.Agent, Task: sel.Task, State: StateActive})
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +71,7 @@ func (s *Service) Selected(ctx context.Context, sel RevokeSelector) ([]*Lease, e
 
 // queueRevocations moves leases to revoking and queues them, in batches,
 // each lease with its audit event.
-func (s *Service) queueRevocations(ctx context.Context, actor, reason string, typ EventType, leases []*Lease, expiry bool) error {
+func (s *core) queueRevocations(ctx context.Context, actor, reason string, typ EventType, leases []*Lease, expiry bool) error {
 	now := s.now()
 	for start := 0; start < len(leases); start += revokeBatch {
 		batch := leases[start:min(start+revokeBatch, len(leases))]
@@ -95,7 +95,7 @@ func (s *Service) queueRevocations(ctx context.Context, actor, reason string, ty
 // Release ends an agent's own lease early (the agent is done with it).
 // Errors: ENOTFOUND when the lease does not exist or is not the agent's
 // (the two are not told apart), ECONFLICT when it is no longer active.
-func (s *Service) Release(ctx context.Context, agent, leaseID string) error {
+func (s Leases) Release(ctx context.Context, agent, leaseID string) error {
 	l, err := s.ownLease(ctx, agent, leaseID)
 	if err != nil {
 		return err
@@ -106,7 +106,7 @@ func (s *Service) Release(ctx context.Context, agent, leaseID string) error {
 	return s.queueRevocations(ctx, agent, "released by the agent", EventRelease, []*Lease{l}, false)
 }
 
-func (s *Service) ownLease(ctx context.Context, agent, leaseID string) (*Lease, error) {
+func (s *core) ownLease(ctx context.Context, agent, leaseID string) (*Lease, error) {
 	l, err := s.store.Lease(ctx, leaseID)
 	if errors.Is(err, ErrLeaseNotFound) || (err == nil && l.Agent != agent) {
 		return nil, Errorf(ENOTFOUND, "no lease %s of yours", leaseID)
@@ -118,12 +118,12 @@ func (s *Service) ownLease(ctx context.Context, agent, leaseID string) (*Lease, 
 }
 
 // Sweep queues the revocation of every active lease past its expiry and
-// expires the approvals past their deadline (ExpireApprovals); it returns
+// expires the approvals past their deadline (Approvals.Expire); it returns
 // how many leases and approvals it ended. Run calls it every second;
 // tests call it with an injected clock.
-func (s *Service) Sweep(ctx context.Context) (int, error) {
+func (s Leases) Sweep(ctx context.Context) (int, error) {
 	// An approval that cannot be expired must not hold up the leases.
-	total, approvalErr := s.ExpireApprovals(ctx)
+	total, approvalErr := Approvals{s.core}.Expire(ctx)
 	for {
 		leases, err := s.store.ExpiringBefore(ctx, s.now(), revokeBatch)
 		if err != nil || len(leases) == 0 {
@@ -134,4 +134,21 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 		}
 		total += len(leases)
 	}
+}
+
+// Get returns one lease. Errors: ENOTFOUND, EUNAVAILABLE.
+func (s Leases) Get(ctx context.Context, id string) (*Lease, error) {
+	l, err := s.store.Lease(ctx, id)
+	return storedRecord(l, err, ErrLeaseNotFound, "no lease "+id)
+}
+
+// List lists leases matching f, newest first.
+func (s Leases) List(ctx context.Context, f LeaseFilter) ([]*Lease, error) {
+	return stored(s.store.Leases(ctx, f))
+}
+
+// CountByTask counts the leases in state, by task: cheap enough to run
+// every few seconds over a million leases.
+func (s Leases) CountByTask(ctx context.Context, state LeaseState) (map[string]int, error) {
+	return stored(s.store.CountByTask(ctx, state))
 }
