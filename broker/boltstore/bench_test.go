@@ -22,9 +22,7 @@ import (
 // BenchmarkApply_Parallel measures issuance as the Service writes it: 32
 // callers, each storing an intent, then committing the lease with its audit
 // event and dropping the intent. Two Applys per op; issues/s is issuances
-// per second, p50/p99 the time of both Applys together. The dbbatch
-// variants run the same load through bbolt's DB.Batch, the baseline the
-// committer replaced.
+// per second, p50/p99 the time of both Applys together.
 func BenchmarkApply_Parallel(b *testing.B) {
 	for _, v := range []struct {
 		name string
@@ -32,8 +30,6 @@ func BenchmarkApply_Parallel(b *testing.B) {
 	}{
 		{"commit/delay=0", Options{}},
 		{"commit/delay=250us", Options{BatchDelay: 250 * time.Microsecond}},
-		{"dbbatch/delay=500us", Options{BatchDelay: 500 * time.Microsecond, dbBatch: true}},
-		{"dbbatch/delay=1ms", Options{BatchDelay: time.Millisecond, dbBatch: true}},
 	} {
 		b.Run(v.name, func(b *testing.B) { benchIssue(b, v.opts, 32, 0) })
 	}
@@ -49,7 +45,6 @@ func BenchmarkApply_WithMint(b *testing.B) {
 		opts Options
 	}{
 		{"commit/delay=0", Options{}},
-		{"dbbatch/delay=1ms", Options{BatchDelay: time.Millisecond, dbBatch: true}},
 	} {
 		for _, callers := range []int{2, 8, 32} {
 			b.Run(fmt.Sprintf("%s/callers=%d", v.name, callers), func(b *testing.B) { benchIssue(b, v.opts, callers, 2*time.Millisecond) })

@@ -26,8 +26,9 @@
 // fixed timer that every write waits out, idle disk or not; issuance writes
 // twice (intent, then lease), so it paid the timer twice. Against DB.Batch
 // with a 1 ms timer the committer gives about 1.5× the issuances per second
-// at 32 callers and halves the store's share of a lone issuance (see
-// BenchmarkApply_Parallel and BenchmarkApply_WithMint).
+// at 32 callers and halved the store's share of a lone issuance, measured
+// with BenchmarkApply_Parallel and BenchmarkApply_WithMint when the
+// committer replaced it.
 //
 // A change that fails (its own error or a panic) is taken out of its batch,
 // the rest run again without it, and it runs alone, so one bad change never

@@ -113,19 +113,14 @@ type Options struct {
 
 	// maxSize caps the file size, so tests can fill the "disk".
 	maxSize int
-	// dbBatch makes Apply use bbolt's DB.Batch with BatchDelay as its
-	// timer instead of the committer: the baseline the benchmarks compare
-	// against.
-	dbBatch bool
 }
 
 // Store is a broker.Store on one bbolt file. It is safe for concurrent use.
 type Store struct {
-	db      *bolt.DB
-	c       *committer // nil when read-only
-	dbBatch bool
-	path    string
-	now     func() time.Time
+	db   *bolt.DB
+	c    *committer // nil when read-only
+	path string
+	now  func() time.Time
 }
 
 var _ broker.Store = (*Store)(nil)
@@ -145,9 +140,6 @@ func Open(path string, opts Options) (*Store, error) {
 	db, err := openBolt(path, opts.ReadOnly, opts.Timeout, opts.maxSize)
 	if err != nil {
 		return nil, err
-	}
-	if opts.dbBatch && opts.BatchDelay > 0 {
-		db.MaxBatchDelay = opts.BatchDelay
 	}
 	// A rebuild that was interrupted left indexes half built: a writable
 	// Open finishes it before anything reads them.
@@ -178,7 +170,7 @@ func Open(path string, opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	s := &Store{db: db, path: path, now: opts.Now, dbBatch: opts.dbBatch}
+	s := &Store{db: db, path: path, now: opts.Now}
 	if opts.ReadOnly {
 		return s, nil
 	}
@@ -356,10 +348,5 @@ func classify(op string, err error) error {
 
 // submit hands fn to the group commit; the channel gets its result.
 func (s *Store) submit(fn func(*bolt.Tx) error) <-chan error {
-	if s.dbBatch {
-		done := make(chan error, 1)
-		go func() { done <- s.db.Batch(fn) }()
-		return done
-	}
 	return s.c.submit(fn)
 }
