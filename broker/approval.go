@@ -101,19 +101,12 @@ func renderedOf(r templates.Rendered) Rendered {
 // agent picks it up (IssueRequest.ApprovalID), once, after it is approved;
 // the secret exists only from then on and is never stored.
 type Approval struct {
-	ID              string            `json:"id"` // ULID: sorts by creation time
-	Agent           string            `json:"agent"`
-	Owner           string            `json:"owner,omitempty"` // the agent's owner when it asked
-	Task            string            `json:"task"`
-	TemplateVersion string            `json:"template_version"`
-	Backend         string            `json:"backend"`
-	Params          map[string]string `json:"params,omitempty"` // effective: defaults applied
-	Reason          string            `json:"reason,omitempty"`
-	TraceID         string            `json:"trace_id,omitempty"`
-	RequestID       string            `json:"request_id,omitempty"`
-	Rendered        Rendered          `json:"rendered"`
-	TTL             time.Duration     `json:"ttl"`
-	MaxTTL          time.Duration     `json:"max_ttl"`
+	ID string `json:"id"` // ULID: sorts by creation time
+	Asked
+	Owner    string        `json:"owner,omitempty"` // the agent's owner when it asked
+	Rendered Rendered      `json:"rendered"`
+	TTL      time.Duration `json:"ttl"`
+	MaxTTL   time.Duration `json:"max_ttl"`
 
 	// Tier is the risk tier after escalation; TierWhy says how it was
 	// reached; Reasons are the rules that asked for approval.
@@ -210,25 +203,18 @@ func (s *core) requestApproval(ctx context.Context, req IssueRequest, d template
 	}
 	now := s.now()
 	a := &Approval{
-		ID:              s.newLeaseID(),
-		Agent:           req.Agent,
-		Owner:           d.Owner,
-		Task:            d.Task,
-		TemplateVersion: d.TemplateVersion,
-		Backend:         d.Backend,
-		Params:          d.Params,
-		Reason:          req.Reason,
-		TraceID:         req.TraceID,
-		RequestID:       req.RequestID,
-		Rendered:        renderedOf(d.Rendered),
-		TTL:             d.TTL,
-		MaxTTL:          d.MaxTTL,
-		Tier:            d.Tier,
-		TierWhy:         d.TierWhy,
-		Required:        max(d.Approvals, 1),
-		Status:          ApprovalPending,
-		CreatedAt:       now,
-		ExpiresAt:       now.Add(s.cfg.ApprovalTTL),
+		ID:        s.newLeaseID(),
+		Asked:     asked(req, d),
+		Owner:     d.Owner,
+		Rendered:  renderedOf(d.Rendered),
+		TTL:       d.TTL,
+		MaxTTL:    d.MaxTTL,
+		Tier:      d.Tier,
+		TierWhy:   d.TierWhy,
+		Required:  max(d.Approvals, 1),
+		Status:    ApprovalPending,
+		CreatedAt: now,
+		ExpiresAt: now.Add(s.cfg.ApprovalTTL),
 	}
 	for _, r := range d.Reasons {
 		a.Reasons = append(a.Reasons, ApprovalReason{Code: string(r.Code), Message: r.Message, Window: r.Window})

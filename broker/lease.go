@@ -33,20 +33,26 @@ func (s LeaseState) Live() bool {
 	return false
 }
 
-// Lease is one issued credential: who got it, for what, and the references
-// needed to revoke it. It never holds the secret.
-type Lease struct {
-	ID              string            `json:"id"` // ULID: sorts by issue time
+// Asked is what an agent's request asked for, as decided: an approval
+// and the lease it produces record the same.
+type Asked struct {
 	Agent           string            `json:"agent"`
 	Task            string            `json:"task"`
 	TemplateVersion string            `json:"template_version"`
 	Backend         string            `json:"backend"`
-	Params          map[string]string `json:"params,omitempty"`
+	Params          map[string]string `json:"params,omitempty"` // effective: defaults applied
 	Reason          string            `json:"reason,omitempty"`
 	TraceID         string            `json:"trace_id,omitempty"`
 	RequestID       string            `json:"request_id,omitempty"`
-	Tier            string            `json:"tier,omitempty"`
-	ApprovalID      string            `json:"approval_id,omitempty"`
+}
+
+// Lease is one issued credential: who got it, for what, and the references
+// needed to revoke it. It never holds the secret.
+type Lease struct {
+	ID string `json:"id"` // ULID: sorts by issue time
+	Asked
+	Tier       string `json:"tier,omitempty"`
+	ApprovalID string `json:"approval_id,omitempty"`
 
 	Refs Refs `json:"refs"`
 

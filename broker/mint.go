@@ -54,24 +54,22 @@ func (s *core) mint(ctx context.Context, req IssueRequest, d templates.Decision,
 	return &Issued{Lease: lease, Secret: minted.Secret}, nil
 }
 
+func asked(req IssueRequest, d templates.Decision) Asked {
+	return Asked{Agent: req.Agent, Task: d.Task, TemplateVersion: d.TemplateVersion, Backend: d.Backend,
+		Params: d.Params, Reason: req.Reason, TraceID: req.TraceID, RequestID: req.RequestID}
+}
+
 func (s *core) newLease(req IssueRequest, d templates.Decision) *Lease {
 	now := s.now()
 	return &Lease{
-		ID:              s.newLeaseID(),
-		Agent:           req.Agent,
-		Task:            d.Task,
-		TemplateVersion: d.TemplateVersion,
-		Backend:         d.Backend,
-		Params:          d.Params,
-		Reason:          req.Reason,
-		TraceID:         req.TraceID,
-		RequestID:       req.RequestID,
-		Tier:            d.Tier,
-		ApprovalID:      req.ApprovalID,
-		IssuedAt:        now,
-		ExpiresAt:       now.Add(d.TTL),
-		MaxExpiresAt:    now.Add(d.MaxTTL),
-		State:           StatePending,
+		ID:           s.newLeaseID(),
+		Asked:        asked(req, d),
+		Tier:         d.Tier,
+		ApprovalID:   req.ApprovalID,
+		IssuedAt:     now,
+		ExpiresAt:    now.Add(d.TTL),
+		MaxExpiresAt: now.Add(d.MaxTTL),
+		State:        StatePending,
 	}
 }
 

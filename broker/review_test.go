@@ -11,7 +11,7 @@ import (
 func TestApplyReview(t *testing.T) {
 	at := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 	pending := func() *broker.Approval {
-		return &broker.Approval{ID: "A1", Agent: "agent", Owner: "owner", Task: "ticket", Required: 2, Status: broker.ApprovalPending,
+		return &broker.Approval{ID: "A1", Asked: broker.Asked{Agent: "agent", Task: "ticket"}, Owner: "owner", Required: 2, Status: broker.ApprovalPending,
 			Reviews: []broker.Review{{Approver: "first", Decision: broker.ReviewApprove}}}
 	}
 	review := func(who string, d broker.ReviewDecision) broker.Review {

@@ -493,9 +493,9 @@ func TestService_Reconcile(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 	now := f.clock.Now()
-	withRefs := &broker.Lease{ID: "01JCRASHWITHREFS000000000A", Agent: reportBot, Task: "report", Backend: "fake",
+	withRefs := &broker.Lease{ID: "01JCRASHWITHREFS000000000A", Asked: broker.Asked{Agent: reportBot, Task: "report", Backend: "fake"},
 		Refs: broker.Refs{TokenAccessor: "acc-01JCRASHWITHREFS000000000A"}, IssuedAt: now, ExpiresAt: now.Add(time.Minute), State: broker.StatePending}
-	noRefs := &broker.Lease{ID: "01JCRASHNOREFS00000000000B", Agent: reportBot, Task: "report", Backend: "fake",
+	noRefs := &broker.Lease{ID: "01JCRASHNOREFS00000000000B", Asked: broker.Asked{Agent: reportBot, Task: "report", Backend: "fake"},
 		IssuedAt: now, ExpiresAt: now.Add(time.Minute), State: broker.StatePending}
 	f.backend.MarkAlive(withRefs.ID)
 	if _, err := f.store.Apply(ctx, broker.Change{PutIntents: []*broker.Lease{withRefs, noRefs}}); err != nil {

@@ -3,7 +3,6 @@ package boltstore
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -195,48 +194,16 @@ func reindexApprovals(tx *bolt.Tx) error {
 	})
 }
 
-func decodeApproval(what string, v []byte) (*broker.Approval, error) {
-	a := new(broker.Approval)
-	if err := json.Unmarshal(v, a); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, what, err)
-	}
-	return a, nil
-}
-
 // Approval returns one approval; broker.ErrApprovalNotFound when there is
 // none.
 func (s *Store) Approval(ctx context.Context, id string) (*broker.Approval, error) {
-	var a *broker.Approval
-	err := s.view(ctx, "approval "+id, func(tx *bolt.Tx) error {
-		v := tx.Bucket(bktApprovals).Get([]byte(id))
-		if v == nil {
-			return broker.ErrApprovalNotFound
-		}
-		var err error
-		a, err = decodeApproval("approval "+id, v)
-		return err
-	})
-	return a, err
+	return get[broker.Approval](ctx, s, approvalRecords, id)
 }
 
 // ApprovalByRequest returns the newest approval the agent's request ID
 // produced; broker.ErrApprovalNotFound when there is none.
 func (s *Store) ApprovalByRequest(ctx context.Context, agent, requestID string) (*broker.Approval, error) {
-	var a *broker.Approval
-	err := s.view(ctx, "approval by request", func(tx *bolt.Tx) error {
-		id := tx.Bucket(bktIdxApprovalRequest).Get(pairKey(agent, requestID))
-		if id == nil {
-			return broker.ErrApprovalNotFound
-		}
-		v := tx.Bucket(bktApprovals).Get(id)
-		if v == nil {
-			return fmt.Errorf("%w: request index names approval %s, which does not exist", ErrCorrupt, id)
-		}
-		var err error
-		a, err = decodeApproval("approval "+string(id), v)
-		return err
-	})
-	return a, err
+	return byRequest[broker.Approval](ctx, s, approvalRecords, agent, requestID)
 }
 
 // Approvals returns the approvals that match f, newest first, at most
@@ -271,7 +238,7 @@ func (s *Store) Approvals(ctx context.Context, f broker.ApprovalFilter) ([]*brok
 						return fmt.Errorf("%w: an index names approval %s, which does not exist", ErrCorrupt, id)
 					}
 				}
-				a, err := decodeApproval("approval "+string(id), v)
+				a, err := decode[broker.Approval]("approval "+string(id), v)
 				if err != nil {
 					return err
 				}
@@ -296,37 +263,7 @@ func (s *Store) Approvals(ctx context.Context, f broker.ApprovalFilter) ([]*brok
 // (pending past ExpiresAt, approved past PickupBy), soonest first, at most
 // limit (no bound when limit ≤ 0).
 func (s *Store) ExpiringApprovals(ctx context.Context, now time.Time, limit int) ([]*broker.Approval, error) {
-	out := []*broker.Approval{}
-	end := timeOrd(now)
-	err := s.view(ctx, "approvals expiring", func(tx *bolt.Tx) error {
-		records := tx.Bucket(bktApprovals)
-		c := tx.Bucket(bktIdxApprovalDeadline).Cursor()
-		for k, _ := c.First(); k != nil && (limit <= 0 || len(out) < limit); k, _ = c.Next() {
-			if len(k) < 8 {
-				return fmt.Errorf("%w: approval deadline index key %x", ErrCorrupt, k)
-			}
-			if binary.BigEndian.Uint64(k) >= end {
-				break
-			}
-			id := k[8:]
-			v := records.Get(id)
-			if v == nil {
-				return fmt.Errorf("%w: deadline index names approval %s, which does not exist", ErrCorrupt, id)
-			}
-			a, err := decodeApproval("approval "+string(id), v)
-			if err != nil {
-				return err
-			}
-			if a.Status.Open() {
-				out = append(out, a)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return expiring(ctx, s, approvalRecords, bktIdxApprovalDeadline, now, limit, func(a *broker.Approval) bool { return a.Status.Open() })
 }
 
 // CountApprovals counts the approvals in status from the status index.

@@ -16,8 +16,8 @@ import (
 
 func approval(id, agent, reqID string, st broker.ApprovalStatus, expires time.Time) *broker.Approval {
 	a := &broker.Approval{
-		ID: id, Agent: agent, Owner: "spiffe://example.org/ops/bob", Task: "rotate", RequestID: reqID,
-		TemplateVersion: "sha256:abc", Backend: "tokens", Params: map[string]string{"key": "alpha"},
+		ID: id, Owner: "spiffe://example.org/ops/bob", Asked: broker.Asked{Agent: agent, Task: "rotate", RequestID: reqID,
+			TemplateVersion: "sha256:abc", Backend: "tokens", Params: map[string]string{"key": "alpha"}},
 		Rendered: broker.Rendered{Policy: `path "secret/data/keys/alpha" { capabilities = ["update"] }`},
 		TTL:      10 * time.Minute, Tier: "high", Required: 1, Status: st, CreatedAt: t0, ExpiresAt: expires,
 	}

@@ -316,7 +316,7 @@ func BenchmarkDecodeLease(b *testing.B) {
 	b.SetBytes(int64(len(v)))
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		if _, err := decodeLease("bench", v); err != nil {
+		if _, err := decode[broker.Lease]("bench", v); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -342,7 +342,7 @@ func BenchmarkReindex(b *testing.B) {
 			n := 0
 			err := s.db.View(func(tx *bolt.Tx) error {
 				return tx.Bucket(bktLeases).ForEach(func(k, v []byte) error {
-					_, err := decodeLease("scan", v)
+					_, err := decode[broker.Lease]("scan", v)
 					n++
 					return err
 				})

@@ -81,7 +81,7 @@ func FuzzDecodeLease(f *testing.F) {
 	f.Fuzz(func(t *testing.T, v []byte) {
 		var ix leaseIndex
 		_ = json.Unmarshal(v, &ix)
-		l, err := decodeLease("fuzz", v)
+		l, err := decode[broker.Lease]("fuzz", v)
 		if err != nil {
 			return
 		}
@@ -89,7 +89,7 @@ func FuzzDecodeLease(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := decodeLease("fuzz", w.leases[0].val); err != nil {
+		if _, err := decode[broker.Lease]("fuzz", w.leases[0].val); err != nil {
 			t.Fatalf("a lease Apply encoded does not decode: %v", err)
 		}
 	})

@@ -56,10 +56,9 @@ func (g *ids) next() string {
 
 func lease(id, agent, task string, st broker.LeaseState, expires time.Time) *broker.Lease {
 	return &broker.Lease{
-		ID: id, Agent: agent, Task: task, State: st,
-		TemplateVersion: "sha256:abc", Backend: "tokens",
-		Params:   map[string]string{"region": "eu"},
-		Reason:   "nightly report",
+		ID: id, State: st,
+		Asked: broker.Asked{Agent: agent, Task: task, TemplateVersion: "sha256:abc", Backend: "tokens",
+			Params: map[string]string{"region": "eu"}, Reason: "nightly report"},
 		Refs:     broker.Refs{TokenAccessor: "acc-" + id, Policy: "latch-" + id},
 		IssuedAt: t0, ExpiresAt: expires, MaxExpiresAt: expires.Add(time.Hour),
 	}

@@ -17,27 +17,107 @@ import (
 // context.
 const checkEvery = 1024
 
-func decodeLease(what string, v []byte) (*broker.Lease, error) {
-	l := new(broker.Lease)
-	if err := json.Unmarshal(v, l); err != nil {
+// recordKind says where a lease or an approval is kept: the bucket that
+// holds it by ID, the index from (agent, request ID) to its ID, and the
+// error that says there is none.
+type recordKind struct {
+	name      string
+	bucket    []byte
+	byRequest []byte
+	notFound  error
+}
+
+var (
+	leaseRecords    = recordKind{"lease", bktLeases, bktIdxRequest, broker.ErrLeaseNotFound}
+	approvalRecords = recordKind{"approval", bktApprovals, bktIdxApprovalRequest, broker.ErrApprovalNotFound}
+)
+
+// decode reads one JSON record; one that does not decode is ErrCorrupt,
+// named by what.
+func decode[T any](what string, v []byte) (*T, error) {
+	r := new(T)
+	if err := json.Unmarshal(v, r); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, what, err)
 	}
-	return l, nil
+	return r, nil
+}
+
+// get reads the record id of kind k.
+func get[T any](ctx context.Context, s *Store, k recordKind, id string) (*T, error) {
+	var r *T
+	err := s.view(ctx, k.name+" "+id, func(tx *bolt.Tx) error {
+		v := tx.Bucket(k.bucket).Get([]byte(id))
+		if v == nil {
+			return k.notFound
+		}
+		var err error
+		r, err = decode[T](k.name+" "+id, v)
+		return err
+	})
+	return r, err
+}
+
+// byRequest reads the newest record of kind k that the agent's request
+// ID produced.
+func byRequest[T any](ctx context.Context, s *Store, k recordKind, agent, requestID string) (*T, error) {
+	var r *T
+	err := s.view(ctx, k.name+" by request", func(tx *bolt.Tx) error {
+		id := tx.Bucket(k.byRequest).Get(pairKey(agent, requestID))
+		if id == nil {
+			return k.notFound
+		}
+		v := tx.Bucket(k.bucket).Get(id)
+		if v == nil {
+			return fmt.Errorf("%w: request index names %s %s, which does not exist", ErrCorrupt, k.name, id)
+		}
+		var err error
+		r, err = decode[T](k.name+" "+string(id), v)
+		return err
+	})
+	return r, err
+}
+
+// expiring walks idx, a deadline index (keys: 8-byte time, then the
+// record's ID), soonest first, and returns the records of kind k due
+// before t that keep says are still live, at most limit (no bound when
+// limit ≤ 0).
+func expiring[T any](ctx context.Context, s *Store, k recordKind, idx []byte, t time.Time, limit int, keep func(*T) bool) ([]*T, error) {
+	out := []*T{}
+	end := timeOrd(t)
+	err := s.view(ctx, k.name+"s expiring", func(tx *bolt.Tx) error {
+		records := tx.Bucket(k.bucket)
+		c := tx.Bucket(idx).Cursor()
+		for key, _ := c.First(); key != nil && (limit <= 0 || len(out) < limit); key, _ = c.Next() {
+			if len(key) < 8 {
+				return fmt.Errorf("%w: %s deadline index key %x", ErrCorrupt, k.name, key)
+			}
+			if binary.BigEndian.Uint64(key) >= end {
+				break
+			}
+			id := key[8:]
+			v := records.Get(id)
+			if v == nil {
+				return fmt.Errorf("%w: deadline index names %s %s, which does not exist", ErrCorrupt, k.name, id)
+			}
+			r, err := decode[T](k.name+" "+string(id), v)
+			if err != nil {
+				return err
+			}
+			if keep(r) {
+				out = append(out, r)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // Lease returns one lease; broker.ErrLeaseNotFound when there is none.
 func (s *Store) Lease(ctx context.Context, id string) (*broker.Lease, error) {
-	var l *broker.Lease
-	err := s.view(ctx, "lease "+id, func(tx *bolt.Tx) error {
-		v := tx.Bucket(bktLeases).Get([]byte(id))
-		if v == nil {
-			return broker.ErrLeaseNotFound
-		}
-		var err error
-		l, err = decodeLease("lease "+id, v)
-		return err
-	})
-	return l, err
+	return get[broker.Lease](ctx, s, leaseRecords, id)
 }
 
 // LeaseByRequest returns the newest lease that the agent's request ID
@@ -45,21 +125,7 @@ func (s *Store) Lease(ctx context.Context, id string) (*broker.Lease, error) {
 // found here: a request still minting is guarded by the Service in memory,
 // and one interrupted by a crash is finished by reconciliation.
 func (s *Store) LeaseByRequest(ctx context.Context, agent, requestID string) (*broker.Lease, error) {
-	var l *broker.Lease
-	err := s.view(ctx, "lease by request", func(tx *bolt.Tx) error {
-		id := tx.Bucket(bktIdxRequest).Get(pairKey(agent, requestID))
-		if id == nil {
-			return broker.ErrLeaseNotFound
-		}
-		v := tx.Bucket(bktLeases).Get(id)
-		if v == nil {
-			return fmt.Errorf("%w: request index names lease %s, which does not exist", ErrCorrupt, id)
-		}
-		var err error
-		l, err = decodeLease("lease "+string(id), v)
-		return err
-	})
-	return l, err
+	return byRequest[broker.Lease](ctx, s, leaseRecords, agent, requestID)
 }
 
 // Leases returns the leases that match f, newest first, at most f.Limit.
@@ -154,7 +220,7 @@ func listLeases(ctx context.Context, tx *bolt.Tx, f broker.LeaseFilter, before [
 					return false, nil, fmt.Errorf("%w: an index names lease %s, which does not exist", ErrCorrupt, id)
 				}
 			}
-			l, err := decodeLease("lease "+string(id), v)
+			l, err := decode[broker.Lease]("lease "+string(id), v)
 			if err != nil {
 				return false, nil, err
 			}
@@ -173,37 +239,7 @@ func listLeases(ctx context.Context, tx *bolt.Tx, f broker.LeaseFilter, before [
 // ExpiringBefore returns active leases whose ExpiresAt is before t, soonest
 // first, at most limit (no bound when limit ≤ 0).
 func (s *Store) ExpiringBefore(ctx context.Context, t time.Time, limit int) ([]*broker.Lease, error) {
-	out := []*broker.Lease{}
-	end := timeOrd(t)
-	err := s.view(ctx, "leases expiring", func(tx *bolt.Tx) error {
-		leases := tx.Bucket(bktLeases)
-		c := tx.Bucket(bktIdxExpiry).Cursor()
-		for k, _ := c.First(); k != nil && (limit <= 0 || len(out) < limit); k, _ = c.Next() {
-			if len(k) < 8 {
-				return fmt.Errorf("%w: expiry index key %x", ErrCorrupt, k)
-			}
-			if binary.BigEndian.Uint64(k) >= end {
-				break
-			}
-			id := k[8:]
-			v := leases.Get(id)
-			if v == nil {
-				return fmt.Errorf("%w: expiry index names lease %s, which does not exist", ErrCorrupt, id)
-			}
-			l, err := decodeLease("lease "+string(id), v)
-			if err != nil {
-				return err
-			}
-			if l.State == broker.StateActive {
-				out = append(out, l)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
+	return expiring(ctx, s, leaseRecords, bktIdxExpiry, t, limit, func(l *broker.Lease) bool { return l.State == broker.StateActive })
 }
 
 // Intents returns every stored intent, oldest first.
@@ -211,7 +247,7 @@ func (s *Store) Intents(ctx context.Context) ([]*broker.Lease, error) {
 	out := []*broker.Lease{}
 	err := s.view(ctx, "list intents", func(tx *bolt.Tx) error {
 		return tx.Bucket(bktIntents).ForEach(func(k, v []byte) error {
-			l, err := decodeLease("intent "+string(k), v)
+			l, err := decode[broker.Lease]("intent "+string(k), v)
 			if err != nil {
 				return err
 			}

@@ -1,10 +1,7 @@
 package httpapi_test
 
 import (
-	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +9,6 @@ import (
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/api"
 	"github.com/latchbroker/latch/broker/client"
-	"github.com/latchbroker/latch/broker/httpapi"
 )
 
 // pending asks for the high-risk ticket task as ticketBot and returns the
@@ -230,23 +226,7 @@ func TestAPI_Review(t *testing.T) {
 func TestAPI_AdminSocketReview(t *testing.T) {
 	e := newEnv(t)
 	a, b := e.pending("5"), e.pending("6")
-	h, err := httpapi.New(httpapi.Config{Service: e.svc, AdminSocket: true, Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "latch")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "admin.sock")
-	ln, err := httpapi.ListenUnix(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	path, _, _ := e.adminSocket(t)
 	c := client.NewUnix(path)
 
 	if got, err := c.Approvals(ctx, api.ApprovalQuery{Status: api.ApprovalPending}); err != nil || len(got.Approvals) != 2 {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -274,6 +275,10 @@ func TestWireTypesMirrorTheDomain(t *testing.T) {
 func jsonNames(t reflect.Type) map[string]bool {
 	out := map[string]bool{}
 	for i := range t.NumField() {
+		if f := t.Field(i); f.Anonymous && f.Tag.Get("json") == "" {
+			maps.Copy(out, jsonNames(f.Type)) // encoding/json flattens it
+			continue
+		}
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
 		if name == "" {
 			name = t.Field(i).Name

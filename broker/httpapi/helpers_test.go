@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -362,4 +363,29 @@ func (f fixedBearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+f.token)
 	return f.base.RoundTrip(r)
+}
+
+// adminSocket serves the API as the admin socket on a Unix socket of its
+// own (in a short temporary path: socket paths are bounded) and returns
+// the socket's path, the handler and its server (closed at cleanup).
+func (e *env) adminSocket(t *testing.T) (string, http.Handler, *http.Server) {
+	t.Helper()
+	h, err := httpapi.New(httpapi.Config{Service: e.svc, AdminSocket: true, Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "latch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "admin.sock")
+	ln, err := httpapi.ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return path, h, srv
 }

@@ -8,12 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -445,23 +443,7 @@ func (w *brokenWriter) Write([]byte) (int, error) { return 0, errors.New("connec
 func TestAPI_AdminSocket(t *testing.T) {
 	e := newEnv(t)
 	l := e.issue(reportBot, "report", "eu").Lease
-	h, err := httpapi.New(httpapi.Config{Service: e.svc, AdminSocket: true, Logger: slog.New(slog.NewTextHandler(e.logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "latch")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "admin.sock")
-	ln, err := httpapi.ListenUnix(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	path, h, srv := e.adminSocket(t)
 
 	fi, err := os.Stat(path)
 	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode().Type() != os.ModeSocket {

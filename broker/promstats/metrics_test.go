@@ -144,10 +144,10 @@ func (l *lister) CountByTask(_ context.Context, state broker.LeaseState) (map[st
 func TestTrackCounts(t *testing.T) {
 	m := promstats.New()
 	src := &lister{pending: 3, leases: []*broker.Lease{
-		{ID: "1", Task: "report", State: broker.StateActive},
-		{ID: "2", Task: "report", State: broker.StateActive},
-		{ID: "3", Task: "report", State: broker.StateRevoked},
-		{ID: "4", Task: "ticket", State: broker.StateActive},
+		{ID: "1", Asked: broker.Asked{Task: "report"}, State: broker.StateActive},
+		{ID: "2", Asked: broker.Asked{Task: "report"}, State: broker.StateActive},
+		{ID: "3", Asked: broker.Asked{Task: "report"}, State: broker.StateRevoked},
+		{ID: "4", Asked: broker.Asked{Task: "ticket"}, State: broker.StateActive},
 	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
