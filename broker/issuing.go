@@ -240,8 +240,10 @@ func reasonCodes(rs []templates.Reason) []string {
 	return out
 }
 
-// deniedError maps a deny decision to the caller's error.
+// deniedError maps a deny decision to the caller's error, with only what
+// the caller may know (Decision.ForCaller).
 func deniedError(d templates.Decision) *Error {
+	d = d.ForCaller()
 	e := &Error{Code: EFORBIDDEN, Message: "denied", Reasons: reasonCodes(d.Reasons), NextAllowedAt: d.NextAllowedAt}
 	if len(d.Reasons) > 0 {
 		e.Message = "denied: " + d.Reasons[0].Message

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -214,6 +215,43 @@ func TestService_Issue_Denied(t *testing.T) {
 			}
 			if ev.Type != wantType || ev.Actor != tt.agent {
 				t.Fatalf("last event = %s by %s, want %s by %s", ev.Type, ev.Actor, wantType, tt.agent)
+			}
+		})
+	}
+}
+
+// TestService_Issue_StrangerLearnsNothing: a caller that is not a
+// registered agent, or asks for a template not granted to it, is told only
+// that, during a deny window and with bad parameters: no parameter, window
+// or next_allowed_at. The audit keeps every reason.
+func TestService_Issue_StrangerLearnsNothing(t *testing.T) {
+	tests := []struct {
+		name, agent, task string
+		params            map[string]string
+		want              string
+	}{
+		{"Unregistered", "spiffe://example.org/intruder", "report", map[string]string{"region": "mars", "x": "1"}, string(templates.ReasonUnknownAgent)},
+		{"NotGranted", reportBot, "ticket", map[string]string{"ticket": "'; drop", "y": "1"}, string(templates.ReasonTaskNotGranted)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t)
+			f.clock.Add(18 * 24 * time.Hour) // March 28th: in report's deny window
+			_, err := f.svc.Issue(context.Background(), broker.IssueRequest{Agent: tt.agent, Task: tt.task, Params: tt.params})
+			var e *broker.Error
+			if !errors.As(err, &e) || e.Code != broker.EFORBIDDEN {
+				t.Fatalf("err = %v, want a forbidden *broker.Error", err)
+			}
+			if !slices.Equal(e.Reasons, []string{tt.want}) || !e.NextAllowedAt.IsZero() {
+				t.Fatalf("a stranger was told reasons %v, next_allowed_at %v; want only %s", e.Reasons, e.NextAllowedAt, tt.want)
+			}
+			for _, leak := range []string{"region", "drop", "billing", "param", "window"} {
+				if strings.Contains(e.Message, leak) {
+					t.Fatalf("message %q tells a stranger about %q", e.Message, leak)
+				}
+			}
+			if ev := lastEvent(t, f); len(ev.Reasons) < 2 {
+				t.Fatalf("the audit must keep every reason: %v", ev.Reasons)
 			}
 		})
 	}

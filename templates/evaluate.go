@@ -2,6 +2,7 @@ package templates
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -95,6 +96,35 @@ type Decision struct {
 	// NextAllowedAt is, when deny windows block, the first time none does.
 	NextAllowedAt time.Time `json:"next_allowed_at,omitzero"`
 	EvaluatedAt   time.Time `json:"evaluated_at"`
+}
+
+// strangerVisible are the reasons a stranger may see: who it is not, and
+// the stops that apply to everyone alike.
+var strangerVisible = []ReasonCode{
+	ReasonUnknownAgent, ReasonTaskNotGranted, ReasonUnknownTask,
+	ReasonAgentPaused, ReasonAgentQuarantined, ReasonGlobalFreeze,
+}
+
+// ForCaller is what the caller of d may learn of it. A stranger — a
+// caller that is not a registered agent, or asks for a template not
+// granted to it — learns why it is denied and nothing of the template:
+// not its parameters, windows, tier or when it would be allowed, so that
+// probing tells it nothing. Anyone else gets d. Operators see all of d
+// in the audit and through explain.
+func (d Decision) ForCaller() Decision {
+	stranger := slices.ContainsFunc(d.Reasons, func(r Reason) bool {
+		return r.Code == ReasonUnknownAgent || r.Code == ReasonTaskNotGranted
+	})
+	if !stranger {
+		return d
+	}
+	out := Decision{Outcome: d.Outcome, Agent: d.Agent, Task: d.Task, EvaluatedAt: d.EvaluatedAt}
+	for _, r := range d.Reasons {
+		if slices.Contains(strangerVisible, r.Code) {
+			out.Reasons = append(out.Reasons, Reason{Code: r.Code, Message: r.Message})
+		}
+	}
+	return out
 }
 
 // Rendered holds the template outputs for this request. Only the fields the

@@ -64,12 +64,11 @@ func (h *Handler) events(c *call) error {
 	if err != nil {
 		return err
 	}
-	if n := h.streams.Add(1); n > int64(h.maxStreams) {
-		h.streams.Add(-1)
-		return &broker.Error{Code: broker.ELIMIT, Message: fmt.Sprintf("%d event streams are open, the most this server serves", h.maxStreams),
-			Reasons: []string{"too_many_streams"}, RetryAfter: 10 * time.Second}
+	release, err := h.streams.take(c.who.id)
+	if err != nil {
+		return err
 	}
-	defer h.streams.Add(-1)
+	defer release()
 	if after == "" {
 		if cursor, err = h.svc.Audit().LastSeq(c.r.Context()); err != nil {
 			return err

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -74,9 +75,11 @@ type Config struct {
 	// keeps proxies from closing it and finds clients that left (default
 	// 15 s).
 	Heartbeat time.Duration
-	// MaxEventStreams bounds the open GET /v1/events streams; past it a
-	// new stream gets 429 (default 64).
-	MaxEventStreams int
+	// MaxEventStreams bounds the open GET /v1/events streams, and
+	// MaxEventStreamsPerCaller those of one identity; past either a new
+	// stream gets 429 (defaults 64 and 4).
+	MaxEventStreams          int
+	MaxEventStreamsPerCaller int
 	// RefusalAuditRate bounds how many refusals of unidentified callers
 	// (401) per second are written to the audit log, with a burst of ten
 	// times as many; past it they are only counted and logged, so that
@@ -97,8 +100,7 @@ type Handler struct {
 	heartbeat time.Duration
 	mux       *http.ServeMux
 
-	maxStreams int
-	streams    atomic.Int64 // open event streams
+	streams *streamSlots
 
 	refusals   *rate.Limiter
 	suppressed atomic.Int64 // refusals not audited since the last log line
@@ -112,7 +114,7 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("httpapi: Config.Service is required")
 	case cfg.Verifier == nil && !cfg.AdminSocket:
 		return nil, errors.New("httpapi: Config.Verifier is required (or set AdminSocket for the admin socket's handler)")
-	case cfg.MaxBodyBytes < 0 || cfg.Heartbeat < 0 || cfg.RefusalAuditRate < 0 || cfg.MaxEventStreams < 0:
+	case cfg.MaxBodyBytes < 0 || cfg.Heartbeat < 0 || cfg.RefusalAuditRate < 0 || cfg.MaxEventStreams < 0 || cfg.MaxEventStreamsPerCaller < 0:
 		return nil, errors.New("httpapi: negative limit in Config")
 	}
 	h := &Handler{
@@ -145,10 +147,7 @@ func New(cfg Config) (*Handler, error) {
 	if h.heartbeat == 0 {
 		h.heartbeat = 15 * time.Second
 	}
-	h.maxStreams = cfg.MaxEventStreams
-	if h.maxStreams == 0 {
-		h.maxStreams = 64
-	}
+	h.streams = newStreamSlots(cmp.Or(cfg.MaxEventStreams, 64), cmp.Or(cfg.MaxEventStreamsPerCaller, 4))
 	r := cfg.RefusalAuditRate
 	if r == 0 {
 		r = 20

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,7 @@ import (
 	"github.com/latchbroker/latch/attest"
 	"github.com/latchbroker/latch/attest/attesttest"
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/api"
 	"github.com/latchbroker/latch/broker/boltstore"
 	"github.com/latchbroker/latch/broker/brokertest"
 	"github.com/latchbroker/latch/broker/client"
@@ -388,4 +390,24 @@ func (e *env) adminSocket(t *testing.T) (string, http.Handler, *http.Server) {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return path, h, srv
+}
+
+// within polls cond every 10 ms until it holds (true) or d has passed
+// (false): for what the server notices on its own time, such as a client
+// that closed its connection.
+func within(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// limitedFor says whether err is a 429 with reason among its reasons.
+func limitedFor(err error, reason string) bool {
+	var ce *client.Error
+	return errors.As(err, &ce) && ce.Code == api.CodeLimit && slices.Contains(ce.Reasons, reason)
 }

@@ -108,14 +108,6 @@ func issueRequest(agent string, req *api.CredentialsRequest) broker.IssueRequest
 	}
 }
 
-// explainVisible are the reasons an agent may see about a task it is not
-// granted (or when it is not a registered agent at all): that much, and
-// nothing of the template.
-var explainVisible = []templates.ReasonCode{
-	templates.ReasonUnknownAgent, templates.ReasonTaskNotGranted, templates.ReasonUnknownTask,
-	templates.ReasonAgentPaused, templates.ReasonAgentQuarantined, templates.ReasonGlobalFreeze,
-}
-
 // explain evaluates the caller's request without issuing anything. An
 // unregistered caller, or one asking about a task not granted to it,
 // learns why it is denied but nothing of the template, and the probe is
@@ -132,21 +124,10 @@ func (h *Handler) explain(c *call) error {
 				Message: r.Message, Remote: c.r.RemoteAddr}); err != nil {
 				h.log.Error("audit an explain probe", "request_id", c.requestID, "err", err)
 			}
-			d = templates.Decision{Outcome: d.Outcome, Agent: d.Agent, Task: d.Task, Reasons: visibleReasons(d.Reasons), EvaluatedAt: d.EvaluatedAt}
 			break
 		}
 	}
-	return c.writeJSON(http.StatusOK, api.ExplainResponse{Decision: decisionOut(d)})
-}
-
-func visibleReasons(rs []templates.Reason) []templates.Reason {
-	var out []templates.Reason
-	for _, r := range rs {
-		if slices.Contains(explainVisible, r.Code) {
-			out = append(out, r)
-		}
-	}
-	return out
+	return c.writeJSON(http.StatusOK, api.ExplainResponse{Decision: decisionOut(d.ForCaller())})
 }
 
 func (h *Handler) renew(c *call) error {

@@ -176,7 +176,7 @@ func TestAPI_RefusalAuditRate(t *testing.T) {
 }
 
 func TestAPI_Events(t *testing.T) {
-	e := newEnv(t, func(c *httpapi.Config) { c.MaxEventStreams = 3 })
+	e := newEnv(t, func(c *httpapi.Config) { c.MaxEventStreams, c.MaxEventStreamsPerCaller = 4, 3 })
 	c, cancel := contextWithTimeout(t, 10*time.Second)
 	defer cancel()
 	op := e.as(viewer)
@@ -224,9 +224,28 @@ func TestAPI_Events(t *testing.T) {
 		t.Fatalf("LastSeq = %d", resumed.LastSeq())
 	}
 
-	// Past MaxEventStreams (three here): 429.
-	if _, err := op.Events(c, api.EventsQuery{}); client.Code(err) != api.CodeLimit {
-		t.Fatalf("a fourth stream: %v, want limit", err)
+	// Past MaxEventStreamsPerCaller (three here): 429 for this viewer,
+	// while another still gets one, up to MaxEventStreams (four).
+	if _, err := op.Events(c, api.EventsQuery{}); !limitedFor(err, "too_many_streams_for_caller") {
+		t.Fatalf("a viewer's fourth stream: %v, want too_many_streams_for_caller", err)
+	}
+	other, err := e.as(admin).Events(c, api.EventsQuery{})
+	if err != nil {
+		t.Fatalf("another viewer's first stream: %v", err)
+	}
+	if _, err := e.as(admin).Events(c, api.EventsQuery{}); !limitedFor(err, "too_many_streams") {
+		t.Fatalf("a fifth stream: %v, want too_many_streams", err)
+	}
+	// A closed stream gives its slot back.
+	other.Close()
+	if !within(5*time.Second, func() bool {
+		s, err := e.as(admin).Events(c, api.EventsQuery{})
+		if err == nil {
+			s.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatal("a closed stream did not give its slot back within 5s")
 	}
 
 	// A revoker is not a viewer: no stream.
