@@ -67,10 +67,36 @@ type ServerConfig struct {
 	// MetricsListen serves /metrics, /healthz and /readyz.
 	MetricsListen string `yaml:"metrics_listen"`
 
+	// Connections on listen: a request (headers and body) must arrive
+	// within ReadTimeout, a keep-alive connection idle for IdleTimeout is
+	// closed, headers are at most MaxHeaderBytes, and at most
+	// MaxConnections are open at once (more wait to be accepted). Event
+	// streams and long polls are not cut by ReadTimeout: they have their
+	// own caps, MaxEventStreams in all and MaxEventStreamsPerCaller.
+	ReadTimeout              time.Duration `yaml:"read_timeout"`
+	IdleTimeout              time.Duration `yaml:"idle_timeout"`
+	MaxHeaderBytes           int           `yaml:"max_header_bytes"`
+	MaxConnections           int           `yaml:"max_connections"`
+	MaxEventStreams          int           `yaml:"max_event_streams"`
+	MaxEventStreamsPerCaller int           `yaml:"max_event_streams_per_caller"`
+	// JWTReplayCache, when > 0, refuses a JWT-SVID presented a second
+	// time, remembering up to that many tokens until they expire. Off by
+	// default: see the README on SPIRE agents that cache JWT-SVIDs.
+	JWTReplayCache int `yaml:"jwt_replay_cache"`
+
 	At              strictyaml.Pos `yaml:",pos"`
 	ListenAt        strictyaml.Pos `yaml:"listen,pos"`
 	IDAt            strictyaml.Pos `yaml:"id,pos"`
 	MetricsListenAt strictyaml.Pos `yaml:"metrics_listen,pos"`
+	LimitsAt        struct {
+		ReadTimeout              strictyaml.Pos `yaml:"read_timeout,pos"`
+		IdleTimeout              strictyaml.Pos `yaml:"idle_timeout,pos"`
+		MaxHeaderBytes           strictyaml.Pos `yaml:"max_header_bytes,pos"`
+		MaxConnections           strictyaml.Pos `yaml:"max_connections,pos"`
+		MaxEventStreams          strictyaml.Pos `yaml:"max_event_streams,pos"`
+		MaxEventStreamsPerCaller strictyaml.Pos `yaml:"max_event_streams_per_caller,pos"`
+		JWTReplayCache           strictyaml.Pos `yaml:"jwt_replay_cache,pos"`
+	} `yaml:",inline"`
 }
 
 // SPIFFEConfig is spiffe: latch's own SVID and trust bundle come from the
@@ -187,8 +213,10 @@ func LoadConfig(path string) (*Config, error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	cfg := &Config{
-		File:         path,
-		Server:       ServerConfig{Listen: defaultListen, MetricsListen: defaultMetricsListen},
+		File: path,
+		Server: ServerConfig{Listen: defaultListen, MetricsListen: defaultMetricsListen,
+			ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10, MaxConnections: 1024,
+			MaxEventStreams: 64, MaxEventStreamsPerCaller: 4},
 		TemplatesDir: defaultTemplatesDir,
 	}
 	var errs strictyaml.Errors
@@ -261,6 +289,7 @@ func (c *Config) validate() strictyaml.Errors {
 	if s.Listen == s.MetricsListen && s.Listen != "" {
 		add(s.MetricsListenAt, "server.metrics_listen: must differ from server.listen")
 	}
+	errs = append(errs, c.validateLimits()...)
 
 	sp := c.SPIFFE
 	files := sp.SVIDCert != "" || sp.SVIDKey != "" || sp.Bundle != ""
@@ -382,4 +411,38 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// validateLimits checks server:'s connection limits: each must be
+// positive (jwt_replay_cache may be 0, off), and not so small that latch
+// would refuse its own clients.
+func (c *Config) validateLimits() strictyaml.Errors {
+	s, at := c.Server, c.Server.LimitsAt
+	var errs strictyaml.Errors
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+		at  strictyaml.Pos
+	}{{"read_timeout", s.ReadTimeout, at.ReadTimeout}, {"idle_timeout", s.IdleTimeout, at.IdleTimeout}} {
+		if d.v < time.Second {
+			errs = append(errs, c.at(d.at).Errorf("server.%s: %s is too short, want at least 1s", d.key, d.v))
+		}
+	}
+	for _, n := range []struct {
+		key    string
+		v, min int
+		at     strictyaml.Pos
+	}{{"max_header_bytes", s.MaxHeaderBytes, 4 << 10, at.MaxHeaderBytes}, {"max_connections", s.MaxConnections, 16, at.MaxConnections},
+		{"max_event_streams", s.MaxEventStreams, 1, at.MaxEventStreams},
+		{"max_event_streams_per_caller", s.MaxEventStreamsPerCaller, 1, at.MaxEventStreamsPerCaller},
+		{"jwt_replay_cache", s.JWTReplayCache, 0, at.JWTReplayCache}} {
+		if n.v < n.min {
+			errs = append(errs, c.at(n.at).Errorf("server.%s: %d is too small, want at least %d", n.key, n.v, n.min))
+		}
+	}
+	if s.MaxEventStreamsPerCaller > s.MaxEventStreams {
+		errs = append(errs, c.at(at.MaxEventStreamsPerCaller).Errorf("server.max_event_streams_per_caller: %d is more than max_event_streams (%d)",
+			s.MaxEventStreamsPerCaller, s.MaxEventStreams))
+	}
+	return errs
 }

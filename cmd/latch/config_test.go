@@ -150,6 +150,11 @@ func TestLoadConfig_Errors(t *testing.T) {
 			`FILE:4:43: vault.auth.secret_id_file is required with method approle`,
 			`FILE:4:43: vault.auth.token_file is not used by method approle`,
 		}},
+		{"server limits", strings.Replace(minimalConfigYAML, "id: spiffe://example.org/latch", "id: spiffe://example.org/latch, read_timeout: 10ms, max_connections: 0, max_event_streams: 2, max_event_streams_per_caller: 3", 1), nil, []string{
+			`FILE:1:57: server.read_timeout: 10ms is too short, want at least 1s`,
+			`FILE:1:80: server.max_connections: 0 is too small, want at least 16`,
+			`FILE:1:135: server.max_event_streams_per_caller: 3 is more than max_event_streams (2)`,
+		}},
 		{"bad server id", strings.Replace(minimalConfigYAML, "spiffe://example.org/latch", "latch", 1), nil, []string{
 			`FILE:1:15: server.id: invalid SPIFFE ID "latch": scheme is missing or invalid`,
 		}},

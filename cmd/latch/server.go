@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/net/netutil"
 
 	"github.com/latchbroker/latch/attest"
 	"github.com/latchbroker/latch/backends/vault"
@@ -143,7 +144,7 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 		return nil, fmt.Errorf("spiffe: %w", err)
 	}
 	s.verifier, err = attest.NewVerifier(attest.Config{ID: serverID, TrustDomains: []spiffeid.TrustDomain{serverID.TrustDomain()},
-		X509Bundles: s.source, JWTBundles: s.source})
+		X509Bundles: s.source, JWTBundles: s.source, ReplayCacheSize: cfg.Server.JWTReplayCache})
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +232,9 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 
-	api, err := httpapi.New(httpapi.Config{Service: s.service, Verifier: s.verifier, Logger: s.log, Metrics: s.metrics, Ready: s.Ready})
+	sc := s.cfg.Server
+	api, err := httpapi.New(httpapi.Config{Service: s.service, Verifier: s.verifier, Logger: s.log, Metrics: s.metrics, Ready: s.Ready,
+		MaxEventStreams: sc.MaxEventStreams, MaxEventStreamsPerCaller: sc.MaxEventStreamsPerCaller})
 	if err != nil {
 		return err
 	}
@@ -240,11 +243,12 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	servers := []*http.Server{
-		{Handler: api, TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)},
+		{Handler: api, TLSConfig: tlsConfig, ReadHeaderTimeout: min(10*time.Second, sc.ReadTimeout), ReadTimeout: sc.ReadTimeout,
+			IdleTimeout: sc.IdleTimeout, MaxHeaderBytes: sc.MaxHeaderBytes, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)},
 		{Handler: s.metricsMux(), ReadHeaderTimeout: 10 * time.Second},
 	}
 	serveErr := make(chan error, 3)
-	go func() { serveErr <- servers[0].ServeTLS(s.apiLn, "", "") }()
+	go func() { serveErr <- servers[0].ServeTLS(netutil.LimitListener(s.apiLn, sc.MaxConnections), "", "") }()
 	go func() { serveErr <- servers[1].Serve(s.metricsLn) }()
 	if s.adminLn != nil {
 		admin, err := httpapi.New(httpapi.Config{Service: s.service, AdminSocket: true, Logger: s.log, Metrics: s.metrics, Ready: s.Ready})
