@@ -136,6 +136,11 @@ func (s *core) issue(ctx context.Context, req IssueRequest) (*Issued, error) {
 	d := s.policy.Load().Evaluate(s.templatesRequest(req))
 	switch d.Outcome {
 	case templates.Deny:
+		// A denial spends the agent's rate too: past it, a flood of bad
+		// requests is answered without an audit event each.
+		if err := s.checkRate(req.Agent); err != nil {
+			return nil, err
+		}
 		s.deny(ctx, req, d)
 		return nil, deniedError(d)
 	case templates.ApprovalRequired:

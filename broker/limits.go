@@ -3,67 +3,12 @@ package broker
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
 
 	"github.com/latchbroker/latch/templates"
 )
-
-// limiters holds one token bucket per agent ID, built from the agent's
-// rate: entry the first time the agent asks. A config reload that changes
-// a rate takes effect for agents seen after it (buckets are keyed by the
-// rate too).
-//
-// An agents: pattern can match any number of IDs, so buckets are pruned:
-// whenever the map has doubled since the last prune, buckets that have
-// filled up again are dropped. A full bucket is what a new one would be,
-// so dropping it changes no decision; memory stays bounded by the agents
-// that asked within one refill period.
-type limiters struct {
-	mu      sync.Mutex
-	m       map[string]*rate.Limiter
-	pruneAt int // the map's size that triggers the next prune
-}
-
-// minPrune is the map size below which limiters never prunes.
-const minPrune = 1024
-
-func (l *limiters) get(agent string, r templates.Rate, now time.Time) *rate.Limiter {
-	key := fmt.Sprintf("%s\x00%d/%s", agent, r.N, r.Per)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.m == nil {
-		l.m, l.pruneAt = map[string]*rate.Limiter{}, minPrune
-	}
-	lim, ok := l.m[key]
-	if !ok {
-		if len(l.m) >= l.pruneAt {
-			l.prune(now)
-		}
-		lim = rate.NewLimiter(rate.Every(r.Per/time.Duration(r.N)), r.N)
-		l.m[key] = lim
-	}
-	return lim
-}
-
-// prune drops the buckets that are full at now.
-func (l *limiters) prune(now time.Time) {
-	for k, lim := range l.m {
-		if lim.TokensAt(now) >= float64(lim.Burst()) {
-			delete(l.m, k)
-		}
-	}
-	l.pruneAt = max(minPrune, 2*len(l.m))
-}
-
-// size is how many buckets are held.
-func (l *limiters) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.m)
-}
 
 // checkRate enforces the agent's request rate. Errors: ELIMIT with
 // RetryAfter set.
@@ -72,7 +17,10 @@ func (s *core) checkRate(agent string) error {
 	if !ok || entry.Rate.N <= 0 || entry.Rate.Per <= 0 {
 		return nil // Evaluate has already denied an unknown agent
 	}
-	lim := s.limits.get(agent, entry.Rate, s.now())
+	// The rate is in the key: a reload that changes it takes effect for
+	// the agent at once, with a fresh bucket.
+	key := fmt.Sprintf("%s\x00%d/%s", agent, entry.Rate.N, entry.Rate.Per)
+	lim := s.limits.Get(key, rate.Every(entry.Rate.Per/time.Duration(entry.Rate.N)), entry.Rate.N, s.now())
 	r := lim.ReserveN(s.now(), 1)
 	if delay := r.DelayFrom(s.now()); delay > 0 {
 		r.CancelAt(s.now())

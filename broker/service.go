@@ -12,6 +12,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/latchbroker/latch/internal/buckets"
 	"github.com/latchbroker/latch/templates"
 )
 
@@ -103,9 +104,9 @@ type core struct {
 	agents map[string]AgentState
 	frozen bool
 
-	inflight     inflight // intents owned by requests of this process
-	limits       limiters
-	requestLocks keyedLocks // per agent+"\x00"+request_id: retries of one request one at a time
+	inflight     inflight    // intents owned by requests of this process
+	limits       buckets.Set // per agent and rate: the agents' rate: entries
+	requestLocks keyedLocks  // per agent+"\x00"+request_id: retries of one request one at a time
 	kick         chan struct{}
 	idMu         sync.Mutex
 	entropy      *ulid.MonotonicEntropy

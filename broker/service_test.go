@@ -631,6 +631,28 @@ func TestService_Issue_Limits(t *testing.T) {
 			}
 		})
 	}
+	t.Run("DenialsSpendTheRate", func(t *testing.T) {
+		f := newFixture(t)
+		chatty, mars := "spiffe://example.org/agent/chatty", map[string]string{"region": "mars"}
+		for range 2 {
+			if _, err := f.svc.Issue(ctx, broker.IssueRequest{Agent: chatty, Task: "report", Params: mars}); broker.ErrorCode(err) != broker.EFORBIDDEN {
+				t.Fatalf("bad region: %v, want denied", err)
+			}
+		}
+		before := lastEvent(t, f).Seq
+		for range 100 {
+			if _, err := f.svc.Issue(ctx, broker.IssueRequest{Agent: chatty, Task: "report", Params: mars}); broker.ErrorCode(err) != broker.ELIMIT {
+				t.Fatalf("a denial past the rate: %v, want limited", err)
+			}
+		}
+		if after := lastEvent(t, f).Seq; after != before {
+			t.Fatalf("denials past the rate wrote %d audit events, want none", after-before)
+		}
+		// And the rate they spent is the one issues use.
+		if _, err := f.svc.Issue(ctx, broker.IssueRequest{Agent: chatty, Task: "report", Params: eu}); broker.ErrorCode(err) != broker.ELIMIT {
+			t.Fatalf("a good request after denials used the rate: %v, want limited", err)
+		}
+	})
 	t.Run("BudgetFreedByRelease", func(t *testing.T) {
 		f := newFixture(t)
 		l := f.issue(t, "spiffe://example.org/agent/hoarder", "budgeted", eu).Lease
