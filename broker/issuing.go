@@ -198,7 +198,7 @@ func (s *core) deny(ctx context.Context, req IssueRequest, d templates.Decision)
 			s.metrics.Violation(string(r.Code))
 		}
 	}
-	if err := s.audit(ctx, s.decisionEvent(typ, req, d)); err != nil {
+	if err := s.auditRefusal(ctx, s.decisionEvent(typ, req, d)); err != nil {
 		// The denial stands either way; only the record is missing.
 		s.log.Error("audit a denial", "agent", req.Agent, "task", req.Task, "err", err)
 	}

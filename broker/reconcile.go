@@ -115,9 +115,10 @@ func (s Leases) requarantine(ctx context.Context) error {
 }
 
 // Run reconciles, then sweeps expired leases and works the revocation
-// queue every second (at once when woken), and reconciles again every
-// Config.ReconcileEvery, until ctx ends. ready, if not nil, is closed once
-// the first reconciliation is done.
+// queue every second (at once when woken), writes the summaries of
+// coalesced refusals, and reconciles again every Config.ReconcileEvery,
+// until ctx ends; then it writes the summaries still open. ready, if not
+// nil, is closed once the first reconciliation is done.
 func (s *Service) Run(ctx context.Context, ready chan<- struct{}) error {
 	leases := s.Leases()
 	if err := leases.Reconcile(ctx); err != nil {
@@ -128,12 +129,14 @@ func (s *Service) Run(ctx context.Context, ready chan<- struct{}) error {
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	defer s.flushCoalesced(context.WithoutCancel(ctx), true)
 	lastReconcile := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+			s.flushCoalesced(ctx, false)
 		case <-s.kick:
 		}
 		if time.Since(lastReconcile) >= s.cfg.ReconcileEvery {

@@ -36,7 +36,7 @@ const (
 // oversized body, wrong content type, bad value — as a rejected audit
 // event, and nothing else. Errors: EUNAVAILABLE.
 func (s Audit) Reject(ctx context.Context, r Refusal) error {
-	return s.audit(ctx, r.event(EventRejected, "rejected"))
+	return s.auditRefusal(ctx, r.event(EventRejected, "rejected"))
 }
 
 // Violation records a refusal that points at misuse — a credential that
@@ -45,7 +45,7 @@ func (s Audit) Reject(ctx context.Context, r Refusal) error {
 // reason. Errors: EUNAVAILABLE.
 func (s Audit) Violation(ctx context.Context, r Refusal) error {
 	s.metrics.Violation(clean(r.Reason, maxRefusalField))
-	return s.audit(ctx, r.event(EventViolation, "refused"))
+	return s.auditRefusal(ctx, r.event(EventViolation, "refused"))
 }
 
 func (r Refusal) event(typ EventType, outcome string) Event {

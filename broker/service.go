@@ -51,6 +51,13 @@ type Config struct {
 	// ReconcileEvery is how often Run looks for intents that no live
 	// request owns (default 1 min); it also reconciles at start.
 	ReconcileEvery time.Duration
+
+	// Refusals (deny, violation and rejected events) of one caller, of
+	// one type and first reason, are written one by one up to
+	// CoalesceAfter per CoalesceWindow; the rest of the window is counted
+	// into one event (outcome coalesced) when it ends. Defaults: 10, 1 min.
+	CoalesceAfter  int
+	CoalesceWindow time.Duration
 }
 
 // Service turns a verified identity and a policy decision into a recorded
@@ -111,6 +118,7 @@ type core struct {
 	idMu         sync.Mutex
 	entropy      *ulid.MonotonicEntropy
 
+	coalesce        *coalescer      // repeated refusals of one caller
 	approvalLocks   keyedLocks      // per approval ID: review, pickup and expiry one at a time
 	approvalWaiters approvalWaiters // long polls of approvals still pending
 	events          hub             // live subscribers of the audit events
@@ -139,6 +147,10 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 	setDefault(&cfg.ApprovalTTL, time.Hour)
 	setDefault(&cfg.PickupTTL, 15*time.Minute)
 	setDefault(&cfg.ReconcileEvery, time.Minute)
+	setDefault(&cfg.CoalesceWindow, time.Minute)
+	if cfg.CoalesceAfter <= 0 {
+		cfg.CoalesceAfter = 10
+	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 10
 	}
@@ -154,6 +166,7 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		cfg:      cfg,
 		agents:   map[string]AgentState{},
 		kick:     make(chan struct{}, 1),
+		coalesce: newCoalescer(cfg.CoalesceWindow, cfg.CoalesceAfter),
 		entropy:  ulid.Monotonic(rand.Reader, 0),
 	}
 	s.policy.Store(cfg.Policy)

@@ -748,3 +748,53 @@ func TestService_SetPolicyNeedsItsBackends(t *testing.T) {
 		t.Fatal("the refused policy was swapped in")
 	}
 }
+
+// TestService_RefusalsCoalesced: a flood of one caller's refusals writes
+// the first ten as they come and, when the window ends, one event that
+// counts the rest, which Run writes.
+func TestService_RefusalsCoalesced(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	intruder := "spiffe://example.org/intruder"
+	start, _ := f.svc.Audit().LastSeq(ctx)
+	for range 50 {
+		_, _ = f.svc.Issue(ctx, broker.IssueRequest{Agent: intruder, Task: "report", Params: map[string]string{"region": "eu"}})
+	}
+	for range 5 {
+		_ = f.svc.Audit().Reject(ctx, broker.Refusal{Actor: intruder, Endpoint: "POST /v1/credentials", Reason: "unknown_field"})
+	}
+	var evs []broker.Event
+	_ = f.svc.Audit().Events(ctx, start, func(e broker.Event) (bool, error) { evs = append(evs, e); return true, nil })
+	if len(evs) != 15 {
+		t.Fatalf("%d events for 50 violations and 5 rejections, want 10 + 5", len(evs))
+	}
+
+	f.clock.Add(time.Minute)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.svc.Run(runCtx, nil) }()
+	summary := make(chan broker.Event, 1)
+	followCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := f.svc.Audit().Follow(followCtx, start, broker.EventFilter{Types: []broker.EventType{broker.EventViolation}}, func(evs []broker.Event) error {
+		for _, e := range evs {
+			if e.Outcome == broker.OutcomeCoalesced {
+				summary <- e
+				return errors.New("found")
+			}
+		}
+		return nil
+	})
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-summary:
+		if e.Actor != intruder || e.Details["count"] != "40" || e.Reasons[0] != string(templates.ReasonUnknownAgent) {
+			t.Fatalf("summary = %+v, want intruder's 40 unknown_agent violations", e)
+		}
+	default:
+		t.Fatalf("no coalesced event within 10s of the window's end: %v", err)
+	}
+}

@@ -18,7 +18,8 @@ type caller struct {
 
 // identify sets c.who from the admin socket or the request's credential.
 // A refused credential is a violation: audited (within RefusalAuditRate)
-// and answered with 401 naming the refusal's kind.
+// and answered with 401 naming the refusal's kind. A caller that has spent
+// its refusals (refusalBudget) gets 429 instead, with nothing audited.
 func (h *Handler) identify(c *call) error {
 	if h.admin {
 		c.who = caller{id: AdminSocketActor, adminSocket: true}
@@ -27,7 +28,7 @@ func (h *Handler) identify(c *call) error {
 	id, err := h.verifier.Identify(c.r)
 	if err == nil {
 		c.who = caller{id: id.ID.String()}
-		return nil
+		return h.budget.exhausted(c.who.id, h.now())
 	}
 	var ae *attest.Error
 	if !errors.As(err, &ae) {
@@ -37,6 +38,9 @@ func (h *Handler) identify(c *call) error {
 		// latch cannot judge right now: not the caller's fault.
 		h.log.Warn("cannot verify a credential", "request_id", c.requestID, "err", err)
 		return err
+	}
+	if lerr := h.budget.exhausted(callerKey(c), h.now()); lerr != nil {
+		return lerr
 	}
 	h.refuseUnidentified(c.r.Context(), broker.Refusal{Endpoint: c.route, Reason: string(ae.Kind), Message: ae.Message, Remote: c.r.RemoteAddr})
 	return err

@@ -78,5 +78,13 @@ func (c *call) writeError(err error) {
 		c.w.Header().Set("WWW-Authenticate", `Bearer realm="latch"`)
 	}
 	c.errCode = body.Code
+	// Counted before the answer leaves, so that a caller that has it
+	// sees the count.
+	if reason, ok := refused(status, body.Reasons); ok {
+		c.h.metrics.Refused(reason)
+		if reason != reasonTooManyRefusals && !c.who.adminSocket {
+			c.h.budget.spend(callerKey(c), c.h.now())
+		}
+	}
 	_ = c.writeJSON(status, api.ErrorResponse{Error: body})
 }

@@ -39,6 +39,9 @@ type Metrics interface {
 	// HTTPRequest observes one request by route pattern (such as
 	// "POST /v1/credentials", or "unmatched") and status.
 	HTTPRequest(route string, status int, d time.Duration)
+	// Refused counts a request refused for the caller's fault (4xx), by
+	// its first reason code (latch_refused_total).
+	Refused(reason string)
 	// Violation counts a refusal whose audit event was not written
 	// because refusals of unidentified callers came faster than
 	// Config.RefusalAuditRate. (Audited refusals are counted by the
@@ -80,6 +83,10 @@ type Config struct {
 	// stream gets 429 (defaults 64 and 4).
 	MaxEventStreams          int
 	MaxEventStreamsPerCaller int
+	// RefusalsPerCaller is how many refused requests a minute one caller
+	// may make (its burst too) before it gets only 429 too_many_refusals,
+	// unevaluated and unaudited, until its budget refills (default 60).
+	RefusalsPerCaller int
 	// RefusalAuditRate bounds how many refusals of unidentified callers
 	// (401) per second are written to the audit log, with a burst of ten
 	// times as many; past it they are only counted and logged, so that
@@ -101,6 +108,7 @@ type Handler struct {
 	mux       *http.ServeMux
 
 	streams *streamSlots
+	budget  *refusalBudget
 
 	refusals   *rate.Limiter
 	suppressed atomic.Int64 // refusals not audited since the last log line
@@ -114,7 +122,7 @@ func New(cfg Config) (*Handler, error) {
 		return nil, errors.New("httpapi: Config.Service is required")
 	case cfg.Verifier == nil && !cfg.AdminSocket:
 		return nil, errors.New("httpapi: Config.Verifier is required (or set AdminSocket for the admin socket's handler)")
-	case cfg.MaxBodyBytes < 0 || cfg.Heartbeat < 0 || cfg.RefusalAuditRate < 0 || cfg.MaxEventStreams < 0 || cfg.MaxEventStreamsPerCaller < 0:
+	case cfg.MaxBodyBytes < 0 || cfg.Heartbeat < 0 || cfg.RefusalAuditRate < 0 || cfg.MaxEventStreams < 0 || cfg.MaxEventStreamsPerCaller < 0 || cfg.RefusalsPerCaller < 0:
 		return nil, errors.New("httpapi: negative limit in Config")
 	}
 	h := &Handler{
@@ -147,6 +155,7 @@ func New(cfg Config) (*Handler, error) {
 	if h.heartbeat == 0 {
 		h.heartbeat = 15 * time.Second
 	}
+	h.budget = newRefusalBudget(cmp.Or(cfg.RefusalsPerCaller, 60))
 	h.streams = newStreamSlots(cmp.Or(cfg.MaxEventStreams, 64), cmp.Or(cfg.MaxEventStreamsPerCaller, 4))
 	r := cfg.RefusalAuditRate
 	if r == 0 {
@@ -161,6 +170,7 @@ type nopMetrics struct{}
 
 func (nopMetrics) HTTPRequest(string, int, time.Duration) {}
 func (nopMetrics) Violation(string)                       {}
+func (nopMetrics) Refused(string)                         {}
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

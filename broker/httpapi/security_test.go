@@ -549,3 +549,38 @@ func TestNew_Config(t *testing.T) {
 		t.Fatalf("no Verifier: %v", err)
 	}
 }
+
+// TestAPI_RefusalBudget: a caller that keeps sending refused requests
+// spends its budget, then gets 429 too_many_refusals with nothing
+// evaluated or audited, while everyone else is served; every refusal is
+// counted in latch_refused_total.
+func TestAPI_RefusalBudget(t *testing.T) {
+	e := newEnv(t, func(c *httpapi.Config) { c.RefusalsPerCaller = 5 })
+	flood := e.as(intruder)
+	for i := range 5 {
+		if _, err := flood.Credentials(ctx, credReq("report", "mars")); client.Code(err) != api.CodeForbidden {
+			t.Fatalf("refusal %d: %v, want forbidden", i, err)
+		}
+	}
+	before := len(e.events())
+	for i := range 200 {
+		if _, err := flood.Credentials(ctx, credReq("report", "mars")); !limitedFor(err, "too_many_refusals") {
+			t.Fatalf("request %d past the budget: %v, want too_many_refusals", i, err)
+		}
+	}
+	if after := len(e.events()); after != before {
+		t.Fatalf("requests past the budget wrote %d audit events, want none", after-before)
+	}
+	// Another caller, and an unidentified one (keyed by its connection),
+	// each have a budget of their own.
+	e.issue(reportBot, "report", "eu")
+	if status, _, _ := e.rawWith(e.httpClient(nil, nil), "POST", "/v1/credentials", "application/json", []byte(`{}`)); status != http.StatusUnauthorized {
+		t.Fatalf("an unidentified caller: %d, want 401", status)
+	}
+	m := e.metricsText()
+	for _, want := range []string{`latch_refused_total{reason="too_many_refusals"} 200`, `latch_refused_total{reason="unknown_agent"} 5`, `latch_refused_total{reason="no_credential"} 1`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grep(m, "latch_refused_total"))
+		}
+	}
+}

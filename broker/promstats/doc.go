@@ -19,6 +19,7 @@
 //	latch_revocations_total{result}              ok, retry, irrevocable
 //	latch_revocation_queue_depth                 gauge
 //	latch_violations_total{reason}               unknown_agent, expired, wrong_audience, missing_role, ...
+//	latch_refused_total{reason}                  every 4xx by first reason, too_many_refusals included
 //	latch_vault_request_duration_seconds{op}     histogram of Vault calls
 //	latch_audit_append_failures_total
 //	latch_events_dropped_total                   live-feed events dropped for slow subscribers

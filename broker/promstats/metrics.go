@@ -30,6 +30,7 @@ type Metrics struct {
 	revocations   *prometheus.CounterVec
 	queueDepth    prometheus.Gauge
 	violations    *prometheus.CounterVec
+	refused       *prometheus.CounterVec
 	vault         *prometheus.HistogramVec
 	auditFailures prometheus.Counter
 	eventsDropped prometheus.Counter
@@ -80,6 +81,10 @@ func New() *Metrics {
 			Name: "latch_violations_total",
 			Help: "Refusals that point at misuse, by reason (unknown_agent, task_not_granted, expired, wrong_audience, missing_role, ...).",
 		}, []string{"reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "latch_refused_total",
+			Help: "API requests refused for the caller's fault (4xx), by first reason (param_constraint, no_credential, too_many_refusals, ...).",
+		}, []string{"reason"}),
 		vault: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "latch_vault_request_duration_seconds",
 			Help:    "Duration of Vault API calls by operation and outcome (ok, unavailable, error), retries included.",
@@ -117,7 +122,7 @@ func New() *Metrics {
 		active: map[string]bool{},
 	}
 	m.reg.MustRegister(
-		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations,
+		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations, m.refused,
 		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration, m.webhooks, m.outbox, m.approvals,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -147,6 +152,11 @@ func (m *Metrics) RequestDone(outcome, reason string, d time.Duration) {
 // Violation implements broker.Metrics and httpapi.Metrics.
 func (m *Metrics) Violation(reason string) {
 	m.violations.WithLabelValues(m.labels.value("violation", reason)).Inc()
+}
+
+// Refused implements httpapi.Metrics.
+func (m *Metrics) Refused(reason string) {
+	m.refused.WithLabelValues(m.labels.value("refused", reason)).Inc()
 }
 
 // WebhookDelivery implements notify.Metrics.

@@ -41,6 +41,7 @@ type Config struct {
 	Notify                 NotifyConfig    `yaml:"notify"`
 	Approvals              ApprovalsConfig `yaml:"approvals"`
 	AutoPause              AutoPauseConfig `yaml:"auto_pause"`
+	Refusals               RefusalsConfig  `yaml:"refusals"`
 	TemplatesDir           string          `yaml:"templates_dir"`
 
 	// Policy is the compiled policy; LoadConfig sets it.
@@ -53,6 +54,7 @@ type Config struct {
 	SPIFFEAt       strictyaml.Pos `yaml:"spiffe,pos"`
 	StoreAt        strictyaml.Pos `yaml:"store,pos"`
 	VaultAt        strictyaml.Pos `yaml:"vault,pos"`
+	RefusalsAt     strictyaml.Pos `yaml:"refusals,pos"`
 	TemplatesDirAt strictyaml.Pos `yaml:"templates_dir,pos"`
 }
 
@@ -153,6 +155,19 @@ type VaultAuthConfig struct {
 	MethodAt strictyaml.Pos `yaml:"method,pos"`
 }
 
+// RefusalsConfig is refusals: what a caller's refused requests may cost.
+// PerCaller refused requests a minute (4xx), then 429 too_many_refusals,
+// unevaluated and unaudited, until the budget refills. Of each caller's
+// refusals of one kind and reason, AuditEach per Window are audited one
+// by one and the rest counted into one event (outcome coalesced).
+type RefusalsConfig struct {
+	PerCaller int           `yaml:"per_caller"`
+	AuditEach int           `yaml:"audit_each"`
+	Window    time.Duration `yaml:"window"`
+
+	At strictyaml.Pos `yaml:",pos"`
+}
+
 // ApprovalsConfig is approvals: how long a request waits for its reviews,
 // and how long an approved request waits to be picked up. Zero takes the
 // broker's defaults (1h and 15m).
@@ -218,6 +233,7 @@ func LoadConfig(path string) (*Config, error) {
 			ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10, MaxConnections: 1024,
 			MaxEventStreams: 64, MaxEventStreamsPerCaller: 4},
 		TemplatesDir: defaultTemplatesDir,
+		Refusals:     RefusalsConfig{PerCaller: 60, AuditEach: 10, Window: time.Minute},
 	}
 	var errs strictyaml.Errors
 	if err := strictyaml.Unmarshal(path, data, cfg); err != nil {
@@ -439,6 +455,10 @@ func (c *Config) validateLimits() strictyaml.Errors {
 		if n.v < n.min {
 			errs = append(errs, c.at(n.at).Errorf("server.%s: %d is too small, want at least %d", n.key, n.v, n.min))
 		}
+	}
+	if r := c.Refusals; r.PerCaller < 1 || r.AuditEach < 1 || r.Window < time.Second {
+		errs = append(errs, c.at(configOr(r.At, c.RefusalsAt)).Errorf("refusals: per_caller and audit_each must be ≥ 1 and window ≥ 1s (defaults 60, 10, 1m), got %d, %d, %s",
+			r.PerCaller, r.AuditEach, r.Window))
 	}
 	if s.MaxEventStreamsPerCaller > s.MaxEventStreams {
 		errs = append(errs, c.at(at.MaxEventStreamsPerCaller).Errorf("server.max_event_streams_per_caller: %d is more than max_event_streams (%d)",

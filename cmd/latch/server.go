@@ -172,7 +172,8 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 		return nil, err
 	}
 	s.service, err = broker.NewService(ctx, broker.Config{Store: s.store, Policy: cfg.Policy, Backends: backends,
-		Logger: log, Metrics: s.metrics, ApprovalTTL: cfg.Approvals.PendingTTL, PickupTTL: cfg.Approvals.PickupTTL})
+		Logger: log, Metrics: s.metrics, ApprovalTTL: cfg.Approvals.PendingTTL, PickupTTL: cfg.Approvals.PickupTTL,
+		CoalesceAfter: cfg.Refusals.AuditEach, CoalesceWindow: cfg.Refusals.Window})
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +235,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	sc := s.cfg.Server
 	api, err := httpapi.New(httpapi.Config{Service: s.service, Verifier: s.verifier, Logger: s.log, Metrics: s.metrics, Ready: s.Ready,
-		MaxEventStreams: sc.MaxEventStreams, MaxEventStreamsPerCaller: sc.MaxEventStreamsPerCaller})
+		MaxEventStreams: sc.MaxEventStreams, MaxEventStreamsPerCaller: sc.MaxEventStreamsPerCaller, RefusalsPerCaller: s.cfg.Refusals.PerCaller})
 	if err != nil {
 		return err
 	}
