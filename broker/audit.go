@@ -126,8 +126,22 @@ func (v *ChainVerifier) Next(e Event) error {
 	return nil
 }
 
+// StartAfter makes v expect the chain to go on after record seq, whose
+// hash is hash: the anchor of a pruned log, or where a segment of an
+// export starts.
+func (v *ChainVerifier) StartAfter(seq uint64, hash string) { v.prev = &Event{Seq: seq, Hash: hash} }
+
+// NextSeq is the sequence number the next event must have.
+func (v *ChainVerifier) NextSeq() uint64 {
+	if v.prev == nil {
+		return 1
+	}
+	return v.prev.Seq + 1
+}
+
 // Count is the number of events verified.
 func (v *ChainVerifier) Count() uint64 { return v.count }
 
-// Last is the last verified event, nil when none.
+// Last is the last verified event (the anchor of StartAfter before any),
+// nil when none.
 func (v *ChainVerifier) Last() *Event { return v.prev }

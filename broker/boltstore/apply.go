@@ -679,21 +679,27 @@ type auditHead struct {
 	hash string
 }
 
-func readHead(meta *bolt.Bucket) (auditHead, error) {
-	v := meta.Get(keyAuditHead)
+func readHead(meta *bolt.Bucket) (auditHead, error) { return readAnchor(meta, keyAuditHead) }
+
+func putHead(meta *bolt.Bucket, h auditHead) error { return putAnchor(meta, keyAuditHead, h) }
+
+// readAnchor reads a record's sequence number and hash kept under key
+// (the audit head, the last pruned record); zero when there is none.
+func readAnchor(meta *bolt.Bucket, key []byte) (auditHead, error) {
+	v := meta.Get(key)
 	if v == nil {
 		return auditHead{}, nil
 	}
 	if len(v) < 8 {
-		return auditHead{}, fmt.Errorf("%w: audit head is %d bytes", ErrCorrupt, len(v))
+		return auditHead{}, fmt.Errorf("%w: %s is %d bytes", ErrCorrupt, key, len(v))
 	}
 	return auditHead{seq: binary.BigEndian.Uint64(v), hash: string(v[8:])}, nil
 }
 
-func putHead(meta *bolt.Bucket, h auditHead) error {
+func putAnchor(meta *bolt.Bucket, key []byte, h auditHead) error {
 	v := make([]byte, 8, 8+len(h.hash))
 	binary.BigEndian.PutUint64(v, h.seq)
-	return meta.Put(keyAuditHead, append(v, h.hash...))
+	return meta.Put(key, append(v, h.hash...))
 }
 
 // appendEvents chains events after the audit head, stores them and moves

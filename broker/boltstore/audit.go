@@ -97,7 +97,8 @@ func (s *Store) LastEvent(ctx context.Context) (*broker.Event, error) {
 
 // VerifyResult is what VerifyAudit found.
 type VerifyResult struct {
-	// Verified is how many records, from record 1 on, form a valid chain.
+	// Verified is how many records, from record 1 on (or from the first
+	// after the pruned ones), form a valid chain.
 	Verified uint64
 	// LastHash is the hash of the last verified record. Keeping it
 	// outside the file (a ticket, a log server) lets a later verify tell
@@ -107,6 +108,11 @@ type VerifyResult struct {
 	// event: where the log must end.
 	HeadSeq  uint64
 	HeadHash string
+	// PrunedThrough is the last record pruned (PruneAudit): the chain is
+	// verified from the record after it, linked to its hash. 0: none.
+	PrunedThrough uint64
+	// Checked are the expectations (checkpoints) the chain agreed with.
+	Checked []Expectation
 	// FirstBad is the sequence number of the first record that fails, 0
 	// when the chain verifies; Problem says what is wrong with it.
 	FirstBad uint64
@@ -120,28 +126,43 @@ func (r VerifyResult) OK() bool { return r.FirstBad == 0 && r.Problem == "" }
 // calls.
 const progressEvery = 10000
 
+// Expectation is what a checkpoint kept outside the database says of the
+// chain: record Seq has hash Hash. Source names it in errors.
+type Expectation struct {
+	Seq    uint64
+	Hash   string
+	Source string
+}
+
 // VerifyAudit checks the audit chain of the database at path, opened
 // read-only (a copy taken with Store.Backup, or a file no server holds):
-// every record's sequence, link and hash with broker.ChainVerifier, then the
-// end of the log against the audit head, which catches a truncated tail or
-// a rewritten last record. It stops at the first failing record and returns
-// an error wrapping ErrAuditBroken that names it (edited, deleted,
-// reordered, truncated); other errors mean the file could not be read.
-// progress, if not nil, is called every 10,000 records and at the end with
-// the records checked and the records expected.
-func VerifyAudit(path string, progress func(done, total uint64)) (res VerifyResult, err error) {
+// every record's sequence, link and hash with broker.ChainVerifier, from
+// record 1 or from the anchor PruneAudit left, then the end of the log
+// against the audit head, which catches a truncated tail or a rewritten
+// last record, and against each expectation: a checkpoint kept outside the
+// file catches a tail cut together with its head. It stops at the first
+// failing record and returns an error wrapping ErrAuditBroken that names
+// it (edited, deleted, reordered, truncated); other errors mean the file
+// could not be read. progress, if not nil, is called every 10,000 records
+// and at the end with the records checked and the records expected.
+func VerifyAudit(path string, progress func(done, total uint64), expect ...Expectation) (res VerifyResult, err error) {
 	err = readOnly(path, func(tx *bolt.Tx) error {
 		meta, audit := tx.Bucket(bktMeta), tx.Bucket(bktAudit)
 		head, err := readHead(meta)
 		if err != nil {
 			return err
 		}
-		res.HeadSeq, res.HeadHash = head.seq, head.hash
-		total := head.seq
-		if k, _ := audit.Cursor().Last(); len(k) == 8 && binary.BigEndian.Uint64(k) > total {
-			total = binary.BigEndian.Uint64(k)
+		pruned, err := readAnchor(meta, keyPruned)
+		if err != nil {
+			return err
 		}
-		var ch auditChecker
+		res.HeadSeq, res.HeadHash, res.PrunedThrough = head.seq, head.hash, pruned.seq
+		ch := auditChecker{expect: expect}
+		if pruned.seq > 0 {
+			ch.v.StartAfter(pruned.seq, pruned.hash)
+			ch.meets(broker.Event{Seq: pruned.seq, Hash: pruned.hash}) // a checkpoint of the last pruned record
+		}
+		total := max(head.seq, lastKey(audit)) - pruned.seq
 		c := audit.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			if !ch.record(k, v) {
@@ -155,7 +176,7 @@ func VerifyAudit(path string, progress func(done, total uint64)) (res VerifyResu
 		if progress != nil {
 			progress(ch.v.Count(), total)
 		}
-		res.Verified = ch.v.Count()
+		res.Verified, res.Checked = ch.v.Count(), ch.checked
 		if last := ch.v.Last(); last != nil {
 			res.LastHash = last.Hash
 		}
@@ -171,10 +192,19 @@ func VerifyAudit(path string, progress func(done, total uint64)) (res VerifyResu
 	return res, nil
 }
 
+func lastKey(b *bolt.Bucket) uint64 {
+	if k, _ := b.Cursor().Last(); len(k) == 8 {
+		return binary.BigEndian.Uint64(k)
+	}
+	return 0
+}
+
 // auditChecker verifies stored audit records one at a time, in key order.
 // It knows nothing of bbolt, so it can be fuzzed on raw bytes.
 type auditChecker struct {
 	v       broker.ChainVerifier
+	expect  []Expectation
+	checked []Expectation
 	bad     uint64
 	problem string
 }
@@ -187,7 +217,7 @@ func (a *auditChecker) fail(seq uint64, format string, args ...any) bool {
 // record checks the next stored record and reports whether the chain still
 // holds.
 func (a *auditChecker) record(k, v []byte) bool {
-	want := a.v.Count() + 1
+	want := a.v.NextSeq()
 	seq, e, err := decodeEvent(k, v)
 	switch {
 	case len(k) != 8:
@@ -206,16 +236,31 @@ func (a *auditChecker) record(k, v []byte) bool {
 	if err := a.v.Next(e); err != nil {
 		return a.fail(seq, "%v", err)
 	}
+	return a.meets(e)
+}
+
+// meets checks e against the expectations about its sequence number.
+func (a *auditChecker) meets(e broker.Event) bool {
+	for _, x := range a.expect {
+		if x.Seq != e.Seq {
+			continue
+		}
+		if x.Hash != e.Hash {
+			return a.fail(e.Seq, "record %d does not match %s (the log was rewritten from record %d on, or before)", e.Seq, x.Source, e.Seq)
+		}
+		a.checked = append(a.checked, x)
+	}
 	return true
 }
 
-// end checks where the log stopped against the audit head.
+// end checks where the log stopped against the audit head and the
+// expectations.
 func (a *auditChecker) end(head auditHead) {
 	if a.bad != 0 {
 		return
 	}
-	n := a.v.Count()
 	last := a.v.Last()
+	n := a.v.NextSeq() - 1 // the last record verified (or the prune anchor)
 	switch {
 	case head.seq == 0 && n > 0:
 		a.fail(1, "the audit head is missing but the log holds %d records (the head was deleted)", n)
@@ -225,6 +270,15 @@ func (a *auditChecker) end(head auditHead) {
 		a.fail(head.seq+1, "record %d is past the audit head %d: latch did not write it (records were appended)", head.seq+1, head.seq)
 	case last != nil && last.Hash != head.hash:
 		a.fail(n, "record %d does not match the audit head's hash (the last record was rewritten)", n)
+	}
+	if a.bad != 0 {
+		return
+	}
+	for _, x := range a.expect {
+		if x.Seq > n {
+			a.fail(n+1, "records %d to %d are missing: %s saw the chain reach record %d, the log ends at %d (the tail was cut, head and all)", n+1, x.Seq, x.Source, x.Seq, n)
+			return
+		}
 	}
 }
 

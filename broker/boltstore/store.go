@@ -71,6 +71,7 @@ var (
 
 	keySchema    = []byte("schema")
 	keyAuditHead = []byte("audit_head")
+	keyPruned    = []byte("audit_pruned") // the last pruned record: where the log starts
 	keyFreeze    = []byte("global")
 	keyGrants    = []byte("grants")
 )
