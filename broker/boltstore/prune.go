@@ -86,7 +86,6 @@ func pruneSome(tx *bolt.Tx, through uint64) (done bool, err error) {
 	return anchor.seq == through, nil
 }
 
-
 // VerifyExport checks an export (ExportAudit's JSON lines) as VerifyAudit
 // checks a database: sequence, links and hashes from its first record on,
 // then the expectations. An export that starts after record 1 (of a pruned
