@@ -20,7 +20,7 @@ const chainLen = 20
 
 // chainFile writes a closed database holding chainLen audit events, one
 // minute apart, and returns its path.
-func chainFile(t *testing.T) string {
+func chainFile(t testing.TB) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "latch.db")
 	s := openAt(t, path, Options{})
