@@ -32,6 +32,7 @@ const (
 	EventUnfreeze    EventType = "unfreeze"
 	EventReconcile   EventType = "reconcile" // restart reconciliation completed or revoked an intent
 	EventConfigLoad  EventType = "config_load"
+	EventCheckpoint  EventType = "checkpoint" // a signed checkpoint of the chain: details seq, hash, jws
 
 	EventApprovalRequested EventType = "approval_requested" // a request needs approval: a pending approval was created
 	EventApprovalReview    EventType = "approval_review"    // an approver approved, and more approvals are needed
@@ -45,7 +46,7 @@ const (
 var EventTypes = []EventType{
 	EventRequest, EventIssue, EventAlert, EventDeny, EventViolation, EventRejected, EventFail,
 	EventRelease, EventRenew, EventRevoke, EventRevoked, EventExpire, EventIrrevocable,
-	EventPause, EventQuarantine, EventResume, EventFreeze, EventUnfreeze, EventReconcile, EventConfigLoad,
+	EventPause, EventQuarantine, EventResume, EventFreeze, EventUnfreeze, EventReconcile, EventConfigLoad, EventCheckpoint,
 	EventApprovalRequested, EventApprovalReview, EventApprovalApproved, EventApprovalDenied, EventApprovalExpired,
 }
 

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -264,4 +265,12 @@ func (s Audit) LastSeq(ctx context.Context) (uint64, error) {
 		return 0, nil
 	}
 	return e.Seq, nil
+}
+
+// Checkpoint records a signed checkpoint of the chain (see
+// broker/checkpoint): that record seq, with hash, was in the chain when it
+// was signed. Errors: EUNAVAILABLE.
+func (s Audit) Checkpoint(ctx context.Context, seq uint64, hash, signed string) error {
+	return s.audit(ctx, Event{Type: EventCheckpoint, Actor: "latch", Outcome: "signed",
+		Details: map[string]string{"seq": strconv.FormatUint(seq, 10), "hash": hash, "jws": signed}})
 }

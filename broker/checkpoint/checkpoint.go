@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -82,11 +83,12 @@ func algorithmFor(pub any) (jose.SignatureAlgorithm, error) {
 	return "", fmt.Errorf("checkpoint: cannot sign with a %T key", pub)
 }
 
-// Verify checks a signed checkpoint against bundle, the trust bundle of
-// the signer's trust domain: the x5c chain must be an X.509-SVID of that
-// trust domain at the checkpoint's time, the signature its leaf's, and
-// the payload's spiffe_id the leaf's ID. It returns the checkpoint.
-func Verify(signed string, bundle *x509bundle.Bundle) (Checkpoint, error) {
+// Verify checks a signed checkpoint against the trust bundle of the
+// trust domain it names, from bundles: the x5c chain must be an
+// X.509-SVID of that trust domain at the checkpoint's time, the signature
+// its leaf's, and the payload's spiffe_id the leaf's ID. It returns the
+// checkpoint.
+func Verify(signed string, bundles x509bundle.Source) (Checkpoint, error) {
 	var c Checkpoint
 	signed = strings.TrimSpace(signed)
 	if len(signed) > MaxSize {
@@ -106,13 +108,21 @@ func Verify(signed string, bundle *x509bundle.Bundle) (Checkpoint, error) {
 	if err := decode(claimed, &c); err != nil {
 		return c, err
 	}
+	id, err := spiffeid.FromString(c.ID)
+	if err != nil {
+		return c, fmt.Errorf("checkpoint: spiffe_id: %w", err)
+	}
+	bundle, err := bundles.GetX509BundleForTrustDomain(id.TrustDomain())
+	if err != nil {
+		return c, fmt.Errorf("checkpoint: no trust bundle for %s: %w", id.TrustDomain(), err)
+	}
 	chains, err := jws.Signatures[0].Protected.Certificates(x509.VerifyOptions{
 		Roots: pool(bundle), CurrentTime: c.Time, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	if err != nil {
 		return c, fmt.Errorf("checkpoint: signer's certificate does not chain to the trust bundle of %s at %s: %w", bundle.TrustDomain(), c.Time.Format(time.RFC3339), err)
 	}
 	chain := chains[0]
-	id, _, err := x509svid.Verify(chain[:max(1, len(chain)-1)], bundle, x509svid.WithTime(c.Time))
+	signer, _, err := x509svid.Verify(chain[:max(1, len(chain)-1)], bundle, x509svid.WithTime(c.Time))
 	if err != nil {
 		return c, fmt.Errorf("checkpoint: signer is not an X.509-SVID of %s: %w", bundle.TrustDomain(), err)
 	}
@@ -120,8 +130,8 @@ func Verify(signed string, bundle *x509bundle.Bundle) (Checkpoint, error) {
 	if err != nil || !bytes.Equal(payload, claimed) {
 		return c, errors.New("checkpoint: the signature does not verify (forged or edited)")
 	}
-	if c.ID != id.String() {
-		return c, fmt.Errorf("checkpoint: says it was signed by %q, but the key is %s's", c.ID, id)
+	if signer != id {
+		return c, fmt.Errorf("checkpoint: says it was signed by %s, but the key is %s's", id, signer)
 	}
 	return c, nil
 }

@@ -21,16 +21,43 @@ func auditCommand() *cli.Command {
 		Usage: "tail, verify or export the hash-chained audit log",
 		Subcommands: []*cli.Command{
 			{
-				Name:      "verify",
-				Usage:     "check every audit record's hash chain, offline",
-				UsageText: "latch audit verify [--db FILE | --config FILE]",
-				Description: "Opens the database read-only and checks each record's sequence number,\n" +
-					"link to the previous record and own hash, then the end of the log against\n" +
-					"the head latch wrote last. Any edit, deletion, reordering or truncated tail\n" +
-					"is reported with the first record that fails; the exit status is then 1.\n" +
-					"Run it on a copy while the server holds the file.",
-				Flags:  []cli.Flag{dbFlag, configFlagFor()},
+				Name:  "verify",
+				Usage: "check every audit record's hash chain, offline, against checkpoints kept elsewhere",
+				UsageText: "latch audit verify [--db FILE | --config FILE | --export FILE]\n" +
+					"   [--checkpoint FILE --bundle FILE] [--expect SEQ:HASH]...",
+				Description: "Opens the database read-only (or reads an export) and checks each record's\n" +
+					"sequence number, link to the previous record and own hash, then the end of\n" +
+					"the log against the head latch wrote last. Any edit, deletion, reordering or\n" +
+					"truncated tail is reported with the first record that fails; the exit status\n" +
+					"is then 1. Run it on a copy while the server holds the file.\n\n" +
+					"The head lives in the same file: whoever can rewrite the file can cut the\n" +
+					"tail and move the head back. A checkpoint kept elsewhere catches that:\n" +
+					"--checkpoint reads signed checkpoints (one JWS a line, as latch writes them\n" +
+					"to audit.checkpoint_file, its log and checkpoint events), checks each\n" +
+					"signature against --bundle (the SPIFFE trust bundle, PEM; default\n" +
+					"spiffe.bundle of --config), and the chain must reach and agree with each.\n" +
+					"--expect SEQ:HASH does the same with a hash you kept yourself.",
+				Flags: []cli.Flag{dbFlag, configFlagFor(),
+					&cli.StringFlag{Name: "export", Usage: "verify this export (latch audit export's JSON lines) instead of a database"},
+					&cli.StringFlag{Name: "checkpoint", Usage: "a file of signed checkpoints the chain must reach and agree with"},
+					&cli.StringFlag{Name: "bundle", Usage: "the trust bundle (PEM) that checkpoints are signed under"},
+					&cli.StringSliceFlag{Name: "expect", Usage: "SEQ:HASH: record SEQ must exist and have this hash (repeatable)"}},
 				Action: runAuditVerify,
+			},
+			{
+				Name:      "prune",
+				Usage:     "delete the audit records up to one that an export holds, offline",
+				UsageText: "latch audit prune --through SEQ --export FILE [--db FILE | --config FILE]",
+				Description: "Verifies the chain, then deletes records 1 to SEQ and keeps record SEQ's\n" +
+					"hash as the anchor the rest of the chain links to, so that latch audit\n" +
+					"verify still verifies what is left. --export names the export that keeps\n" +
+					"the pruned records (latch audit export > FILE): prune refuses unless it\n" +
+					"verifies and holds record SEQ with the same hash, so nothing is lost. The\n" +
+					"server must be stopped: prune needs the file for itself.",
+				Flags: []cli.Flag{dbFlag, configFlagFor(),
+					&cli.Uint64Flag{Name: "through", Required: true, Usage: "the last record to delete"},
+					&cli.StringFlag{Name: "export", Required: true, Usage: "the export that holds the records to delete"}},
+				Action: runAuditPrune,
 			},
 			{
 				Name:      "export",
@@ -64,6 +91,13 @@ func dbPath(c *cli.Context) (string, error) {
 }
 
 func runAuditVerify(c *cli.Context) error {
+	expect, err := expectations(c)
+	if err != nil {
+		return err
+	}
+	if f := c.String("export"); f != "" {
+		return verifyExport(c, f, expect)
+	}
 	path, err := dbPath(c)
 	if err != nil {
 		return err
@@ -76,7 +110,12 @@ func runAuditVerify(c *cli.Context) error {
 			lastShown = time.Now()
 		}
 	}
-	res, err := boltstore.VerifyAudit(path, progress)
+	res, err := boltstore.VerifyAudit(path, progress, expect...)
+	return reportVerify(c, res, err)
+}
+
+// reportVerify prints a verification's result; a broken chain exits 1.
+func reportVerify(c *cli.Context, res boltstore.VerifyResult, err error) error {
 	if errors.Is(err, boltstore.ErrAuditBroken) {
 		fmt.Fprintf(c.App.Writer, "FAILED: %v\n%d records verified before it\n", err, res.Verified)
 		return cli.Exit("", 1)
@@ -84,7 +123,14 @@ func runAuditVerify(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "ok: %d records, chain intact, last hash %s\n", res.Verified, res.LastHash)
+	from := ""
+	if res.PrunedThrough > 0 {
+		from = fmt.Sprintf(" (from record %d: the records before were pruned)", res.PrunedThrough+1)
+	}
+	fmt.Fprintf(c.App.Writer, "ok: %d records%s, chain intact, last hash %s\n", res.Verified, from, res.LastHash)
+	for _, x := range res.Checked {
+		fmt.Fprintf(c.App.Writer, "ok: record %d agrees with %s\n", x.Seq, x.Source)
+	}
 	return nil
 }
 

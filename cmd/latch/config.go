@@ -42,6 +42,7 @@ type Config struct {
 	Approvals              ApprovalsConfig `yaml:"approvals"`
 	AutoPause              AutoPauseConfig `yaml:"auto_pause"`
 	Refusals               RefusalsConfig  `yaml:"refusals"`
+	Audit                  AuditConfig     `yaml:"audit"`
 	TemplatesDir           string          `yaml:"templates_dir"`
 
 	// Policy is the compiled policy; LoadConfig sets it.
@@ -55,6 +56,7 @@ type Config struct {
 	StoreAt        strictyaml.Pos `yaml:"store,pos"`
 	VaultAt        strictyaml.Pos `yaml:"vault,pos"`
 	RefusalsAt     strictyaml.Pos `yaml:"refusals,pos"`
+	AuditAt        strictyaml.Pos `yaml:"audit,pos"`
 	TemplatesDirAt strictyaml.Pos `yaml:"templates_dir,pos"`
 }
 
@@ -155,6 +157,18 @@ type VaultAuthConfig struct {
 	MethodAt strictyaml.Pos `yaml:"method,pos"`
 }
 
+// AuditConfig is audit: how often latch signs a checkpoint of its audit
+// chain (every CheckpointEvery events or CheckpointInterval, whichever
+// comes first), and the file it also appends them to, best on another
+// volume or host than the database.
+type AuditConfig struct {
+	CheckpointEvery    int           `yaml:"checkpoint_every"`
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	CheckpointFile     string        `yaml:"checkpoint_file"`
+
+	At strictyaml.Pos `yaml:",pos"`
+}
+
 // RefusalsConfig is refusals: what a caller's refused requests may cost.
 // PerCaller refused requests a minute (4xx), then 429 too_many_refusals,
 // unevaluated and unaudited, until the budget refills. Of each caller's
@@ -234,6 +248,7 @@ func LoadConfig(path string) (*Config, error) {
 			MaxEventStreams: 64, MaxEventStreamsPerCaller: 4},
 		TemplatesDir: defaultTemplatesDir,
 		Refusals:     RefusalsConfig{PerCaller: 60, AuditEach: 10, Window: time.Minute},
+		Audit:        AuditConfig{CheckpointEvery: 1000, CheckpointInterval: time.Minute},
 	}
 	var errs strictyaml.Errors
 	if err := strictyaml.Unmarshal(path, data, cfg); err != nil {
@@ -397,7 +412,7 @@ func (c *Config) validate() strictyaml.Errors {
 func (c *Config) resolvePaths() {
 	base := filepath.Dir(c.File)
 	for _, p := range []*string{
-		&c.TemplatesDir, &c.Store.Path, &c.Server.AdminSocket,
+		&c.TemplatesDir, &c.Store.Path, &c.Server.AdminSocket, &c.Audit.CheckpointFile,
 		&c.SPIFFE.SVIDCert, &c.SPIFFE.SVIDKey, &c.SPIFFE.Bundle,
 		&c.Vault.CACert, &c.Vault.Auth.TokenFile, &c.Vault.Auth.RoleIDFile, &c.Vault.Auth.SecretIDFile,
 	} {
@@ -459,6 +474,10 @@ func (c *Config) validateLimits() strictyaml.Errors {
 	if r := c.Refusals; r.PerCaller < 1 || r.AuditEach < 1 || r.Window < time.Second {
 		errs = append(errs, c.at(configOr(r.At, c.RefusalsAt)).Errorf("refusals: per_caller and audit_each must be ≥ 1 and window ≥ 1s (defaults 60, 10, 1m), got %d, %d, %s",
 			r.PerCaller, r.AuditEach, r.Window))
+	}
+	if a := c.Audit; a.CheckpointEvery < 1 || a.CheckpointInterval < time.Second {
+		errs = append(errs, c.at(configOr(a.At, c.AuditAt)).Errorf("audit: checkpoint_every must be ≥ 1 and checkpoint_interval ≥ 1s (defaults 1000, 1m), got %d, %s",
+			a.CheckpointEvery, a.CheckpointInterval))
 	}
 	if s.MaxEventStreamsPerCaller > s.MaxEventStreams {
 		errs = append(errs, c.at(at.MaxEventStreamsPerCaller).Errorf("server.max_event_streams_per_caller: %d is more than max_event_streams (%d)",

@@ -119,7 +119,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		want   []string // lines, with FILE for the config path and DIR for its directory
 	}{
 		{"unknown top-level key", minimalConfigYAML + "servr: {}\n", nil, []string{
-			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, templates_dir`,
+			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, audit, templates_dir`,
 		}},
 		{"unknown nested key", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { path: latch.db, sync: true }", 1), nil, []string{
 			`FILE:3:26: unknown key "sync" in store; allowed: path`,

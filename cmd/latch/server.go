@@ -215,6 +215,10 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	go func() { defer s.bg.Done(); s.metrics.TrackCounts(bgCtx, s.store, 15*time.Second) }()
+	cp := &checkpointer{audit: s.service.Audit(), svids: s.source, every: s.cfg.Audit.CheckpointEvery,
+		interval: s.cfg.Audit.CheckpointInterval, file: s.cfg.Audit.CheckpointFile, log: s.log}
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); cp.run(bgCtx) }()
 	if ap := s.cfg.AutoPause; ap.Enabled() {
 		pauser, err := notify.NewAutoPause(notify.AutoPauseConfig{Threshold: ap.Denials, Window: ap.Window, Logger: s.log})
 		if err != nil {
