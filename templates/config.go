@@ -109,15 +109,22 @@ type TemplateConfig struct {
 // ParamConfig constrains one request parameter. Exactly one of Enum or
 // Pattern is required: a free-form parameter would let a request widen the
 // policy rendered from it. A parameter with a Default is optional.
+//
+// Whatever the enum or pattern, a value holds only letters, digits and
+// . _ : @ - unless Allow opts the parameter in to more: "slash" admits /
+// between non-empty segments that are not . or .. (see charset.go). An
+// enum value or a pattern that would admit anything else does not load.
 type ParamConfig struct {
 	Enum        []string `yaml:"enum"`
 	Pattern     string   `yaml:"pattern"`
+	Allow       []string `yaml:"allow"`
 	Default     *string  `yaml:"default"`
 	Description string   `yaml:"description"`
 
 	At        strictyaml.Pos   `yaml:",pos"`
 	EnumAt    []strictyaml.Pos `yaml:"enum,pos"`
 	PatternAt strictyaml.Pos   `yaml:"pattern,pos"`
+	AllowAt   []strictyaml.Pos `yaml:"allow,pos"`
 	DefaultAt strictyaml.Pos   `yaml:"default,pos"`
 }
 

@@ -120,13 +120,17 @@ type Template struct {
 
 // Param is one declared parameter.
 type Param struct {
-	Name        string
-	Enum        []string
-	Pattern     string
+	Name    string
+	Enum    []string
+	Pattern string
+	// Allow lists the opt-ins to characters beyond the default set, such
+	// as "slash"; see ParamConfig.
+	Allow       []string
 	Default     string
 	HasDefault  bool
 	Description string
 
+	chars  charSet
 	enum   map[string]bool
 	re     *regexp.Regexp
 	suffix string // " in [a b]" or " matches ^…$", for the trace
