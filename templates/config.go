@@ -182,6 +182,24 @@ type Backend struct {
 	Path string
 	// PathAt is where Path is written in the config, for errors.
 	PathAt strictyaml.Pos
+	// Check, when set, is the backend's own check of what a template
+	// rendered for one request (the path's shape, certificate name
+	// syntax). Evaluate runs it, so a request the backend would refuse is
+	// denied before anyone is asked to approve it, and `latch explain`
+	// shows why; the backend runs the same check again at mint.
+	// backends/catalog sets it, so templates imports no backend.
+	Check RenderCheck
+}
+
+// RenderCheck is a backend's check of rendered outputs. CheckRendered
+// returns nil when the backend would accept r, else an error whose message
+// says what is wrong; it is shown to the agent and to operators, so it
+// names rendered values (which explain shows anyway) and nothing else.
+// Implementations must be pure, fast and safe for concurrent use: they
+// run inside Evaluate. Comparable values (a backend's Config struct) keep
+// Backend comparable.
+type RenderCheck interface {
+	CheckRendered(r Rendered) error
 }
 
 // Backend types templates knows how to check.

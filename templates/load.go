@@ -338,6 +338,7 @@ func (l *loader) findBackend(t *Template, tc *TemplateConfig, fileAt strictyaml.
 		}
 	}
 	t.BackendType = be.Type
+	t.check = be.Check
 	return be
 }
 

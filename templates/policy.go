@@ -110,7 +110,8 @@ type Template struct {
 	paramNames map[string]bool
 	vars       []namedRenderer // sorted by name
 	policy     *renderer
-	path       *renderer // from the backend's config, vault-lease
+	path       *renderer   // from the backend's config, vault-lease
+	check      RenderCheck // the backend's check of rendered outputs; nil: none
 	names      *namesRenderer
 	riskLevel  int
 	// Trace details that do not depend on the request, precomputed so
