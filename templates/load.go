@@ -585,7 +585,7 @@ func compileAnchored(pattern string) (*regexp.Regexp, error) {
 // check validates a value against the parameter; "" means it passes.
 func (p *Param) check(v string) string {
 	if msg := checkValue(v, p.chars); msg != "" {
-		return msg
+		return quoteTrunc(v) + " " + msg
 	}
 	if p.enum != nil {
 		if !p.enum[v] {

@@ -78,7 +78,7 @@ func TestLoad_Invalid(t *testing.T) {
 		{"cel-unknown-param.yaml", `testdata/invalid/cel-unknown-param.yaml:8:13: escalate[0].when: params.regoin is not a parameter of this template`},
 		{"cel-unknown-window.yaml", `testdata/invalid/cel-unknown-window.yaml:7:13: escalate[0].when: in_window: unknown freeze window "office-hours"; defined: billing-close, business-hours, maintenance, night (at column 12 of the expression)`},
 		{"default-not-allowed.yaml", `testdata/invalid/default-not-allowed.yaml:4:38: params.region.default: "apac" is not one of eu, us`},
-		{"default-traversal.yaml", `testdata/invalid/default-traversal.yaml:4:56: params.v.default: has the path segment "..", which would climb out of the path it is rendered into`},
+		{"default-traversal.yaml", `testdata/invalid/default-traversal.yaml:4:56: params.v.default: "../sys" has the path segment "..", which would climb out of the path it is rendered into`},
 		{"duplicate-key.yaml", `testdata/invalid/duplicate-key.yaml:6:1: top level: duplicate key "ttl" (first defined at line 4)`},
 		{"duplicate-name.yaml", `testdata/invalid/duplicate-name.yaml:1:7: name: duplicate template "close-ticket" (first defined at testdata/templates/close-ticket.yaml:1:7)`},
 		{"empty.yaml", `testdata/invalid/empty.yaml:1:1: empty document: expected a mapping`},
