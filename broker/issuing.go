@@ -46,6 +46,7 @@ var violations = map[templates.ReasonCode]bool{
 	templates.ReasonTaskNotGranted:   true,
 	templates.ReasonUnknownParam:     true,
 	templates.ReasonParamConstraint:  true,
+	templates.ReasonBackendRefused:   true, // valid-looking values that render what the backend refuses
 	templates.ReasonAgentPaused:      true,
 	templates.ReasonAgentQuarantined: true,
 }

@@ -798,3 +798,57 @@ func TestService_RefusalsCoalesced(t *testing.T) {
 		t.Fatalf("no coalesced event within 10s of the window's end: %v", err)
 	}
 }
+
+// refuseUnlucky stands in for a backend's RenderCheck (templates.Backend.Check):
+// it refuses ticket 13's rendered path.
+type refuseUnlucky struct{}
+
+func (refuseUnlucky) CheckRendered(r templates.Rendered) error {
+	if r.Vars["path"] == "tickets/13" {
+		return errors.New(`path "tickets/13" is refused`)
+	}
+	return nil
+}
+
+// TestService_Issue_BackendRefused: a request whose rendered values the
+// backend's own check refuses is denied at evaluation, although it needs
+// an approval: no approver is asked, the backend is never called, and the
+// denial is audited as a violation.
+func TestService_Issue_BackendRefused(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	pc, err := templates.ParsePolicy("policy.yaml", []byte(brokertest.Policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpls := maps.Clone(brokertest.Templates)
+	tmpls["ticket.yaml"] = "name: ticket\nbackend: fake\nparams: { ticket: { pattern: \"^[0-9]{1,9}$\" } }\n" +
+		"vars: { path: \"tickets/{{ .params.ticket }}\" }\nttl: 5m\nrisk: high\n"
+	src := templates.Source{Policy: pc, Backends: map[string]templates.Backend{"fake": {Type: "fake", Check: refuseUnlucky{}}}}
+	for name, body := range tmpls {
+		src.Templates = append(src.Templates, templates.File{Name: name, Data: []byte(body)})
+	}
+	p, err := templates.Load(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.svc.SetPolicy(ctx, p, "test"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.svc.Issue(ctx, broker.IssueRequest{Agent: ticketBot, Task: "ticket", Params: map[string]string{"ticket": "13"}})
+	var e *broker.Error
+	if !errors.As(err, &e) || e.Code != broker.EFORBIDDEN || len(e.Reasons) == 0 || e.Reasons[0] != string(templates.ReasonBackendRefused) {
+		t.Fatalf("err = %v, want forbidden with %s", err, templates.ReasonBackendRefused)
+	}
+	if all, _ := f.svc.Approvals().List(ctx, broker.ApprovalFilter{}); len(all) != 0 || f.backend.Mints.Load() != 0 {
+		t.Fatalf("approvals %d, mints %d: a refused request reached an approver or the backend", len(all), f.backend.Mints.Load())
+	}
+	if ev := lastEvent(t, f); ev.Type != broker.EventViolation || ev.Actor != ticketBot {
+		t.Fatalf("last event = %s by %s, want a violation by %s", ev.Type, ev.Actor, ticketBot)
+	}
+	// The same template still asks for approval of a ticket it accepts.
+	res, err := f.svc.Issue(ctx, broker.IssueRequest{Agent: ticketBot, Task: "ticket", Params: map[string]string{"ticket": "42"}})
+	if err != nil || res.Pending == nil {
+		t.Fatalf("Issue(42) = %+v, %v; want a pending approval", res, err)
+	}
+}

@@ -109,15 +109,22 @@ type TemplateConfig struct {
 // ParamConfig constrains one request parameter. Exactly one of Enum or
 // Pattern is required: a free-form parameter would let a request widen the
 // policy rendered from it. A parameter with a Default is optional.
+//
+// Whatever the enum or pattern, a value holds only letters, digits and
+// . _ : @ - unless Allow opts the parameter in to more: "slash" admits /
+// between non-empty segments that are not . or .. (see charset.go). An
+// enum value or a pattern that would admit anything else does not load.
 type ParamConfig struct {
 	Enum        []string `yaml:"enum"`
 	Pattern     string   `yaml:"pattern"`
+	Allow       []string `yaml:"allow"`
 	Default     *string  `yaml:"default"`
 	Description string   `yaml:"description"`
 
 	At        strictyaml.Pos   `yaml:",pos"`
 	EnumAt    []strictyaml.Pos `yaml:"enum,pos"`
 	PatternAt strictyaml.Pos   `yaml:"pattern,pos"`
+	AllowAt   []strictyaml.Pos `yaml:"allow,pos"`
 	DefaultAt strictyaml.Pos   `yaml:"default,pos"`
 }
 
@@ -175,6 +182,24 @@ type Backend struct {
 	Path string
 	// PathAt is where Path is written in the config, for errors.
 	PathAt strictyaml.Pos
+	// Check, when set, is the backend's own check of what a template
+	// rendered for one request (the path's shape, certificate name
+	// syntax). Evaluate runs it, so a request the backend would refuse is
+	// denied before anyone is asked to approve it, and `latch explain`
+	// shows why; the backend runs the same check again at mint.
+	// backends/catalog sets it, so templates imports no backend.
+	Check RenderCheck
+}
+
+// RenderCheck is a backend's check of rendered outputs. CheckRendered
+// returns nil when the backend would accept r, else an error whose message
+// says what is wrong; it is shown to the agent and to operators, so it
+// names rendered values (which explain shows anyway) and nothing else.
+// Implementations must be pure, fast and safe for concurrent use: they
+// run inside Evaluate. Comparable values (a backend's Config struct) keep
+// Backend comparable.
+type RenderCheck interface {
+	CheckRendered(r Rendered) error
 }
 
 // Backend types templates knows how to check.

@@ -588,14 +588,25 @@ func (ev *evaluation) countApprovals() {
 	}
 }
 
-// renderOutputs renders what would be minted, from valid parameters only.
+// renderOutputs renders what would be minted, from valid parameters only,
+// and has the backend check it: what the backend would refuse at mint is
+// denied here, before an approver is asked about it.
 func (ev *evaluation) renderOutputs() {
 	if !ev.paramsOK {
 		ev.skip("render", "parameters are invalid")
-	} else if err := ev.t.render(&ev.d, ev.params, ev.agentVars()); err != nil {
+		return
+	}
+	if err := ev.t.render(&ev.d, ev.params, ev.agentVars()); err != nil {
 		ev.deny("render", ReasonRenderFailed, err.Error())
-	} else {
-		ev.pass("render", renderDetail(&ev.d.Rendered))
+		return
+	}
+	ev.pass("render", renderDetail(&ev.d.Rendered))
+	if c := ev.t.check; c != nil {
+		if err := c.CheckRendered(ev.d.Rendered); err != nil {
+			ev.deny("backend", ReasonBackendRefused, fmt.Sprintf("backend %s (%s) would refuse this request: %v", ev.t.Backend, ev.t.BackendType, err))
+		} else {
+			ev.pass("backend", ev.t.BackendType+" accepts what was rendered")
+		}
 	}
 }
 

@@ -70,6 +70,12 @@ func TestEvaluate(t *testing.T) {
 			want{outcome: Deny, codes: []ReasonCode{ReasonParamConstraint}, tier: TierHigh, approvals: 1, ttl: 5 * time.Minute, rule: "param.ticket", result: ResultDeny}},
 		{"ErrParamConstraint/pattern is anchored", Request{Agent: reportBot, Task: "close-ticket", Params: map[string]string{"ticket": "12\n"}, Now: ts(t, openTime)},
 			want{outcome: Deny, codes: []ReasonCode{ReasonParamConstraint}, tier: TierHigh, approvals: 1, ttl: 5 * time.Minute}},
+		{"ErrParamConstraint/traversal", Request{Agent: reportBot, Task: "close-ticket", Params: map[string]string{"ticket": "../../sys/policy/x"}, Now: ts(t, openTime)},
+			want{outcome: Deny, codes: []ReasonCode{ReasonParamConstraint}, tier: TierHigh, approvals: 1, ttl: 5 * time.Minute, rule: "render", result: ResultSkip}},
+		{"ErrParamConstraint/right-to-left override", Request{Agent: reportBot, Task: "close-ticket", Params: map[string]string{"ticket": "1\u202E2"}, Now: ts(t, openTime)},
+			want{outcome: Deny, codes: []ReasonCode{ReasonParamConstraint}, tier: TierHigh, approvals: 1, ttl: 5 * time.Minute, rule: "param.ticket", result: ResultDeny}},
+		{"ErrParamConstraint/percent-encoded", Request{Agent: reportBot, Task: "close-ticket", Params: map[string]string{"ticket": "%2e%2e"}, Now: ts(t, openTime)},
+			want{outcome: Deny, codes: []ReasonCode{ReasonParamConstraint}, tier: TierHigh, approvals: 1, ttl: 5 * time.Minute, rule: "param.ticket", result: ResultDeny}},
 		{"ErrMissingParam", Request{Agent: reportBot, Task: "nightly-report", Now: ts(t, openTime)},
 			want{outcome: Deny, codes: []ReasonCode{ReasonMissingParam}, tier: TierLow, ttl: 10 * time.Minute, rule: "param.region", result: ResultDeny}},
 		{"ErrFrozen", Request{Agent: reportBot, Task: "nightly-report", Params: map[string]string{"region": "eu"}, Now: ts(t, billingT)},
@@ -349,5 +355,60 @@ func TestEvaluate_Concurrent(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// segmentCheck stands in for a backend's RenderCheck: it refuses a path
+// with more than three segments, and counts its calls.
+type segmentCheck struct{ calls *int }
+
+func (c segmentCheck) CheckRendered(r Rendered) error {
+	*c.calls++
+	if strings.Count(r.Path, "/") > 2 {
+		return fmt.Errorf("path %q has too many segments", r.Path)
+	}
+	return nil
+}
+
+// TestEvaluate_BackendCheck: the backend's check runs on what was
+// rendered, after every other rule; its refusal denies the request (never
+// an approval), names the backend, and keeps the rendered outputs for
+// explain. It never runs on invalid parameters.
+func TestEvaluate_BackendCheck(t *testing.T) {
+	calls := 0
+	pc, err := ParsePolicy("p.yaml", []byte("agents: [{ id: spiffe://example.org/a, owner: spiffe://example.org/o, templates: [t] }]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(Source{Policy: pc, Templates: []File{{Name: "t.yaml", Data: []byte(`name: t
+backend: db
+params: { role: { pattern: "^[a-z]+(/[a-z]+)*$", allow: [slash] } }
+vars: { role: "{{ .params.role }}" }
+ttl: 5m
+risk: high
+`)}}, Backends: map[string]Backend{"db": {Type: BackendVaultLease, Path: "database/creds/{{ .vars.role }}", Check: segmentCheck{&calls}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eval := func(role string) Decision {
+		return p.Evaluate(Request{Agent: "spiffe://example.org/a", Task: "t", Params: map[string]string{"role": role}, Now: ts(t, openTime)})
+	}
+	d := eval("eu")
+	checkDecision(t, d, want{outcome: ApprovalRequired, codes: []ReasonCode{ReasonTierApproval}, tier: TierHigh, approvals: 1, ttl: 5 * time.Minute,
+		path: "database/creds/eu", rule: "backend", result: ResultPass})
+	d = eval("eu/extra")
+	checkDecision(t, d, want{outcome: Deny, codes: []ReasonCode{ReasonBackendRefused}, tier: TierHigh, approvals: 1, ttl: 5 * time.Minute,
+		path: "database/creds/eu/extra", rule: "backend", result: ResultDeny})
+	if want := `backend db (vault-lease) would refuse this request: path "database/creds/eu/extra" has too many segments`; d.Reasons[0].Message != want {
+		t.Fatalf("message %q, want %q", d.Reasons[0].Message, want)
+	}
+	if last := d.Trace[len(d.Trace)-1]; last.Rule != "backend" {
+		t.Fatalf("the backend check is not the last rule: %+v", d.Trace)
+	}
+	n := calls
+	d = eval("../x")
+	checkDecision(t, d, want{outcome: Deny, codes: []ReasonCode{ReasonParamConstraint}, tier: TierHigh, approvals: 1, ttl: 5 * time.Minute, rule: "render", result: ResultSkip})
+	if calls != n {
+		t.Fatal("the backend check ran on invalid parameters")
 	}
 }

@@ -24,7 +24,7 @@ var (
 	rateRE         = regexp.MustCompile(`^([1-9][0-9]{0,8})/(s|m|h)$`)
 )
 
-// Limits on request values; see checkValue.
+// Limits on request values; see checkValue (charset.go).
 const maxValueLen = 256
 
 // Load validates and compiles a policy. Every problem found is reported,
@@ -338,6 +338,7 @@ func (l *loader) findBackend(t *Template, tc *TemplateConfig, fileAt strictyaml.
 		}
 	}
 	t.BackendType = be.Type
+	t.check = be.Check
 	return be
 }
 
@@ -481,38 +482,26 @@ func (l *loader) compileWindowRule(i int, wc WindowRuleConfig) (WindowRule, bool
 	return r, false
 }
 
+// compileParam compiles one parameter: its allow: list first, since the
+// enum values, the pattern and the default are checked against the
+// characters it allows.
 func (l *loader) compileParam(name string, pc ParamConfig) (*Param, bool) {
 	path := "params." + name
 	n0 := len(l.errs)
-	p := &Param{Name: name, Enum: pc.Enum, Pattern: pc.Pattern, Description: pc.Description}
+	p := &Param{Name: name, Enum: pc.Enum, Pattern: pc.Pattern, Allow: pc.Allow, Description: pc.Description}
 	if !identRE.MatchString(name) {
 		l.errorf(pc.At, "%s: parameter names are lowercase letters, digits and _, starting with a letter", path)
 	}
+	p.chars = l.compileAllowList(path, pc)
 	switch {
 	case pc.Enum == nil && pc.Pattern == "":
 		l.errorf(pc.At, "%s: needs enum or pattern; a free-form parameter would let a request widen its own policy", path)
 	case pc.Enum != nil && pc.Pattern != "":
 		l.errorf(pc.At, "%s: set enum or pattern, not both", path)
 	case pc.Enum != nil:
-		if len(pc.Enum) == 0 {
-			l.errorf(pc.At, "%s.enum: must list at least one value", path)
-		}
-		p.enum = make(map[string]bool, len(pc.Enum))
-		for i, v := range pc.Enum {
-			at := posAt(pc.EnumAt, i, pc.At)
-			if p.enum[v] {
-				l.errorf(at, "%s.enum[%d]: %q is listed twice", path, i, v)
-			} else if msg := checkValue(v); msg != "" {
-				l.errorf(at, "%s.enum[%d]: %q %s", path, i, v, msg)
-			}
-			p.enum[v] = true
-		}
+		l.compileEnum(p, path, pc)
 	default:
-		re, err := compileAnchored(pc.Pattern)
-		if err != nil {
-			l.errorf(pc.PatternAt, "%s.pattern: %v", path, err)
-		}
-		p.re = re
+		l.compilePattern(p, path, pc)
 	}
 	if p.enum != nil {
 		p.suffix = " in [" + strings.Join(p.Enum, " ") + "]"
@@ -528,6 +517,49 @@ func (l *loader) compileParam(name string, pc ParamConfig) (*Param, bool) {
 		}
 	}
 	return p, len(l.errs) == n0
+}
+
+// compileAllowList checks allow: and returns the characters it admits.
+func (l *loader) compileAllowList(path string, pc ParamConfig) charSet {
+	cs, bad := compileAllow(pc.Allow)
+	for i := range pc.Allow {
+		if msg, ok := bad[i]; ok {
+			l.errorf(posAt(pc.AllowAt, i, pc.At), "%s.allow[%d]: %s", path, i, msg)
+		}
+	}
+	return cs
+}
+
+// compileEnum checks every enum value with the rule every request value
+// meets, so an enum cannot list what a request could not send.
+func (l *loader) compileEnum(p *Param, path string, pc ParamConfig) {
+	if len(pc.Enum) == 0 {
+		l.errorf(pc.At, "%s.enum: must list at least one value", path)
+	}
+	p.enum = make(map[string]bool, len(pc.Enum))
+	for i, v := range pc.Enum {
+		at := posAt(pc.EnumAt, i, pc.At)
+		if p.enum[v] {
+			l.errorf(at, "%s.enum[%d]: %q is listed twice", path, i, v)
+		} else if msg := checkValue(v, p.chars); msg != "" {
+			l.errorf(at, "%s.enum[%d]: %q %s%s", path, i, v, msg, optInHint(v, p.chars))
+		}
+		p.enum[v] = true
+	}
+}
+
+// compilePattern compiles the pattern and refuses one that admits a
+// character the parameter does not allow.
+func (l *loader) compilePattern(p *Param, path string, pc ParamConfig) {
+	re, err := compileAnchored(pc.Pattern)
+	if err == nil {
+		err = checkPatternChars(pc.Pattern, p.chars, path)
+	}
+	if err != nil {
+		l.errorf(pc.PatternAt, "%s.pattern: %v", path, err)
+		return
+	}
+	p.re = re
 }
 
 // compileAnchored compiles a parameter pattern, insisting that it is
@@ -550,33 +582,10 @@ func compileAnchored(pattern string) (*regexp.Regexp, error) {
 	return re, nil
 }
 
-// checkValue rejects values that could change the meaning of what they are
-// rendered into, whatever the declared constraint allows: quotes, escapes
-// and control characters break out of an HCL string; * and + are Vault path
-// wildcards; {, } and $ start Vault policy templating or interpolation.
-// It returns "" for a safe value, else why not.
-func checkValue(v string) string {
-	if v == "" {
-		return "is empty"
-	}
-	if len(v) > maxValueLen {
-		return fmt.Sprintf("is longer than %d bytes", maxValueLen)
-	}
-	for _, r := range v {
-		switch {
-		case r < 0x20 || r == 0x7f:
-			return "contains a control character"
-		case strings.ContainsRune(`"\*+{}$`, r):
-			return fmt.Sprintf("contains %q, which could widen a rendered policy or path", r)
-		}
-	}
-	return ""
-}
-
 // check validates a value against the parameter; "" means it passes.
 func (p *Param) check(v string) string {
-	if msg := checkValue(v); msg != "" {
-		return msg
+	if msg := checkValue(v, p.chars); msg != "" {
+		return quoteTrunc(v) + " " + msg
 	}
 	if p.enum != nil {
 		if !p.enum[v] {
@@ -730,6 +739,7 @@ func versionOf(t *Template, tc *TemplateConfig) string {
 	type param struct {
 		Enum        []string `json:"enum,omitempty"`
 		Pattern     string   `json:"pattern,omitempty"`
+		Allow       []string `json:"allow,omitempty"`
 		Default     *string  `json:"default,omitempty"`
 		Description string   `json:"description,omitempty"`
 	}
@@ -771,7 +781,7 @@ func versionOf(t *Template, tc *TemplateConfig) string {
 	if len(tc.Params) > 0 {
 		c.Params = map[string]param{}
 		for k, p := range tc.Params {
-			c.Params[k] = param{Enum: p.Enum, Pattern: p.Pattern, Default: p.Default, Description: p.Description}
+			c.Params[k] = param{Enum: p.Enum, Pattern: p.Pattern, Allow: p.Allow, Default: p.Default, Description: p.Description}
 		}
 	}
 	if n := tc.Names; n != nil {

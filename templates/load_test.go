@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/latchbroker/latch/templates/strictyaml"
 )
@@ -68,6 +69,7 @@ func TestLoad_Invalid(t *testing.T) {
 		file string
 		want string
 	}{
+		{"allow-unknown.yaml", `testdata/invalid/allow-unknown.yaml:4:45: params.v.allow[1]: unknown name "slashes"; allowed: slash`},
 		{"alternation-pattern.yaml", `testdata/invalid/alternation-pattern.yaml:4:22: params.ticket.pattern: "^[0-9]+|admin$" must be anchored: start with ^ and end with $ around the whole pattern (group alternatives: ^(a|b)$)`},
 		{"bad-effect.yaml", `testdata/invalid/bad-effect.yaml:7:38: windows[0].effect: unknown effect "block"; allowed: deny, require_approval`},
 		{"bad-name.yaml", `testdata/invalid/bad-name.yaml:1:7: name: "Close_Ticket" is not a valid template name (lowercase letters, digits and -, at most 64)`},
@@ -76,9 +78,13 @@ func TestLoad_Invalid(t *testing.T) {
 		{"cel-unknown-param.yaml", `testdata/invalid/cel-unknown-param.yaml:8:13: escalate[0].when: params.regoin is not a parameter of this template`},
 		{"cel-unknown-window.yaml", `testdata/invalid/cel-unknown-window.yaml:7:13: escalate[0].when: in_window: unknown freeze window "office-hours"; defined: billing-close, business-hours, maintenance, night (at column 12 of the expression)`},
 		{"default-not-allowed.yaml", `testdata/invalid/default-not-allowed.yaml:4:38: params.region.default: "apac" is not one of eu, us`},
+		{"default-traversal.yaml", `testdata/invalid/default-traversal.yaml:4:56: params.v.default: "../sys" has the path segment "..", which would climb out of the path it is rendered into`},
 		{"duplicate-key.yaml", `testdata/invalid/duplicate-key.yaml:6:1: top level: duplicate key "ttl" (first defined at line 4)`},
 		{"duplicate-name.yaml", `testdata/invalid/duplicate-name.yaml:1:7: name: duplicate template "close-ticket" (first defined at testdata/templates/close-ticket.yaml:1:7)`},
 		{"empty.yaml", `testdata/invalid/empty.yaml:1:1: empty document: expected a mapping`},
+		{"enum-format-char.yaml", `testdata/invalid/enum-format-char.yaml:4:19: params.v.enum[1]: "a\u202eb" contains '\u202e' (U+202E), an invisible Unicode format character; allowed: letters, digits and . _ : @ -; no allow: opt-in admits it`},
+		{"enum-slash.yaml", `testdata/invalid/enum-slash.yaml:4:19: params.v.enum[1]: "eu/extra" contains '/' (U+002F); allowed: letters, digits and . _ : @ -; add allow: [slash] to the parameter, or change the value`},
+		{"enum-traversal.yaml", `testdata/invalid/enum-traversal.yaml:4:19: params.v.enum[1]: "eu/../sys" has the path segment "..", which would climb out of the path it is rendered into`},
 		{"escalate-lowers.yaml", `testdata/invalid/escalate-lowers.yaml:8:42: escalate[0].to: low does not raise risk high; escalation can only raise a tier`},
 		{"free-form-param.yaml", `testdata/invalid/free-form-param.yaml:4:3: params.ticket: needs enum or pattern; a free-form parameter would let a request widen its own policy`},
 		{"lease-missing-var.yaml", `testdata/invalid/lease-missing-var.yaml:2:10: backend: the path of "app-db" does not render for this template: path:1:23: executing "path" at <.vars.role>: map has no entry for key "role"`},
@@ -87,6 +93,12 @@ func TestLoad_Invalid(t *testing.T) {
 			"\n" + `testdata/invalid/missing-required.yaml:1:1: backend is required (a name from backends: in the config)` +
 			"\n" + `testdata/invalid/missing-required.yaml:1:1: ttl is required (the default lease TTL, such as 10m)` +
 			"\n" + `testdata/invalid/missing-required.yaml:1:1: risk is required; allowed: low, medium, high, critical`},
+		{"pattern-admits-slash.yaml", `testdata/invalid/pattern-admits-slash.yaml:4:17: params.v.pattern: "^[a-z/]+$" admits '/' (U+002F), which params.v does not allow; narrow it to the characters the value needs, such as [a-z0-9-] (letters, digits and . _ : @ -), or add allow: [slash] to the parameter`},
+		{"pattern-admits-space.yaml", `testdata/invalid/pattern-admits-space.yaml:4:17: params.v.pattern: "^[a-z]+\\s[a-z]+$" admits '\t' (U+0009), a control character, which params.v does not allow; narrow it to the characters the value needs, such as [a-z0-9-] (letters, digits and . _ : @ - /); no allow: opt-in admits it`},
+		{"pattern-any-plus.yaml", `testdata/invalid/pattern-any-plus.yaml:4:17: params.v.pattern: "^.+$" admits any character (. matches everything but a newline), control and invisible Unicode characters included; narrow it to the characters the value needs, such as [a-z0-9-]`},
+		{"pattern-any.yaml", `testdata/invalid/pattern-any.yaml:4:17: params.v.pattern: "^.*$" admits any character (. matches everything but a newline), control and invisible Unicode characters included; narrow it to the characters the value needs, such as [a-z0-9-]`},
+		{"pattern-fold-case.yaml", `testdata/invalid/pattern-fold-case.yaml:4:17: params.v.pattern: "(?i)^[a-z]+$" admits 'ſ' (U+017F): case-insensitive matching ((?i)) folds ASCII letters to look-alikes outside letters, digits and . _ : @ -; list both cases instead, such as [A-Za-z]`},
+		{"pattern-negated-class.yaml", `testdata/invalid/pattern-negated-class.yaml:4:17: params.v.pattern: "^[^x]+$" admits '\x00' (U+0000), a control character, which params.v does not allow; narrow it to the characters the value needs, such as [a-z0-9-] (letters, digits and . _ : @ -); no allow: opt-in admits it`},
 		{"pki-without-common-name.yaml", `testdata/invalid/pki-without-common-name.yaml:3:1: names: common_name is required`},
 		{"policy-agent-bare-trust-domain.yaml", `testdata/invalid/policy-agent-bare-trust-domain.yaml:2:9: agents[0].id: a prefix must spell out the trust domain and a path, as in spiffe://example.org/agent/*; got "spiffe://*"`},
 		{"policy-agent-star-middle.yaml", `testdata/invalid/policy-agent-star-middle.yaml:2:9: agents[0].id: "*" may only end a prefix, as in spiffe://example.org/agent/report-*; got "spiffe://example.org/agent/*/reports"`},
@@ -112,7 +124,7 @@ func TestLoad_Invalid(t *testing.T) {
 		{"unknown-key.yaml", `testdata/invalid/unknown-key.yaml:6:1: unknown key "max_tll"; allowed: name, description, backend, params, vars, policy, names, ttl, max_ttl, risk, escalate, windows, max_active`},
 		{"unknown-tier.yaml", `testdata/invalid/unknown-tier.yaml:5:7: risk: unknown tier "urgent"; allowed: low, medium, high, critical`},
 		{"unknown-window.yaml", `testdata/invalid/unknown-window.yaml:8:16: windows[1].outside: unknown freeze window "office-hours"; defined: billing-close, business-hours, maintenance, night`},
-		{"unsafe-enum.yaml", `testdata/invalid/unsafe-enum.yaml:4:27: params.path.enum[1]: "*" contains '*', which could widen a rendered policy or path`},
+		{"unsafe-enum.yaml", `testdata/invalid/unsafe-enum.yaml:4:27: params.path.enum[1]: "*" contains '*' (U+002A); allowed: letters, digits and . _ : @ -; no allow: opt-in admits it`},
 		{"window-and-outside.yaml", `testdata/invalid/window-and-outside.yaml:7:5: windows[0]: set window or outside, not both`},
 		{"wrong-type.yaml", `testdata/invalid/wrong-type.yaml:4:6: ttl: expected a duration such as 10m or 1h30m, got 10`},
 	}
@@ -250,15 +262,81 @@ func TestCompileAnchored(t *testing.T) {
 	}
 }
 
+// TestCheckValue: values hold only the parameter's characters, the
+// default ones or those allow: adds, and never a path segment that is
+// empty, "." or "..". Every hostile string of issue 13 is here.
 func TestCheckValue(t *testing.T) {
-	for _, v := range []string{"", `a"b`, `a\b`, "a*", "a+b", "{{x}}", "${x}", "a\nb", "a\x00", strings.Repeat("a", maxValueLen+1)} {
-		if checkValue(v) == "" {
-			t.Errorf("%q accepted", v)
-		}
+	slash, _ := compileAllow([]string{"slash"})
+	tests := []struct {
+		name  string
+		v     string
+		chars charSet
+		want  string // substring of the refusal; "" = valid
+	}{
+		{"Name", "eu", charSet{}, ""},
+		{"Number", "123", charSet{}, ""},
+		{"Punctuation", "ord_abc.v1:x@y-z", charSet{}, ""},
+		{"Dots inside", "a..b", charSet{}, ""},
+		{"Path", "team/app/db", slash, ""},
+		{"ErrEmpty", "", charSet{}, "is empty"},
+		{"ErrTooLong", strings.Repeat("a", maxValueLen+1), charSet{}, "longer than 256 bytes"},
+		{"ErrSlash", "eu/extra/segments", charSet{}, `'/' (U+002F); allowed: letters, digits and . _ : @ -`},
+		{"ErrTraversal", "../../sys/policy/x", charSet{}, `'/' (U+002F)`},
+		{"ErrTraversal/with slash", "../../sys/policy/x", slash, `the path segment ".."`},
+		{"ErrTraversal/inside", "eu/../x", slash, `the path segment ".."`},
+		{"ErrDot", "eu/./x", slash, `the path segment "."`},
+		{"ErrDotDot/alone", "..", charSet{}, `the path segment ".."`},
+		{"ErrDot/alone", ".", charSet{}, `the path segment "."`},
+		{"ErrLeadingSlash", "/sys", slash, "empty path segment"},
+		{"ErrTrailingSlash", "a/", slash, "empty path segment"},
+		{"ErrDoubleSlash", "a//b", slash, "empty path segment"},
+		{"ErrPercentEncoded", "%2e%2e", slash, `'%' (U+0025)`},
+		{"ErrRLO", "a\u202Eb", slash, `'\u202e' (U+202E), an invisible Unicode format character`},
+		{"ErrZeroWidthJoiner", "a\u200Db", charSet{}, "(U+200D), an invisible Unicode format character"},
+		{"ErrNUL", "a\x00", slash, "(U+0000), a control character"},
+		{"ErrNewline", "12\n", charSet{}, "(U+000A), a control character"},
+		{"ErrDEL", "a\x7f", charSet{}, "(U+007F), a control character"},
+		{"ErrC1", "a\u0085", charSet{}, "(U+0085), a control character"},
+		{"ErrComma", "a,b", charSet{}, `',' (U+002C)`},
+		{"ErrSpace", "a b", charSet{}, `' ' (U+0020)`},
+		{"ErrQuote", `a"b`, charSet{}, `'"' (U+0022)`},
+		{"ErrBackslash", `a\b`, charSet{}, `'\\' (U+005C)`},
+		{"ErrWildcard", "a*", slash, `'*' (U+002A)`},
+		{"ErrPlus", "a+b", charSet{}, `'+' (U+002B)`},
+		{"ErrTemplating", "{{x}}", charSet{}, `'{' (U+007B)`},
+		{"ErrInterpolation", "${x}", charSet{}, `'$' (U+0024)`},
+		{"ErrNonASCII", "ü", charSet{}, `'ü' (U+00FC)`},
+		{"ErrCyrillicLookalike", "\u0430dmin", charSet{}, "(U+0430)"},
 	}
-	for _, v := range []string{"eu", "123", "ord_abc", "a.b-c_d/e", "ü"} {
-		if msg := checkValue(v); msg != "" {
-			t.Errorf("%q rejected: %s", v, msg)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := checkValue(tt.v, tt.chars)
+			switch {
+			case tt.want == "" && got != "":
+				t.Fatalf("%q refused: %s", tt.v, got)
+			case tt.want != "" && !strings.Contains(got, tt.want):
+				t.Fatalf("checkValue(%q) = %q, want it to contain %q", tt.v, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestCompileAllow: allow: names are a closed list, and none of them, nor
+// the default set, admits a control or format character.
+func TestCompileAllow(t *testing.T) {
+	if cs, bad := compileAllow([]string{"slash"}); len(bad) != 0 || !cs.has('/') {
+		t.Fatalf("slash: %+v %v", cs, bad)
+	}
+	if _, bad := compileAllow([]string{"slash", "slashes", "slash"}); bad[1] != `unknown name "slashes"; allowed: slash` || bad[2] != `"slash" is listed twice` || bad[0] != "" {
+		t.Fatalf("bad = %v", bad)
+	}
+	all := charSet{}
+	for _, r := range allowNames {
+		all.extra += string(r)
+	}
+	for r := rune(0); r <= unicode.MaxRune; r++ {
+		if all.has(r) && (neverAllowed(r) || r > unicode.MaxASCII || unicode.IsSpace(r)) {
+			t.Fatalf("%U is allowed", r)
 		}
 	}
 }

@@ -110,7 +110,8 @@ type Template struct {
 	paramNames map[string]bool
 	vars       []namedRenderer // sorted by name
 	policy     *renderer
-	path       *renderer // from the backend's config, vault-lease
+	path       *renderer   // from the backend's config, vault-lease
+	check      RenderCheck // the backend's check of rendered outputs; nil: none
 	names      *namesRenderer
 	riskLevel  int
 	// Trace details that do not depend on the request, precomputed so
@@ -120,13 +121,17 @@ type Template struct {
 
 // Param is one declared parameter.
 type Param struct {
-	Name        string
-	Enum        []string
-	Pattern     string
+	Name    string
+	Enum    []string
+	Pattern string
+	// Allow lists the opt-ins to characters beyond the default set, such
+	// as "slash"; see ParamConfig.
+	Allow       []string
 	Default     string
 	HasDefault  bool
 	Description string
 
+	chars  charSet
 	enum   map[string]bool
 	re     *regexp.Regexp
 	suffix string // " in [a b]" or " matches ^…$", for the trace

@@ -20,6 +20,7 @@ const (
 	ReasonAgentPaused      ReasonCode = "agent_paused"      // an operator paused the agent
 	ReasonAgentQuarantined ReasonCode = "agent_quarantined" // an operator quarantined the agent
 	ReasonRenderFailed     ReasonCode = "render_failed"     // a template did not render; a config bug, fail closed
+	ReasonBackendRefused   ReasonCode = "backend_refused"   // the backend's own checks refuse what the request rendered (see Backend.Check)
 )
 
 // Approval reasons (Outcome ApprovalRequired).

@@ -31,7 +31,7 @@ func decodeVaultToken(path string, b Block) (Spec, error) {
 		return Spec{}, b.At.Errorf("%s: %v", path, err)
 	}
 	return Spec{
-		Template: templates.Backend{Type: vaulttoken.Type},
+		Template: templates.Backend{Type: vaulttoken.Type, Check: vaulttoken.RenderCheck{}},
 		build:    func(v *vault.Client) (broker.Backend, error) { return vaulttoken.New(v, c) },
 	}, nil
 }
@@ -51,7 +51,7 @@ func decodeVaultLease(path string, b Block) (Spec, error) {
 		return Spec{}, b.At.Errorf("%s: %v", path, err)
 	}
 	return Spec{
-		Template: templates.Backend{Type: vaultlease.Type, Path: c.Path, PathAt: c.PathAt},
+		Template: templates.Backend{Type: vaultlease.Type, Path: c.Path, PathAt: c.PathAt, Check: c.Config.RenderCheck()},
 		build:    func(v *vault.Client) (broker.Backend, error) { return vaultlease.New(v, c.Config) },
 	}, nil
 }
@@ -75,7 +75,7 @@ func decodeVaultPKI(path string, b Block) (Spec, error) {
 		return Spec{}, b.At.Errorf("%s: %v", path, err)
 	}
 	return Spec{
-		Template: templates.Backend{Type: vaultpki.Type},
+		Template: templates.Backend{Type: vaultpki.Type, Check: vaultpki.RenderCheck{}},
 		build:    func(v *vault.Client) (broker.Backend, error) { return vaultpki.New(v, c) },
 	}, nil
 }

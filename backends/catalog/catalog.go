@@ -40,7 +40,8 @@ type Type struct {
 // what templates needs to check the templates that use it, and how to
 // build it.
 type Spec struct {
-	// Template is the backend as templates.Load sees it.
+	// Template is the backend as templates.Load sees it, with the
+	// backend's RenderCheck as its Check.
 	Template templates.Backend
 
 	build func(*vault.Client) (broker.Backend, error)

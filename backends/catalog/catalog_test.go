@@ -47,10 +47,11 @@ func TestParse(t *testing.T) {
 	}
 	got := set.Templates()
 	want := map[string]templates.Backend{
-		"tokens": {Type: vaulttoken.Type},
+		"tokens": {Type: vaulttoken.Type, Check: vaulttoken.RenderCheck{}},
 		"app-db": {Type: vaultlease.Type, Path: "database/creds/{{ .vars.role }}",
-			PathAt: strictyaml.Pos{File: "latch.yaml", Line: 3, Col: 38}},
-		"certs": {Type: vaultpki.Type},
+			PathAt: strictyaml.Pos{File: "latch.yaml", Line: 3, Col: 38},
+			Check:  vaultlease.RenderCheck{Prefix: "database/creds/", Segments: 3}},
+		"certs": {Type: vaultpki.Type, Check: vaultpki.RenderCheck{}},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("Templates() = %+v", got)

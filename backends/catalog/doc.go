@@ -9,6 +9,12 @@
 // client (backends/vault). Errors name file:line:col like the rest of the
 // config. Adding a backend type is adding one entry to BuiltIns.
 //
+// Each type also hands templates its RenderCheck (templates.Backend.Check):
+// the checks its Mint makes of rendered paths, names or policies, which
+// templates.Evaluate then runs on every request, so what the backend would
+// refuse is denied before an approver is asked. This is how those checks
+// reach templates without templates importing a backend.
+//
 //	// latch.yaml, already decoded by strictyaml into map[string]catalog.Block:
 //	set, err := catalog.Decode(cfg.Backends)
 //	pol, err := templates.Load(templates.Source{..., Backends: set.Templates()})

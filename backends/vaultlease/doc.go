@@ -21,9 +21,16 @@
 // lease (a KV secret, say) is refused: latch could never take it back.
 //
 // The rendered path must stay under the static prefix of the configured
-// path template (the text before its first {{), and may not contain empty,
-// "." or ".." segments; the mint token's policy decides what it may
-// actually read.
+// path template (the text before its first {{), have exactly as many
+// segments as the template (a value renders inside its segment: a role of
+// eu/extra/segments would read another endpoint), and may not contain
+// empty, "." or ".." segments, whitespace or invisible characters; the
+// mint token's policy decides what it may actually read. RenderCheck is
+// that rule: templates.Evaluate runs it on every request (backends/catalog
+// wires it in), so `latch explain` and approvers see a refusal before
+// anyone approves, and Mint runs it again. The path template may use
+// {{ ... }} actions only, no {{ if }} or {{ range }}, so that its segment
+// count is fixed; compute a var in the task template instead.
 //
 // Config (backends: block):
 //

@@ -45,6 +45,10 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("vaultlease: path %q is not a secrets engine path", c.Path))
 		case !strings.Contains(c.Path, "{{") && func() bool { _, err := vault.CleanPath(c.Path); return err != nil }():
 			errs = append(errs, fmt.Errorf("vaultlease: path %q is not a clean Vault path", c.Path))
+		default:
+			if _, err := templateSegments(c.Path); err != nil {
+				errs = append(errs, fmt.Errorf("vaultlease: %w", err))
+			}
 		}
 	}
 	if c.TokenRole != "" {
@@ -75,8 +79,9 @@ func (c Config) withDefaults() Config {
 
 // Backend is the vault-lease backend.
 type Backend struct {
-	c   *vault.Client
-	cfg Config
+	c     *vault.Client
+	cfg   Config
+	check RenderCheck
 }
 
 var (
@@ -93,26 +98,19 @@ func New(c *vault.Client, cfg Config) (*Backend, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Backend{c: c, cfg: cfg.withDefaults()}, nil
+	return &Backend{c: c, cfg: cfg.withDefaults(), check: cfg.RenderCheck()}, nil
 }
 
+// path checks the request and its rendered path, as Evaluate already did
+// (RenderCheck): this is the second line, for a caller that skipped it.
 func (b *Backend) path(req broker.MintRequest) (string, error) {
 	if err := req.Validate(); err != nil {
 		return "", fmt.Errorf("vaultlease: %w", err)
 	}
-	p, err := vault.CleanPath(req.Path)
-	if err != nil {
-		return "", fmt.Errorf("vaultlease: %w: task %s rendered path %q: %v", broker.ErrInvalidMintRequest, req.Task, req.Path, err)
+	if err := b.check.Check(req.Path); err != nil {
+		return "", fmt.Errorf("vaultlease: %w: task %s: %v", broker.ErrInvalidMintRequest, req.Task, err)
 	}
-	prefix := b.cfg.Prefix()
-	inside := strings.HasPrefix(p, prefix) && p != prefix
-	if prefix == b.cfg.Path { // a fixed path, no template actions
-		inside = p == prefix
-	}
-	if !inside {
-		return "", fmt.Errorf("vaultlease: %w: task %s rendered path %q outside %s", broker.ErrInvalidMintRequest, req.Task, p, prefix)
-	}
-	return p, nil
+	return req.Path, nil
 }
 
 // Prepare creates the lease's mint token (see vault.PrepareMintToken).

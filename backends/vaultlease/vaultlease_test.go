@@ -68,7 +68,8 @@ func TestBackend_Mint_RefusesPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	req := broker.MintRequest{LeaseID: "01JAAAAAAAAAAAAAAAAAAAAAAA", Agent: "spiffe://example.org/a", Task: "t", TTL: time.Minute}
-	for _, p := range []string{"", "database/creds/", "database/creds/../../sys/policies/acl/x", "aws/creds/x", "database/credsx/y", "database/creds/a?b", "/database/creds/a"} {
+	for _, p := range []string{"", "database/creds/", "database/creds/../../sys/policies/acl/x", "aws/creds/x", "database/credsx/y", "database/creds/a?b", "/database/creds/a",
+		"database/creds/eu/extra/segments", "database/creds/a\u202Eb"} {
 		req.Path = p
 		_, err := b.Mint(t.Context(), req)
 		if !errors.Is(err, broker.ErrInvalidMintRequest) {

@@ -18,6 +18,13 @@
 //     reconciliation does from the intent) revokes the certificate and
 //     puts it on the CRL.
 //
+// The rendered names are checked before Vault sees them (RenderCheck, run
+// by templates.Evaluate through backends/catalog and again by Mint): a
+// common name, DNS names or e-mail addresses in alt_names, absolute URIs
+// in uri_sans, IP addresses in ip_sans; no comma anywhere (Vault splits
+// the lists on commas, so one would smuggle in another name), and no
+// whitespace, control or invisible format character.
+//
 // The role must store certificates (no_store=false, the default), or Vault
 // cannot revoke them by serial.
 //

@@ -86,22 +86,16 @@ func New(c *vault.Client, cfg Config) (*Backend, error) {
 	return &Backend{c: c, cfg: cfg.withDefaults()}, nil
 }
 
+// validate checks the request and its rendered names, as Evaluate
+// already did (RenderCheck): this is the second line, for a caller that
+// skipped it.
 func validate(req broker.MintRequest) error {
 	if err := req.Validate(); err != nil {
 		return fmt.Errorf("vaultpki: %w", err)
 	}
 	n := req.Names
-	if n.CommonName == "" {
-		return fmt.Errorf("vaultpki: %w: task %s rendered no common name", broker.ErrInvalidMintRequest, req.Task)
-	}
-	// Vault takes the lists comma-separated: a comma inside a name
-	// would smuggle in another one.
-	for _, list := range [][]string{{n.CommonName}, n.AltNames, n.URISANs, n.IPSANs} {
-		for _, v := range list {
-			if v == "" || strings.ContainsAny(v, ",\n\r") {
-				return fmt.Errorf("vaultpki: %w: task %s rendered a bad certificate name %q", broker.ErrInvalidMintRequest, req.Task, v)
-			}
-		}
+	if err := CheckNames(n.CommonName, n.AltNames, n.URISANs, n.IPSANs); err != nil {
+		return fmt.Errorf("vaultpki: %w: task %s: %v", broker.ErrInvalidMintRequest, req.Task, err)
 	}
 	return nil
 }

@@ -54,6 +54,8 @@ func TestBackend_Mint_RefusesNames(t *testing.T) {
 		"comma in CN":       {CommonName: "a.example.org,evil.example.com"},
 		"comma in alt name": {CommonName: "a.example.org", AltNames: []string{"b,c"}},
 		"empty URI SAN":     {CommonName: "a.example.org", URISANs: []string{""}},
+		"RLO in CN":         {CommonName: "a\u202Eb.example.org"},
+		"not a DNS name":    {CommonName: "a.example.org", AltNames: []string{"a/b"}},
 	} {
 		req := base
 		req.Names = names

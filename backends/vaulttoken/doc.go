@@ -15,6 +15,11 @@
 //     latch-<task>. Vault's answer is checked: a token carrying any other
 //     policy is revoked and the mint fails.
 //
+// A request's rendered policy is checked (RenderCheck: it is not empty) by
+// templates.Evaluate, through backends/catalog, and again by Mint. What it
+// may say is kept in check upstream: parameter values hold only
+// allowlisted characters, so no quote, brace or wildcard reaches the HCL.
+//
 // The token is an orphan so that latch's own token expiring, or latch
 // logging in again, does not revoke the agents' tokens. The token role
 // (default latch-token) is what lets latch create tokens with policies it

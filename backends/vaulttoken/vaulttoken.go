@@ -89,8 +89,8 @@ func validate(req broker.MintRequest) error {
 	if !ulidRE.MatchString(req.LeaseID) {
 		return fmt.Errorf("vaulttoken: %w: lease ID %q is not a ULID", broker.ErrInvalidMintRequest, req.LeaseID)
 	}
-	if strings.TrimSpace(req.Policy) == "" {
-		return fmt.Errorf("vaulttoken: %w: task %s rendered no policy", broker.ErrInvalidMintRequest, req.Task)
+	if err := CheckPolicy(req.Policy); err != nil {
+		return fmt.Errorf("vaulttoken: %w: task %s: %v", broker.ErrInvalidMintRequest, req.Task, err)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/latchbroker/latch/backends/vault"
 	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/templates"
 )
 
 func newBackend(t *testing.T) *vaulttoken.Backend {
@@ -78,5 +79,18 @@ func TestConfig_Validate(t *testing.T) {
 	}
 	if err := (vaulttoken.Config{TokenRole: "bad/role"}).Validate(); err == nil || !strings.Contains(err.Error(), "token_role") {
 		t.Fatalf("Validate = %v", err)
+	}
+}
+
+func TestRenderCheck(t *testing.T) {
+	for policy, ok := range map[string]bool{
+		`path "secret/data/x" { capabilities = ["read"] }`: true,
+		"":      false,
+		" \n\t": false,
+	} {
+		err := vaulttoken.RenderCheck{}.CheckRendered(templates.Rendered{Policy: policy})
+		if (err == nil) != ok {
+			t.Errorf("CheckRendered(%q) = %v", policy, err)
+		}
 	}
 }

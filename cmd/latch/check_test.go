@@ -23,7 +23,7 @@ func TestCheck_Example(t *testing.T) {
 	if err != nil {
 		t.Fatalf("err = %v\n%s", err, errOut)
 	}
-	if out != "ok: 5 templates, 4 agents\n" {
+	if out != "ok: 6 templates, 4 agents\n" {
 		t.Fatalf("stdout = %q", out)
 	}
 }
@@ -31,7 +31,7 @@ func TestCheck_Example(t *testing.T) {
 func TestCheck_ConfigFromEnv(t *testing.T) {
 	t.Setenv("LATCH_CONFIG", exampleConfigPath)
 	out, _, err := runLatch(t, "check")
-	if err != nil || out != "ok: 5 templates, 4 agents\n" {
+	if err != nil || out != "ok: 6 templates, 4 agents\n" {
 		t.Fatalf("out %q err %v", out, err)
 	}
 }
@@ -75,5 +75,38 @@ func TestCheck_RejectsArguments(t *testing.T) {
 	want := `unexpected argument "latch.yaml": check takes only flags; usage: latch check --config FILE`
 	if err == nil || err.Error() != want {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestCheck_RefusesBroadPatterns: a pattern that admits a character the
+// parameter does not allow fails `latch check`, naming the template file,
+// the parameter and the fix; with the opt-in the same pattern loads.
+func TestCheck_RefusesBroadPatterns(t *testing.T) {
+	withParam := func(param string) string {
+		return strings.Replace(minimalTemplateYAML, "vars: { role: reader }", "params:\n  dir: "+param+"\nvars: { role: reader }", 1)
+	}
+	tests := []struct {
+		name, param, want string
+	}{
+		{"ErrSlash", `{ pattern: "^[a-z/]+$" }`, `templates/read.yaml:4:19: params.dir.pattern: "^[a-z/]+$" admits '/' (U+002F), which params.dir does not allow; narrow it to the characters the value needs, such as [a-z0-9-] (letters, digits and . _ : @ -), or add allow: [slash] to the parameter`},
+		{"ErrAnyChar", `{ pattern: "^.*$" }`, `templates/read.yaml:4:19: params.dir.pattern: "^.*$" admits any character`},
+		{"ErrNegatedClass", `{ pattern: "^[^x]+$", allow: [slash] }`, `templates/read.yaml:4:19: params.dir.pattern: "^[^x]+$" admits '\x00' (U+0000), a control character`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeConfigDir(t, minimalConfigYAML, map[string]string{"read.yaml": withParam(tt.param)})
+			out, errOut, err := runLatch(t, "check", "--config", path)
+			if !errors.Is(err, errInvalidConfig) || out != "" {
+				t.Fatalf("err = %v, stdout %q; want errInvalidConfig", err, out)
+			}
+			dir := strings.TrimSuffix(path, "latch.yaml")
+			if !strings.HasPrefix(errOut, dir+tt.want) || strings.Count(errOut, "\n") != 1 {
+				t.Fatalf("stderr =\n%s\nwant one line starting\n%s%s", errOut, dir, tt.want)
+			}
+		})
+	}
+	path := writeConfigDir(t, minimalConfigYAML, map[string]string{"read.yaml": withParam(`{ pattern: "^[a-z]+(/[a-z]+)*$", allow: [slash] }`)})
+	if out, errOut, err := runLatch(t, "check", "--config", path); err != nil || out != "ok: 1 templates, 1 agents\n" {
+		t.Fatalf("with allow: [slash]: out %q err %v\n%s", out, err, errOut)
 	}
 }

@@ -48,7 +48,7 @@ func TestLoadConfig_Example(t *testing.T) {
 	if cfg.Approvals.PickupTTL != 15*time.Minute || cfg.AutoPause.Denials != 5 || cfg.AutoPause.Window != 10*time.Minute {
 		t.Fatalf("approvals = %+v, auto_pause = %+v", cfg.Approvals, cfg.AutoPause)
 	}
-	if cfg.Policy == nil || len(cfg.Policy.Templates()) != 5 || len(cfg.Policy.Agents()) != 4 || len(cfg.Policy.Operators()) != 3 {
+	if cfg.Policy == nil || len(cfg.Policy.Templates()) != 6 || len(cfg.Policy.Agents()) != 4 || len(cfg.Policy.Operators()) != 3 {
 		t.Fatalf("policy = %+v", cfg.Policy)
 	}
 	if tier := cfg.Policy.Tiers()[2]; tier.Approvals != 1 || tier.MaxTTL.String() != "30m0s" {

@@ -139,6 +139,18 @@ func TestExplain_OtherTemplates(t *testing.T) {
 			"deny", "high", nil},
 		{"global freeze", []string{"--agent", "spiffe://example.org/agent/support-bot", "--task", "close-ticket", "--param", "ticket=1", "--global-freeze"},
 			"deny", "high", nil},
+		{"app-config names a subtree", []string{"--agent", "spiffe://example.org/agent/deployer", "--task", "app-config", "--param", "app=billing/api"},
+			"allow", "medium", func(t *testing.T, m map[string]any) {
+				if p := m["rendered"].(map[string]any)["policy"].(string); !strings.Contains(p, `path "secret/data/apps/billing/api"`) {
+					t.Fatalf("policy = %s", p)
+				}
+			}},
+		{"app-config cannot climb out of its subtree", []string{"--agent", "spiffe://example.org/agent/deployer", "--task", "app-config", "--param", "app=billing/../../sys"},
+			"deny", "medium", func(t *testing.T, m map[string]any) {
+				if r := m["reasons"].([]any)[0].(map[string]any); r["code"] != "param_constraint" || !strings.Contains(r["message"].(string), `the path segment ".."`) {
+					t.Fatalf("reason = %v", r)
+				}
+			}},
 		{"parameter values may contain commas and =", []string{"--agent", "spiffe://example.org/agent/support-bot", "--task", "close-ticket", "--param", "ticket=1,2=3"},
 			"deny", "high", func(t *testing.T, m map[string]any) {
 				if r := m["reasons"].([]any)[0].(map[string]any); r["code"] != "param_constraint" || !strings.Contains(r["message"].(string), `"1,2=3"`) {
