@@ -24,7 +24,21 @@
 // Bodies are JSON Payloads — the audit event without its hash-chain
 // fields, plus a one-line Text — or, for a webhook with Slack set, just
 // {"text": "..."}. Audit events never hold secrets, and neither do
-// payloads. Each attempt carries X-Latch-Timestamp (Unix seconds) and,
+// payloads.
+//
+// Almost any value in an event can come from a caller (an unregistered
+// agent names its own task and reason), so the summaries treat every
+// value as hostile and quote it for where it goes. In Slack text
+// (SlackText) each value is in a code span, with &, < and > escaped as
+// Slack documents (&amp; &lt; &gt;) and backticks replaced by U+02CB:
+// no mention (<!channel>), link (<url|label>), formatting or code block
+// comes from an event's values, only from latch's own words. Payload.Text
+// (Summary) is plain: values of letters, digits and -._:/@+ bare, others
+// quoted as Go strings. Both are one line: newlines, control characters,
+// bidi overrides (U+202E) and other non-printing characters are written
+// as escapes (\n, \u202e), and each value is cut at 200 characters. The
+// Payload's other fields carry the values raw, as data: a receiver that
+// displays them escapes them for its own format. Each attempt carries X-Latch-Timestamp (Unix seconds) and,
 // when the webhook has a secret, X-Latch-Signature: "sha256=" and the hex
 // HMAC-SHA256 of timestamp + "." + body (see Sign; receivers use Verify,
 // which also bounds the timestamp's age).
