@@ -8,11 +8,18 @@
 // misses none however far behind it falls), writes one delivery per event
 // and matching webhook to a durable outbox — a bbolt file of its own,
 // separate from the store — and POSTs them, one sender per webhook so
-// that a slow receiver delays only its own deliveries, in event order per
-// webhook, retrying failures with exponential backoff (MinBackoff
-// doubling up to MaxBackoff) across restarts until MaxAttempts, after
-// which a delivery is moved to a dead-letter bucket and logged as an
-// error. Publishing never waits for the notifier, so delivery can neither
+// that a slow receiver delays only its own deliveries. A delivery that
+// fails is moved aside and retried on its own, with exponential backoff
+// (MinBackoff doubling up to MaxBackoff), across restarts, until
+// MaxAttempts, after which it is moved to a dead-letter bucket and logged
+// as an error; dead letters are deleted DeadLetterTTL (30 days) after
+// they die. Meanwhile later deliveries to the same webhook go on: per
+// webhook, deliveries are sent in event order while they succeed, a
+// retried one may arrive after later ones, and receivers that care order
+// by the Payload's Seq. A failure that is the receiver's rather than the
+// delivery's (no answer; 429, 502, 503, 504) ends the sender's round, so
+// that a receiver that is down costs at most one client timeout a round.
+// Publishing never waits for the notifier, so delivery can neither
 // block nor fail issuance. The outbox records, with the deliveries, the
 // last event it holds, and a restart follows on from there: events written
 // while the notifier was not running are sent too; on first use it starts

@@ -81,6 +81,10 @@ type Config struct {
 	// MaxAttempts is how many times a delivery is tried before it is moved
 	// to the dead-letter bucket and logged as an error (default 30).
 	MaxAttempts int
+	// DeadLetterTTL is how long a dead letter is kept before it is
+	// deleted (default DefaultDeadLetterTTL). Expired ones are deleted
+	// at Run's start and then hourly.
+	DeadLetterTTL time.Duration
 	// Poll is how often the outbox is checked for due retries and its
 	// depth reported, and the wait before following the audit events
 	// again after a failure (default 1 s).
@@ -88,6 +92,16 @@ type Config struct {
 	// Metrics counts deliveries and watches the outbox (optional).
 	Metrics Metrics
 }
+
+// DefaultDeadLetterTTL is how long dead letters are kept by default: 30
+// days. The failure is logged as an error and counted when the letter
+// dies, and a month gives whoever that alerts time — past a holiday, up
+// to a monthly review — to look at the letters and replay them. Longer
+// buys little: the event itself stays in the audit log, which is never
+// pruned, so an expired letter's content can still be exported
+// (latch audit export --since). Without expiry the outbox file would
+// grow for as long as a receiver stays broken.
+const DefaultDeadLetterTTL = 30 * 24 * time.Hour
 
 // Metrics receives what the notifier does; *promstats.Metrics implements
 // it.
@@ -154,6 +168,7 @@ type Notifier struct {
 	minBack time.Duration
 	maxBack time.Duration
 	maxTry  int
+	deadTTL time.Duration
 	poll    time.Duration
 	wakes   []chan struct{} // one per webhook: new deliveries in the outbox
 	metrics Metrics
@@ -167,7 +182,7 @@ func New(cfg Config) (*Notifier, error) {
 	}
 	n := &Notifier{
 		log: cfg.Logger, now: cfg.Now, hc: cfg.Client, minBack: cfg.MinBackoff, maxBack: cfg.MaxBackoff,
-		maxTry: cfg.MaxAttempts, poll: cfg.Poll, metrics: cfg.Metrics,
+		maxTry: cfg.MaxAttempts, deadTTL: cfg.DeadLetterTTL, poll: cfg.Poll, metrics: cfg.Metrics,
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -193,6 +208,9 @@ func New(cfg Config) (*Notifier, error) {
 	}
 	if n.poll <= 0 {
 		n.poll = time.Second
+	}
+	if n.deadTTL <= 0 {
+		n.deadTTL = DefaultDeadLetterTTL
 	}
 	for i, w := range cfg.Webhooks {
 		if err := n.addHook(i, w); err != nil {
@@ -269,6 +287,7 @@ func (n *Notifier) Run(ctx context.Context, src Source) error {
 		return err
 	}
 	n.dropUnconfigured()
+	n.pruneDead()
 	// One sender per webhook, so that a slow or hanging receiver delays
 	// only its own deliveries.
 	var wg sync.WaitGroup

@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -32,6 +33,8 @@ type item struct {
 	NextAt    time.Time `json:"next_at"`
 	CreatedAt time.Time `json:"created_at"`
 	LastError string    `json:"last_error,omitempty"`
+	// DeadAt is when a dead letter died; its expiry counts from then.
+	DeadAt time.Time `json:"dead_at,omitzero"`
 }
 
 // loadCursor returns the last sequence number whose events are all in
@@ -142,17 +145,72 @@ func (n *Notifier) outbox(keep func(item) bool) ([]item, error) {
 	return out, err
 }
 
-// reportLoop reports the outbox's depth every poll until ctx ends.
+// pruneEvery is how often expired dead letters are looked for after
+// Run's start: each look reads every dead letter, and an hour late is
+// nothing against a TTL of days.
+const pruneEvery = time.Hour
+
+// reportLoop reports the outbox's depth every poll, and deletes expired
+// dead letters every pruneEvery, until ctx ends.
 func (n *Notifier) reportLoop(ctx context.Context) {
 	tick := time.NewTicker(n.poll)
 	defer tick.Stop()
+	pruned := n.now() // Run has just pruned
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 			n.reportOutbox()
+			if now := n.now(); now.Sub(pruned) >= pruneEvery {
+				n.pruneDead()
+				pruned = now
+			}
 		}
+	}
+}
+
+// pruneDead deletes the dead letters that died DeadLetterTTL ago or
+// more. A letter written by an older latch, without DeadAt, counts from
+// when it was created: earlier than it died, so it goes no later than
+// it should.
+func (n *Notifier) pruneDead() {
+	cutoff := n.now().Add(-n.deadTTL)
+	var expired int
+	err := n.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDead)
+		var keys [][]byte
+		err := b.ForEach(func(k, v []byte) error {
+			var it item
+			if err := json.Unmarshal(v, &it); err != nil {
+				return fmt.Errorf("dead letter %s: %w", k, err)
+			}
+			died := it.DeadAt
+			if died.IsZero() {
+				died = it.CreatedAt
+			}
+			if !died.After(cutoff) {
+				keys = append(keys, bytes.Clone(k)) // a copy: the bucket changes under k
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		expired = len(keys)
+		return nil
+	})
+	if err != nil {
+		n.log.Error("delete expired webhook dead letters", "err", err)
+		return
+	}
+	if expired > 0 {
+		n.log.Info("deleted expired webhook dead letters", "count", expired, "ttl", n.deadTTL)
 	}
 }
 
@@ -191,10 +249,11 @@ func (n *Notifier) put(bucket []byte, it item) error {
 }
 
 // finish removes a delivery from the outbox; one that was not delivered
-// is kept in the dead-letter bucket.
+// is kept in the dead-letter bucket, until DeadLetterTTL has passed.
 func (n *Notifier) finish(it item, delivered bool) {
 	err := n.db.Update(func(tx *bolt.Tx) error {
 		if !delivered {
+			it.DeadAt = n.now()
 			v, err := json.Marshal(it)
 			if err != nil {
 				return err
