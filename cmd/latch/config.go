@@ -153,7 +153,18 @@ func (a AutoPauseConfig) Enabled() bool { return !a.At.IsZero() }
 // NotifyConfig is notify:.
 type NotifyConfig struct {
 	Webhooks []WebhookConfig `yaml:"webhooks"`
+	// DeadLetterTTL is how long a delivery that failed for good is kept in
+	// the outbox's dead letters. Zero (or absent) takes
+	// notify.DefaultDeadLetterTTL, as zero does in approvals:.
+	DeadLetterTTL time.Duration `yaml:"dead_letter_ttl"`
+
+	DeadLetterTTLAt strictyaml.Pos `yaml:"dead_letter_ttl,pos"`
 }
+
+// minDeadLetterTTL is the shortest notify.dead_letter_ttl: the notifier
+// looks for expired dead letters hourly, so a shorter one would not be
+// what it says.
+const minDeadLetterTTL = time.Hour
 
 // WebhookConfig is one webhook: events are POSTed to URL as JSON.
 type WebhookConfig struct {
@@ -338,6 +349,12 @@ func (c *Config) validate() strictyaml.Errors {
 				add(configOr(w.EventsAt, w.At), "notify.webhooks[%d].events: unknown event type %q; known: %s", i, e, strings.Join(notify.KnownEvents, ", "))
 			}
 		}
+	}
+	// Zero is the default; it is also what a value that is no duration
+	// decodes to, which strictyaml has reported already.
+	if n := c.Notify; n.DeadLetterTTL != 0 && n.DeadLetterTTL < minDeadLetterTTL {
+		add(n.DeadLetterTTLAt, "notify.dead_letter_ttl: %s is shorter than %s (expired dead letters are deleted hourly); leave it out for the default, %s",
+			n.DeadLetterTTL, minDeadLetterTTL, notify.DefaultDeadLetterTTL)
 	}
 	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
 		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
