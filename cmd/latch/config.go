@@ -335,6 +335,18 @@ func (c *Config) validate() strictyaml.Errors {
 		}
 	}
 
+	c.validateNotify(add)
+	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
+		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
+	}
+	if c.TemplatesDir == "" {
+		add(c.TemplatesDirAt, "templates_dir must not be empty")
+	}
+	return errs
+}
+
+// validateNotify checks notify:; add records an error as validate does.
+func (c *Config) validateNotify(add func(p strictyaml.Pos, format string, args ...any)) {
 	for i, w := range c.Notify.Webhooks {
 		if w.URL == "" {
 			add(w.At, "notify.webhooks[%d]: url is required", i)
@@ -356,13 +368,6 @@ func (c *Config) validate() strictyaml.Errors {
 		add(n.DeadLetterTTLAt, "notify.dead_letter_ttl: %s is shorter than %s (expired dead letters are deleted hourly); leave it out for the default, %s",
 			n.DeadLetterTTL, minDeadLetterTTL, notify.DefaultDeadLetterTTL)
 	}
-	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
-		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
-	}
-	if c.TemplatesDir == "" {
-		add(c.TemplatesDirAt, "templates_dir must not be empty")
-	}
-	return errs
 }
 
 // resolvePaths makes file paths relative to the config file's directory.
