@@ -183,7 +183,9 @@ func (n *Notifier) pruneDead() {
 		err := b.ForEach(func(k, v []byte) error {
 			var it item
 			if err := json.Unmarshal(v, &it); err != nil {
-				return fmt.Errorf("dead letter %s: %w", k, err)
+				// Its age is unknown: kept, and the others still expire.
+				n.log.Error("read a webhook dead letter", "delivery", string(k), "err", err)
+				return nil
 			}
 			died := it.DeadAt
 			if died.IsZero() {
