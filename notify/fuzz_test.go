@@ -146,7 +146,7 @@ func FuzzVerify(f *testing.F) {
 // FuzzPayload renders arbitrary events as webhook bodies: render never
 // fails for a time JSON can hold, and what a receiver decodes from the
 // body is the event (with invalid UTF-8 replaced, as encoding/json does)
-// and its Summary; a Slack body is {"text": Summary}.
+// and its Summary; a Slack body is {"text": SlackText}.
 func FuzzPayload(f *testing.F) {
 	f.Add(uint64(1), int64(1796000000), int64(0), "approval_requested", "spiffe://example.org/agent/a", "", "deploy", "", "approval_required",
 		"tier:high", "approval_id=ap-1&required=1&expires_at=2026-11-30T03:00:00Z")
@@ -216,11 +216,46 @@ func FuzzPayload(f *testing.F) {
 			t.Fatalf("render slack: %v", err)
 		}
 		var s map[string]any
-		if err := json.Unmarshal(slack, &s); err != nil || len(s) != 1 || s["text"] != jsonString(text) {
-			t.Fatalf("slack body %s, want {\"text\": %q}: %v", slack, text, err)
+		if err := json.Unmarshal(slack, &s); err != nil || len(s) != 1 || s["text"] != SlackText(e) {
+			t.Fatalf("slack body %s, want {\"text\": %q}: %v", slack, SlackText(e), err)
 		}
-		if strings.ContainsAny(text, "\n") && !strings.ContainsAny(typ+actor+subject+task+lease+outcome+reasons+details, "\n") {
-			t.Fatalf("Summary %q is not one line", text)
+		if r, ok := unprintable(text); ok {
+			t.Fatalf("Summary %q holds %U", text, r)
+		}
+	})
+}
+
+// FuzzSlackText renders events of arbitrary values (and any type, known
+// or not) as Slack text. Property: once the code spans latch wrote are
+// taken out, what is left holds no <, > or & and is the same as for an
+// event of the same shape whose values are all "x" — no text of the
+// event's comes out of its span; the spans pair up, none is empty, and
+// none holds <, > or an & that is not one of Slack's escapes; the text
+// is one line of printable characters. The JSON body's Text is one such
+// line too.
+func FuzzSlackText(f *testing.F) {
+	f.Add(uint8(0), "", "<!channel>", "<!here>", "<@U123>", "<https://evil.example|Click here to approve>", "&lt;", "`a`,```b```", "*bold* _it_ ~strike~\n\u202e")
+	f.Add(uint8(2), "", "`", "``", "```", "` <!channel> `", " ", "&,&amp;,&&", "\xff\xfe")
+	f.Add(uint8(0), "<!everyone>", "a\u2028b", "\x00", "\r\n", "\u2066\u2069\u200b\ufeff", "&#60;", "", "")
+	f.Add(uint8(5), "", "spiffe://example.org/agent/a", "", "report", "01JABC", "issued", "rate,window:biz", "run")
+	f.Fuzz(func(t *testing.T, typ uint8, otherType, actor, subject, task, lease, outcome, reasons, detail string) {
+		e := broker.Event{Type: broker.EventType(otherType), Actor: actor, Subject: subject, Task: task, Lease: lease, Outcome: outcome}
+		if otherType == "" {
+			e.Type = broker.EventType(KnownEvents[int(typ)%len(KnownEvents)])
+		}
+		if reasons != "" {
+			e.Reasons = strings.Split(reasons, ",")
+		}
+		if detail != "" {
+			// Every key a summary reads, each with the same text.
+			e.Details = map[string]string{}
+			for _, k := range detailKeys {
+				e.Details[k] = detail
+			}
+		}
+		checkSlack(t, e)
+		if r, ok := unprintable(Summary(e)); ok {
+			t.Fatalf("Summary %q holds %U", Summary(e), r)
 		}
 	})
 }

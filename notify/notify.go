@@ -1,21 +1,13 @@
 package notify
 
 import (
-	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -89,6 +81,10 @@ type Config struct {
 	// MaxAttempts is how many times a delivery is tried before it is moved
 	// to the dead-letter bucket and logged as an error (default 30).
 	MaxAttempts int
+	// DeadLetterTTL is how long a dead letter is kept before it is
+	// deleted (default DefaultDeadLetterTTL). Expired ones are deleted
+	// at Run's start and then hourly.
+	DeadLetterTTL time.Duration
 	// Poll is how often the outbox is checked for due retries and its
 	// depth reported, and the wait before following the audit events
 	// again after a failure (default 1 s).
@@ -96,6 +92,16 @@ type Config struct {
 	// Metrics counts deliveries and watches the outbox (optional).
 	Metrics Metrics
 }
+
+// DefaultDeadLetterTTL is how long dead letters are kept by default: 30
+// days. The failure is logged as an error and counted when the letter
+// dies, and a month gives whoever that alerts time — past a holiday, up
+// to a monthly review — to look at the letters and replay them. Longer
+// buys little: the event itself stays in the audit log, which is never
+// pruned, so an expired letter's content can still be exported
+// (latch audit export --since). Without expiry the outbox file would
+// grow for as long as a receiver stays broken.
+const DefaultDeadLetterTTL = 30 * 24 * time.Hour
 
 // Metrics receives what the notifier does; *promstats.Metrics implements
 // it.
@@ -151,25 +157,6 @@ type Payload struct {
 	Text    string            `json:"text"`
 }
 
-var (
-	bucketOutbox = []byte("outbox")
-	bucketDead   = []byte("dead")
-	bucketMeta   = []byte("meta")
-	keyCursor    = []byte("cursor")
-)
-
-// item is one pending delivery in the outbox.
-type item struct {
-	URL       string    `json:"url"`
-	Delivery  string    `json:"delivery"`
-	Type      string    `json:"type"`
-	Body      []byte    `json:"body"`
-	Attempts  int       `json:"attempts"`
-	NextAt    time.Time `json:"next_at"`
-	CreatedAt time.Time `json:"created_at"`
-	LastError string    `json:"last_error,omitempty"`
-}
-
 // Notifier delivers audit events to webhooks. It is safe for concurrent
 // use; Run it once.
 type Notifier struct {
@@ -181,6 +168,7 @@ type Notifier struct {
 	minBack time.Duration
 	maxBack time.Duration
 	maxTry  int
+	deadTTL time.Duration
 	poll    time.Duration
 	wakes   []chan struct{} // one per webhook: new deliveries in the outbox
 	metrics Metrics
@@ -194,7 +182,7 @@ func New(cfg Config) (*Notifier, error) {
 	}
 	n := &Notifier{
 		log: cfg.Logger, now: cfg.Now, hc: cfg.Client, minBack: cfg.MinBackoff, maxBack: cfg.MaxBackoff,
-		maxTry: cfg.MaxAttempts, poll: cfg.Poll, metrics: cfg.Metrics,
+		maxTry: cfg.MaxAttempts, deadTTL: cfg.DeadLetterTTL, poll: cfg.Poll, metrics: cfg.Metrics,
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -220,6 +208,9 @@ func New(cfg Config) (*Notifier, error) {
 	}
 	if n.poll <= 0 {
 		n.poll = time.Second
+	}
+	if n.deadTTL <= 0 {
+		n.deadTTL = DefaultDeadLetterTTL
 	}
 	for i, w := range cfg.Webhooks {
 		if err := n.addHook(i, w); err != nil {
@@ -296,6 +287,7 @@ func (n *Notifier) Run(ctx context.Context, src Source) error {
 		return err
 	}
 	n.dropUnconfigured()
+	n.pruneDead()
 	// One sender per webhook, so that a slow or hanging receiver delays
 	// only its own deliveries.
 	var wg sync.WaitGroup
@@ -336,391 +328,6 @@ func followRetrying(ctx context.Context, log *slog.Logger, what string, pause ti
 		case <-time.After(pause):
 		}
 	}
-}
-
-// loadCursor returns the last sequence number whose events are all in
-// the outbox. On first use it starts at the audit log's end: a new
-// webhook is not sent the past.
-func (n *Notifier) loadCursor(ctx context.Context, src Source) (uint64, error) {
-	var cur uint64
-	var found bool
-	err := n.db.View(func(tx *bolt.Tx) error {
-		if v := tx.Bucket(bucketMeta).Get(keyCursor); len(v) == 8 {
-			cur, found = binary.BigEndian.Uint64(v), true
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("notify: read the outbox cursor: %w", err)
-	}
-	if found {
-		return cur, nil
-	}
-	last, err := src.LastSeq(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("notify: read the audit log's end: %w", err)
-	}
-	err = n.db.Update(func(tx *bolt.Tx) error { return putCursor(tx, last) })
-	if err != nil {
-		return 0, fmt.Errorf("notify: save the outbox cursor: %w", err)
-	}
-	return last, nil
-}
-
-func putCursor(tx *bolt.Tx, c uint64) error {
-	return tx.Bucket(bucketMeta).Put(keyCursor, binary.BigEndian.AppendUint64(nil, c))
-}
-
-// enqueue writes one delivery per event and matching webhook and moves
-// the cursor to cursor, in one transaction — so a delivery is never
-// written twice, nor an event skipped — and wakes the senders of the
-// webhooks that got one.
-func (n *Notifier) enqueue(events []broker.Event, cursor uint64) error {
-	now := n.now()
-	var items []item
-	got := make([]bool, len(n.hooks)) // which webhooks have new deliveries
-	for _, e := range events {
-		for i, w := range n.hooks {
-			if !slices.Contains(w.Events, string(e.Type)) {
-				continue
-			}
-			got[i] = true
-			body, err := render(e, w.Slack)
-			if err != nil {
-				return err
-			}
-			items = append(items, item{URL: w.URL, Delivery: deliveryID(e.Seq, w.URL), Type: string(e.Type), Body: body, NextAt: now, CreatedAt: now})
-		}
-	}
-	err := n.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketOutbox)
-		for _, it := range items {
-			v, err := json.Marshal(it)
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(it.Delivery), v); err != nil {
-				return err
-			}
-		}
-		return putCursor(tx, cursor)
-	})
-	if err != nil {
-		return err
-	}
-	for i, wake := range n.wakes {
-		if !got[i] {
-			continue
-		}
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	}
-	return nil
-}
-
-// deliveryID is the outbox key: the event's sequence number (so the
-// outbox sorts by event) and the webhook. The same event for the same
-// webhook is one delivery, however often it is enqueued.
-func deliveryID(seq uint64, u string) string {
-	sum := sha256.Sum256([]byte(u))
-	return fmt.Sprintf("%020d-%s", seq, hex.EncodeToString(sum[:6]))
-}
-
-// deliverLoop sends w's due deliveries whenever woken or polled.
-func (n *Notifier) deliverLoop(ctx context.Context, w Webhook, wake <-chan struct{}) {
-	tick := time.NewTicker(n.poll)
-	defer tick.Stop()
-	for {
-		items, err := n.outbox(func(it item) bool { return it.URL == w.URL })
-		if err != nil {
-			n.log.Error("read the webhook outbox", "err", err)
-		} else {
-			n.deliverTo(ctx, w, items)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-wake:
-		case <-tick.C:
-		}
-	}
-}
-
-// outbox returns the outbox items keep selects, in event order.
-func (n *Notifier) outbox(keep func(item) bool) ([]item, error) {
-	var out []item
-	err := n.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketOutbox).ForEach(func(_, v []byte) error {
-			var it item
-			if err := json.Unmarshal(v, &it); err != nil {
-				return err
-			}
-			if keep(it) {
-				out = append(out, it)
-			}
-			return nil
-		})
-	})
-	return out, err
-}
-
-// reportLoop reports the outbox's depth every poll until ctx ends.
-func (n *Notifier) reportLoop(ctx context.Context) {
-	tick := time.NewTicker(n.poll)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			n.reportOutbox()
-		}
-	}
-}
-
-// reportOutbox reports the outbox's depth to the metrics.
-func (n *Notifier) reportOutbox() {
-	var depth int
-	if err := n.db.View(func(tx *bolt.Tx) error {
-		depth = tx.Bucket(bucketOutbox).Stats().KeyN
-		return nil
-	}); err == nil {
-		n.metrics.WebhookOutbox(depth)
-	}
-}
-
-// dropUnconfigured moves the deliveries to webhooks no longer configured
-// to the dead-letter bucket.
-func (n *Notifier) dropUnconfigured() {
-	items, err := n.outbox(func(it item) bool { _, ok := n.hook(it.URL); return !ok })
-	if err != nil {
-		n.log.Error("read the webhook outbox", "err", err)
-		return
-	}
-	for _, it := range items {
-		n.log.Warn("dropping a delivery to a webhook no longer configured", "url", redactURL(it.URL), "delivery", it.Delivery)
-		n.finish(it, false)
-		n.metrics.WebhookDelivery(ResultDropped)
-	}
-}
-
-// deliverTo sends w's outbox items, in event order, until one is not due
-// yet or fails: a receiver gets events in order, and one that is down
-// costs at most one client timeout a round.
-func (n *Notifier) deliverTo(ctx context.Context, w Webhook, items []item) {
-	for _, it := range items {
-		if ctx.Err() != nil || it.NextAt.After(n.now()) {
-			return
-		}
-		err := n.send(ctx, w, it)
-		if err == nil {
-			n.finish(it, true)
-			n.metrics.WebhookDelivery(ResultDelivered)
-			continue
-		}
-		if ctx.Err() != nil {
-			return // shutting down: not the receiver's failure
-		}
-		it.Attempts++
-		it.LastError = err.Error()
-		if it.Attempts >= n.maxTry {
-			n.metrics.WebhookDelivery(ResultDead)
-			n.log.Error("webhook delivery failed for good; kept in the outbox's dead-letter bucket",
-				"url", redactURL(it.URL), "delivery", it.Delivery, "type", it.Type, "attempts", it.Attempts, "err", err)
-			n.finish(it, false)
-			return
-		}
-		n.metrics.WebhookDelivery(ResultFailed)
-		it.NextAt = n.now().Add(n.backoff(it.Attempts))
-		n.log.Warn("webhook delivery failed; will retry", "url", redactURL(it.URL), "delivery", it.Delivery,
-			"attempts", it.Attempts, "next_at", it.NextAt, "err", err)
-		if err := n.put(bucketOutbox, it); err != nil {
-			n.log.Error("update the webhook outbox", "err", err)
-		}
-		return
-	}
-}
-
-// backoff is the wait after the given number of failed attempts.
-func (n *Notifier) backoff(attempts int) time.Duration {
-	d := n.minBack
-	for i := 1; i < attempts && d < n.maxBack; i++ {
-		d *= 2
-	}
-	return min(d, n.maxBack)
-}
-
-func (n *Notifier) hook(u string) (Webhook, bool) {
-	for _, w := range n.hooks {
-		if w.URL == u {
-			return w, true
-		}
-	}
-	return Webhook{}, false
-}
-
-func (n *Notifier) put(bucket []byte, it item) error {
-	v, err := json.Marshal(it)
-	if err != nil {
-		return err
-	}
-	return n.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(it.Delivery), v) })
-}
-
-// finish removes a delivery from the outbox; one that was not delivered
-// is kept in the dead-letter bucket.
-func (n *Notifier) finish(it item, delivered bool) {
-	err := n.db.Update(func(tx *bolt.Tx) error {
-		if !delivered {
-			v, err := json.Marshal(it)
-			if err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketDead).Put([]byte(it.Delivery), v); err != nil {
-				return err
-			}
-		}
-		return tx.Bucket(bucketOutbox).Delete([]byte(it.Delivery))
-	})
-	if err != nil {
-		n.log.Error("update the webhook outbox", "delivery", it.Delivery, "err", err)
-	}
-}
-
-// send makes one attempt: a 2xx answer is success.
-func (n *Notifier) send(ctx context.Context, w Webhook, it item) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.URL, bytes.NewReader(it.Body))
-	if err != nil {
-		return err
-	}
-	ts := strconv.FormatInt(n.now().Unix(), 10)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("User-Agent", "latch-notify")
-	req.Header.Set(HeaderTimestamp, ts)
-	req.Header.Set(HeaderEvent, it.Type)
-	req.Header.Set(HeaderDelivery, it.Delivery)
-	if len(w.Secret) > 0 {
-		req.Header.Set(HeaderSignature, Sign(w.Secret, ts, it.Body))
-	}
-	resp, err := n.hc.Do(req)
-	if err != nil {
-		// The error names the URL, which may hold a token (Slack's do).
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			return fmt.Errorf("post: %w", ue.Err)
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("receiver answered %s", resp.Status)
-	}
-	return nil
-}
-
-// Sign returns the X-Latch-Signature value for a body signed at timestamp
-// ts (the X-Latch-Timestamp value): "sha256=" and the hex HMAC-SHA256 of
-// ts + "." + body, keyed with secret.
-func Sign(secret []byte, ts string, body []byte) string {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(ts))
-	m.Write([]byte("."))
-	m.Write(body)
-	return "sha256=" + hex.EncodeToString(m.Sum(nil))
-}
-
-// Verify checks a delivery as a receiver should: the signature matches
-// (in constant time) and the timestamp is within tolerance of now, which
-// stops replays of old deliveries.
-func Verify(secret []byte, ts, sig string, body []byte, now time.Time, tolerance time.Duration) error {
-	if tolerance < 0 {
-		return fmt.Errorf("notify: negative tolerance %s", tolerance)
-	}
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return fmt.Errorf("notify: bad %s %q", HeaderTimestamp, ts)
-	}
-	if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
-		return fmt.Errorf("notify: %s is %s away from now, more than %s", HeaderTimestamp, d, tolerance)
-	}
-	if !hmac.Equal([]byte(sig), []byte(Sign(secret, ts, body))) {
-		return errors.New("notify: signature does not match")
-	}
-	return nil
-}
-
-// render builds a delivery's body.
-func render(e broker.Event, slack bool) ([]byte, error) {
-	text := Summary(e)
-	if slack {
-		return json.Marshal(struct {
-			Text string `json:"text"`
-		}{text})
-	}
-	return json.Marshal(Payload{Seq: e.Seq, Time: e.Time.UTC(), Type: string(e.Type), Actor: e.Actor, Subject: e.Subject,
-		Task: e.Task, Lease: e.Lease, Outcome: e.Outcome, Reasons: e.Reasons, Details: e.Details, Text: text})
-}
-
-// Summary is the one-line text of an event, as in Slack messages.
-func Summary(e broker.Event) string {
-	var b strings.Builder
-	b.WriteString("latch: ")
-	d := e.Details
-	switch e.Type {
-	case broker.EventApprovalRequested:
-		fmt.Fprintf(&b, "approval requested: %s asks for task %s", e.Actor, e.Task)
-		if d["approval_id"] != "" {
-			fmt.Fprintf(&b, " (approval %s, %s approval(s) needed by %s)", d["approval_id"], d["required"], d["expires_at"])
-		}
-	case broker.EventAlert:
-		fmt.Fprintf(&b, "alert: %s was issued task %s at tier %s (lease %s)", e.Actor, e.Task, d["tier"], e.Lease)
-		if why := d["tier_why"]; why != "" {
-			fmt.Fprintf(&b, " because %s", why)
-		}
-	case broker.EventApprovalApproved, broker.EventApprovalDenied, broker.EventApprovalExpired, broker.EventApprovalReview:
-		fmt.Fprintf(&b, "%s", strings.ReplaceAll(string(e.Type), "_", " "))
-		if id := d["approval_id"]; id != "" {
-			fmt.Fprintf(&b, ": approval %s", id)
-		}
-		if e.Task != "" {
-			fmt.Fprintf(&b, " for task %s", e.Task)
-		}
-		if e.Subject != "" {
-			fmt.Fprintf(&b, " of %s", e.Subject)
-		}
-		if e.Actor != "" {
-			fmt.Fprintf(&b, " by %s", e.Actor)
-		}
-	default:
-		b.WriteString(string(e.Type))
-		if e.Subject != "" {
-			fmt.Fprintf(&b, ": %s", e.Subject)
-		} else if e.Actor != "" {
-			fmt.Fprintf(&b, ": %s", e.Actor)
-		}
-		if e.Task != "" {
-			fmt.Fprintf(&b, " task %s", e.Task)
-		}
-		if e.Lease != "" {
-			fmt.Fprintf(&b, " lease %s", e.Lease)
-		}
-		if e.Actor != "" && e.Subject != "" {
-			fmt.Fprintf(&b, " by %s", e.Actor)
-		}
-	}
-	if e.Outcome != "" {
-		fmt.Fprintf(&b, " [%s]", e.Outcome)
-	}
-	if len(e.Reasons) > 0 {
-		fmt.Fprintf(&b, " reasons: %s", strings.Join(e.Reasons, ", "))
-	}
-	if r := d["reason"]; r != "" {
-		fmt.Fprintf(&b, " — %q", r)
-	}
-	return b.String()
 }
 
 // redactURL keeps a webhook URL's scheme and host for logs: its path and

@@ -208,7 +208,18 @@ func (a AutoPauseConfig) Enabled() bool { return !a.At.IsZero() }
 // NotifyConfig is notify:.
 type NotifyConfig struct {
 	Webhooks []WebhookConfig `yaml:"webhooks"`
+	// DeadLetterTTL is how long a delivery that failed for good is kept in
+	// the outbox's dead letters. Zero (or absent) takes
+	// notify.DefaultDeadLetterTTL, as zero does in approvals:.
+	DeadLetterTTL time.Duration `yaml:"dead_letter_ttl"`
+
+	DeadLetterTTLAt strictyaml.Pos `yaml:"dead_letter_ttl,pos"`
 }
+
+// minDeadLetterTTL is the shortest notify.dead_letter_ttl: the notifier
+// looks for expired dead letters hourly, so a shorter one would not be
+// what it says.
+const minDeadLetterTTL = time.Hour
 
 // WebhookConfig is one webhook: events are POSTed to URL as JSON.
 type WebhookConfig struct {
@@ -384,6 +395,18 @@ func (c *Config) validate() strictyaml.Errors {
 		}
 	}
 
+	c.validateNotify(add)
+	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
+		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
+	}
+	if c.TemplatesDir == "" {
+		add(c.TemplatesDirAt, "templates_dir must not be empty")
+	}
+	return errs
+}
+
+// validateNotify checks notify:; add records an error as validate does.
+func (c *Config) validateNotify(add func(p strictyaml.Pos, format string, args ...any)) {
 	for i, w := range c.Notify.Webhooks {
 		if w.URL == "" {
 			add(w.At, "notify.webhooks[%d]: url is required", i)
@@ -399,13 +422,12 @@ func (c *Config) validate() strictyaml.Errors {
 			}
 		}
 	}
-	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
-		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
+	// Zero is the default; it is also what a value that is no duration
+	// decodes to, which strictyaml has reported already.
+	if n := c.Notify; n.DeadLetterTTL != 0 && n.DeadLetterTTL < minDeadLetterTTL {
+		add(n.DeadLetterTTLAt, "notify.dead_letter_ttl: %s is shorter than %s (expired dead letters are deleted hourly); leave it out for the default, %s",
+			n.DeadLetterTTL, minDeadLetterTTL, notify.DefaultDeadLetterTTL)
 	}
-	if c.TemplatesDir == "" {
-		add(c.TemplatesDirAt, "templates_dir must not be empty")
-	}
-	return errs
 }
 
 // resolvePaths makes file paths relative to the config file's directory.

@@ -177,6 +177,15 @@ func TestLoadConfig_Errors(t *testing.T) {
 			`FILE:12:44: notify.webhooks[0].events: unknown event type "lease_issued"; known: ` + strings.Join(notify.KnownEvents, ", "),
 			`FILE:13:44: notify.webhooks[1].events: empty; leave the key out to get the default events (` + strings.Join(notify.DefaultEvents, ", ") + `)`,
 		}},
+		{"dead letter ttl too short", minimalConfigYAML + "notify: { dead_letter_ttl: 30m }\n", nil, []string{
+			`FILE:10:28: notify.dead_letter_ttl: 30m0s is shorter than 1h0m0s (expired dead letters are deleted hourly); leave it out for the default, 720h0m0s`,
+		}},
+		{"negative dead letter ttl", minimalConfigYAML + "notify: { dead_letter_ttl: -1h }\n", nil, []string{
+			`FILE:10:28: notify.dead_letter_ttl: -1h0m0s is shorter than 1h0m0s (expired dead letters are deleted hourly); leave it out for the default, 720h0m0s`,
+		}},
+		{"dead letter ttl in days", minimalConfigYAML + "notify: { dead_letter_ttl: 30d }\n", nil, []string{
+			`FILE:10:28: notify.dead_letter_ttl: expected a duration such as 10m or 1h30m, got "30d"`,
+		}},
 		{"syntax error stops early", "server: { id: \"x }\n", nil, []string{
 			`FILE:1:15: invalid YAML: could not find end character of double-quoted text`,
 		}},
@@ -235,5 +244,28 @@ func TestLoadConfig_AutoPauseAndDefaultEvents(t *testing.T) {
 	path = writeConfigDir(t, minimalConfigYAML, map[string]string{"read.yaml": minimalTemplateYAML})
 	if cfg, err = LoadConfig(path); err != nil || cfg.AutoPause.Enabled() {
 		t.Fatalf("without auto_pause: enabled = %v, err %v; want off", cfg != nil && cfg.AutoPause.Enabled(), err)
+	}
+}
+
+func TestLoadConfig_DeadLetterTTL(t *testing.T) {
+	for name, tc := range map[string]struct {
+		notify string
+		want   time.Duration
+	}{
+		"Default": {"notify: { webhooks: [ { url: http://127.0.0.1:9/hook } ] }\n", 0}, // notify.New applies notify.DefaultDeadLetterTTL
+		"Set":     {"notify: { webhooks: [ { url: http://127.0.0.1:9/hook } ], dead_letter_ttl: 168h }\n", 7 * 24 * time.Hour},
+		"Minimum": {"notify: { dead_letter_ttl: 1h }\n", time.Hour},
+		"Zero":    {"notify: { dead_letter_ttl: 0s }\n", 0}, // the default, as in approvals:
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := writeConfigDir(t, minimalConfigYAML+tc.notify, map[string]string{"read.yaml": minimalTemplateYAML})
+			cfg, err := LoadConfig(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Notify.DeadLetterTTL != tc.want {
+				t.Fatalf("dead_letter_ttl = %s, want %s", cfg.Notify.DeadLetterTTL, tc.want)
+			}
+		})
 	}
 }

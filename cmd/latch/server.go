@@ -41,7 +41,11 @@ func serverCommand() *cli.Command {
 			"and the templates; a bad reload keeps the running config, and the other\n" +
 			"sections (server, spiffe, store, vault, backends, notify, approvals,\n" +
 			"auto_pause) take effect at the next start. SIGINT or SIGTERM shut down\n" +
-			"gracefully.",
+			"gracefully.\n\n" +
+			"Webhook deliveries are kept in <store.path>.outbox until delivered; one\n" +
+			"that fails is retried on its own backoff while later ones go on, and after\n" +
+			"30 attempts it is a dead letter, deleted after notify.dead_letter_ttl\n" +
+			"(default 720h, 30 days).",
 		Flags:  []cli.Flag{configFlagFor()},
 		Action: runServer,
 	}
@@ -393,5 +397,6 @@ func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics) (*notify
 		}
 		hooks = append(hooks, h)
 	}
-	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cfg.Store.Path + ".outbox", Logger: log, Metrics: metrics})
+	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cfg.Store.Path + ".outbox", DeadLetterTTL: cfg.Notify.DeadLetterTTL,
+		Logger: log, Metrics: metrics})
 }
