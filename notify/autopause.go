@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/latchbroker/latch/broker"
@@ -100,7 +101,15 @@ func (a *AutoPause) observe(ctx context.Context, svc *broker.Service, recent map
 	if _, ok := svc.Policy().Agent(agent); !ok {
 		return
 	}
-	ts := append(recent[agent], e.Time)
+	// A coalesced event stands for Details["count"] denials.
+	n := 1
+	if c, err := strconv.Atoi(e.Details["count"]); err == nil && e.Outcome == broker.OutcomeCoalesced {
+		n = min(max(c, 1), a.threshold)
+	}
+	ts := recent[agent]
+	for range n {
+		ts = append(ts, e.Time)
+	}
 	ts = slices.DeleteFunc(ts, func(t time.Time) bool { return e.Time.Sub(t) >= a.window })
 	recent[agent] = ts
 	// Forget agents whose denials have all aged out.

@@ -311,3 +311,33 @@ func TestAutoPause(t *testing.T) {
 		t.Fatal("auto-pause without a threshold")
 	}
 }
+
+// TestAutoPause_Coalesced: an event that stands for many denials (outcome
+// coalesced) counts as that many.
+func TestAutoPause_Coalesced(t *testing.T) {
+	svc := newService(t)
+	ap, err := notify.NewAutoPause(notify.AutoPauseConfig{Threshold: 3, Window: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := newSource()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ap.Run(ctx, src, svc) }()
+	defer func() { cancel(); <-done }()
+	src.followed(t) // Run has taken its start: what is added now reaches it
+	agent := "spiffe://example.org/agent/ticket-bot"
+	src.add(broker.Event{Type: broker.EventViolation, Actor: agent, Time: time.Now(), Outcome: broker.OutcomeCoalesced,
+		Reasons: []string{"param_constraint"}, Details: map[string]string{"count": "40"}})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := svc.Agents().Get(ctx, agent)
+		if err == nil && r.State == broker.AgentPaused {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a coalesced event of 40 denials did not pause the agent within 10s: %+v, %v", r, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
