@@ -34,13 +34,13 @@ func auditCommand() *cli.Command {
 					"tail and move the head back. A checkpoint kept elsewhere catches that:\n" +
 					"--checkpoint reads signed checkpoints (one JWS a line, as latch writes them\n" +
 					"to audit.checkpoint_file, its log and checkpoint events), checks each\n" +
-					"signature against --bundle (the SPIFFE trust bundle, PEM; default\n" +
+					"signature against --bundle (the SPIFFE trust bundle, JSON or PEM; default\n" +
 					"spiffe.bundle of --config), and the chain must reach and agree with each.\n" +
 					"--expect SEQ:HASH does the same with a hash you kept yourself.",
 				Flags: []cli.Flag{dbFlag, configFlagFor(),
 					&cli.StringFlag{Name: "export", Usage: "verify this export (latch audit export's JSON lines) instead of a database"},
 					&cli.StringFlag{Name: "checkpoint", Usage: "a file of signed checkpoints the chain must reach and agree with"},
-					&cli.StringFlag{Name: "bundle", Usage: "the trust bundle (PEM) that checkpoints are signed under"},
+					&cli.StringFlag{Name: "bundle", Usage: "the trust bundle (SPIFFE JSON or PEM) that checkpoints are signed under"},
 					&cli.StringSliceFlag{Name: "expect", Usage: "SEQ:HASH: record SEQ must exist and have this hash (repeatable)"}},
 				Action: runAuditVerify,
 			},

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/urfave/cli/v2"
@@ -62,11 +63,21 @@ func checkpointBundle(c *cli.Context) (pemBundle, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--bundle: %w", err)
 	}
-	b, err := x509bundle.Parse(spiffeid.RequireTrustDomainFromString("bundle.file"), data)
-	if err != nil || len(b.X509Authorities()) == 0 {
-		return nil, fmt.Errorf("--bundle %s: not a PEM trust bundle: %v", path, err)
+	// The trust domain is a placeholder: pemBundle serves the CAs for
+	// whichever trust domain a checkpoint names.
+	td := spiffeid.RequireTrustDomainFromString("bundle.file")
+	var cas []*x509.Certificate
+	if b, jerr := spiffebundle.Parse(td, data); jerr == nil {
+		cas = b.X509Authorities()
+	} else if b, perr := x509bundle.Parse(td, data); perr == nil {
+		cas = b.X509Authorities()
+	} else {
+		return nil, fmt.Errorf("--bundle %s: neither a SPIFFE bundle (JSON: %v) nor PEM certificates (%v)", path, jerr, perr)
 	}
-	return b.X509Authorities(), nil
+	if len(cas) == 0 {
+		return nil, fmt.Errorf("--bundle %s holds no X.509 authority", path)
+	}
+	return cas, nil
 }
 
 // pemBundle is the CA certificates of a --bundle file, trusted for the

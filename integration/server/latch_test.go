@@ -44,7 +44,7 @@ const configYAML = `server:
   id: spiffe://example.org/latch
   admin_socket: {{dir}}/admin.sock
   metrics_listen: {{metrics}}
-spiffe: { svid_cert: svid.pem, svid_key: svid-key.pem, bundle: bundle.json }
+{{serverextra}}spiffe: { svid_cert: svid.pem, svid_key: svid-key.pem, bundle: bundle.json }
 store: { path: latch.db }
 vault:
   address: {{vault}}
@@ -156,11 +156,12 @@ func startLatch(t testing.TB) *latch {
 // latchOptions adds to the config of startLatchWith. Each YAML string is
 // whole lines, indented as list items of the key it extends.
 type latchOptions struct {
-	Operators string            // more entries of operators:
-	Agents    string            // more entries of agents:
-	Notify    string            // a whole notify: block
-	Extra     string            // more top-level blocks (approvals:, auto_pause:)
-	Templates map[string]string // more template files
+	Operators   string            // more entries of operators:
+	Agents      string            // more entries of agents:
+	Notify      string            // a whole notify: block
+	Extra       string            // more top-level blocks (approvals:, auto_pause:)
+	ServerExtra string            // more keys of server:, indented two spaces
+	Templates   map[string]string // more template files
 }
 
 // startLatchWith is startLatch with more operators, agents, templates,
@@ -205,7 +206,7 @@ func startLatchWith(t testing.TB, o latchOptions) *latch {
 		l.api, l.metrics = "https://"+listen, "http://"+metrics
 		cfg := strings.NewReplacer("{{listen}}", listen, "{{metrics}}", metrics, "{{dir}}", dir,
 			"{{vault}}", st.Vault.Addr, "{{role_id}}", roleID, "{{secret_id}}", secretID,
-			"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify, "{{extra}}", o.Extra).Replace(configYAML)
+			"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify, "{{extra}}", o.Extra, "{{serverextra}}", o.ServerExtra).Replace(configYAML)
 		writeFile(t, l.config, []byte(cfg))
 		err := l.tryStart()
 		if err == nil {
