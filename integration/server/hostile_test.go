@@ -424,3 +424,35 @@ func cutTail(t *testing.T, path string, keep int, keptLine string) {
 }
 
 func decodeSegment(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }
+
+// TestServer_StreamsOutliveReadTimeout: the read timeout cuts slow
+// requests, not an event stream that has been read (net/http lifts the
+// read deadline once a request's body is read).
+func TestServer_StreamsOutliveReadTimeout(t *testing.T) {
+	l := startLatchWith(t, latchOptions{ServerExtra: "  read_timeout: 1s\n"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// A raw stream: the client's EventStream would reconnect and hide a
+	// stream the server ended.
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, l.api+"/v1/events?type=issue", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := l.tlsClient(viewer).Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v1/events: %v, %v", resp, err)
+	}
+	defer resp.Body.Close()
+	lines := bufio.NewScanner(resp.Body)
+	l2 := l.client(agentPrefix + "stream-bot")
+	time.Sleep(2 * time.Second) // past the read timeout: what is measured is that the stream outlives it
+	if _, err := l2.Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "5"}, Reason: "stream test"}); err != nil {
+		t.Fatal(err)
+	}
+	for lines.Scan() {
+		if strings.HasPrefix(lines.Text(), "data: ") && strings.Contains(lines.Text(), `"type":"issue"`) {
+			return
+		}
+	}
+	t.Fatalf("the event stream ended before the issue event, after the read timeout: %v", lines.Err())
+}
