@@ -9,13 +9,13 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/latchbroker/latch/broker/brokertest"
 	"github.com/latchbroker/latch/notify"
 )
 
@@ -133,24 +133,6 @@ func TestNotifier_FailedDeliveryMovedAside(t *testing.T) {
 	}
 }
 
-// clock is a test clock that moves only when told.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // logWatch is a slog.Handler that sends the "count" of every record
 // with message msg on ch, for a test to wait on what the code logs.
 type logWatch struct {
@@ -194,19 +176,19 @@ func (h logWatch) wait(t *testing.T) int64 {
 func TestNotifier_DeadLetterExpiry(t *testing.T) {
 	src, rcv, m := newSource(), newReceiver(t), newMetrics()
 	rcv.down.Store(true)
-	clk := &clock{t: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)}
+	clk := brokertest.NewClock(time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC))
 	pruned := logWatch{msg: "deleted expired webhook dead letters", ch: make(chan int64, 4)}
 	cfg := notify.Config{
 		OutboxPath: filepath.Join(t.TempDir(), "outbox.db"), Webhooks: []notify.Webhook{{URL: rcv.srv.URL}},
-		MaxAttempts: 1, DeadLetterTTL: 24 * time.Hour, Now: clk.now, Metrics: m, Logger: slog.New(pruned),
+		MaxAttempts: 1, DeadLetterTTL: 24 * time.Hour, Now: clk.Now, Metrics: m, Logger: slog.New(pruned),
 	}
 	stop := start(t, src, cfg)
 	src.add(approvalRequested("old"))
 	m.wait(t, "old is dead", func() bool { return m.results[notify.ResultDead] == 1 })
-	clk.add(12 * time.Hour)
+	clk.Add(12 * time.Hour)
 	src.add(approvalRequested("young"))
 	m.wait(t, "young is dead", func() bool { return m.results[notify.ResultDead] == 2 })
-	clk.add(13 * time.Hour) // old has been dead 25h, young 13h
+	clk.Add(13 * time.Hour) // old has been dead 25h, young 13h
 	if n := pruned.wait(t); n != 1 {
 		t.Fatalf("deleted %d dead letters, want 1", n)
 	}
@@ -215,7 +197,7 @@ func TestNotifier_DeadLetterExpiry(t *testing.T) {
 		t.Fatalf("dead letters %v, want young's only", got)
 	}
 
-	clk.add(12 * time.Hour) // young has been dead 25h
+	clk.Add(12 * time.Hour) // young has been dead 25h
 	stop = start(t, src, cfg)
 	if n := pruned.wait(t); n != 1 {
 		t.Fatalf("deleted %d dead letters at start, want 1", n)
