@@ -14,22 +14,22 @@
 //
 // latch may die (kill -9, power loss) after a backend created something in
 // Vault and before the lease recording it is committed. The broker closes
-// that gap with an intent record written before the backend is called. All
-// three backends implement broker.Preparer so that the intent can name, in
-// advance, a handle through which everything Mint creates can be revoked;
+// that gap with an intent record written before the backend is called.
+// vault-lease and vault-pki implement broker.Preparer, vault-token
+// broker.Namer, so that the intent can name, in advance, a handle through
+// which what Mint creates can be revoked or bounded;
 // at restart, reconciliation calls Revoke with the refs of every intent that
 // has no committed lease. Whatever happens, the worst case is bounded by
 // the lease TTL, because everything is created with that TTL in Vault.
 //
-// vault-token — deterministic name. Prepare makes no Vault call: the policy
-// Mint will write is latch-<lease id>, a function of the lease ID, and that
-// name is the intent's ref. Revoke with only the policy name deletes the
-// policy. The agent's token (whose accessor was never recorded) then has
-// no capabilities at all — its only policy is gone and it was created
-// without the default policy — so it is inert at once, and it expires at
-// the lease TTL (explicit_max_ttl; nothing renews it). A crash after the
-// policy write but before the token create leaves only the policy, which
-// the same Revoke deletes.
+// vault-token — a shared policy, named by its content (Refs, no Vault call),
+// is the intent's ref. It cannot disarm one lease's token, since other
+// leases may carry it: a token whose accessor was never recorded was never
+// delivered, and it expires at the lease TTL (explicit_max_ttl; nothing
+// renews it). Its revocation ends as "expires" (broker.ErrExpiresOnItsOwn,
+// latch_revocations_total{result="expires"}); when no other live lease
+// renders the same policy, the Service's policy collection deletes it and
+// the token is inert at once (it has no default policy).
 //
 // vault-lease — per-lease mint token. Prepare creates an orphan token with
 // TTL = lease TTL through the latch-mint token role, carrying only the

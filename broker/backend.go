@@ -56,6 +56,28 @@ type Preparer interface {
 	Prepare(ctx context.Context, req MintRequest) (Prepared, error)
 }
 
+// Namer is implemented by backends whose refs are known from the request
+// alone, before anything exists in the backend (vault-token: the name of
+// the shared policy). The Service writes them into the intent it stores
+// before calling Mint, so an issue takes two durable commits, not three.
+type Namer interface {
+	Refs(req MintRequest) (Refs, error)
+}
+
+// PolicyCollector is implemented by backends that share an object among
+// leases, such as vault-token's policies named by their content: Mint
+// writes one when it does not exist, and nothing deletes it but the
+// Service's collection, when no intent or live lease names it (Store.
+// LivePolicies), under Change.MarkDeleting so that no issue races the
+// deletion.
+type PolicyCollector interface {
+	// Policies lists the shared objects the backend holds.
+	Policies(ctx context.Context) ([]string, error)
+	// DeletePolicy deletes one; it must forget that it exists first, so
+	// that the next Mint naming it writes it again.
+	DeletePolicy(ctx context.Context, name string) error
+}
+
 // Renewer is implemented by backends whose credentials can be extended.
 // Renew asks for ttl more from now, up to the max TTL fixed at mint time,
 // and returns the new expiry, which may be earlier than asked. It returns
@@ -82,6 +104,12 @@ var (
 	// backend needs; it is a bug in the caller or a template that does not
 	// fit its backend, never a reason to retry.
 	ErrInvalidMintRequest = errors.New("invalid mint request")
+	// ErrExpiresOnItsOwn is returned by Revoke when the refs name nothing
+	// that can be revoked: a mint that crashed after the backend created
+	// the credential and before its refs were recorded (a vault-token
+	// token of a shared policy). That credential was never delivered and
+	// expires at its TTL; the revocation is done, counted as "expires".
+	ErrExpiresOnItsOwn = errors.New("nothing to revoke: the credential, if one was minted, was never delivered and expires at its TTL")
 )
 
 // MintRequest is everything a backend needs to mint one lease's credential:
@@ -182,7 +210,7 @@ type Refs struct {
 	// TokenAccessor is the accessor of the token handed to the agent
 	// (vault-token).
 	TokenAccessor string `json:"token_accessor,omitempty"`
-	// Policy is the per-lease Vault ACL policy (vault-token: latch-<lease>).
+	// Policy is the Vault ACL policy the token carries (vault-token: latch-p-<owner tag>-<hash>, shared by content; latch-<lease> of older latches).
 	Policy string `json:"policy,omitempty"`
 	// VaultLeaseID is the Vault lease of a dynamic secret (vault-lease, and
 	// vault-pki when the PKI role generates leases).

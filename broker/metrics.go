@@ -11,7 +11,7 @@ type Metrics interface {
 	RequestDone(outcome, reason string, d time.Duration)
 	// Violation counts a denial that points at misuse, by reason code.
 	Violation(reason string)
-	// RevocationDone counts a revocation attempt by result (ok, retry,
+	// RevocationDone counts a revocation attempt by result (ok, retry, expires,
 	// irrevocable).
 	RevocationDone(result string)
 	// QueueDepth reports the revocation queue's length.

@@ -18,15 +18,14 @@ func (s *core) mint(ctx context.Context, req IssueRequest, d templates.Decision,
 	lease := s.newLease(req, d)
 	// Owned by this request until it ends: reconciliation leaves it alone.
 	defer s.inflight.hold(lease.ID)()
-	intent := Change{PutIntents: []*Lease{lease}, Conditions: s.issueConditions(req.Agent, d, true)}
-	if _, err := s.apply(ctx, intent); err != nil {
-		return nil, s.refusedAtIntent(ctx, req, d, intent.Conditions, err)
+	mreq := mintRequest(lease.ID, req.Agent, d)
+	if err := s.writeIntent(ctx, lease, req, d, backend, mreq); err != nil {
+		return nil, err
 	}
 	failpoint("issue-after-intent")
-	mreq := mintRequest(lease.ID, req.Agent, d)
 	mctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
 	defer cancel()
-	if p, ok := backend.(Preparer); ok {
+	if p, ok := backend.(Preparer); ok && lease.Refs.IsZero() {
 		prepared, err := p.Prepare(mctx, mreq)
 		if err != nil {
 			return nil, s.mintFailed(ctx, lease, req, d, err)
@@ -52,6 +51,44 @@ func (s *core) mint(ctx context.Context, req IssueRequest, d templates.Decision,
 		return nil, err
 	}
 	return &Issued{Lease: lease, Secret: minted.Secret}, nil
+}
+
+// intentRetries bounds how often an intent is tried again while the
+// shared policy it names is being deleted: a deletion takes one Vault
+// call, so a few short waits see it through.
+const intentRetries = 6
+
+// writeIntent stores the lease's intent, with its refs when the backend
+// knows them from the request alone (Namer). An intent that names a
+// shared policy being deleted waits for the deletion and is tried again:
+// the next Mint then writes the policy anew.
+func (s *core) writeIntent(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, backend Backend, mreq MintRequest) error {
+	intent := Change{PutIntents: []*Lease{lease}, Conditions: s.issueConditions(req.Agent, d, true)}
+	if n, ok := backend.(Namer); ok {
+		refs, err := n.Refs(mreq)
+		if err != nil {
+			return s.mintFailed(ctx, lease, req, d, err)
+		}
+		lease.Refs = refs
+		if _, shared := backend.(PolicyCollector); shared {
+			intent.Conditions.Policy = refs.Policy
+		}
+	}
+	var failed *ConditionFailed
+	for attempt := 0; ; attempt++ {
+		_, err := s.apply(ctx, intent)
+		if !errors.As(err, &failed) || failed.Reason != ReasonPolicyDeleting || attempt == intentRetries {
+			if err != nil {
+				return s.refusedAtIntent(ctx, req, d, intent.Conditions, err)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(5<<attempt) * time.Millisecond):
+		}
+	}
 }
 
 func asked(req IssueRequest, d templates.Decision) Asked {
@@ -244,6 +281,9 @@ func conditionError(failed *ConditionFailed) *Error {
 		string(templates.ReasonAgentQuarantined): "denied: an operator quarantined the agent while the request was in flight",
 		string(templates.ReasonGlobalFreeze):     "denied: a global freeze started while the request was in flight",
 	}[failed.Reason]
+	if failed.Reason == ReasonPolicyDeleting {
+		return &Error{Code: EUNAVAILABLE, Message: "the task's Vault policy is being collected; ask again", Reasons: []string{failed.Reason}}
+	}
 	if msg == "" {
 		return &Error{Code: ECONFLICT, Message: "the task's template changed while the request was in flight; ask again",
 			Reasons: []string{failed.Reason}}

@@ -41,7 +41,8 @@ func (f *inflight) owned(id string) bool {
 // commit failed, are revoked through the refs they hold, or marked
 // failed when they hold none. It then queues the live leases of
 // quarantined agents (a crash between a quarantine and its revocations),
-// and the leases that expired while latch was down. Run calls it at start
+// and the leases that expired while latch was down, and collects the shared
+// policies nothing names any more (CollectPolicies). Run calls it at start
 // and every Config.ReconcileEvery; a request in flight is never touched.
 func (s Leases) Reconcile(ctx context.Context) error {
 	intents, err := stored(s.store.Intents(ctx))
@@ -62,8 +63,15 @@ func (s Leases) Reconcile(ctx context.Context) error {
 	if _, err := s.Sweep(ctx); err != nil {
 		return err
 	}
-	_, err = s.ProcessRevocations(ctx)
-	return err
+	if _, err = s.ProcessRevocations(ctx); err != nil {
+		return err
+	}
+	// Shared policies are only garbage: a failure to collect them costs
+	// Vault storage, never a request, so it does not stop reconciliation.
+	if _, err := s.CollectPolicies(ctx); err != nil {
+		s.log.Warn("collect unused shared policies", "err", err)
+	}
+	return nil
 }
 
 // reconcileIntent ends one orphaned intent: queued for revocation when it

@@ -54,6 +54,11 @@ func (s *core) revokeOne(ctx context.Context, r Revocation) bool {
 		cancel()
 	}
 	now := s.now()
+	result := "ok"
+	if errors.Is(err, ErrExpiresOnItsOwn) {
+		s.log.Warn("a revocation found nothing to revoke; the credential, if any, expires on its own", "lease", l.ID, "expires_at", l.ExpiresAt)
+		result, err = "expires", nil
+	}
 	if err == nil {
 		failpoint("revoke-after-backend")
 		typ, state := EventRevoked, StateRevoked
@@ -70,7 +75,7 @@ func (s *core) revokeOne(ctx context.Context, r Revocation) bool {
 			s.log.Error("record a confirmed revocation", "lease", l.ID, "err", err)
 			return false
 		}
-		s.metrics.RevocationDone("ok")
+		s.metrics.RevocationDone(result)
 		return true
 	}
 
@@ -79,7 +84,7 @@ func (s *core) revokeOne(ctx context.Context, r Revocation) bool {
 	r.NextAttempt = now.Add(s.backoff(r.Attempts))
 	l.LastError = r.LastError
 	c := Change{Enqueue: []Revocation{r}, PutLeases: []*Lease{l}}
-	result := "retry"
+	result = "retry"
 	if r.Attempts == s.cfg.MaxAttempts {
 		// Listed for operators, and still retried at the longest interval:
 		// never dropped.

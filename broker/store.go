@@ -40,6 +40,11 @@ type Store interface {
 	// committed nor abandoned: what reconciliation must finish.
 	Intents(ctx context.Context) ([]*Lease, error)
 
+	// PolicyUse returns the shared policies (Refs.Policy) that intents
+	// and live leases (pending, active, revoking, irrevocable) name —
+	// what a PolicyCollector must not delete — and those marked deleting.
+	PolicyUse(ctx context.Context) (PolicyUse, error)
+
 	// DueRevocations returns queued revocations whose NextAttempt is not
 	// after now, earliest first, at most limit.
 	DueRevocations(ctx context.Context, now time.Time, limit int) ([]Revocation, error)
@@ -100,11 +105,24 @@ type Change struct {
 	Grants       []Grant           // when not nil, replaces the recorded grants
 	Templates    map[string]string // when not nil, replaces the recorded template versions (name → version)
 	Events       []Event           // appended to the audit chain, in order
+	// MarkDeleting marks shared policies as being deleted, only when no
+	// intent or live lease names them (else *ConditionFailed
+	// policy_in_use and nothing is written); from then on an intent
+	// that names one fails with policy_deleting until DoneDeleting
+	// clears the mark, once the backend has deleted it.
+	MarkDeleting []string
+	DoneDeleting []string
 
 	// Conditions, when set, are checked in the transaction that writes
 	// the change, against the state before it: when one fails, nothing of
 	// the change is written and Apply returns a *ConditionFailed.
 	Conditions *Conditions
+}
+
+// PolicyUse is what Store.PolicyUse reports.
+type PolicyUse struct {
+	Live     map[string]bool
+	Deleting []string
 }
 
 // Use is one issue of a template to an agent.
@@ -140,6 +158,9 @@ type Conditions struct {
 	// Intent, when set, is an intent that must still be stored
 	// (reconciliation must not end a lease its request just committed).
 	Intent string
+	// Policy, when set, is a shared policy the change's intent names: it
+	// must not be being deleted (Change.MarkDeleting).
+	Policy string
 }
 
 // ConditionFailed is the error of a Change whose Conditions did not hold.
@@ -168,6 +189,8 @@ const (
 	ReasonTemplateBudget  = "template_budget"
 	ReasonLeaseNotActive  = "lease_not_active"
 	ReasonIntentGone      = "intent_gone"
+	ReasonPolicyDeleting  = "policy_deleting"
+	ReasonPolicyInUse     = "policy_in_use"
 )
 
 // Store errors.

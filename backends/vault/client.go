@@ -111,6 +111,10 @@ func New(cfg Config) (*Client, error) {
 // Address is the Vault address the client talks to.
 func (c *Client) Address() string { return c.cfg.Address }
 
+// Owner is Config.Owner: the installation the shared objects it writes
+// belong to.
+func (c *Client) Owner() string { return c.cfg.Owner }
+
 // Now returns the client's clock reading.
 func (c *Client) Now() time.Time { return c.cfg.Now() }
 

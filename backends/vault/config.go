@@ -41,6 +41,11 @@ type Config struct {
 	TLSServerName string
 	// Namespace is the Vault Enterprise namespace, if any.
 	Namespace string
+	// Owner names this latch installation (latch server sets its SPIFFE
+	// ID): objects shared among leases, such as vault-token's policies,
+	// carry a tag of it, so that latches sharing one Vault never collect
+	// each other's.
+	Owner string
 
 	// Timeout bounds each attempt of each call (the caller's context
 	// bounds the call as a whole).

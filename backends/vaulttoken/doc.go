@@ -1,14 +1,22 @@
-// Package vaulttoken is the vault-token backend: for each lease it writes
-// the template's rendered ACL policy as the Vault policy latch-<lease id>
-// and creates a token with only that policy — so the agent can touch
-// exactly the paths the template rendered for this request, for the lease
-// TTL.
+// Package vaulttoken is the vault-token backend: for each lease it creates
+// a token with only the template's rendered ACL policy — so the agent can
+// touch exactly the paths the template rendered for this request, for the
+// lease TTL.
+//
+// Policies are shared by content: the rendered text is written once, as
+// latch-p-<128 bits of its SHA-256>, and every lease that renders the same
+// text (the same task and parameters) uses it. Mint writes it only when
+// this process has not written it yet; the Service deletes it
+// (broker.PolicyCollector) once no intent or live lease names it, marking
+// the deletion in the store so that no issue races it. A request that
+// renders a new policy each time (ticket=42, 43, …) writes one each time,
+// as before.
 //
 // Mint:
 //
-//  1. sys/policies/acl/latch-<lease id> = the rendered policy;
+//  1. sys/policies/acl/latch-p-<hash> = the rendered policy, unless written;
 //  2. auth/token/create/<token_role>: an orphan service token with policies
-//     [latch-<lease id>] and no default policy, TTL = lease TTL,
+//     [latch-p-<hash>] and no default policy, TTL = lease TTL,
 //     explicit_max_ttl = the lease's max TTL (or its TTL when the template
 //     does not allow renewal), renewable only if the template allows,
 //     metadata latch_lease, latch_agent, latch_task, and display name
@@ -29,12 +37,14 @@
 // (Vault itself enforces only the token role's token_explicit_max_ttl on
 // renewal; see vault.Client.RenewAccessor).
 //
-// Revoke revokes the token by accessor, then deletes the policy — also
-// when the token is already gone, and also when only the policy name is
-// known. Deleting the policy alone already leaves any token carrying it
-// with no capabilities at all (it has no default policy), which is what
-// makes the policy's deterministic name enough for crash safety: see
-// Prepare and backends/doc.go.
+// Revoke revokes the token by accessor. Crash safety, restated: a policy
+// is shared, so deleting it no longer disarms the token of a mint that
+// crashed between creating the token and recording it. Such a token was
+// never delivered to anyone; its lease's refs name only the policy, and
+// its revocation ends as "expires" (broker.ErrExpiresOnItsOwn, counted in
+// latch_revocations_total{result="expires"}): it expires at its TTL, at
+// most the template's ttl. Per-lease policies (latch-<lease id>) of older
+// latches are still deleted with their lease.
 //
 // Config (backends: block):
 //

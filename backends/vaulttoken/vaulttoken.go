@@ -2,12 +2,15 @@ package vaulttoken
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/latchbroker/latch/backends/vault"
@@ -26,6 +29,12 @@ const DefaultTokenRole = "latch-token"
 // allows assigning latch-* only, so no policy name outside it can ever be
 // touched or handed out; admin policies must not use this prefix.
 const PolicyPrefix = "latch-"
+
+// SharedPrefix starts the policies named by their content (SharedPolicyName):
+// one per installation and distinct rendered policy, shared by every lease
+// that renders it. Names of the form latch-<lease id> are per-lease
+// policies of older latches, deleted with their lease.
+const SharedPrefix = PolicyPrefix + "p-"
 
 // Config is the backend's block in latch's config (all but type).
 type Config struct {
@@ -53,14 +62,20 @@ func (c Config) withDefaults() Config {
 
 // Backend is the vault-token backend.
 type Backend struct {
-	c   *vault.Client
-	cfg Config
+	c      *vault.Client
+	cfg    Config
+	prefix string // SharedPrefix and the owner's tag: this installation's policies
+	// written are the shared policies this process wrote (or found
+	// written): Mint skips writing them again. DeletePolicy forgets one
+	// before deleting it.
+	written sync.Map // name → struct{}
 }
 
 var (
-	_ broker.Backend  = (*Backend)(nil)
-	_ broker.Preparer = (*Backend)(nil)
-	_ broker.Renewer  = (*Backend)(nil)
+	_ broker.Backend         = (*Backend)(nil)
+	_ broker.Namer           = (*Backend)(nil)
+	_ broker.PolicyCollector = (*Backend)(nil)
+	_ broker.Renewer         = (*Backend)(nil)
 )
 
 // New returns the backend, which mints through c.
@@ -71,16 +86,31 @@ func New(c *vault.Client, cfg Config) (*Backend, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Backend{c: c, cfg: cfg.withDefaults()}, nil
+	return &Backend{c: c, cfg: cfg.withDefaults(), prefix: sharedPrefixOf(c.Owner())}, nil
 }
 
 // ulidRE matches a ULID in Crockford base32 (either case): lease IDs end up
 // in policy names, so nothing else is accepted.
 var ulidRE = regexp.MustCompile(`^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$`)
 
-// PolicyName is the per-lease policy's name: latch-<lease id>, lower case
-// because Vault lower-cases policy names.
-func PolicyName(leaseID string) string { return PolicyPrefix + strings.ToLower(leaseID) }
+// SharedPolicyName is the name of owner's policy whose text is policy:
+// latch-p-, a tag of the owner (32 bits of its SHA-256), and 128 bits of
+// the text's SHA-256, in lower case (Vault lower-cases policy names).
+// Equal texts share a name, and so one policy in Vault.
+func SharedPolicyName(owner, policy string) string {
+	sum := sha256.Sum256([]byte(policy))
+	return sharedPrefixOf(owner) + hex.EncodeToString(sum[:16])
+}
+
+func sharedPrefixOf(owner string) string {
+	tag := sha256.Sum256([]byte(owner))
+	return SharedPrefix + hex.EncodeToString(tag[:4]) + "-"
+}
+
+// isPerLease reports whether name is an older latch's per-lease policy.
+func isPerLease(name string) bool {
+	return strings.HasPrefix(name, PolicyPrefix) && !strings.HasPrefix(name, SharedPrefix)
+}
 
 func validate(req broker.MintRequest) error {
 	if err := req.Validate(); err != nil {
@@ -95,27 +125,30 @@ func validate(req broker.MintRequest) error {
 	return nil
 }
 
-// Prepare names the policy Mint will write. It makes no Vault call: the
-// name is derived from the lease ID, so it can be written into the intent
-// before anything exists in Vault, and Revoke with only that name makes
-// any token Mint created powerless.
-func (b *Backend) Prepare(_ context.Context, req broker.MintRequest) (broker.Prepared, error) {
+// Refs names the shared policy Mint will use, with no Vault call: the
+// intent holds it before anything exists in Vault, so the Service never
+// collects a policy an issue in flight is about to use.
+func (b *Backend) Refs(req broker.MintRequest) (broker.Refs, error) {
 	if err := validate(req); err != nil {
-		return broker.Prepared{}, err
+		return broker.Refs{}, err
 	}
-	return broker.Prepared{Refs: broker.Refs{Policy: PolicyName(req.LeaseID)}}, nil
+	return broker.Refs{Policy: SharedPolicyName(b.c.Owner(), req.Policy)}, nil
 }
 
-// Mint writes the lease's policy and creates the agent's token. Errors wrap
+// Mint writes the lease's shared policy, unless this process has written
+// it already, and creates the agent's token. Errors wrap
 // broker.ErrBackendUnavailable when Vault could not be reached in time, and
 // broker.ErrInvalidMintRequest for a request this backend cannot serve.
 func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Minted, error) {
 	if err := validate(req); err != nil {
 		return broker.Minted{}, err
 	}
-	policy := PolicyName(req.LeaseID)
-	if _, err := b.c.Write(ctx, "policy.write", "sys/policies/acl/"+policy, map[string]any{"policy": req.Policy}); err != nil {
-		return broker.Minted{}, fmt.Errorf("vaulttoken: write policy %s for lease %s: %w", policy, req.LeaseID, err)
+	policy := SharedPolicyName(b.c.Owner(), req.Policy)
+	if _, ok := b.written.Load(policy); !ok {
+		if _, err := b.c.Write(ctx, "policy.write", "sys/policies/acl/"+policy, map[string]any{"policy": req.Policy}); err != nil {
+			return broker.Minted{}, fmt.Errorf("vaulttoken: write policy %s for lease %s: %w", policy, req.LeaseID, err)
+		}
+		b.written.Store(policy, struct{}{})
 	}
 	tok, err := b.c.CreateToken(ctx, "token.create", vault.TokenRequest{
 		Role:           b.cfg.TokenRole,
@@ -127,7 +160,8 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 		Meta:           vault.LeaseMeta(req),
 	})
 	if err != nil {
-		vault.Cleanup(ctx, err, func(ctx context.Context) error { return b.deletePolicy(ctx, policy) })
+		// The policy stays: other leases may use it, and the Service
+		// collects it once none does.
 		return broker.Minted{}, fmt.Errorf("vaulttoken: create token for lease %s: %w", req.LeaseID, err)
 	}
 	refs := broker.Refs{TokenAccessor: tok.Accessor, Policy: policy}
@@ -148,9 +182,11 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 	}, nil
 }
 
-// Revoke revokes the token by accessor, then deletes the policy; the
-// policy is deleted even when revoking the token failed, because that alone
-// strips the token of every capability. Gone objects count as revoked.
+// Revoke revokes the token by accessor. A shared policy stays for the
+// Service to collect; an older latch's per-lease policy is deleted with
+// its lease, as then. Refs with a shared policy and no token are those of
+// a mint that crashed before recording its token: nothing can be revoked
+// (broker.ErrExpiresOnItsOwn). Gone objects count as revoked.
 func (b *Backend) Revoke(ctx context.Context, refs broker.Refs) error {
 	if refs.TokenAccessor == "" && refs.Policy == "" {
 		return fmt.Errorf("vaulttoken: revoke: refs name neither a token nor a policy")
@@ -161,22 +197,59 @@ func (b *Backend) Revoke(ctx context.Context, refs broker.Refs) error {
 			errs = append(errs, fmt.Errorf("vaulttoken: revoke token %s: %w", refs.TokenAccessor, err))
 		}
 	}
-	if refs.Policy != "" {
+	switch {
+	case refs.Policy != "" && !strings.HasPrefix(refs.Policy, PolicyPrefix):
+		errs = append(errs, fmt.Errorf("vaulttoken: refusing to delete policy %q: not one of latch's policies", refs.Policy))
+	case isPerLease(refs.Policy):
 		if err := b.deletePolicy(ctx, refs.Policy); err != nil {
 			errs = append(errs, fmt.Errorf("vaulttoken: delete policy %s: %w", refs.Policy, err))
 		}
+	case refs.TokenAccessor == "":
+		return fmt.Errorf("vaulttoken: %w", broker.ErrExpiresOnItsOwn)
 	}
 	return errors.Join(errs...)
 }
 
 func (b *Backend) deletePolicy(ctx context.Context, policy string) error {
 	if !strings.HasPrefix(policy, PolicyPrefix) || vault.CheckName("policy", policy) != nil {
-		return fmt.Errorf("refusing to delete policy %q: not a latch-<lease> policy", policy)
+		return fmt.Errorf("refusing to delete policy %q: not one of latch's policies", policy)
 	}
 	return b.c.Delete(ctx, "policy.delete", "sys/policies/acl/"+policy)
 }
 
-// Lookup reports whether the token, or else the policy, still exists.
+// Policies lists the shared policies in Vault (broker.PolicyCollector).
+func (b *Backend) Policies(ctx context.Context) ([]string, error) {
+	s, err := b.c.Do(ctx, vault.Request{Op: "policy.list", Method: "LIST", Path: "sys/policies/acl"})
+	if err != nil {
+		return nil, fmt.Errorf("vaulttoken: list policies: %w", err)
+	}
+	var out []string
+	if s != nil {
+		keys, _ := s.Data["keys"].([]any)
+		for _, k := range keys {
+			if name, ok := k.(string); ok && strings.HasPrefix(name, b.prefix) {
+				out = append(out, name)
+			}
+		}
+	}
+	return out, nil
+}
+
+// DeletePolicy deletes a shared policy nothing uses any more
+// (broker.PolicyCollector), forgetting first that it was written.
+func (b *Backend) DeletePolicy(ctx context.Context, name string) error {
+	if !strings.HasPrefix(name, b.prefix) {
+		return fmt.Errorf("vaulttoken: refusing to collect policy %q: not one of this latch's shared policies", name)
+	}
+	b.written.Delete(name)
+	if err := b.deletePolicy(ctx, name); err != nil {
+		return fmt.Errorf("vaulttoken: delete policy %s: %w", name, err)
+	}
+	return nil
+}
+
+// Lookup reports whether the token, or else an older latch's per-lease
+// policy, still exists (a shared policy says nothing of one lease).
 func (b *Backend) Lookup(ctx context.Context, refs broker.Refs) (bool, error) {
 	if refs.TokenAccessor != "" {
 		alive, err := b.c.LookupAccessor(ctx, refs.TokenAccessor)
@@ -184,7 +257,7 @@ func (b *Backend) Lookup(ctx context.Context, refs broker.Refs) (bool, error) {
 			return alive, wrap("look up token", err)
 		}
 	}
-	if refs.Policy != "" {
+	if isPerLease(refs.Policy) {
 		_, err := b.c.Read(ctx, "policy.read", "sys/policies/acl/"+refs.Policy)
 		switch {
 		case err == nil:

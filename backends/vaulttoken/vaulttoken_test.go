@@ -25,23 +25,35 @@ func newBackend(t *testing.T) *vaulttoken.Backend {
 	return b
 }
 
-func TestPolicyName(t *testing.T) {
-	if got := vaulttoken.PolicyName("01JABCDEFGHJKMNPQRSTVWXYZ0"); got != "latch-01jabcdefghjkmnpqrstvwxyz0" {
-		t.Fatalf("PolicyName = %q", got)
+func TestSharedPolicyName(t *testing.T) {
+	a, b := vaulttoken.SharedPolicyName("prod", `path "x" {}`), vaulttoken.SharedPolicyName("prod", `path "y" {}`)
+	if a != vaulttoken.SharedPolicyName("prod", `path "x" {}`) || a == b || !strings.HasPrefix(a, "latch-p-") || len(a) != len("latch-p-")+8+1+32 || strings.ToLower(a) != a {
+		t.Fatalf("SharedPolicyName = %q, %q: want one lower-case name per text", a, b)
+	}
+	// Another installation sharing the Vault has names of its own.
+	if other := vaulttoken.SharedPolicyName("staging", `path "x" {}`); other[:17] == a[:17] {
+		t.Fatalf("two owners share the prefix %q", a[:17])
 	}
 }
 
-func TestBackend_Prepare(t *testing.T) {
+func TestBackend_Refs(t *testing.T) {
 	b := newBackend(t)
 	req := broker.MintRequest{LeaseID: "01JABCDEFGHJKMNPQRSTVWXYZ0", Agent: "spiffe://example.org/a", Task: "t", TTL: time.Minute,
 		Policy: `path "secret/data/x" { capabilities = ["read"] }`}
 	// No Vault call: the client points at a closed port.
-	p, err := b.Prepare(t.Context(), req)
+	refs, err := b.Refs(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Refs != (broker.Refs{Policy: "latch-01jabcdefghjkmnpqrstvwxyz0"}) || !p.Credential.IsZero() {
-		t.Fatalf("Prepare = %+v", p)
+	if refs != (broker.Refs{Policy: vaulttoken.SharedPolicyName("", req.Policy)}) {
+		t.Fatalf("Refs = %+v", refs)
+	}
+	// A crashed mint's refs: nothing to revoke, the token expires alone.
+	if err := b.Revoke(t.Context(), refs); !errors.Is(err, broker.ErrExpiresOnItsOwn) {
+		t.Fatalf("Revoke(policy only) = %v, want ErrExpiresOnItsOwn", err)
+	}
+	if err := b.DeletePolicy(t.Context(), "latch-01jabcdefghjkmnpqrstvwxyz0"); err == nil {
+		t.Fatal("DeletePolicy collected a per-lease policy")
 	}
 }
 

@@ -66,6 +66,9 @@ func (s *Store) Apply(ctx context.Context, c broker.Change) ([]broker.Event, err
 		if failed, err = checkConditions(tx, w.conditions); err != nil || failed != nil {
 			return err
 		}
+		if failed = checkUnused(tx, w.markDeleting); failed != nil {
+			return nil
+		}
 		return w.write(tx, out)
 	}
 	done := s.submit(fn)
@@ -136,13 +139,15 @@ type write struct {
 	grants        []byte
 	templates     []kv // nil: keep; empty: none recorded
 	events        []broker.Event
+	markDeleting  []string // shared policies (see policies.go)
+	doneDeleting  []string
 }
 
 type kv struct{ k, v []byte }
 
 type intentWrite struct {
-	id, agent, task string
-	val             []byte
+	id, agent, task, policy string
+	val                     []byte
 }
 
 type leaseWrite struct {
@@ -165,12 +170,16 @@ type leaseIndex struct {
 	RequestID string            `json:"request_id"`
 	ExpiresAt time.Time         `json:"expires_at"`
 	State     broker.LeaseState `json:"state"`
+	Refs      struct {
+		Policy string `json:"policy"`
+	} `json:"refs"`
 }
 
 func (w *write) empty() bool {
 	return len(w.deleteIntents) == 0 && len(w.putIntents) == 0 && len(w.leases) == 0 &&
 		len(w.dequeue) == 0 && len(w.enqueue) == 0 && len(w.agentStates) == 0 && len(w.uses) == 0 &&
-		w.freeze == nil && len(w.approvals) == 0 && w.grants == nil && w.templates == nil && len(w.events) == 0
+		w.freeze == nil && len(w.approvals) == 0 && w.grants == nil && w.templates == nil && len(w.events) == 0 &&
+		len(w.markDeleting) == 0 && len(w.doneDeleting) == 0
 }
 
 var leaseStates = map[broker.LeaseState]bool{
@@ -215,7 +224,7 @@ func checkLease(what string, l *broker.Lease) error {
 // prepare validates c and encodes what does not depend on stored state.
 func (s *Store) prepare(c broker.Change) (*write, error) {
 	w := &write{conditions: c.Conditions}
-	for _, step := range []func(*write, broker.Change) error{prepareIntents, prepareLeases, prepareQueue, prepareAgents, prepareRecords} {
+	for _, step := range []func(*write, broker.Change) error{prepareIntents, prepareLeases, prepareQueue, prepareAgents, prepareRecords, preparePolicies} {
 		if err := step(w, c); err != nil {
 			return nil, err
 		}
@@ -243,7 +252,7 @@ func prepareIntents(w *write, c broker.Change) error {
 		if err != nil {
 			return fmt.Errorf("%w: encode intent %s: %v", ErrInvalidChange, l.ID, err)
 		}
-		w.putIntents = append(w.putIntents, intentWrite{id: l.ID, agent: l.Agent, task: l.Task, val: v})
+		w.putIntents = append(w.putIntents, intentWrite{id: l.ID, agent: l.Agent, task: l.Task, policy: l.Refs.Policy, val: v})
 	}
 	return nil
 }
@@ -263,9 +272,9 @@ func prepareLeases(w *write, c broker.Change) error {
 		if err != nil {
 			return fmt.Errorf("%w: encode lease %s: %v", ErrInvalidChange, l.ID, err)
 		}
-		w.leases = append(w.leases, leaseWrite{id: l.ID, val: v, ix: leaseIndex{
-			Agent: l.Agent, Task: l.Task, RequestID: l.RequestID, ExpiresAt: l.ExpiresAt, State: l.State,
-		}})
+		ix := leaseIndex{Agent: l.Agent, Task: l.Task, RequestID: l.RequestID, ExpiresAt: l.ExpiresAt, State: l.State}
+		ix.Refs.Policy = l.Refs.Policy
+		w.leases = append(w.leases, leaseWrite{id: l.ID, val: v, ix: ix})
 	}
 	return nil
 }
@@ -368,6 +377,9 @@ func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
 	if err := w.writeIntents(tx); err != nil {
 		return err
 	}
+	if err := w.writePolicyMarks(tx); err != nil {
+		return err
+	}
 	if len(w.leases) > 0 {
 		ix := openLeaseBuckets(tx)
 		for i := range w.leases {
@@ -427,7 +439,7 @@ func (w *write) writeIntents(tx *bolt.Tx) error {
 		if err := intents.Put([]byte(p.id), p.val); err != nil {
 			return err
 		}
-		if err := putLive(tx, p.agent, p.id, p.task); err != nil {
+		if err := putLive(tx, p.agent, p.id, p.task, p.policy); err != nil {
 			return err
 		}
 	}
@@ -617,7 +629,7 @@ func (b leaseBuckets) index(id string, ix *leaseIndex) error {
 // unindex never needs to delete it.
 func (b leaseBuckets) indexLive(id string, ix *leaseIndex) error {
 	if ix.State.Live() {
-		return b.live.Put(pairKey(ix.Agent, id), []byte(ix.Task))
+		return b.live.Put(pairKey(ix.Agent, id), liveValue(ix.Task, ix.Refs.Policy))
 	}
 	return b.live.Delete(pairKey(ix.Agent, id))
 }

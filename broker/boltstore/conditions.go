@@ -43,6 +43,9 @@ func checkConditions(tx *bolt.Tx, c *broker.Conditions) (*broker.ConditionFailed
 			return failed, nil
 		}
 	}
+	if c.Policy != "" && policyDeleting(tx, c.Policy) {
+		return &broker.ConditionFailed{Reason: broker.ReasonPolicyDeleting}, nil
+	}
 	if c.Intent != "" && tx.Bucket(bktIntents).Get([]byte(c.Intent)) == nil {
 		return &broker.ConditionFailed{Reason: broker.ReasonIntentGone}, nil
 	}
@@ -90,7 +93,7 @@ func checkBudgets(tx *bolt.Tx, c *broker.Conditions) *broker.ConditionFailed {
 	cur := tx.Bucket(bktIdxLive).Cursor()
 	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
 		all++
-		if bytes.Equal(v, task) {
+		if t, _ := splitLive(v); bytes.Equal(t, task) {
 			ofTask++
 		}
 	}
@@ -103,11 +106,25 @@ func checkBudgets(tx *bolt.Tx, c *broker.Conditions) *broker.ConditionFailed {
 	return nil
 }
 
-// putLive and deleteLive keep the live index: agent ␀ lease ID → task, for
-// every intent and every lease in a state that may still hold a
-// credential. Budgets count it.
-func putLive(tx *bolt.Tx, agent, id, task string) error {
-	return tx.Bucket(bktIdxLive).Put(pairKey(agent, id), []byte(task))
+// putLive and deleteLive keep the live index: agent ␀ lease ID → task
+// (␀ shared policy, when it names one), for every intent and every lease
+// in a state that may still hold a credential. Budgets count it; policy
+// collection reads it.
+func putLive(tx *bolt.Tx, agent, id, task, policy string) error {
+	return tx.Bucket(bktIdxLive).Put(pairKey(agent, id), liveValue(task, policy))
+}
+
+func liveValue(task, policy string) []byte {
+	if policy == "" {
+		return []byte(task)
+	}
+	return []byte(task + "\x00" + policy)
+}
+
+// splitLive reads a live index value back.
+func splitLive(v []byte) (task, policy []byte) {
+	task, policy, _ = bytes.Cut(v, []byte{0})
+	return task, policy
 }
 
 func deleteLive(tx *bolt.Tx, agent, id string) error {
@@ -122,7 +139,7 @@ func buildLive(tx *bolt.Tx) error {
 		if err := json.Unmarshal(v, &ix); err != nil {
 			return fmt.Errorf("%w: intent %s: %v", ErrCorrupt, k, err)
 		}
-		return putLive(tx, ix.Agent, string(k), ix.Task)
+		return putLive(tx, ix.Agent, string(k), ix.Task, ix.Refs.Policy)
 	})
 	if err != nil {
 		return err
@@ -137,7 +154,7 @@ func buildLive(tx *bolt.Tx) error {
 			if err := json.Unmarshal(leases.Get(id), &ix); err != nil {
 				return fmt.Errorf("%w: lease %s: %v", ErrCorrupt, id, err)
 			}
-			if err := putLive(tx, ix.Agent, string(id), ix.Task); err != nil {
+			if err := putLive(tx, ix.Agent, string(id), ix.Task, ix.Refs.Policy); err != nil {
 				return err
 			}
 		}

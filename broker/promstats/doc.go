@@ -16,7 +16,7 @@
 //	latch_issue_duration_seconds                 histogram of issued requests
 //	latch_active_leases{template}                gauge, recounted from the store (TrackCounts)
 //	latch_approvals_pending                      gauge, recounted from the store (TrackCounts)
-//	latch_revocations_total{result}              ok, retry, irrevocable
+//	latch_revocations_total{result}              ok, retry, irrevocable, expires
 //	latch_revocation_queue_depth                 gauge
 //	latch_violations_total{reason}               unknown_agent, expired, wrong_audience, missing_role, ...
 //	latch_refused_total{reason}                  every 4xx by first reason, too_many_refusals included

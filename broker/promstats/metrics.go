@@ -71,7 +71,7 @@ func New() *Metrics {
 		}, []string{"template"}),
 		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "latch_revocations_total",
-			Help: "Revocation attempts by result (ok, retry, irrevocable).",
+			Help: "Revocation attempts by result (ok, retry, irrevocable, expires: nothing to revoke, a never-delivered credential left to expire at its TTL).",
 		}, []string{"result"}),
 		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "latch_revocation_queue_depth",

@@ -153,6 +153,7 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 		return nil, err
 	}
 	s.vault, err = vault.New(vault.Config{
+		Owner:     cfg.Server.ID,
 		Address:   cfg.Vault.Address,
 		CACert:    cfg.Vault.CACert,
 		Namespace: cfg.Vault.Namespace,

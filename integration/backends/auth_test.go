@@ -217,6 +217,9 @@ func TestClient_Metrics(t *testing.T) {
 	if err := e.tokens.Revoke(ctx, m.Refs); err != nil {
 		t.Fatal(err)
 	}
+	if err := e.tokens.DeletePolicy(ctx, m.Refs.Policy); err != nil {
+		t.Fatal(err)
+	}
 	mfs, err := e.metrics.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -50,21 +50,38 @@ func reconcile(t *testing.T, b broker.Backend, intent broker.Refs) {
 	}
 }
 
+// TestCrashSafety_VaultToken: the intent names only the shared policy
+// (Refs, known before Mint). Reconciliation cannot revoke a token it
+// never learnt of: Revoke says so (ErrExpiresOnItsOwn) and the token,
+// never delivered, expires at the lease TTL — or, as here where no other
+// lease renders the same policy, is disarmed as soon as the Service
+// collects the policy nothing names any more.
 func TestCrashSafety_VaultToken(t *testing.T) {
 	e := setup(t)
 	ctx := t.Context()
 	req := request("close-ticket", 2*time.Minute)
-	req.Policy = ticketPolicy
-	intent, lost := crashAfterMint(t, e.tokens, req)
+	req.Policy = ticketPolicy + "# crash test\n"
+	intent, err := e.tokens.Refs(req)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if intent.Policy == "" || intent.TokenAccessor != "" {
 		t.Fatalf("intent refs %+v: want the policy name only (known before Mint)", intent)
 	}
-	reconcile(t, e.tokens, intent)
-
-	if ok, _ := e.PolicyExists(ctx, intent.Policy); ok {
-		t.Fatalf("policy %s survived reconciliation", intent.Policy)
+	lost, err := e.tokens.Mint(ctx, req) // kill -9 after this: no lease record, no Minted
+	if err != nil {
+		t.Fatal(err)
 	}
-	// The orphaned token is powerless at once: its only policy is gone
+	if err := e.tokens.Revoke(ctx, intent); !errors.Is(err, broker.ErrExpiresOnItsOwn) {
+		t.Fatalf("reconciliation Revoke(%+v) = %v, want ErrExpiresOnItsOwn", intent, err)
+	}
+	if err := e.tokens.DeletePolicy(ctx, intent.Policy); err != nil { // the Service's collection
+		t.Fatal(err)
+	}
+	if ok, _ := e.PolicyExists(ctx, intent.Policy); ok {
+		t.Fatalf("policy %s survived its collection", intent.Policy)
+	}
+	// The orphaned token is then powerless: its only policy is gone
 	// and it never had the default policy ...
 	agent := e.clientWithToken(t, lost.Secret.Reveal()["token"])
 	if _, err := agent.KVv2("secret").Get(ctx, "tickets/42"); vaultenv.StatusOf(err) != http.StatusForbidden {

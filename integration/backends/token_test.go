@@ -27,19 +27,18 @@ func TestVaultToken_Mint(t *testing.T) {
 	req.MaxTTL = 15 * time.Minute // ignored: the template does not allow renewal
 	req.Policy = ticketPolicy
 
-	prep, err := e.tokens.Prepare(ctx, req)
+	named, err := e.tokens.Refs(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Prepared = prep
 	before := time.Now()
 	m, err := e.tokens.Mint(ctx, req)
 	if err != nil {
 		t.Fatalf("Mint: %v", err)
 	}
-	policy := vaulttoken.PolicyName(req.LeaseID)
-	if m.Refs.Policy != policy || prep.Refs.Policy != policy || m.Refs.TokenAccessor == "" {
-		t.Fatalf("refs = %+v, prepared %+v", m.Refs, prep.Refs)
+	policy := vaulttoken.SharedPolicyName("", req.Policy)
+	if m.Refs.Policy != policy || named.Policy != policy || m.Refs.TokenAccessor == "" {
+		t.Fatalf("refs = %+v, named %+v", m.Refs, named)
 	}
 	if m.Renewable {
 		t.Error("token renewable though the template does not allow it")
@@ -115,8 +114,19 @@ func TestVaultToken_Mint(t *testing.T) {
 	if _, err := e.LookupAccessor(ctx, m.Refs.TokenAccessor); err == nil || !strings.Contains(err.Error(), "invalid accessor") {
 		t.Errorf("lookup of revoked token: %v, want invalid accessor", err)
 	}
+	// The shared policy stays for the Service to collect once no lease
+	// names it.
+	if ok, err := e.PolicyExists(ctx, policy); err != nil || !ok {
+		t.Errorf("policy %s after revoke: exists %v, %v; want it kept for collection", policy, ok, err)
+	}
+	if listed, err := e.tokens.Policies(ctx); err != nil || !slices.Contains(listed, policy) {
+		t.Errorf("Policies = %v, %v; want %s listed", listed, err, policy)
+	}
+	if err := e.tokens.DeletePolicy(ctx, policy); err != nil {
+		t.Fatal(err)
+	}
 	if ok, err := e.PolicyExists(ctx, policy); err != nil || ok {
-		t.Errorf("policy %s after revoke: exists %v, %v; want it gone", policy, ok, err)
+		t.Errorf("policy %s after its collection: exists %v, %v", policy, ok, err)
 	}
 	if alive, err := e.tokens.Lookup(ctx, m.Refs); err != nil || alive {
 		t.Fatalf("Lookup after revoke = %v, %v", alive, err)
@@ -126,7 +136,10 @@ func TestVaultToken_Mint(t *testing.T) {
 	}
 }
 
-func TestVaultToken_RevokeDeletesPolicyWhenTokenGone(t *testing.T) {
+// TestVaultToken_RevokeWhenTokenGone: a token revoked behind latch's back
+// is gone for Lookup (the shared policy says nothing of one lease), and
+// Revoke is still a success.
+func TestVaultToken_RevokeWhenTokenGone(t *testing.T) {
 	e := setup(t)
 	ctx := t.Context()
 	req := request("close-ticket", time.Minute)
@@ -139,14 +152,11 @@ func TestVaultToken_RevokeDeletesPolicyWhenTokenGone(t *testing.T) {
 	if _, err := e.Root.Logical().WriteWithContext(ctx, "auth/token/revoke-accessor", map[string]any{"accessor": m.Refs.TokenAccessor}); err != nil {
 		t.Fatal(err)
 	}
-	if alive, err := e.tokens.Lookup(ctx, m.Refs); err != nil || !alive {
-		t.Fatalf("Lookup with the policy left = %v, %v; want alive until the policy is gone", alive, err)
+	if alive, err := e.tokens.Lookup(ctx, m.Refs); err != nil || alive {
+		t.Fatalf("Lookup of a token revoked behind latch's back = %v, %v; want gone", alive, err)
 	}
 	if err := e.tokens.Revoke(ctx, m.Refs); err != nil {
 		t.Fatalf("Revoke: %v", err)
-	}
-	if ok, _ := e.PolicyExists(ctx, m.Refs.Policy); ok {
-		t.Fatalf("policy %s survived Revoke", m.Refs.Policy)
 	}
 }
 
@@ -198,16 +208,15 @@ func TestVaultToken_BadPolicy(t *testing.T) {
 	ctx := t.Context()
 	req := request("close-ticket", time.Minute)
 	req.Policy = `path "secret/data/x" { capabilities = [`
-	prep, err := e.tokens.Prepare(ctx, req)
+	named, err := e.tokens.Refs(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Prepared = prep
 	_, err = e.tokens.Mint(ctx, req)
 	if err == nil || errors.Is(err, broker.ErrBackendUnavailable) || !strings.Contains(err.Error(), "write policy") {
 		t.Fatalf("Mint with a broken policy = %v, want a permanent policy error", err)
 	}
-	if alive, err := e.tokens.Lookup(ctx, prep.Refs); err != nil || alive {
-		t.Fatalf("Lookup(prepared) = %v, %v; nothing should exist", alive, err)
+	if ok, err := e.PolicyExists(ctx, named.Policy); err != nil || ok {
+		t.Fatalf("policy %s of a refused mint: exists %v, %v; nothing should exist", named.Policy, ok, err)
 	}
 }

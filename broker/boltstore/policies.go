@@ -1,0 +1,97 @@
+package boltstore
+
+import (
+	"context"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// bktPolicyDeleting holds the shared policies being deleted (name → nil).
+// It is made by the first mark, so that files of older latches open
+// read-only without it: a missing bucket is no mark.
+var bktPolicyDeleting = []byte("policies_deleting")
+
+func preparePolicies(w *write, c broker.Change) error {
+	for _, names := range [][]string{c.MarkDeleting, c.DoneDeleting} {
+		for _, n := range names {
+			if n == "" || len(n) > maxIDLen {
+				return fmt.Errorf("%w: policy name %q", ErrInvalidChange, n)
+			}
+		}
+	}
+	w.markDeleting, w.doneDeleting = c.MarkDeleting, c.DoneDeleting
+	return nil
+}
+
+// checkUnused fails a mark of a policy that an intent or a live lease
+// names (policy_in_use).
+func checkUnused(tx *bolt.Tx, names []string) *broker.ConditionFailed {
+	if len(names) == 0 {
+		return nil
+	}
+	live := livePolicies(tx)
+	for _, n := range names {
+		if live[n] {
+			return &broker.ConditionFailed{Reason: broker.ReasonPolicyInUse}
+		}
+	}
+	return nil
+}
+
+// livePolicies reads the policies the live index names: one walk of its
+// keys, no record decoded.
+func livePolicies(tx *bolt.Tx) map[string]bool {
+	out := map[string]bool{}
+	c := tx.Bucket(bktIdxLive).Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if _, p := splitLive(v); len(p) > 0 {
+			out[string(p)] = true
+		}
+	}
+	return out
+}
+
+func policyDeleting(tx *bolt.Tx, name string) bool {
+	b := tx.Bucket(bktPolicyDeleting)
+	return b != nil && b.Get([]byte(name)) != nil
+}
+
+func (w *write) writePolicyMarks(tx *bolt.Tx) error {
+	if len(w.markDeleting) == 0 && len(w.doneDeleting) == 0 {
+		return nil
+	}
+	b, err := tx.CreateBucketIfNotExists(bktPolicyDeleting)
+	if err != nil {
+		return err
+	}
+	for _, n := range w.doneDeleting {
+		if err := b.Delete([]byte(n)); err != nil {
+			return err
+		}
+	}
+	for _, n := range w.markDeleting {
+		if err := b.Put([]byte(n), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PolicyUse implements broker.Store.
+func (s *Store) PolicyUse(ctx context.Context) (broker.PolicyUse, error) {
+	var use broker.PolicyUse
+	err := s.view(ctx, "policy use", func(tx *bolt.Tx) error {
+		use.Live = livePolicies(tx)
+		if b := tx.Bucket(bktPolicyDeleting); b != nil {
+			return b.ForEach(func(k, _ []byte) error {
+				use.Deleting = append(use.Deleting, string(k))
+				return nil
+			})
+		}
+		return nil
+	})
+	return use, err
+}
