@@ -60,7 +60,8 @@
 //	agents       agent ID      → broker.AgentRecord JSON
 //	freeze       "global"      → broker.FreezeState JSON
 //	templates    name          → template version (what leases commit against)
-//	idx_live     agent ␀ ID    → task, every intent and live lease (budgets)
+//	idx_live     agent ␀ ID    → task (␀ shared policy), every intent and live lease (budgets, policy collection)
+//	policies_deleting name     → empty, shared policies being deleted (made by the first mark)
 //	audit        uint64 seq    → broker.Event JSON
 //
 //	approvals              approval ID   → broker.Approval JSON
