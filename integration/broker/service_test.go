@@ -46,8 +46,13 @@ func TestService_Lifecycle(t *testing.T) {
 		if alive, err := e.TokenAlive(ctx, lease.Refs.TokenAccessor); err != nil || alive {
 			t.Fatalf("released token alive=%v (%v)", alive, err)
 		}
+		// The shared policy outlives its last lease until the Service
+		// collects it.
+		if n, err := l.svc.Leases().CollectPolicies(ctx); err != nil || n == 0 {
+			t.Fatalf("CollectPolicies = %d, %v; want the released lease's policy collected", n, err)
+		}
 		if ok, err := e.PolicyExists(ctx, lease.Refs.Policy); err != nil || ok {
-			t.Fatalf("policy %s still exists (%v)", lease.Refs.Policy, err)
+			t.Fatalf("policy %s still exists after its collection (%v)", lease.Refs.Policy, err)
 		}
 	})
 
