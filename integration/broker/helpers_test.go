@@ -505,7 +505,6 @@ func (f *failCommit) Apply(ctx context.Context, c broker.Change) ([]broker.Event
 	return nil, errDiskFull
 }
 
-
 // ownBackends are backends on a Vault client of the test's own
 // installation (vault.Config.Owner): every latch of these tests shares
 // one Vault, and each collects the shared policies its own store does not
