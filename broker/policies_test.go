@@ -15,31 +15,43 @@ import (
 	"github.com/latchbroker/latch/broker/brokertest"
 )
 
-// sharingBackend shares one policy per task among its leases, as
+// sharingBackend shares policies among its leases, as
 // vault-token does by content: Mint writes it unless its cache says it
 // did, DeletePolicy forgets it and then deletes it. "Vault" is policies;
 // what each token was minted with is in tokens.
 type sharingBackend struct {
 	*brokertest.Backend
-	mu       sync.Mutex
-	policies map[string]bool // in Vault
-	cache    map[string]bool // what Mint believes it wrote
-	deleted  atomic.Int64
+	mu               sync.Mutex
+	policies         map[string]bool // in Vault
+	cache            map[string]bool // what Mint believes it wrote
+	deleted          atomic.Int64
+	deleting         map[string]bool // between forgetting and deleting
+	mintDuringDelete atomic.Int64    // mints that wrote a policy being deleted
 }
 
 func newSharingBackend() *sharingBackend {
-	return &sharingBackend{Backend: brokertest.NewBackend(), policies: map[string]bool{}, cache: map[string]bool{}}
+	return &sharingBackend{Backend: brokertest.NewBackend(), policies: map[string]bool{}, cache: map[string]bool{}, deleting: map[string]bool{}}
+}
+
+// policyOf shares one policy between each two agents (report-a and
+// report-b, …): often in use, and often unused for a moment.
+func policyOf(req broker.MintRequest) string {
+	last := req.Agent[len(req.Agent)-1]
+	return "p-" + string(rune('a'+(last-'a')/2))
 }
 
 func (b *sharingBackend) Refs(req broker.MintRequest) (broker.Refs, error) {
-	return broker.Refs{Policy: "p-" + req.Task}, nil
+	return broker.Refs{Policy: policyOf(req)}, nil
 }
 
 func (b *sharingBackend) Mint(ctx context.Context, req broker.MintRequest) (broker.Minted, error) {
-	name := "p-" + req.Task
+	name := policyOf(req)
 	b.mu.Lock()
 	if !b.cache[name] {
 		b.policies[name], b.cache[name] = true, true
+		if b.deleting[name] {
+			b.mintDuringDelete.Add(1)
+		}
 	}
 	b.mu.Unlock()
 	return b.Backend.Mint(ctx, req)
@@ -59,11 +71,13 @@ func (b *sharingBackend) Policies(context.Context) ([]string, error) {
 func (b *sharingBackend) DeletePolicy(_ context.Context, name string) error {
 	b.mu.Lock()
 	delete(b.cache, name)
+	b.deleting[name] = true
 	b.mu.Unlock()
 	runtime.Gosched() // let an issue run between forgetting and deleting
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.policies, name)
+	delete(b.deleting, name)
 	b.deleted.Add(1)
 	return nil
 }
@@ -141,6 +155,9 @@ func TestPolicies_CollectionNeverRacesAnIssue(t *testing.T) {
 	if err := <-collected; err != nil {
 		t.Fatal(err)
 	}
+	if n := b.mintDuringDelete.Load(); n > 0 {
+		t.Errorf("%d mints wrote a policy while it was being deleted", n)
+	}
 	if n := gone.Load(); n > 0 {
 		t.Fatalf("%d issues returned a lease whose policy was gone", n)
 	}
@@ -155,4 +172,28 @@ func TestPolicies_CollectionNeverRacesAnIssue(t *testing.T) {
 		t.Fatalf("policies left with no lease: %v", left)
 	}
 
+}
+
+// TestPolicies_MarkBlocksIntent: while a policy is marked for deletion,
+// an issue that names it mints nothing and is told to ask again.
+func TestPolicies_MarkBlocksIntent(t *testing.T) {
+	ctx := context.Background()
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "latch.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	b := newSharingBackend()
+	svc, err := broker.NewService(ctx, broker.Config{Store: st, Policy: loadPolicy(t), Backends: map[string]broker.Backend{"fake": b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent := "spiffe://example.org/agent/report-a"
+	if _, err := st.Apply(ctx, broker.Change{MarkDeleting: []string{"p-a"}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = svc.Issue(ctx, broker.IssueRequest{Agent: agent, Task: "report", Params: map[string]string{"region": "eu"}})
+	if broker.ErrorCode(err) != broker.EUNAVAILABLE || b.Mints.Load() != 0 {
+		t.Fatalf("issue while its policy is marked: %v, %d mints; want unavailable and none", err, b.Mints.Load())
+	}
 }

@@ -9,7 +9,8 @@ import (
 	"github.com/latchbroker/latch/broker"
 )
 
-// bktPolicyDeleting holds the shared policies being deleted (name → nil).
+// bktPolicyDeleting holds the shared policies being deleted (name → 1:
+// bbolt's Get does not tell an empty value from a missing key).
 // It is made by the first mark, so that files of older latches open
 // read-only without it: a missing bucket is no mark.
 var bktPolicyDeleting = []byte("policies_deleting")
@@ -73,7 +74,7 @@ func (w *write) writePolicyMarks(tx *bolt.Tx) error {
 		}
 	}
 	for _, n := range w.markDeleting {
-		if err := b.Put([]byte(n), nil); err != nil {
+		if err := b.Put([]byte(n), []byte{1}); err != nil {
 			return err
 		}
 	}
