@@ -6,7 +6,9 @@
 // Policies are shared by content: the rendered text is written once, as
 // latch-p-<128 bits of its SHA-256>, and every lease that renders the same
 // text (the same task and parameters) uses it. Mint writes it only when
-// this process has not written it yet; the Service deletes it
+// this process has not written it within WrittenFor (a minute: the bound
+// on tokens minted powerless should anyone else delete it); the Service
+// deletes it
 // (broker.PolicyCollector) once no intent or live lease names it, marking
 // the deletion in the store so that no issue races it. A request that
 // renders a new policy each time (ticket=42, 43, …) writes one each time,

@@ -65,10 +65,10 @@ type Backend struct {
 	c      *vault.Client
 	cfg    Config
 	prefix string // SharedPrefix and the owner's tag: this installation's policies
-	// written are the shared policies this process wrote (or found
-	// written): Mint skips writing them again. DeletePolicy forgets one
+	// written are the shared policies this process wrote, and when: Mint
+	// skips writing one again for WrittenFor. DeletePolicy forgets one
 	// before deleting it.
-	written sync.Map // name → struct{}
+	written sync.Map // name → time.Time
 }
 
 var (
@@ -125,6 +125,18 @@ func validate(req broker.MintRequest) error {
 	return nil
 }
 
+// WrittenFor is how long Mint trusts that a shared policy it wrote is
+// still in Vault. Only latch's collection deletes them, and it forgets
+// first; the bound is for anyone else who does (an operator, another
+// latch configured with the same server.id): tokens minted meanwhile
+// would carry a missing policy and fail closed, for at most this long.
+const WrittenFor = time.Minute
+
+func (b *Backend) recentlyWritten(policy string) bool {
+	at, ok := b.written.Load(policy)
+	return ok && b.c.Now().Sub(at.(time.Time)) < WrittenFor
+}
+
 // Refs names the shared policy Mint will use, with no Vault call: the
 // intent holds it before anything exists in Vault, so the Service never
 // collects a policy an issue in flight is about to use.
@@ -144,11 +156,11 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 		return broker.Minted{}, err
 	}
 	policy := SharedPolicyName(b.c.Owner(), req.Policy)
-	if _, ok := b.written.Load(policy); !ok {
+	if !b.recentlyWritten(policy) {
 		if _, err := b.c.Write(ctx, "policy.write", "sys/policies/acl/"+policy, map[string]any{"policy": req.Policy}); err != nil {
 			return broker.Minted{}, fmt.Errorf("vaulttoken: write policy %s for lease %s: %w", policy, req.LeaseID, err)
 		}
-		b.written.Store(policy, struct{}{})
+		b.written.Store(policy, b.c.Now())
 	}
 	tok, err := b.c.CreateToken(ctx, "token.create", vault.TokenRequest{
 		Role:           b.cfg.TokenRole,

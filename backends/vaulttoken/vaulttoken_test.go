@@ -1,14 +1,22 @@
 package vaulttoken_test
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/latchbroker/latch/backends/vault"
 	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/brokertest"
 	"github.com/latchbroker/latch/templates"
 )
 
@@ -104,5 +112,72 @@ func TestRenderCheck(t *testing.T) {
 		if (err == nil) != ok {
 			t.Errorf("CheckRendered(%q) = %v", policy, err)
 		}
+	}
+}
+
+// TestBackend_Mint_SharedPolicyWrittenOnce: a shared policy is written
+// once, then trusted for WrittenFor, then written again, so that one
+// deleted behind latch's back comes back within that bound; a collected
+// one is written at the next Mint.
+func TestBackend_Mint_SharedPolicyWrittenOnce(t *testing.T) {
+	var writes, creates atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/v1/auth/token/lookup-self":
+			fmt.Fprint(w, `{"data":{"accessor":"acc-latch","ttl":0,"renewable":false}}`)
+		case strings.HasPrefix(r.URL.Path, "/v1/sys/policies/acl/latch-p-") && r.Method == http.MethodPut:
+			writes.Add(1)
+			w.WriteHeader(http.StatusNoContent)
+		case strings.HasPrefix(r.URL.Path, "/v1/sys/policies/acl/latch-p-") && r.Method == http.MethodDelete:
+			w.WriteHeader(http.StatusNoContent)
+		case r.URL.Path == "/v1/auth/token/create/latch-token":
+			var body struct{ Policies []string }
+			_ = json.NewDecoder(r.Body).Decode(&body)
+			n := creates.Add(1)
+			fmt.Fprintf(w, `{"auth":{"client_token":"hvs.t%d","accessor":"acc%d","policies":%q,"token_policies":%q,"lease_duration":60,"renewable":false}}`, n, n, body.Policies, body.Policies)
+		default:
+			http.Error(w, r.Method+" "+r.URL.Path, http.StatusNotFound)
+		}
+	}))
+	defer srv.Close()
+	clk := brokertest.NewClock(time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC))
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("good-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := vault.New(vault.Config{Address: srv.URL, Now: clk.Now, Owner: "test", Auth: vault.AuthConfig{Method: vault.AuthToken, TokenFile: tokenFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := vaulttoken.New(c, vaulttoken.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := broker.MintRequest{LeaseID: "01JABCDEFGHJKMNPQRSTVWXYZ0", Agent: "spiffe://example.org/a", Task: "t", TTL: time.Minute, Policy: `path "x" { capabilities = ["read"] }`}
+	mint := func() {
+		t.Helper()
+		if _, err := b.Mint(t.Context(), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mint()
+	mint()
+	if writes.Load() != 1 || creates.Load() != 2 {
+		t.Fatalf("two mints of one policy: %d policy writes, %d tokens; want 1, 2", writes.Load(), creates.Load())
+	}
+	clk.Add(vaulttoken.WrittenFor)
+	mint()
+	if writes.Load() != 2 {
+		t.Fatalf("a mint past WrittenFor wrote the policy %d times in all, want 2", writes.Load())
+	}
+	if err := b.DeletePolicy(t.Context(), vaulttoken.SharedPolicyName("test", req.Policy)); err != nil {
+		t.Fatal(err)
+	}
+	mint()
+	if writes.Load() != 3 {
+		t.Fatalf("a mint after the collection wrote the policy %d times in all, want 3", writes.Load())
 	}
 }
