@@ -44,12 +44,6 @@ func (c *replayCache) add(key string, forgetAt, now time.Time) error {
 	return nil
 }
 
-func (c *replayCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.seen)
-}
-
 type expiryEntry struct {
 	key string
 	at  time.Time

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 )
 
@@ -25,7 +26,7 @@ func (s Leases) CollectPolicies(ctx context.Context) (int, error) {
 	}
 	n := 0
 	var errs []error
-	for _, name := range sortedKeys(s.backends) {
+	for _, name := range slices.Sorted(maps.Keys(s.backends)) {
 		pc, ok := s.backends[name].(PolicyCollector)
 		if !ok {
 			continue
@@ -63,13 +64,4 @@ func (s *core) collectPolicy(ctx context.Context, pc PolicyCollector, name strin
 	derr := pc.DeletePolicy(ctx, name)
 	_, err = s.apply(ctx, Change{DoneDeleting: []string{name}})
 	return derr == nil, errors.Join(derr, err)
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -82,6 +82,23 @@ func (b *sharingBackend) DeletePolicy(_ context.Context, name string) error {
 	return nil
 }
 
+// newSharingService is a Service on a bbolt store of its own whose one
+// backend ("fake") shares policies.
+func newSharingService(t *testing.T) (*boltstore.Store, *broker.Service, *sharingBackend) {
+	t.Helper()
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "latch.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	b := newSharingBackend()
+	svc, err := broker.NewService(context.Background(), broker.Config{Store: st, Policy: loadPolicy(t), Backends: map[string]broker.Backend{"fake": b}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, svc, b
+}
+
 func (b *sharingBackend) has(name string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -93,16 +110,7 @@ func (b *sharingBackend) has(name string) bool {
 // and a policy nothing uses is collected.
 func TestPolicies_CollectionNeverRacesAnIssue(t *testing.T) {
 	ctx := context.Background()
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "latch.db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	b := newSharingBackend()
-	svc, err := broker.NewService(ctx, broker.Config{Store: st, Policy: loadPolicy(t), Backends: map[string]broker.Backend{"fake": b}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, svc, b := newSharingService(t)
 	stop := make(chan struct{})
 	collected := make(chan error, 1)
 	go func() {
@@ -178,21 +186,12 @@ func TestPolicies_CollectionNeverRacesAnIssue(t *testing.T) {
 // an issue that names it mints nothing and is told to ask again.
 func TestPolicies_MarkBlocksIntent(t *testing.T) {
 	ctx := context.Background()
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "latch.db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	b := newSharingBackend()
-	svc, err := broker.NewService(ctx, broker.Config{Store: st, Policy: loadPolicy(t), Backends: map[string]broker.Backend{"fake": b}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, svc, b := newSharingService(t)
 	agent := "spiffe://example.org/agent/report-a"
 	if _, err := st.Apply(ctx, broker.Change{MarkDeleting: []string{"p-a"}}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = svc.Issue(ctx, broker.IssueRequest{Agent: agent, Task: "report", Params: map[string]string{"region": "eu"}})
+	_, err := svc.Issue(ctx, broker.IssueRequest{Agent: agent, Task: "report", Params: map[string]string{"region": "eu"}})
 	if broker.ErrorCode(err) != broker.EUNAVAILABLE || b.Mints.Load() != 0 {
 		t.Fatalf("issue while its policy is marked: %v, %d mints; want unavailable and none", err, b.Mints.Load())
 	}

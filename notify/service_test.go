@@ -3,6 +3,7 @@ package notify_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -329,15 +330,22 @@ func TestAutoPause_Coalesced(t *testing.T) {
 	agent := "spiffe://example.org/agent/ticket-bot"
 	src.add(broker.Event{Type: broker.EventViolation, Actor: agent, Time: time.Now(), Outcome: broker.OutcomeCoalesced,
 		Reasons: []string{"param_constraint"}, Details: map[string]string{"count": "40"}})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r, err := svc.Agents().Get(ctx, agent)
-		if err == nil && r.State == broker.AgentPaused {
-			return
+	// The pause is an audit event: wait for it.
+	waitCtx, cancelWait := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelWait()
+	paused := errors.New("paused")
+	err = svc.Audit().Follow(waitCtx, 0, broker.EventFilter{Types: []broker.EventType{broker.EventPause}}, func(evs []broker.Event) error {
+		for _, e := range evs {
+			if e.Subject == agent && e.Actor == notify.AutoPauseActor {
+				return paused
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a coalesced event of 40 denials did not pause the agent within 10s: %+v, %v", r, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+	if !errors.Is(err, paused) {
+		t.Fatalf("a coalesced event of 40 denials did not pause the agent within 10s: %v", err)
+	}
+	if r, err := svc.Agents().Get(ctx, agent); err != nil || r.State != broker.AgentPaused {
+		t.Fatalf("agent after the pause event: %+v, %v", r, err)
 	}
 }

@@ -1,13 +1,9 @@
 package boltstore
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
 
 	bolt "go.etcd.io/bbolt"
-
-	"github.com/latchbroker/latch/broker"
 )
 
 // pruneBatch is how many records one prune transaction deletes.
@@ -84,56 +80,4 @@ func pruneSome(tx *bolt.Tx, through uint64) (done bool, err error) {
 		return false, err
 	}
 	return anchor.seq == through, nil
-}
-
-// VerifyExport checks an export (ExportAudit's JSON lines) as VerifyAudit
-// checks a database: sequence, links and hashes from its first record on,
-// then the expectations. An export that starts after record 1 (of a pruned
-// log, or cut with --since) is a segment: it is verified linked to the
-// hash its first record names, which PrunedThrough reports as where it
-// starts. It has no head: without an expectation, a cut tail is not seen.
-func VerifyExport(r io.Reader, expect ...Expectation) (res VerifyResult, err error) {
-	dec := json.NewDecoder(r)
-	ch := auditChecker{expect: expect}
-	for {
-		var e broker.Event
-		if err := dec.Decode(&e); err == io.EOF {
-			break
-		} else if err != nil {
-			ch.fail(ch.v.NextSeq(), "record %d: %v (not an export, or edited)", ch.v.NextSeq(), err)
-			break
-		}
-		if ch.v.Count() == 0 && ch.v.Last() == nil && e.Seq > 1 {
-			ch.v.StartAfter(e.Seq-1, e.PrevHash)
-			res.PrunedThrough = e.Seq - 1
-		}
-		if !hashable(e) {
-			ch.fail(e.Seq, "record %d: time %s cannot be encoded (the record was edited)", e.Seq, e.Time)
-			break
-		}
-		if err := ch.v.Next(e); err != nil {
-			ch.fail(e.Seq, "%v", err)
-			break
-		}
-		if !ch.meets(e) {
-			break
-		}
-	}
-	if ch.bad == 0 {
-		last := ch.v.NextSeq() - 1
-		for _, x := range expect {
-			if x.Seq > last {
-				ch.fail(last+1, "records %d to %d are missing: %s saw the chain reach record %d, the export ends at %d", last+1, x.Seq, x.Source, x.Seq, last)
-				break
-			}
-		}
-	}
-	res.Verified, res.Checked, res.FirstBad, res.Problem = ch.v.Count(), ch.checked, ch.bad, ch.problem
-	if l := ch.v.Last(); l != nil {
-		res.LastHash = l.Hash
-	}
-	if !res.OK() {
-		return res, fmt.Errorf("boltstore: verify export: %w: %s", ErrAuditBroken, res.Problem)
-	}
-	return res, nil
 }

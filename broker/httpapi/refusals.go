@@ -40,9 +40,10 @@ func callerKey(c *call) string {
 }
 
 // exhausted returns the error for a caller with no refusals left, or nil.
+// A caller never refused has no bucket: serving it costs a lookup.
 func (b *refusalBudget) exhausted(key string, now time.Time) error {
-	lim := b.set.Get(key, b.limit, b.burst, now)
-	if lim.TokensAt(now) >= 1 {
+	lim := b.set.Peek(key)
+	if lim == nil || lim.TokensAt(now) >= 1 {
 		return nil
 	}
 	r := lim.ReserveN(now, 1)

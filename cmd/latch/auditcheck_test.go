@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -113,22 +114,16 @@ func cutTail(t *testing.T, path string, keep uint64) {
 	err = db.Update(func(tx *bolt.Tx) error {
 		a := tx.Bucket([]byte("audit"))
 		c := a.Cursor()
-		for k, _ := c.Seek(seqBytes(keep + 1)); k != nil; k, _ = c.Next() {
+		for k, _ := c.Seek(seqKey(keep + 1)); k != nil; k, _ = c.Next() {
 			if err := c.Delete(); err != nil {
 				return err
 			}
 		}
-		return tx.Bucket([]byte("meta")).Put([]byte("audit_head"), append(seqBytes(keep), last...))
+		return tx.Bucket([]byte("meta")).Put([]byte("audit_head"), append(seqKey(keep), last...))
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-func seqBytes(n uint64) []byte {
-	b := make([]byte, 8)
-	for i := 7; i >= 0; i-- {
-		b[i], n = byte(n), n>>8
-	}
-	return b
-}
+func seqKey(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }

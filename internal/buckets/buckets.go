@@ -42,6 +42,14 @@ func (s *Set) Get(key string, limit rate.Limit, burst int, now time.Time) *rate.
 	return lim
 }
 
+// Peek returns key's bucket, nil when it has none: a look that makes no
+// bucket, for callers that only spend on some requests.
+func (s *Set) Peek(key string) *rate.Limiter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.m[key]
+}
+
 // prune drops the buckets that are full at now, then, past Max, the
 // fullest of the others.
 func (s *Set) prune(now time.Time) {
