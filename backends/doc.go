@@ -22,11 +22,14 @@
 // has no committed lease. Whatever happens, the worst case is bounded by
 // the lease TTL, because everything is created with that TTL in Vault.
 //
-// vault-token — a shared policy, named by its content (Refs, no Vault call),
-// is the intent's ref. It cannot disarm one lease's token, since other
-// leases may carry it: a token whose accessor was never recorded was never
-// delivered, and it expires at the lease TTL (explicit_max_ttl; nothing
-// renews it). Its revocation ends as "expires" (broker.ErrExpiresOnItsOwn,
+// vault-token — a shared policy, named by its content, and the group's
+// parent token (Refs: the parent is created before the intent when the
+// group has none) are the intent's refs. The policy cannot disarm one
+// lease's token, since other leases may carry it: a token whose accessor
+// was never recorded was never delivered, and it expires at the lease TTL
+// (explicit_max_ttl; nothing renews it), or earlier with its group's
+// parent when a revocation by agent, task, template or all takes the
+// group. Its revocation ends as "expires" (broker.ErrExpiresOnItsOwn,
 // latch_revocations_total{result="expires"}); when no other live lease
 // renders the same policy, the Service's policy collection deletes it and
 // the token is inert at once (it has no default policy).

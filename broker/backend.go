@@ -56,12 +56,14 @@ type Preparer interface {
 	Prepare(ctx context.Context, req MintRequest) (Prepared, error)
 }
 
-// Namer is implemented by backends whose refs are known from the request
-// alone, before anything exists in the backend (vault-token: the name of
-// the shared policy). The Service writes them into the intent it stores
-// before calling Mint, so an issue takes two durable commits, not three.
+// Namer is implemented by backends whose refs are known before the
+// credential exists (vault-token: the name of the shared policy and the
+// group's parent, which Refs opens when the group has none). The Service
+// writes them into the intent it stores before calling Mint, and passes
+// them to Mint in MintRequest.Prepared.Refs, so an issue takes two durable
+// commits, not three.
 type Namer interface {
-	Refs(req MintRequest) (Refs, error)
+	Refs(ctx context.Context, req MintRequest) (Refs, error)
 }
 
 // PolicyCollector is implemented by backends that share an object among
@@ -76,6 +78,23 @@ type PolicyCollector interface {
 	// DeletePolicy deletes one; it must forget that it exists first, so
 	// that the next Mint naming it writes it again.
 	DeletePolicy(ctx context.Context, name string) error
+}
+
+// Grouper is implemented by backends that create each credential under a
+// parent shared by the leases of one agent, task and template version
+// (vault-token: a parent token, rotated), named in Refs.Group from Namer.
+// A revocation by agent, task, template or all then revokes each group's
+// parent once, which revokes every credential under it, instead of one
+// call per lease; one lease is still revoked by its own refs.
+type Grouper interface {
+	// RevokeGroup revokes a group's parent and everything under it. It
+	// is idempotent: a parent that is gone counts as revoked.
+	RevokeGroup(ctx context.Context, group string) error
+	// ForgetGroup stops using a group for new credentials; the next
+	// Refs opens another. The Service calls it before it marks the group
+	// retired in the store (Change.RetireGroups), and again when an
+	// intent finds it retired (another replica, a restart).
+	ForgetGroup(group string)
 }
 
 // Renewer is implemented by backends whose credentials can be extended.
@@ -121,9 +140,11 @@ type MintRequest struct {
 	// (for example the Vault policy latch-<lease id>) and record it as
 	// metadata, so an operator can trace a Vault object back to its lease.
 	LeaseID string
-	// Agent is the agent's SPIFFE ID; Task the template name.
-	Agent string
-	Task  string
+	// Agent is the agent's SPIFFE ID; Task the template name, and
+	// TemplateVersion its version hash (a Grouper groups by all three).
+	Agent           string
+	Task            string
+	TemplateVersion string
 
 	// TTL is the lease TTL. The credential expires no later than TTL from
 	// now unless renewed. MaxTTL bounds renewals; it is at least TTL.
@@ -218,6 +239,9 @@ type Refs struct {
 	// Serial is the certificate serial number (vault-pki), colon-separated
 	// hex as Vault writes it.
 	Serial string `json:"serial,omitempty"`
+	// Group is the parent the credential was created under (Grouper;
+	// vault-token: the accessor of the group's parent token).
+	Group string `json:"group,omitempty"`
 	// MintAccessor is the accessor of the per-lease token the secret was
 	// minted under (vault-lease, vault-pki). Vault revokes every lease a
 	// token created when the token is revoked or expires, so revoking it
@@ -240,6 +264,7 @@ func (r Refs) Merge(o Refs) Refs {
 	fill(&r.VaultLeaseID, o.VaultLeaseID)
 	fill(&r.Serial, o.Serial)
 	fill(&r.MintAccessor, o.MintAccessor)
+	fill(&r.Group, o.Group)
 	return r
 }
 

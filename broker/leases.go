@@ -40,8 +40,16 @@ func (s Leases) Revoke(ctx context.Context, actor, reason string, sel RevokeSele
 	if err != nil {
 		return 0, err
 	}
-	return len(leases), s.queueRevocations(ctx, actor, reason, EventRevoke, leases, false)
+	return len(leases), s.queueRevocations(ctx, actor, reason, EventRevoke, leases, revokeByGroup(sel))
 }
+
+// queueFlags say how queueRevocations queues: as expiries (the leases end
+// expired) and by group (a selector that takes whole groups).
+type queueFlags struct{ expiry, byGroup bool }
+
+// revokeByGroup: every selector but one lease takes whole groups, since a
+// group is one agent's leases of one task and template version.
+func revokeByGroup(sel RevokeSelector) queueFlags { return queueFlags{byGroup: sel.Lease == ""} }
 
 // Selected lists the active leases sel selects: what Revoke would queue
 // (a dry run shows them).
@@ -70,17 +78,26 @@ func (s Leases) Selected(ctx context.Context, sel RevokeSelector) ([]*Lease, err
 }
 
 // queueRevocations moves leases to revoking and queues them, in batches,
-// each lease with its audit event.
-func (s *core) queueRevocations(ctx context.Context, actor, reason string, typ EventType, leases []*Lease, expiry bool) error {
+// each lease with its audit event. By group, the leases of a Grouper's
+// backend are queued to revoke their group's parent: the backend forgets
+// the groups first, and the first batch retires them, so that no issue in
+// flight commits a lease in a group about to be revoked.
+func (s *core) queueRevocations(ctx context.Context, actor, reason string, typ EventType, leases []*Lease, f queueFlags) error {
 	now := s.now()
+	retire := s.groupsOf(leases, f.byGroup)
 	for start := 0; start < len(leases); start += revokeBatch {
 		batch := leases[start:min(start+revokeBatch, len(leases))]
-		var c Change
+		c := Change{RetireGroups: retire}
+		retire = nil
 		for _, l := range batch {
 			l.State = StateRevoking
 			l.RevokeReason = reason
+			r := Revocation{LeaseID: l.ID, Reason: reason, Actor: actor, NextAttempt: now, Expiry: f.expiry}
+			if f.byGroup && s.grouper(l) != nil {
+				r.Group = l.Refs.Group
+			}
 			c.PutLeases = append(c.PutLeases, l)
-			c.Enqueue = append(c.Enqueue, Revocation{LeaseID: l.ID, Reason: reason, Actor: actor, NextAttempt: now, Expiry: expiry})
+			c.Enqueue = append(c.Enqueue, r)
 			c.Events = append(c.Events, Event{Type: typ, Actor: actor, Subject: l.Agent, Task: l.Task, Lease: l.ID,
 				Outcome: "queued", Details: map[string]string{"reason": reason}})
 		}
@@ -103,7 +120,7 @@ func (s Leases) Release(ctx context.Context, agent, leaseID string) error {
 	if l.State != StateActive {
 		return Errorf(ECONFLICT, "lease %s is %s", l.ID, l.State)
 	}
-	return s.queueRevocations(ctx, agent, "released by the agent", EventRelease, []*Lease{l}, false)
+	return s.queueRevocations(ctx, agent, "released by the agent", EventRelease, []*Lease{l}, queueFlags{})
 }
 
 func (s *core) ownLease(ctx context.Context, agent, leaseID string) (*Lease, error) {
@@ -129,7 +146,7 @@ func (s Leases) Sweep(ctx context.Context) (int, error) {
 		if err != nil || len(leases) == 0 {
 			return total, errors.Join(approvalErr, err)
 		}
-		if err := s.queueRevocations(ctx, "latch", "expired", EventExpire, leases, true); err != nil {
+		if err := s.queueRevocations(ctx, "latch", "expired", EventExpire, leases, queueFlags{expiry: true}); err != nil {
 			return total, errors.Join(approvalErr, err)
 		}
 		total += len(leases)

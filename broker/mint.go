@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,11 +16,26 @@ import (
 // in the intent that reconciliation revokes. approval, when not nil, is
 // consumed in the commit: with the lease or not at all.
 func (s *core) mint(ctx context.Context, req IssueRequest, d templates.Decision, backend Backend, approval *Approval) (*Issued, error) {
+	for attempt := 1; ; attempt++ {
+		issued, err := s.mintOnce(ctx, req, d, backend, approval)
+		var e *Error
+		if attempt < groupRetries && errors.As(err, &e) && slices.Equal(e.Reasons, []string{ReasonGroupRetired}) {
+			continue // withheld and queued for revocation; the next try opens a new group
+		}
+		return issued, err
+	}
+}
+
+// groupRetries bounds the tries of an issue whose group a bulk revocation
+// retired between its intent and its commit.
+const groupRetries = 3
+
+func (s *core) mintOnce(ctx context.Context, req IssueRequest, d templates.Decision, backend Backend, approval *Approval) (*Issued, error) {
 	lease := s.newLease(req, d)
 	// Owned by this request until it ends: reconciliation leaves it alone.
 	defer s.inflight.hold(lease.ID)()
 	mreq := mintRequest(lease.ID, req.Agent, d)
-	if err := s.writeIntent(ctx, lease, req, d, backend, mreq); err != nil {
+	if err := s.writeIntent(ctx, lease, req, d, backend, &mreq); err != nil {
 		return nil, err
 	}
 	failpoint("issue-after-intent")
@@ -54,33 +70,44 @@ func (s *core) mint(ctx context.Context, req IssueRequest, d templates.Decision,
 }
 
 // intentRetries bounds how often an intent is tried again while the
-// shared policy it names is being deleted: a deletion takes one Vault
-// call, so a few short waits see it through.
+// shared policy it names is being deleted (a deletion takes one Vault
+// call, so a few short waits see it through) or its group was retired.
 const intentRetries = 6
 
 // writeIntent stores the lease's intent, with its refs when the backend
-// knows them from the request alone (Namer). An intent that names a
-// shared policy being deleted waits for the deletion and is tried again:
-// the next Mint then writes the policy anew.
-func (s *core) writeIntent(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, backend Backend, mreq MintRequest) error {
+// knows them from the request alone (Namer), and puts them in
+// mreq.Prepared for Mint. An intent that names a shared policy being
+// deleted waits for the deletion and is tried again: the next Mint then
+// writes the policy anew. One that names a retired group is tried again at
+// once in a new group.
+func (s *core) writeIntent(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, backend Backend, mreq *MintRequest) error {
 	intent := Change{PutIntents: []*Lease{lease}, Conditions: s.issueConditions(req.Agent, d, true)}
-	if n, ok := backend.(Namer); ok {
-		refs, err := n.Refs(mreq)
-		if err != nil {
-			return s.mintFailed(ctx, lease, req, d, err)
-		}
-		lease.Refs = refs
-		if _, shared := backend.(PolicyCollector); shared {
-			intent.Conditions.Policy = refs.Policy
-		}
-	}
+	n, named := backend.(Namer)
 	var failed *ConditionFailed
 	for attempt := 0; ; attempt++ {
-		_, err := s.apply(ctx, intent)
-		if !errors.As(err, &failed) || failed.Reason != ReasonPolicyDeleting || attempt == intentRetries {
+		if named {
+			refs, err := n.Refs(ctx, *mreq)
 			if err != nil {
-				return s.refusedAtIntent(ctx, req, d, intent.Conditions, err)
+				return s.mintFailed(ctx, lease, req, d, err)
 			}
+			lease.Refs, mreq.Prepared.Refs = refs, refs
+			if _, shared := backend.(PolicyCollector); shared {
+				intent.Conditions.Policy = refs.Policy
+			}
+			intent.Conditions.Group = refs.Group
+		}
+		_, err := s.apply(ctx, intent)
+		retry := errors.As(err, &failed) && attempt < intentRetries
+		switch {
+		case retry && failed.Reason == ReasonGroupRetired:
+			if g, ok := backend.(Grouper); ok {
+				g.ForgetGroup(lease.Refs.Group)
+			}
+			continue
+		case retry && failed.Reason == ReasonPolicyDeleting:
+		case err != nil:
+			return s.refusedAtIntent(ctx, req, d, intent.Conditions, err)
+		default:
 			return nil
 		}
 		select {
@@ -112,15 +139,16 @@ func (s *core) newLease(req IssueRequest, d templates.Decision) *Lease {
 
 func mintRequest(leaseID, agent string, d templates.Decision) MintRequest {
 	mreq := MintRequest{
-		LeaseID:   leaseID,
-		Agent:     agent,
-		Task:      d.Task,
-		TTL:       d.TTL,
-		MaxTTL:    d.MaxTTL,
-		Renewable: d.MaxTTL > d.TTL,
-		Policy:    d.Rendered.Policy,
-		Path:      d.Rendered.Path,
-		Vars:      d.Rendered.Vars,
+		LeaseID:         leaseID,
+		Agent:           agent,
+		Task:            d.Task,
+		TemplateVersion: d.TemplateVersion,
+		TTL:             d.TTL,
+		MaxTTL:          d.MaxTTL,
+		Renewable:       d.MaxTTL > d.TTL,
+		Policy:          d.Rendered.Policy,
+		Path:            d.Rendered.Path,
+		Vars:            d.Rendered.Vars,
 	}
 	if n := d.Rendered.Names; n != nil {
 		mreq.Names = CertNames{CommonName: n.CommonName, AltNames: n.AltNames, URISANs: n.URISANs, IPSANs: n.IPSANs}
@@ -160,6 +188,7 @@ func (s *core) commit(ctx context.Context, lease *Lease, req IssueRequest, d tem
 		Events:        s.issueEvents(req, d, lease, approval == nil),
 		Conditions:    s.issueConditions(req.Agent, d, false),
 	}
+	c.Conditions.Group = lease.Refs.Group
 	if approval != nil {
 		// A copy: if the commit fails, the caller's approval is still
 		// approved, as the store's is.
@@ -281,8 +310,12 @@ func conditionError(failed *ConditionFailed) *Error {
 		string(templates.ReasonAgentQuarantined): "denied: an operator quarantined the agent while the request was in flight",
 		string(templates.ReasonGlobalFreeze):     "denied: a global freeze started while the request was in flight",
 	}[failed.Reason]
-	if failed.Reason == ReasonPolicyDeleting {
+	switch failed.Reason {
+	case ReasonPolicyDeleting:
 		return &Error{Code: EUNAVAILABLE, Message: "the task's Vault policy is being collected; ask again", Reasons: []string{failed.Reason}}
+	case ReasonGroupRetired:
+		return &Error{Code: EUNAVAILABLE, Message: "an operator revoked the agent's credentials of this task while the request was in flight; ask again",
+			Reasons: []string{failed.Reason}}
 	}
 	if msg == "" {
 		return &Error{Code: ECONFLICT, Message: "the task's template changed while the request was in flight; ask again",

@@ -40,7 +40,12 @@ func policyOf(req broker.MintRequest) string {
 	return "p-" + string(rune('a'+(last-'a')/2))
 }
 
-func (b *sharingBackend) Refs(req broker.MintRequest) (broker.Refs, error) {
+var (
+	_ broker.Namer           = (*sharingBackend)(nil)
+	_ broker.PolicyCollector = (*sharingBackend)(nil)
+)
+
+func (b *sharingBackend) Refs(_ context.Context, req broker.MintRequest) (broker.Refs, error) {
 	return broker.Refs{Policy: policyOf(req)}, nil
 }
 

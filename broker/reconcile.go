@@ -71,6 +71,9 @@ func (s Leases) Reconcile(ctx context.Context) error {
 	if _, err := s.CollectPolicies(ctx); err != nil {
 		s.log.Warn("collect unused shared policies", "err", err)
 	}
+	if err := s.collectGroups(ctx); err != nil {
+		s.log.Warn("collect retired groups", "err", err)
+	}
 	return nil
 }
 
@@ -91,6 +94,9 @@ func (s *core) reconcileIntent(ctx context.Context, l *Lease) error {
 		l.State = StateRevoking
 		c.Enqueue = []Revocation{{LeaseID: l.ID, Reason: l.RevokeReason, Actor: "latch", NextAttempt: now}}
 		ev.Outcome = "revoking"
+		// Its credential may exist unrecorded under the group's parent:
+		// the group takes nothing more, and is collected once empty.
+		c.RetireGroups = s.groupsOf([]*Lease{l}, true)
 	}
 	c.Events = []Event{ev}
 	_, err := s.apply(ctx, c)
@@ -113,7 +119,7 @@ func (s Leases) requarantine(ctx context.Context) error {
 		}
 		leases, err := s.Selected(ctx, RevokeSelector{Agent: a.ID})
 		if err == nil {
-			err = s.queueRevocations(ctx, "latch", "agent quarantined: "+a.Reason, EventRevoke, leases, false)
+			err = s.queueRevocations(ctx, "latch", "agent quarantined: "+a.Reason, EventRevoke, leases, queueFlags{byGroup: true})
 		}
 		if err != nil {
 			return err

@@ -76,7 +76,7 @@ func (s *core) decideRenewal(ctx context.Context, l *Lease) (templates.Decision,
 	}
 	s.deny(ctx, req, d)
 	if s.agentState(l.Agent) == AgentQuarantined && l.State == StateActive {
-		if err := s.queueRevocations(ctx, "latch", "renewal of a quarantined agent's lease", EventRevoke, []*Lease{l}, false); err != nil {
+		if err := s.queueRevocations(ctx, "latch", "renewal of a quarantined agent's lease", EventRevoke, []*Lease{l}, queueFlags{}); err != nil {
 			s.log.Error("revoke a quarantined agent's lease", "lease", l.ID, "err", err)
 		}
 	}

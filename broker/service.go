@@ -122,6 +122,7 @@ type core struct {
 	approvalLocks   keyedLocks      // per approval ID: review, pickup and expiry one at a time
 	approvalWaiters approvalWaiters // long polls of approvals still pending
 	events          hub             // live subscribers of the audit events
+	collected       collectedGroups // retired groups whose parent this process revoked
 }
 
 // NewService checks cfg and loads the agent states and freeze from the

@@ -42,9 +42,12 @@ type Store interface {
 
 	// PolicyUse returns the shared policies (Refs.Policy) that intents
 	// and live leases (pending, active, revoking, irrevocable) name —
-	// what a PolicyCollector must not delete — and those marked deleting.
+	// what a PolicyCollector must not delete — and those marked deleting,
+	// and the groups (Refs.Group) they name.
 	PolicyUse(ctx context.Context) (PolicyUse, error)
 
+	// RetiredGroups returns the groups marked retired (At is when).
+	RetiredGroups(ctx context.Context) ([]RetiredGroup, error)
 	// DueRevocations returns queued revocations whose NextAttempt is not
 	// after now, earliest first, at most limit.
 	DueRevocations(ctx context.Context, now time.Time, limit int) ([]Revocation, error)
@@ -112,6 +115,12 @@ type Change struct {
 	// clears the mark, once the backend has deleted it.
 	MarkDeleting []string
 	DoneDeleting []string
+	// RetireGroups marks groups (Refs.Group) as retired, when a bulk
+	// revocation queues them or reconciliation finds an intent of theirs:
+	// from then on a change whose Conditions name one fails with
+	// group_retired. ForgetGroups drops marks.
+	RetireGroups []RetiredGroup
+	ForgetGroups []string
 
 	// Conditions, when set, are checked in the transaction that writes
 	// the change, against the state before it: when one fails, nothing of
@@ -123,6 +132,15 @@ type Change struct {
 type PolicyUse struct {
 	Live     map[string]bool
 	Deleting []string
+	// LiveGroups are the groups (Refs.Group) intents and live leases name.
+	LiveGroups map[string]bool
+}
+
+// RetiredGroup is a group's mark: which backend's group, and when the
+// mark was made (set by the store).
+type RetiredGroup struct {
+	Group, Backend string
+	At             time.Time
 }
 
 // Use is one issue of a template to an agent.
@@ -161,6 +179,9 @@ type Conditions struct {
 	// Policy, when set, is a shared policy the change's intent names: it
 	// must not be being deleted (Change.MarkDeleting).
 	Policy string
+	// Group, when set, is the group the change's lease is in: it must not
+	// be retired (Change.RetireGroups).
+	Group string
 }
 
 // ConditionFailed is the error of a Change whose Conditions did not hold.
@@ -191,6 +212,7 @@ const (
 	ReasonIntentGone      = "intent_gone"
 	ReasonPolicyDeleting  = "policy_deleting"
 	ReasonPolicyInUse     = "policy_in_use"
+	ReasonGroupRetired    = "group_retired"
 )
 
 // Store errors.

@@ -99,7 +99,7 @@ func TestDecode_Errors(t *testing.T) {
 		kept       map[string]templates.Backend
 	}{
 		{"unknown key", "backends:\n  tokens: { type: vault-token, ttl: 5m }\n", []string{
-			`latch.yaml:2:32: unknown key "ttl" in backends.tokens; allowed: token_role`,
+			`latch.yaml:2:32: unknown key "ttl" in backends.tokens; allowed: token_role, group_role`,
 		}, map[string]templates.Backend{"tokens": {Type: vaulttoken.Type}}},
 		{"bad token role", "backends:\n  tokens: { type: vault-token, token_role: ../root }\n", []string{
 			`latch.yaml:2:3: backends.tokens: vaulttoken: token_role: "../root" is not a valid Vault name (letters, digits, and - _ . inside)`,

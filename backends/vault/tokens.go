@@ -30,6 +30,10 @@ type TokenRequest struct {
 	DisplayName string
 	// Meta is stored with the token and shown by lookups and audit logs.
 	Meta map[string]string
+	// Parent, when set, creates the token as a child of this token
+	// (the role must not be orphan): revoking the parent revokes it.
+	// Zero means latch's own token.
+	Parent broker.Secret
 }
 
 // Token is a token Vault created.
@@ -67,7 +71,7 @@ func (c *Client) CreateToken(ctx context.Context, op string, r TokenRequest) (To
 	if len(r.Meta) > 0 {
 		data["meta"] = r.Meta
 	}
-	s, err := c.Write(ctx, op, "auth/token/create/"+r.Role, data)
+	s, err := c.Do(ctx, Request{Op: op, Method: http.MethodPut, Path: "auth/token/create/" + r.Role, Data: data, Token: r.Parent})
 	if err != nil {
 		return Token{}, err
 	}

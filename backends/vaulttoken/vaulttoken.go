@@ -41,13 +41,18 @@ type Config struct {
 	// TokenRole is the Vault token role agent tokens are created
 	// through; default latch-token.
 	TokenRole string `yaml:"token_role"`
+	// GroupRole is the token role group parents are created through;
+	// default latch-group.
+	GroupRole string `yaml:"group_role"`
 }
 
 // Validate names the bad key.
 func (c Config) Validate() error {
-	if c.TokenRole != "" {
-		if err := vault.CheckName("token_role", c.TokenRole); err != nil {
-			return fmt.Errorf("vaulttoken: %w", err)
+	for key, role := range map[string]string{"token_role": c.TokenRole, "group_role": c.GroupRole} {
+		if role != "" {
+			if err := vault.CheckName(key, role); err != nil {
+				return fmt.Errorf("vaulttoken: %w", err)
+			}
 		}
 	}
 	return nil
@@ -56,6 +61,9 @@ func (c Config) Validate() error {
 func (c Config) withDefaults() Config {
 	if c.TokenRole == "" {
 		c.TokenRole = DefaultTokenRole
+	}
+	if c.GroupRole == "" {
+		c.GroupRole = DefaultGroupRole
 	}
 	return c
 }
@@ -69,12 +77,14 @@ type Backend struct {
 	// skips writing one again for WrittenFor. DeletePolicy forgets one
 	// before deleting it.
 	written sync.Map // name → time.Time
+	groups  groups
 }
 
 var (
 	_ broker.Backend         = (*Backend)(nil)
 	_ broker.Namer           = (*Backend)(nil)
 	_ broker.PolicyCollector = (*Backend)(nil)
+	_ broker.Grouper         = (*Backend)(nil)
 	_ broker.Renewer         = (*Backend)(nil)
 )
 
@@ -86,7 +96,8 @@ func New(c *vault.Client, cfg Config) (*Backend, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Backend{c: c, cfg: cfg.withDefaults(), prefix: sharedPrefixOf(c.Owner())}, nil
+	return &Backend{c: c, cfg: cfg.withDefaults(), prefix: sharedPrefixOf(c.Owner()),
+		groups: groups{open: map[string]*group{}, byAcc: map[string]*group{}}}, nil
 }
 
 // ulidRE matches a ULID in Crockford base32 (either case): lease IDs end up
@@ -137,14 +148,20 @@ func (b *Backend) recentlyWritten(policy string) bool {
 	return ok && b.c.Now().Sub(at.(time.Time)) < WrittenFor
 }
 
-// Refs names the shared policy Mint will use, with no Vault call: the
-// intent holds it before anything exists in Vault, so the Service never
-// collects a policy an issue in flight is about to use.
-func (b *Backend) Refs(req broker.MintRequest) (broker.Refs, error) {
+// Refs names the shared policy and the group Mint will use: the intent
+// holds them before the token exists, so the Service never collects a
+// policy an issue in flight is about to use, and a bulk revocation that
+// retires the group fails the issue's commit. It calls Vault only to
+// create the group's parent, when the group has none that takes tokens.
+func (b *Backend) Refs(ctx context.Context, req broker.MintRequest) (broker.Refs, error) {
 	if err := validate(req); err != nil {
 		return broker.Refs{}, err
 	}
-	return broker.Refs{Policy: SharedPolicyName(b.c.Owner(), req.Policy)}, nil
+	g, err := b.groupFor(ctx, req)
+	if err != nil {
+		return broker.Refs{}, err
+	}
+	return broker.Refs{Policy: SharedPolicyName(b.c.Owner(), req.Policy), Group: g.accessor}, nil
 }
 
 // Mint writes the lease's shared policy, unless this process has written
@@ -156,6 +173,18 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 		return broker.Minted{}, err
 	}
 	policy := SharedPolicyName(b.c.Owner(), req.Policy)
+	if req.Prepared.Refs.Group == "" {
+		refs, err := b.Refs(ctx, req)
+		if err != nil {
+			return broker.Minted{}, err
+		}
+		req.Prepared.Refs = refs
+	}
+	parent, ok := b.parent(req.Prepared.Refs.Group)
+	if !ok {
+		return broker.Minted{}, fmt.Errorf("vaulttoken: %w: lease %s: the group parent %s was revoked or expired since the intent; ask again",
+			broker.ErrBackendUnavailable, req.LeaseID, req.Prepared.Refs.Group)
+	}
 	if !b.recentlyWritten(policy) {
 		if _, err := b.c.Write(ctx, "policy.write", "sys/policies/acl/"+policy, map[string]any{"policy": req.Policy}); err != nil {
 			return broker.Minted{}, fmt.Errorf("vaulttoken: write policy %s for lease %s: %w", policy, req.LeaseID, err)
@@ -170,13 +199,14 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 		Renewable:      req.Renewable,
 		DisplayName:    "latch-" + req.Task,
 		Meta:           vault.LeaseMeta(req),
+		Parent:         parent.token,
 	})
 	if err != nil {
 		// The policy stays: other leases may use it, and the Service
 		// collects it once none does.
 		return broker.Minted{}, fmt.Errorf("vaulttoken: create token for lease %s: %w", req.LeaseID, err)
 	}
-	refs := broker.Refs{TokenAccessor: tok.Accessor, Policy: policy}
+	refs := broker.Refs{TokenAccessor: tok.Accessor, Policy: policy, Group: parent.accessor}
 	if !slices.Equal(tok.Policies, []string{policy}) {
 		// A token role that adds policies (token_policies, or a missing
 		// token_no_default_policy with an old Vault) would hand the agent

@@ -48,15 +48,16 @@ func TestBackend_Refs(t *testing.T) {
 	b := newBackend(t)
 	req := broker.MintRequest{LeaseID: "01JABCDEFGHJKMNPQRSTVWXYZ0", Agent: "spiffe://example.org/a", Task: "t", TTL: time.Minute,
 		Policy: `path "secret/data/x" { capabilities = ["read"] }`}
-	// No Vault call: the client points at a closed port.
-	refs, err := b.Refs(req)
-	if err != nil {
-		t.Fatal(err)
+	// A bad request is refused before any Vault call (the client points
+	// at a closed port).
+	bad := req
+	bad.LeaseID = "../x"
+	if _, err := b.Refs(t.Context(), bad); !errors.Is(err, broker.ErrInvalidMintRequest) {
+		t.Fatalf("Refs(bad lease ID) = %v, want ErrInvalidMintRequest", err)
 	}
-	if refs != (broker.Refs{Policy: vaulttoken.SharedPolicyName("", req.Policy)}) {
-		t.Fatalf("Refs = %+v", refs)
-	}
-	// A crashed mint's refs: nothing to revoke, the token expires alone.
+	// A crashed mint's refs: nothing to revoke alone, the token expires
+	// with its group or at its TTL.
+	refs := broker.Refs{Policy: vaulttoken.SharedPolicyName("", req.Policy), Group: "accessor-of-the-parent"}
 	if err := b.Revoke(t.Context(), refs); !errors.Is(err, broker.ErrExpiresOnItsOwn) {
 		t.Fatalf("Revoke(policy only) = %v, want ErrExpiresOnItsOwn", err)
 	}
@@ -115,12 +116,13 @@ func TestRenderCheck(t *testing.T) {
 	}
 }
 
-// TestBackend_Mint_SharedPolicyWrittenOnce: a shared policy is written
-// once, then trusted for WrittenFor, then written again, so that one
-// deleted behind latch's back comes back within that bound; a collected
-// one is written at the next Mint.
-func TestBackend_Mint_SharedPolicyWrittenOnce(t *testing.T) {
-	var writes, creates atomic.Int64
+// TestBackend_Mint_SharedPolicyOnceGroupsRotate: a shared policy is
+// written once, then trusted for WrittenFor, then written again, so that
+// one deleted behind latch's back comes back within that bound; a
+// collected one is written at the next Mint. Tokens are created by their
+// group's parent, which is rotated after GroupFor.
+func TestBackend_Mint_SharedPolicyOnceGroupsRotate(t *testing.T) {
+	var writes, creates, parents atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.URL.Path == "/v1/auth/token/lookup-self":
@@ -130,9 +132,17 @@ func TestBackend_Mint_SharedPolicyWrittenOnce(t *testing.T) {
 			w.WriteHeader(http.StatusNoContent)
 		case strings.HasPrefix(r.URL.Path, "/v1/sys/policies/acl/latch-p-") && r.Method == http.MethodDelete:
 			w.WriteHeader(http.StatusNoContent)
+		case r.URL.Path == "/v1/auth/token/create/latch-group":
+			n := parents.Add(1)
+			fmt.Fprintf(w, `{"auth":{"client_token":"hvs.parent%d","accessor":"parent%d","policies":["latch_group"],"lease_duration":%d}}`,
+				n, n, int((vaulttoken.GroupFor + 2*time.Minute).Seconds()))
 		case r.URL.Path == "/v1/auth/token/create/latch-token":
 			var body struct{ Policies []string }
 			_ = json.NewDecoder(r.Body).Decode(&body)
+			if !strings.HasPrefix(r.Header.Get("X-Vault-Token"), "hvs.parent") {
+				http.Error(w, "a token not created by a group parent", http.StatusForbidden)
+				return
+			}
 			n := creates.Add(1)
 			fmt.Fprintf(w, `{"auth":{"client_token":"hvs.t%d","accessor":"acc%d","policies":%q,"token_policies":%q,"lease_duration":60,"renewable":false}}`, n, n, body.Policies, body.Policies)
 		default:
@@ -157,11 +167,13 @@ func TestBackend_Mint_SharedPolicyWrittenOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	req := broker.MintRequest{LeaseID: "01JABCDEFGHJKMNPQRSTVWXYZ0", Agent: "spiffe://example.org/a", Task: "t", TTL: time.Minute, Policy: `path "x" { capabilities = ["read"] }`}
-	mint := func() {
+	mint := func() broker.Minted {
 		t.Helper()
-		if _, err := b.Mint(t.Context(), req); err != nil {
+		m, err := b.Mint(t.Context(), req)
+		if err != nil {
 			t.Fatal(err)
 		}
+		return m
 	}
 	mint()
 	mint()
@@ -179,5 +191,20 @@ func TestBackend_Mint_SharedPolicyWrittenOnce(t *testing.T) {
 	mint()
 	if writes.Load() != 3 {
 		t.Fatalf("a mint after the collection wrote the policy %d times in all, want 3", writes.Load())
+	}
+
+	// Every token so far is a child of one group parent; the group takes
+	// tokens for GroupFor, then a new parent is created; a forgotten
+	// group takes none.
+	if parents.Load() != 1 {
+		t.Fatalf("%d group parents for one agent's tokens of one task, want 1", parents.Load())
+	}
+	clk.Add(vaulttoken.GroupFor)
+	if m := mint(); m.Refs.Group != "parent2" || parents.Load() != 2 {
+		t.Fatalf("a mint past GroupFor: group %q, %d parents; want parent2, 2", m.Refs.Group, parents.Load())
+	}
+	b.ForgetGroup("parent2")
+	if m := mint(); m.Refs.Group != "parent3" {
+		t.Fatalf("a mint after ForgetGroup: group %q, want parent3", m.Refs.Group)
 	}
 }

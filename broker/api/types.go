@@ -218,6 +218,7 @@ type Refs struct {
 	VaultLeaseID  string `json:"vault_lease_id,omitempty"`
 	Serial        string `json:"serial,omitempty"`
 	MintAccessor  string `json:"mint_accessor,omitempty"`
+	Group         string `json:"group,omitempty"`
 }
 
 // LeaseQuery filters GET /v1/leases; zero fields match everything.

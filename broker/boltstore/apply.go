@@ -141,13 +141,16 @@ type write struct {
 	events        []broker.Event
 	markDeleting  []string // shared policies (see policies.go)
 	doneDeleting  []string
+	retireGroups  []broker.RetiredGroup // see groups.go
+	forgetGroups  []string
+	now           time.Time
 }
 
 type kv struct{ k, v []byte }
 
 type intentWrite struct {
-	id, agent, task, policy string
-	val                     []byte
+	id, agent, task, policy, group string
+	val                            []byte
 }
 
 type leaseWrite struct {
@@ -172,6 +175,7 @@ type leaseIndex struct {
 	State     broker.LeaseState `json:"state"`
 	Refs      struct {
 		Policy string `json:"policy"`
+		Group  string `json:"group"`
 	} `json:"refs"`
 }
 
@@ -179,7 +183,7 @@ func (w *write) empty() bool {
 	return len(w.deleteIntents) == 0 && len(w.putIntents) == 0 && len(w.leases) == 0 &&
 		len(w.dequeue) == 0 && len(w.enqueue) == 0 && len(w.agentStates) == 0 && len(w.uses) == 0 &&
 		w.freeze == nil && len(w.approvals) == 0 && w.grants == nil && w.templates == nil && len(w.events) == 0 &&
-		len(w.markDeleting) == 0 && len(w.doneDeleting) == 0
+		len(w.markDeleting) == 0 && len(w.doneDeleting) == 0 && len(w.retireGroups) == 0 && len(w.forgetGroups) == 0
 }
 
 var leaseStates = map[broker.LeaseState]bool{
@@ -223,8 +227,8 @@ func checkLease(what string, l *broker.Lease) error {
 
 // prepare validates c and encodes what does not depend on stored state.
 func (s *Store) prepare(c broker.Change) (*write, error) {
-	w := &write{conditions: c.Conditions}
-	for _, step := range []func(*write, broker.Change) error{prepareIntents, prepareLeases, prepareQueue, prepareAgents, prepareRecords, preparePolicies} {
+	w := &write{conditions: c.Conditions, now: s.now()}
+	for _, step := range []func(*write, broker.Change) error{prepareIntents, prepareLeases, prepareQueue, prepareAgents, prepareRecords, preparePolicies, prepareGroups} {
 		if err := step(w, c); err != nil {
 			return nil, err
 		}
@@ -252,7 +256,7 @@ func prepareIntents(w *write, c broker.Change) error {
 		if err != nil {
 			return fmt.Errorf("%w: encode intent %s: %v", ErrInvalidChange, l.ID, err)
 		}
-		w.putIntents = append(w.putIntents, intentWrite{id: l.ID, agent: l.Agent, task: l.Task, policy: l.Refs.Policy, val: v})
+		w.putIntents = append(w.putIntents, intentWrite{id: l.ID, agent: l.Agent, task: l.Task, policy: l.Refs.Policy, group: l.Refs.Group, val: v})
 	}
 	return nil
 }
@@ -273,7 +277,7 @@ func prepareLeases(w *write, c broker.Change) error {
 			return fmt.Errorf("%w: encode lease %s: %v", ErrInvalidChange, l.ID, err)
 		}
 		ix := leaseIndex{Agent: l.Agent, Task: l.Task, RequestID: l.RequestID, ExpiresAt: l.ExpiresAt, State: l.State}
-		ix.Refs.Policy = l.Refs.Policy
+		ix.Refs.Policy, ix.Refs.Group = l.Refs.Policy, l.Refs.Group
 		w.leases = append(w.leases, leaseWrite{id: l.ID, val: v, ix: ix})
 	}
 	return nil
@@ -380,6 +384,9 @@ func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
 	if err := w.writePolicyMarks(tx); err != nil {
 		return err
 	}
+	if err := w.writeGroupMarks(tx); err != nil {
+		return err
+	}
 	if len(w.leases) > 0 {
 		ix := openLeaseBuckets(tx)
 		for i := range w.leases {
@@ -439,7 +446,7 @@ func (w *write) writeIntents(tx *bolt.Tx) error {
 		if err := intents.Put([]byte(p.id), p.val); err != nil {
 			return err
 		}
-		if err := putLive(tx, p.agent, p.id, p.task, p.policy); err != nil {
+		if err := putLive(tx, p.agent, p.id, p.task, p.policy, p.group); err != nil {
 			return err
 		}
 	}
@@ -629,7 +636,7 @@ func (b leaseBuckets) index(id string, ix *leaseIndex) error {
 // unindex never needs to delete it.
 func (b leaseBuckets) indexLive(id string, ix *leaseIndex) error {
 	if ix.State.Live() {
-		return b.live.Put(pairKey(ix.Agent, id), liveValue(ix.Task, ix.Refs.Policy))
+		return b.live.Put(pairKey(ix.Agent, id), liveValue(ix.Task, ix.Refs.Policy, ix.Refs.Group))
 	}
 	return b.live.Delete(pairKey(ix.Agent, id))
 }

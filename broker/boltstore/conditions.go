@@ -46,6 +46,9 @@ func checkConditions(tx *bolt.Tx, c *broker.Conditions) (*broker.ConditionFailed
 	if c.Policy != "" && policyDeleting(tx, c.Policy) {
 		return &broker.ConditionFailed{Reason: broker.ReasonPolicyDeleting}, nil
 	}
+	if c.Group != "" && groupRetired(tx, c.Group) {
+		return &broker.ConditionFailed{Reason: broker.ReasonGroupRetired}, nil
+	}
 	if c.Intent != "" && tx.Bucket(bktIntents).Get([]byte(c.Intent)) == nil {
 		return &broker.ConditionFailed{Reason: broker.ReasonIntentGone}, nil
 	}
@@ -93,7 +96,7 @@ func checkBudgets(tx *bolt.Tx, c *broker.Conditions) *broker.ConditionFailed {
 	cur := tx.Bucket(bktIdxLive).Cursor()
 	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
 		all++
-		if t, _ := splitLive(v); bytes.Equal(t, task) {
+		if t, _, _ := splitLive(v); bytes.Equal(t, task) {
 			ofTask++
 		}
 	}
@@ -110,21 +113,26 @@ func checkBudgets(tx *bolt.Tx, c *broker.Conditions) *broker.ConditionFailed {
 // (␀ shared policy, when it names one), for every intent and every lease
 // in a state that may still hold a credential. Budgets count it; policy
 // collection reads it.
-func putLive(tx *bolt.Tx, agent, id, task, policy string) error {
-	return tx.Bucket(bktIdxLive).Put(pairKey(agent, id), liveValue(task, policy))
+func putLive(tx *bolt.Tx, agent, id, task, policy, group string) error {
+	return tx.Bucket(bktIdxLive).Put(pairKey(agent, id), liveValue(task, policy, group))
 }
 
-func liveValue(task, policy string) []byte {
-	if policy == "" {
-		return []byte(task)
+func liveValue(task, policy, group string) []byte {
+	switch {
+	case group != "":
+		return []byte(task + "\x00" + policy + "\x00" + group)
+	case policy != "":
+		return []byte(task + "\x00" + policy)
 	}
-	return []byte(task + "\x00" + policy)
+	return []byte(task)
 }
 
-// splitLive reads a live index value back.
-func splitLive(v []byte) (task, policy []byte) {
-	task, policy, _ = bytes.Cut(v, []byte{0})
-	return task, policy
+// splitLive reads a live index value back (of older latches too, which
+// wrote no group).
+func splitLive(v []byte) (task, policy, group []byte) {
+	task, rest, _ := bytes.Cut(v, []byte{0})
+	policy, group, _ = bytes.Cut(rest, []byte{0})
+	return task, policy, group
 }
 
 func deleteLive(tx *bolt.Tx, agent, id string) error {
@@ -139,7 +147,7 @@ func buildLive(tx *bolt.Tx) error {
 		if err := json.Unmarshal(v, &ix); err != nil {
 			return fmt.Errorf("%w: intent %s: %v", ErrCorrupt, k, err)
 		}
-		return putLive(tx, ix.Agent, string(k), ix.Task, ix.Refs.Policy)
+		return putLive(tx, ix.Agent, string(k), ix.Task, ix.Refs.Policy, ix.Refs.Group)
 	})
 	if err != nil {
 		return err
@@ -154,7 +162,7 @@ func buildLive(tx *bolt.Tx) error {
 			if err := json.Unmarshal(leases.Get(id), &ix); err != nil {
 				return fmt.Errorf("%w: lease %s: %v", ErrCorrupt, id, err)
 			}
-			if err := putLive(tx, ix.Agent, string(id), ix.Task, ix.Refs.Policy); err != nil {
+			if err := putLive(tx, ix.Agent, string(id), ix.Task, ix.Refs.Policy, ix.Refs.Group); err != nil {
 				return err
 			}
 		}

@@ -33,7 +33,7 @@ func checkUnused(tx *bolt.Tx, names []string) *broker.ConditionFailed {
 	if len(names) == 0 {
 		return nil
 	}
-	live := livePolicies(tx)
+	live, _ := liveRefs(tx)
 	for _, n := range names {
 		if live[n] {
 			return &broker.ConditionFailed{Reason: broker.ReasonPolicyInUse}
@@ -42,17 +42,21 @@ func checkUnused(tx *bolt.Tx, names []string) *broker.ConditionFailed {
 	return nil
 }
 
-// livePolicies reads the policies the live index names: one walk of its
-// keys, no record decoded.
-func livePolicies(tx *bolt.Tx) map[string]bool {
-	out := map[string]bool{}
+// liveRefs reads the policies and groups the live index names: one walk
+// of its keys, no record decoded.
+func liveRefs(tx *bolt.Tx) (policies, groups map[string]bool) {
+	policies, groups = map[string]bool{}, map[string]bool{}
 	c := tx.Bucket(bktIdxLive).Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
-		if _, p := splitLive(v); len(p) > 0 {
-			out[string(p)] = true
+		_, p, g := splitLive(v)
+		if len(p) > 0 {
+			policies[string(p)] = true
+		}
+		if len(g) > 0 {
+			groups[string(g)] = true
 		}
 	}
-	return out
+	return policies, groups
 }
 
 func policyDeleting(tx *bolt.Tx, name string) bool {
@@ -85,7 +89,7 @@ func (w *write) writePolicyMarks(tx *bolt.Tx) error {
 func (s *Store) PolicyUse(ctx context.Context) (broker.PolicyUse, error) {
 	var use broker.PolicyUse
 	err := s.view(ctx, "policy use", func(tx *bolt.Tx) error {
-		use.Live = livePolicies(tx)
+		use.Live, use.LiveGroups = liveRefs(tx)
 		if b := tx.Bucket(bktPolicyDeleting); b != nil {
 			return b.ForEach(func(k, _ []byte) error {
 				use.Deleting = append(use.Deleting, string(k))

@@ -128,6 +128,14 @@ func (f *Backend) MarkAlive(leaseID string) {
 	f.alive[leaseID] = true
 }
 
+// MarkDead records a credential as gone, as a backend that revoked it
+// along with others (a group) would leave it.
+func (f *Backend) MarkDead(leaseID string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.alive[leaseID] = false
+}
+
 // SetErrors makes Mint and Revoke fail with these errors (nil: succeed).
 func (f *Backend) SetErrors(mintErr, revokeErr error) {
 	f.mu.Lock()

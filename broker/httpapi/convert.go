@@ -31,6 +31,7 @@ func leaseOut(l *broker.Lease) api.Lease {
 			VaultLeaseID:  l.Refs.VaultLeaseID,
 			Serial:        l.Refs.Serial,
 			MintAccessor:  l.Refs.MintAccessor,
+			Group:         l.Refs.Group,
 		},
 		IssuedAt:     l.IssuedAt.UTC(),
 		ExpiresAt:    l.ExpiresAt.UTC(),

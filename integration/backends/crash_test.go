@@ -50,24 +50,26 @@ func reconcile(t *testing.T, b broker.Backend, intent broker.Refs) {
 	}
 }
 
-// TestCrashSafety_VaultToken: the intent names only the shared policy
-// (Refs, known before Mint). Reconciliation cannot revoke a token it
-// never learnt of: Revoke says so (ErrExpiresOnItsOwn) and the token,
-// never delivered, expires at the lease TTL — or, as here where no other
-// lease renders the same policy, is disarmed as soon as the Service
-// collects the policy nothing names any more.
+// TestCrashSafety_VaultToken: the intent names the shared policy and the
+// group (Refs, known before Mint). Reconciliation cannot revoke a token it
+// never learnt of alone: Revoke says so (ErrExpiresOnItsOwn) and the
+// token, never delivered, expires at the lease TTL — or, as here where no
+// other lease renders the same policy, is disarmed as soon as the Service
+// collects the policy nothing names any more; and it dies with its group
+// when a revocation by agent, task, template or all takes the group.
 func TestCrashSafety_VaultToken(t *testing.T) {
 	e := setup(t)
 	ctx := t.Context()
 	req := request("close-ticket", 2*time.Minute)
 	req.Policy = ticketPolicy + "# crash test\n"
-	intent, err := e.tokens.Refs(req)
+	intent, err := e.tokens.Refs(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if intent.Policy == "" || intent.TokenAccessor != "" {
-		t.Fatalf("intent refs %+v: want the policy name only (known before Mint)", intent)
+	if intent.Policy == "" || intent.Group == "" || intent.TokenAccessor != "" {
+		t.Fatalf("intent refs %+v: want the policy and the group only (known before Mint)", intent)
 	}
+	req.Prepared.Refs = intent
 	lost, err := e.tokens.Mint(ctx, req) // kill -9 after this: no lease record, no Minted
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +100,13 @@ func TestCrashSafety_VaultToken(t *testing.T) {
 	if alive, err := e.tokens.Lookup(ctx, intent); err != nil || alive {
 		t.Fatalf("Lookup(intent) after reconciliation = %v, %v", alive, err)
 	}
-	_ = e.tokens.Revoke(ctx, lost.Refs) // tidy up
+	// Revoking the group revokes the token latch never learnt of.
+	if err := e.tokens.RevokeGroup(ctx, intent.Group); err != nil {
+		t.Fatal(err)
+	}
+	if alive, err := e.tokens.Lookup(ctx, lost.Refs); err != nil || alive {
+		t.Fatalf("the lost token outlived its group's revocation: alive %v, %v", alive, err)
+	}
 }
 
 func TestCrashSafety_VaultLease(t *testing.T) {

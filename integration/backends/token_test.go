@@ -27,7 +27,7 @@ func TestVaultToken_Mint(t *testing.T) {
 	req.MaxTTL = 15 * time.Minute // ignored: the template does not allow renewal
 	req.Policy = ticketPolicy
 
-	named, err := e.tokens.Refs(req)
+	named, err := e.tokens.Refs(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestVaultToken_Mint(t *testing.T) {
 		t.Fatalf("Mint: %v", err)
 	}
 	policy := vaulttoken.SharedPolicyName("", req.Policy)
-	if m.Refs.Policy != policy || named.Policy != policy || m.Refs.TokenAccessor == "" {
+	if m.Refs.Policy != policy || named.Policy != policy || m.Refs.TokenAccessor == "" || m.Refs.Group == "" || named.Group != m.Refs.Group {
 		t.Fatalf("refs = %+v, named %+v", m.Refs, named)
 	}
 	if m.Renewable {
@@ -208,7 +208,7 @@ func TestVaultToken_BadPolicy(t *testing.T) {
 	ctx := t.Context()
 	req := request("close-ticket", time.Minute)
 	req.Policy = `path "secret/data/x" { capabilities = [`
-	named, err := e.tokens.Refs(req)
+	named, err := e.tokens.Refs(ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,5 +218,58 @@ func TestVaultToken_BadPolicy(t *testing.T) {
 	}
 	if ok, err := e.PolicyExists(ctx, named.Policy); err != nil || ok {
 		t.Fatalf("policy %s of a refused mint: exists %v, %v; nothing should exist", named.Policy, ok, err)
+	}
+}
+
+// TestVaultToken_Groups: an agent's tokens of one task and template
+// version are children of one parent. Revoking one token leaves its
+// siblings; revoking the group revokes them all, in one call, and no
+// other group's token.
+func TestVaultToken_Groups(t *testing.T) {
+	const agentA, agentB = "spiffe://example.org/agent/a", "spiffe://example.org/agent/b"
+	e := setup(t)
+	ctx := t.Context()
+	mint := func(agent, version string) broker.Minted {
+		t.Helper()
+		req := request("close-ticket", 5*time.Minute)
+		req.Agent, req.TemplateVersion, req.Policy = agent, version, ticketPolicy
+		m, err := e.tokens.Mint(ctx, req)
+		if err != nil {
+			t.Fatalf("Mint: %v", err)
+		}
+		return m
+	}
+	alive := func(m broker.Minted) bool {
+		t.Helper()
+		ok, err := e.tokens.Lookup(ctx, m.Refs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	a1, a2, a3 := mint(agentA, "sha256:1"), mint(agentA, "sha256:1"), mint(agentA, "sha256:1")
+	otherVersion, otherAgent := mint(agentA, "sha256:2"), mint(agentB, "sha256:1")
+	if a1.Refs.Group != a2.Refs.Group || a1.Refs.Group == otherVersion.Refs.Group || a1.Refs.Group == otherAgent.Refs.Group {
+		t.Fatalf("groups %s %s, other version %s, other agent %s: want one per agent × task × version",
+			a1.Refs.Group, a2.Refs.Group, otherVersion.Refs.Group, otherAgent.Refs.Group)
+	}
+	if err := e.tokens.Revoke(ctx, a3.Refs); err != nil {
+		t.Fatal(err)
+	}
+	if alive(a3) || !alive(a1) || !alive(a2) {
+		t.Fatalf("revoking one token: alive %v %v %v, want only the revoked one gone", alive(a1), alive(a2), alive(a3))
+	}
+	if err := e.tokens.RevokeGroup(ctx, a1.Refs.Group); err != nil {
+		t.Fatal(err)
+	}
+	if alive(a1) || alive(a2) || !alive(otherVersion) || !alive(otherAgent) {
+		t.Fatalf("after the group's revocation: alive %v %v, others %v %v", alive(a1), alive(a2), alive(otherVersion), alive(otherAgent))
+	}
+	// The revoked group takes no new token: the next one opens another.
+	if next := mint(agentA, "sha256:1"); next.Refs.Group == a1.Refs.Group || !alive(next) {
+		t.Fatalf("a mint after the group's revocation used group %s (alive %v)", next.Refs.Group, alive(next))
+	}
+	if err := e.tokens.RevokeGroup(ctx, a1.Refs.Group); err != nil {
+		t.Fatalf("revoking a revoked group again: %v", err)
 	}
 }

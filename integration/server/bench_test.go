@@ -342,7 +342,7 @@ func issueLatchBody(l *latch, hc *http.Client, body func() []byte) callFunc {
 		if res.Secret["token"] == "" || res.Lease.ID == "" || res.Lease.State != api.StateActive || res.Lease.Refs.TokenAccessor == "" {
 			return "", fmt.Errorf("issue answered 200 without an active lease and a token: %+v", res.Lease)
 		}
-		return res.Lease.Refs.TokenAccessor + " " + res.Lease.Refs.Policy, nil
+		return res.Lease.Refs.TokenAccessor + " " + res.Lease.Refs.Policy + " " + res.Lease.ID, nil
 	}
 }
 
@@ -389,15 +389,60 @@ func vaultJWTLogin() callFunc {
 // tokenCreateBody is the bare mint: a token with the ticket policy.
 var tokenCreateBody = []byte(`{"policies":["` + benchPolicy + `"],"ttl":"5m"}`)
 
-// revokeLatchAll revokes every lease of l and waits until latch and Vault
-// confirm it; it returns how many leases it queued.
+// revokeLatchAll revokes every lease of l (see revokeLatch).
 func revokeLatchAll(b *testing.B, l *latch) int {
+	return revokeLatch(b, l, api.RevokeRequest{All: true, Reason: "benchmark"})
+}
+
+// assertRevokedEvents fails unless the audit chain has, for every one of
+// leases, a revoked event naming the operator who asked and the group the
+// lease was revoked with.
+func assertRevokedEvents(b *testing.B, l *latch, leases []string) {
+	b.Helper()
+	want := make(map[string]bool, len(leases))
+	for _, id := range leases {
+		want[id] = true
+	}
+	for _, e := range auditSince(b, l, 0) {
+		if e.Type == "revoked" && e.Details["requested_by"] != "" && e.Details["group"] != "" {
+			delete(want, e.Lease)
+		}
+	}
+	if len(want) > 0 {
+		b.Fatalf("%d of %d revoked leases have no revoked event naming who asked and the group", len(want), len(leases))
+	}
+}
+
+// waitPoliciesCollected waits until none of policies is left in Vault:
+// latch collects a shared policy with reconciliation (every minute) once
+// no lease names it.
+func waitPoliciesCollected(b *testing.B, policies []string) {
+	b.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		left, err := setup(b).LatchPolicies(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if !slices.ContainsFunc(left, func(p string) bool { return slices.Contains(policies, p) }) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("policies of revoked leases still in Vault after 3 minutes: %v", left)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// revokeLatch revokes what req selects and waits until latch and Vault
+// confirm it; it returns how many leases it queued.
+func revokeLatch(b *testing.B, l *latch, req api.RevokeRequest) int {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	res, err := l.admin().Revoke(ctx, api.RevokeRequest{All: true, Reason: "benchmark"})
+	res, err := l.admin().Revoke(ctx, req)
 	if err != nil {
-		b.Fatalf("revoke --all: %v", err)
+		b.Fatalf("revoke %+v: %v", req, err)
 	}
 	waitLatchRevoked(ctx, b, l)
 	return res.Count
@@ -661,33 +706,60 @@ func BenchmarkOverhead(b *testing.B) {
 }
 
 // BenchmarkRevoke10k_Latch: an operator revokes 10,000 vault-token leases
-// (revoke --all on the admin socket); the op ends when latch's API shows
-// every one revoked, each confirmed by Vault. Minting them (20-60 s) is
-// not timed.
+// on the admin socket — all of them (32 agents), all of one agent's, or
+// all of one template version's; the op ends when latch's API shows every
+// one revoked, each confirmed by Vault (through its group's parent).
+// Minting them (20-60 s) is not timed.
 func BenchmarkRevoke10k_Latch(b *testing.B) {
+	b.Run("All", func(b *testing.B) {
+		benchRevoke10k(b, issueLatch, func(*latch, []string) api.RevokeRequest { return api.RevokeRequest{All: true} })
+	})
+	b.Run("Agent", func(b *testing.B) {
+		oneAgent := func(l *latch, hc *http.Client) callFunc {
+			call := issueLatch(l, hc)
+			return func(ctx context.Context, _ int) (string, error) { return call(ctx, 0) }
+		}
+		benchRevoke10k(b, oneAgent, func(*latch, []string) api.RevokeRequest {
+			return api.RevokeRequest{Agent: fmt.Sprintf("%sbench-%02d", agentPrefix, 0)}
+		})
+	})
+	b.Run("Template", func(b *testing.B) {
+		benchRevoke10k(b, issueLatch, func(l *latch, leases []string) api.RevokeRequest {
+			lease, err := l.admin().Lease(context.Background(), leases[0])
+			if err != nil {
+				b.Fatal(err)
+			}
+			return api.RevokeRequest{Template: lease.TemplateVersion}
+		})
+	})
+}
+
+// benchRevoke10k mints benchRevokeCount leases with issue and times the
+// revocation sel asks for (given latch and the minted leases' IDs).
+func benchRevoke10k(b *testing.B, issue func(*latch, *http.Client) callFunc, sel func(*latch, []string) api.RevokeRequest) {
 	b.StopTimer() // the set-up is not timed
 	var total time.Duration
 	benchEnv(b)
 	for range b.N {
 		l := startLatch(b)
-		hc := latchHTTPClient(l)
-		call := issueLatch(l, hc)
-		var accessors, policies []string
-		for _, ref := range mintN(b, benchRevokeCount, call) {
-			acc, pol, _ := strings.Cut(ref, " ")
-			accessors, policies = append(accessors, acc), append(policies, pol)
+		var accessors, policies, leases []string
+		for _, ref := range mintN(b, benchRevokeCount, issue(l, latchHTTPClient(l))) {
+			f := strings.Fields(ref)
+			accessors, policies, leases = append(accessors, f[0]), append(policies, f[1]), append(leases, f[2])
 		}
+		req := sel(l, leases)
+		req.Reason = "benchmark"
 		before := latchTimes(b, l)
 		cpu := newCPUMeter(b, "latch", l.pid(), "vault", st.Vault.Pid())
 		b.StartTimer()
 		start := time.Now()
-		n := revokeLatchAll(b, l)
+		n := revokeLatch(b, l, req)
 		elapsed := time.Since(start)
 		b.StopTimer()
 		cpu.report(b, 1)
 		logLatchTimes(b, before, latchTimes(b, l), n, "revocation")
 		if n != benchRevokeCount {
-			b.Fatalf("revoke --all queued %d leases, want %d", n, benchRevokeCount)
+			b.Fatalf("revoke %+v queued %d leases, want %d", req, n, benchRevokeCount)
 		}
 		var confirmed float64
 		if m := revocationsOK.FindStringSubmatch(get(b, l.metrics+"/metrics")); m != nil {
@@ -696,16 +768,9 @@ func BenchmarkRevoke10k_Latch(b *testing.B) {
 		if confirmed < benchRevokeCount {
 			b.Fatalf("latch_revocations_total{result=\"ok\"} = %v, want %d", confirmed, benchRevokeCount)
 		}
+		assertRevokedEvents(b, l, leases)
 		assertGone(b, accessors)
-		left, err := setup(b).LatchPolicies(context.Background())
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, p := range left {
-			if slices.Contains(policies, p) {
-				b.Fatalf("the Vault policy %s of a revoked lease still exists", p)
-			}
-		}
+		waitPoliciesCollected(b, policies)
 		total += elapsed
 	}
 	b.ReportMetric(total.Seconds()/float64(b.N), "revoke-s")

@@ -357,7 +357,7 @@ func checkpointReaches(t *testing.T, path string, seq uint64) bool {
 }
 
 // auditSince reads every audit event after seq through the admin socket.
-func auditSince(t *testing.T, l *latch, after uint64) []api.Event {
+func auditSince(t testing.TB, l *latch, after uint64) []api.Event {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -72,7 +72,7 @@ type Token struct {
 	TTL                                       time.Duration
 }
 
-// LatchTokens lists every token in Vault whose latch metadata names agent;
+// LatchTokens lists every lease token in Vault whose latch metadata names agent;
 // every latch token when agent is empty.
 func (e *Env) LatchTokens(ctx context.Context, agent string) ([]Token, error) {
 	s, err := e.Root.Logical().ListWithContext(ctx, "auth/token/accessors")
@@ -96,6 +96,9 @@ func (e *Env) LatchTokens(ctx context.Context, agent string) ([]Token, error) {
 		}
 		tok := Token{Accessor: acc, DisplayName: fmt.Sprint(info.Data["display_name"])}
 		tok.Lease, _ = meta["latch_lease"].(string)
+		if tok.Lease == "" {
+			continue // a vault-token group parent: it holds no secret, its children do
+		}
 		tok.Agent, _ = meta["latch_agent"].(string)
 		tok.Task, _ = meta["latch_task"].(string)
 		ps, _ := info.Data["policies"].([]any)

@@ -245,7 +245,7 @@ func readmePolicySection() (*policySection, error) {
 			block = append(block, line)
 		}
 	}
-	if len(sec.files) != 2 || len(sec.commands) < 5 {
+	if len(sec.files) != 3 || len(sec.commands) < 7 {
 		return nil, fmt.Errorf("README policy section: found %d HCL blocks and %d commands", len(sec.files), len(sec.commands))
 	}
 	return sec, nil

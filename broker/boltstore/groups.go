@@ -1,0 +1,82 @@
+package boltstore
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// bktGroupsRetired holds the retired groups (Refs.Group → when, as
+// big-endian Unix nanoseconds, then the backend's name). It is made by the first mark, so that
+// files of older latches open read-only without it.
+var bktGroupsRetired = []byte("groups_retired")
+
+func prepareGroups(w *write, c broker.Change) error {
+	names := slices.Clone(c.ForgetGroups)
+	for _, g := range c.RetireGroups {
+		if g.Backend == "" {
+			return fmt.Errorf("%w: group %q has no backend", ErrInvalidChange, g.Group)
+		}
+		names = append(names, g.Group, g.Backend)
+	}
+	for _, n := range names {
+		if n == "" || len(n) > maxIDLen {
+			return fmt.Errorf("%w: group %q", ErrInvalidChange, n)
+		}
+	}
+	w.retireGroups, w.forgetGroups = c.RetireGroups, c.ForgetGroups
+	return nil
+}
+
+func groupRetired(tx *bolt.Tx, group string) bool {
+	b := tx.Bucket(bktGroupsRetired)
+	return b != nil && b.Get([]byte(group)) != nil
+}
+
+func (w *write) writeGroupMarks(tx *bolt.Tx) error {
+	if len(w.retireGroups) == 0 && len(w.forgetGroups) == 0 {
+		return nil
+	}
+	b, err := tx.CreateBucketIfNotExists(bktGroupsRetired)
+	if err != nil {
+		return err
+	}
+	for _, n := range w.forgetGroups {
+		if err := b.Delete([]byte(n)); err != nil {
+			return err
+		}
+	}
+	for _, g := range w.retireGroups {
+		v := binary.BigEndian.AppendUint64(nil, uint64(w.now.UnixNano()))
+		if err := b.Put([]byte(g.Group), append(v, g.Backend...)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RetiredGroups implements broker.Store.
+func (s *Store) RetiredGroups(ctx context.Context) ([]broker.RetiredGroup, error) {
+	var out []broker.RetiredGroup
+	err := s.view(ctx, "retired groups", func(tx *bolt.Tx) error {
+		b := tx.Bucket(bktGroupsRetired)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			if len(v) <= 8 {
+				return fmt.Errorf("%w: retired group %q: bad mark", ErrCorrupt, k)
+			}
+			out = append(out, broker.RetiredGroup{Group: string(k), Backend: string(v[8:]),
+				At: time.Unix(0, int64(binary.BigEndian.Uint64(v[:8]))).UTC()})
+			return nil
+		})
+	})
+	return out, err
+}
