@@ -19,7 +19,7 @@ FUZZTIME  ?= 30s
 # The integration harness finds the tools here.
 export LATCH_TOOLS_BIN := $(TOOLS)/bin
 
-.PHONY: help build test tools postgres demo up bench fuzz stress clean distclean
+.PHONY: help build test tools postgres demo up bench bench-pinned fuzz stress clean distclean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,9 @@ up: tools ## Start the same stack and keep it running until Ctrl-C
 
 bench: tools ## Run every benchmark (integration benchmarks use the real stack)
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+
+bench-pinned: tools ## Issuance vs Vault JWT login with Vault pinned to CPU 0 and latch to CPU 1 (taskset)
+	LATCH_BENCH_PIN=1 $(GO) test -run '^$$' -bench 'Issue_LatchJWT$$|VaultJWTLogin|Overhead' -count=1 ./integration/server/
 
 stress: ## Race an operator's stop against requests in flight: the controls' tests, -race -count=50
 	$(GO) test -race -count=50 -run '^TestControls_' ./broker/

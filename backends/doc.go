@@ -34,16 +34,16 @@
 // renders the same policy, the Service's policy collection deletes it and
 // the token is inert at once (it has no default policy).
 //
-// vault-lease — per-lease mint token. Prepare creates an orphan token with
-// TTL = lease TTL through the latch-mint token role, carrying only the
-// latch_mint policy, and the intent records its accessor. Mint reads the
-// engine path with that token, so the Vault lease belongs to it. Vault
-// revokes every lease a token created when the token is revoked or
-// expires: Revoke with only the mint accessor revokes the database user
-// (or AWS key ...), and if latch never comes back, Vault does it by itself
-// when the mint token expires at the lease TTL. The same mechanism makes
-// "latch revokes at its own TTL even where the role's TTL is longer" hold
-// without latch running.
+// vault-lease — the group's mint token. Refs names the group (creating
+// its mint token, an orphan carrying only latch_mint, when the group has
+// none that takes reads), and the intent records its accessor. Mint reads
+// the engine path with that token, one Vault call, so the Vault lease
+// belongs to it. Vault revokes every lease a token created when the token
+// is revoked or expires: a read whose lease ID was never recorded is
+// revoked when reconciliation collects its group (retired by the intent,
+// its mint token revoked once no live lease is in it), and if latch never
+// comes back, Vault does it by itself when the group's mint token expires,
+// at most two minutes past the lease's max TTL (see vaultlease's doc).
 //
 // vault-pki — per-lease mint token, plus the certificate's own lifetime.
 // Prepare is the same as vault-lease. A certificate's serial is only known

@@ -87,9 +87,11 @@ type PolicyCollector interface {
 // parent once, which revokes every credential under it, instead of one
 // call per lease; one lease is still revoked by its own refs.
 type Grouper interface {
-	// RevokeGroup revokes a group's parent and everything under it. It
-	// is idempotent: a parent that is gone counts as revoked.
-	RevokeGroup(ctx context.Context, group string) error
+	// RevokeGroup revokes a group's parent and everything under it, and
+	// returns once what members (the refs of the group's leases latch
+	// knows of) point to is revoked. It is idempotent: a parent that is
+	// gone counts as revoked.
+	RevokeGroup(ctx context.Context, group string, members []Refs) error
 	// ForgetGroup stops using a group for new credentials; the next
 	// Refs opens another. The Service calls it before it marks the group
 	// retired in the store (Change.RetireGroups), and again when an

@@ -104,7 +104,7 @@ func (s *core) collectGroups(ctx context.Context) error {
 				continue // its backend is gone from the config: nothing to call
 			}
 			rctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
-			err := g.RevokeGroup(rctx, m.Group)
+			err := g.RevokeGroup(rctx, m.Group, nil)
 			cancel()
 			if err != nil {
 				s.log.Warn("revoke a retired group's parent", "group", m.Group, "err", err)

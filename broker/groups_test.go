@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
@@ -22,6 +23,7 @@ import (
 type groupingBackend struct {
 	*brokertest.Backend
 	GroupRevokes atomic.Int64
+	Down         atomic.Bool // RevokeGroup fails as with Vault unreachable
 	mu           sync.Mutex
 	open         map[string]string   // agent ␀ task ␀ version → group
 	members      map[string][]string // group → lease IDs
@@ -72,7 +74,10 @@ func (b *groupingBackend) Mint(ctx context.Context, req broker.MintRequest) (bro
 	return m, nil
 }
 
-func (b *groupingBackend) RevokeGroup(_ context.Context, g string) error {
+func (b *groupingBackend) RevokeGroup(_ context.Context, g string, _ []broker.Refs) error {
+	if b.Down.Load() {
+		return fmt.Errorf("%w: connection refused", broker.ErrBackendUnavailable)
+	}
 	b.GroupRevokes.Add(1)
 	b.ForgetGroup(g)
 	b.mu.Lock()
@@ -102,7 +107,8 @@ func newGroupingService(t *testing.T) (*boltstore.Store, *broker.Service, *group
 	}
 	t.Cleanup(func() { st.Close() })
 	b := newGroupingBackend()
-	svc, err := broker.NewService(context.Background(), broker.Config{Store: st, Policy: loadPolicy(t), Backends: map[string]broker.Backend{"fake": b}})
+	svc, err := broker.NewService(context.Background(), broker.Config{Store: st, Policy: loadPolicy(t), Backends: map[string]broker.Backend{"fake": b},
+		RetryBase: time.Millisecond, RetryMax: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,9 +163,9 @@ func TestGroups_BulkRevokeOneCallPerGroup(t *testing.T) {
 		t.Fatalf("revoke --all = %d, %v; want 600", n, err)
 	}
 	drain(t, svc)
-	// Each pass of the queue takes at most 1000 revocations, so a group
-	// may be revoked once per pass: idempotent, and still not per lease.
-	if got := b.GroupRevokes.Load(); got < 2 || got > 4 || b.Revokes.Load() != 1 {
+	// One group revocation per agent's group: one for agent a's, one for
+	// agent b's with --all.
+	if got := b.GroupRevokes.Load(); got != 2 || b.Revokes.Load() != 1 {
 		t.Fatalf("bulk revocations of 1199 leases in 2 groups: %d group revokes, %d lease revokes", got, b.Revokes.Load())
 	}
 	groups := map[string]bool{}
@@ -299,5 +305,51 @@ func TestGroups_CrashedIntentCollectsItsGroup(t *testing.T) {
 	marks, err := st.RetiredGroups(ctx)
 	if err != nil || len(marks) != 1 || marks[0].Group != group || marks[0].Backend != "fake" {
 		t.Fatalf("retired groups %+v, %v; want %s of fake", marks, err, group)
+	}
+}
+
+// TestGroups_FailedGroupRevokeIsRetried: a group revocation that meets a
+// backend outage leaves every lease of the group queued, with the error,
+// and none is dropped; once the backend is back, all end revoked.
+func TestGroups_FailedGroupRevokeIsRetried(t *testing.T) {
+	ctx := context.Background()
+	st, svc, b := newGroupingService(t)
+	const agent = "spiffe://example.org/agent/report-a"
+	for range 20 {
+		if _, err := issueReport(ctx, svc, agent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Down.Store(true)
+	if _, err := svc.Leases().Revoke(ctx, "spiffe://example.org/ops/alice", "outage", broker.RevokeSelector{Agent: agent}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if n, err := svc.Leases().ProcessRevocations(ctx); err != nil || n != 0 {
+			t.Fatalf("ProcessRevocations during the outage = %d, %v", n, err)
+		}
+		time.Sleep(2 * time.Millisecond) // past the retry backoff (RetryMax 1 ms)
+	}
+	leases, err := st.Leases(ctx, broker.LeaseFilter{Agent: agent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range leases {
+		if l.State != broker.StateRevoking || l.LastError == "" {
+			t.Fatalf("lease %s during the outage: %s (%q), want revoking with the error", l.ID, l.State, l.LastError)
+		}
+	}
+	if depth, _ := st.QueueDepth(ctx); depth != 20 {
+		t.Fatalf("queue depth %d during the outage, want 20", depth)
+	}
+	b.Down.Store(false)
+	drain(t, svc)
+	if depth, _ := st.QueueDepth(ctx); depth != 0 || b.GroupRevokes.Load() != 1 {
+		t.Fatalf("after the outage: queue depth %d, %d group revokes; want 0 and 1", depth, b.GroupRevokes.Load())
+	}
+	for _, l := range leases {
+		if got, _ := st.Lease(ctx, l.ID); got.State != broker.StateRevoked || b.Alive(l.ID) {
+			t.Fatalf("lease %s after the outage: %s", l.ID, got.State)
+		}
 	}
 }

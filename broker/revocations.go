@@ -9,11 +9,15 @@ import (
 	"time"
 )
 
+// duePerPass bounds the revocations one pass takes: enough that a bulk
+// revocation of 10,000 leases meets each group's parent in one pass.
+const duePerPass = 10_000
+
 // ProcessRevocations makes one pass over the due revocations, calling the
 // backends with bounded concurrency: one call per lease, and one per group
 // for the leases queued by group. It returns how many were confirmed.
 func (s Leases) ProcessRevocations(ctx context.Context) (int, error) {
-	due, err := s.store.DueRevocations(ctx, s.now(), 1000)
+	due, err := s.store.DueRevocations(ctx, s.now(), duePerPass)
 	if err != nil {
 		return 0, err
 	}
@@ -101,13 +105,22 @@ func (s *core) revokeGroup(ctx context.Context, group string, rs []Revocation) i
 	g := s.grouper(qs[0].l)
 	err := errors.New("backend " + qs[0].l.Backend + " does not group")
 	if g != nil {
-		rctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
-		err = g.RevokeGroup(rctx, group)
-		cancel()
-	}
-	if err == nil {
+		// The group was retired before these were queued: no lease joins
+		// it any more, so the stragglers are all there are.
 		var stragglers []*Lease
 		stragglers, err = s.activeInGroup(ctx, qs[0].l.Agent, group)
+		if err == nil {
+			members := make([]Refs, 0, len(qs)+len(stragglers))
+			for _, q := range qs {
+				members = append(members, q.l.Refs)
+			}
+			for _, l := range stragglers {
+				members = append(members, l.Refs)
+			}
+			rctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
+			err = g.RevokeGroup(rctx, group, members)
+			cancel()
+		}
 		if err == nil {
 			return s.revoked(ctx, qs, stragglers, "ok")
 		}

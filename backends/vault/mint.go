@@ -13,12 +13,21 @@ import (
 // through (see PrepareMintToken and the README's Vault policy section).
 const DefaultMintTokenRole = "latch-mint"
 
+// MintGroupFor is how long a group's mint token takes new leases
+// (vault-lease, vault-pki): short, because a Vault lease read with it
+// lives until the engine's own TTL or the mint token's end, whichever
+// comes first, when latch is not running to revoke it at the lease TTL.
+// The bound is then the lease's max TTL plus at most two minutes (a
+// quarter of it each when that is shorter; see GroupFor).
+const MintGroupFor = time.Minute
+
 // cleanupTimeout bounds best-effort cleanup after a failed mint when the
 // caller's context has already ended.
 const cleanupTimeout = 5 * time.Second
 
-// PrepareMintToken creates the per-lease "mint token" that vault-lease and
-// vault-pki mint under, and returns it as a broker.Prepared: its accessor
+// PrepareMintToken creates the per-lease "mint token" that vault-pki
+// mints under (vault-lease reads with its group's: see Groups), and
+// returns it as a broker.Prepared: its accessor
 // in Refs.MintAccessor (for the lease's intent record), its value in
 // Credential (for Mint only).
 //

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/latchbroker/latch/broker"
@@ -184,6 +185,33 @@ func (c *Client) RevokeLease(ctx context.Context, leaseID string) error {
 	}
 	_, err = c.Write(ctx, "lease.revoke", "sys/leases/revoke/"+p, map[string]any{"sync": true})
 	return err
+}
+
+// ListLeases lists the IDs, without prefix, of the Vault leases under
+// prefix (sys/leases/lookup/<prefix>, a LIST; prefix ends with a slash).
+// None is no error.
+func (c *Client) ListLeases(ctx context.Context, prefix string) ([]string, error) {
+	p, err := CleanPath(strings.TrimSuffix(prefix, "/"))
+	if err != nil {
+		return nil, fmt.Errorf("vault: list leases: %w", err)
+	}
+	s, err := c.Do(ctx, Request{Op: "lease.list", Method: "LIST", Path: "sys/leases/lookup/" + p + "/"})
+	if StatusOf(err) == http.StatusNotFound {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	if s != nil {
+		keys, _ := s.Data["keys"].([]any)
+		for _, k := range keys {
+			if id, ok := k.(string); ok {
+				out = append(out, id)
+			}
+		}
+	}
+	return out, nil
 }
 
 // LookupLease reports whether a Vault lease still exists, and when it

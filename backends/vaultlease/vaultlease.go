@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,8 +25,8 @@ type Config struct {
 	// request; the backend checks every rendered path against its static
 	// prefix.
 	Path string `yaml:"path"`
-	// TokenRole is the token role mint tokens are created through;
-	// default latch-mint.
+	// TokenRole is the token role group mint tokens are created
+	// through; default latch-mint.
 	TokenRole string `yaml:"token_role"`
 }
 
@@ -79,15 +80,17 @@ func (c Config) withDefaults() Config {
 
 // Backend is the vault-lease backend.
 type Backend struct {
-	c     *vault.Client
-	cfg   Config
-	check RenderCheck
+	c      *vault.Client
+	cfg    Config
+	check  RenderCheck
+	groups *vault.Groups // the mint tokens: one per agent × task × template version, rotated
 }
 
 var (
-	_ broker.Backend  = (*Backend)(nil)
-	_ broker.Preparer = (*Backend)(nil)
-	_ broker.Renewer  = (*Backend)(nil)
+	_ broker.Backend = (*Backend)(nil)
+	_ broker.Namer   = (*Backend)(nil)
+	_ broker.Grouper = (*Backend)(nil)
+	_ broker.Renewer = (*Backend)(nil)
 )
 
 // New returns the backend, which mints through c.
@@ -98,7 +101,8 @@ func New(c *vault.Client, cfg Config) (*Backend, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Backend{c: c, cfg: cfg.withDefaults(), check: cfg.RenderCheck()}, nil
+	cfg = cfg.withDefaults()
+	return &Backend{c: c, cfg: cfg, check: cfg.RenderCheck(), groups: vault.NewGroups(c, cfg.TokenRole, "latch-mint", vault.MintGroupFor)}, nil
 }
 
 // path checks the request and its rendered path, as Evaluate already did
@@ -113,41 +117,45 @@ func (b *Backend) path(req broker.MintRequest) (string, error) {
 	return req.Path, nil
 }
 
-// Prepare creates the lease's mint token (see vault.PrepareMintToken).
-func (b *Backend) Prepare(ctx context.Context, req broker.MintRequest) (broker.Prepared, error) {
+// Refs names the group whose mint token Mint reads with, creating the
+// token when the group has none that takes leases (broker.Namer): the
+// intent holds it before the read, so a credential a crash leaves behind
+// is found through its group.
+func (b *Backend) Refs(ctx context.Context, req broker.MintRequest) (broker.Refs, error) {
 	if _, err := b.path(req); err != nil {
-		return broker.Prepared{}, err
+		return broker.Refs{}, err
 	}
-	p, err := b.c.PrepareMintToken(ctx, b.cfg.TokenRole, req)
+	g, err := b.groups.For(ctx, req)
 	if err != nil {
-		return broker.Prepared{}, fmt.Errorf("vaultlease: %w", err)
+		return broker.Refs{}, fmt.Errorf("vaultlease: %w", err)
 	}
-	return p, nil
+	return broker.Refs{Group: g.Accessor}, nil
 }
 
-// Mint reads the rendered path under the lease's mint token. Without
-// req.Prepared it prepares first. On failure the mint token is revoked
-// (best effort), which takes anything read with it along.
+// Mint reads the rendered path with the group's mint token: one Vault
+// call, and the Vault lease belongs to that token, so revoking the group
+// revokes it. Without req.Prepared.Refs it names the group first.
 func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Minted, error) {
 	path, err := b.path(req)
 	if err != nil {
 		return broker.Minted{}, err
 	}
-	prep := req.Prepared
-	if prep.Credential.IsZero() {
-		if prep, err = b.Prepare(ctx, req); err != nil {
+	if req.Prepared.Refs.Group == "" {
+		if req.Prepared.Refs, err = b.Refs(ctx, req); err != nil {
 			return broker.Minted{}, err
 		}
 	}
-	undo := func(ctx context.Context) error { return b.c.RevokeAccessor(ctx, prep.Refs.MintAccessor) }
-
-	s, err := b.c.Do(ctx, vault.Request{Op: "lease.read", Method: http.MethodGet, Path: path, Token: prep.Credential})
+	g, ok := b.groups.Parent(req.Prepared.Refs.Group)
+	if !ok {
+		return broker.Minted{}, fmt.Errorf("vaultlease: %w: lease %s: the group's mint token %s was revoked or expired since the intent; ask again",
+			broker.ErrBackendUnavailable, req.LeaseID, req.Prepared.Refs.Group)
+	}
+	s, err := b.c.Do(ctx, vault.Request{Op: "lease.read", Method: http.MethodGet, Path: path, Token: g.Token})
 	if err == nil && (s == nil || s.LeaseID == "") {
 		err = &vault.Error{Op: "lease.read", Path: path, Messages: []string{
 			"Vault returned no lease: vault-lease needs a path that issues leases (database/creds/..., aws/creds/...)"}}
 	}
 	if err != nil {
-		vault.Cleanup(ctx, err, undo)
 		return broker.Minted{}, fmt.Errorf("vaultlease: read %s for lease %s: %w", path, req.LeaseID, err)
 	}
 
@@ -162,10 +170,56 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 	}
 	return broker.Minted{
 		Secret:    broker.NewSecret(fields),
-		Refs:      broker.Refs{VaultLeaseID: s.LeaseID, MintAccessor: prep.Refs.MintAccessor},
+		Refs:      broker.Refs{VaultLeaseID: s.LeaseID, Group: g.Accessor},
 		ExpiresAt: expires,
 		Renewable: s.Renewable && req.EffectiveMaxTTL() > req.TTL,
 	}, nil
+}
+
+// ForgetGroup stops using a group for new leases (broker.Grouper).
+func (b *Backend) ForgetGroup(accessor string) { b.groups.Forget(accessor) }
+
+// RevokeGroup revokes a group's mint token, and with it every Vault lease
+// read with it (broker.Grouper). Vault revokes those leases in the
+// background once the token is gone, so RevokeGroup then lists the
+// leases left under each engine prefix members use — one call per
+// prefix, however many leases — until none of members' is, as a
+// synchronous revocation would have returned.
+func (b *Backend) RevokeGroup(ctx context.Context, accessor string, members []broker.Refs) error {
+	if err := b.groups.Revoke(ctx, accessor); err != nil {
+		return fmt.Errorf("vaultlease: %w", err)
+	}
+	waiting := map[string]map[string]bool{} // prefix → lease ID suffixes
+	for _, r := range members {
+		if r.VaultLeaseID == "" || r.MintAccessor != "" {
+			continue
+		}
+		i := strings.LastIndexByte(r.VaultLeaseID, '/')
+		prefix, suffix := r.VaultLeaseID[:i+1], r.VaultLeaseID[i+1:]
+		if waiting[prefix] == nil {
+			waiting[prefix] = map[string]bool{}
+		}
+		waiting[prefix][suffix] = true
+	}
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		for prefix, ids := range waiting {
+			left, err := b.c.ListLeases(ctx, prefix)
+			if err != nil {
+				return fmt.Errorf("vaultlease: list the leases of %s: %w", prefix, err)
+			}
+			if !slices.ContainsFunc(left, func(id string) bool { return ids[id] }) {
+				delete(waiting, prefix)
+			}
+		}
+		if len(waiting) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("vaultlease: %w: the leases of group %s were not revoked in time", broker.ErrBackendUnavailable, accessor)
+		case <-time.After(wait):
+		}
+	}
 }
 
 // stringify keeps strings as they are and writes anything else (numbers,
@@ -182,11 +236,17 @@ func stringify(v any) string {
 }
 
 // Revoke revokes the Vault lease (synchronously: the engine has destroyed
-// the secret when it returns), then the mint token; the token is revoked
-// even if the lease revocation failed, since that revokes the lease too.
-// Gone objects count as revoked.
+// the secret when it returns), and the per-lease mint token of an older
+// latch; that token is revoked even if the lease revocation failed, since
+// that revokes the lease too. Refs with a group only are those of a mint
+// that crashed before recording its Vault lease: nothing can be revoked
+// alone (broker.ErrExpiresOnItsOwn; the lease dies with its group). Gone
+// objects count as revoked.
 func (b *Backend) Revoke(ctx context.Context, refs broker.Refs) error {
 	if refs.VaultLeaseID == "" && refs.MintAccessor == "" {
+		if refs.Group != "" {
+			return fmt.Errorf("vaultlease: %w", broker.ErrExpiresOnItsOwn)
+		}
 		return errors.New("vaultlease: revoke: refs name neither a Vault lease nor a mint token")
 	}
 	var errs []error
@@ -225,12 +285,26 @@ func (b *Backend) Lookup(ctx context.Context, refs broker.Refs) (bool, error) {
 	return false, nil
 }
 
-// Renew extends the mint token and the Vault lease by ttl. The new expiry
-// is the earlier of the two: the token's explicit max TTL (the lease's max
-// TTL) caps the secret whatever the engine grants.
+// Renew extends the Vault lease by ttl, which the Service caps at the
+// lease's max TTL; the group's mint token outlives that, and bounds the
+// expiry returned. The per-lease
+// mint token of an older latch is renewed first, and caps the secret.
 func (b *Backend) Renew(ctx context.Context, refs broker.Refs, ttl time.Duration) (time.Time, error) {
-	if refs.VaultLeaseID == "" || refs.MintAccessor == "" {
-		return time.Time{}, fmt.Errorf("vaultlease: renew: %w: refs lack the Vault lease or the mint token", broker.ErrNotRenewable)
+	if refs.VaultLeaseID == "" {
+		return time.Time{}, fmt.Errorf("vaultlease: renew: %w: refs lack the Vault lease", broker.ErrNotRenewable)
+	}
+	if refs.MintAccessor == "" {
+		granted, err := b.c.RenewLease(ctx, refs.VaultLeaseID, ttl)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("vaultlease: renew lease %s: %w", refs.VaultLeaseID, err)
+		}
+		// The lease dies with its group's mint token, whatever the
+		// engine granted.
+		expires := b.c.Now().Add(granted)
+		if end, err := b.groups.Expires(ctx, refs.Group); err == nil && end.Before(expires) {
+			expires = end
+		}
+		return expires, nil
 	}
 	tokenTTL, err := b.c.RenewAccessor(ctx, refs.MintAccessor, ttl)
 	if err != nil {

@@ -75,8 +75,8 @@ func TestBackend_Mint_RefusesPaths(t *testing.T) {
 		if !errors.Is(err, broker.ErrInvalidMintRequest) {
 			t.Errorf("Mint(path %q) = %v, want ErrInvalidMintRequest", p, err)
 		}
-		if _, err := b.Prepare(t.Context(), req); !errors.Is(err, broker.ErrInvalidMintRequest) {
-			t.Errorf("Prepare(path %q) = %v, want ErrInvalidMintRequest", p, err)
+		if _, err := b.Refs(t.Context(), req); !errors.Is(err, broker.ErrInvalidMintRequest) {
+			t.Errorf("Refs(path %q) = %v, want ErrInvalidMintRequest", p, err)
 		}
 	}
 }

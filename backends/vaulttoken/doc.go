@@ -21,10 +21,10 @@
 // of each token (broker.Grouper). A parent is an orphan created through
 // group_role (default latch-group) with only the latch_group policy,
 // which may create tokens through token_role and nothing else; its value
-// lives in this process's memory only. It takes new tokens for GroupFor
-// (10 minutes), then a new one is created; its TTL is GroupFor plus the
-// lease's max TTL plus a minute, so no child is cut short by its parent
-// expiring. After a restart the old parents take no new tokens; they
+// lives in this process's memory only. It takes new tokens for
+// vault.GroupFor (10 minutes), then a new one is created; its TTL is
+// GroupFor plus the lease's max TTL plus a minute, so no child is cut
+// short by its parent expiring (see vault.Groups). After a restart the old parents take no new tokens; they
 // expire on their own, or are revoked by a bulk revocation through the
 // accessor their leases record.
 //

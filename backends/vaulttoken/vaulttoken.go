@@ -24,6 +24,9 @@ const Type = templates.BackendVaultToken
 // DefaultTokenRole is the token role tokens are created through.
 const DefaultTokenRole = "latch-token"
 
+// DefaultGroupRole is the token role group parents are created through.
+const DefaultGroupRole = "latch-group"
+
 // PolicyPrefix starts every policy this backend writes. latch's Vault
 // policy allows writing sys/policies/acl/latch-* only, and the token role
 // allows assigning latch-* only, so no policy name outside it can ever be
@@ -48,9 +51,9 @@ type Config struct {
 
 // Validate names the bad key.
 func (c Config) Validate() error {
-	for key, role := range map[string]string{"token_role": c.TokenRole, "group_role": c.GroupRole} {
-		if role != "" {
-			if err := vault.CheckName(key, role); err != nil {
+	for _, kv := range [][2]string{{"token_role", c.TokenRole}, {"group_role", c.GroupRole}} {
+		if kv[1] != "" {
+			if err := vault.CheckName(kv[0], kv[1]); err != nil {
 				return fmt.Errorf("vaulttoken: %w", err)
 			}
 		}
@@ -77,7 +80,7 @@ type Backend struct {
 	// skips writing one again for WrittenFor. DeletePolicy forgets one
 	// before deleting it.
 	written sync.Map // name → time.Time
-	groups  groups
+	groups  *vault.Groups
 }
 
 var (
@@ -96,8 +99,8 @@ func New(c *vault.Client, cfg Config) (*Backend, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Backend{c: c, cfg: cfg.withDefaults(), prefix: sharedPrefixOf(c.Owner()),
-		groups: groups{open: map[string]*group{}, byAcc: map[string]*group{}}}, nil
+	cfg = cfg.withDefaults()
+	return &Backend{c: c, cfg: cfg, prefix: sharedPrefixOf(c.Owner()), groups: vault.NewGroups(c, cfg.GroupRole, "latch-group", vault.GroupFor)}, nil
 }
 
 // ulidRE matches a ULID in Crockford base32 (either case): lease IDs end up
@@ -157,11 +160,11 @@ func (b *Backend) Refs(ctx context.Context, req broker.MintRequest) (broker.Refs
 	if err := validate(req); err != nil {
 		return broker.Refs{}, err
 	}
-	g, err := b.groupFor(ctx, req)
+	g, err := b.groups.For(ctx, req)
 	if err != nil {
-		return broker.Refs{}, err
+		return broker.Refs{}, fmt.Errorf("vaulttoken: %w", err)
 	}
-	return broker.Refs{Policy: SharedPolicyName(b.c.Owner(), req.Policy), Group: g.accessor}, nil
+	return broker.Refs{Policy: SharedPolicyName(b.c.Owner(), req.Policy), Group: g.Accessor}, nil
 }
 
 // Mint writes the lease's shared policy, unless this process has written
@@ -180,7 +183,7 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 		}
 		req.Prepared.Refs = refs
 	}
-	parent, ok := b.parent(req.Prepared.Refs.Group)
+	parent, ok := b.groups.Parent(req.Prepared.Refs.Group)
 	if !ok {
 		return broker.Minted{}, fmt.Errorf("vaulttoken: %w: lease %s: the group parent %s was revoked or expired since the intent; ask again",
 			broker.ErrBackendUnavailable, req.LeaseID, req.Prepared.Refs.Group)
@@ -199,14 +202,14 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 		Renewable:      req.Renewable,
 		DisplayName:    "latch-" + req.Task,
 		Meta:           vault.LeaseMeta(req),
-		Parent:         parent.token,
+		Parent:         parent.Token,
 	})
 	if err != nil {
 		// The policy stays: other leases may use it, and the Service
 		// collects it once none does.
 		return broker.Minted{}, fmt.Errorf("vaulttoken: create token for lease %s: %w", req.LeaseID, err)
 	}
-	refs := broker.Refs{TokenAccessor: tok.Accessor, Policy: policy, Group: parent.accessor}
+	refs := broker.Refs{TokenAccessor: tok.Accessor, Policy: policy, Group: parent.Accessor}
 	if !slices.Equal(tok.Policies, []string{policy}) {
 		// A token role that adds policies (token_policies, or a missing
 		// token_no_default_policy with an old Vault) would hand the agent
@@ -313,6 +316,15 @@ func (b *Backend) Lookup(ctx context.Context, refs broker.Refs) (bool, error) {
 	return false, nil
 }
 
+// ForgetGroup stops using a group for new tokens (broker.Grouper).
+func (b *Backend) ForgetGroup(accessor string) { b.groups.Forget(accessor) }
+
+// RevokeGroup revokes a group's parent token, and with it every token of
+// the group, before it returns (broker.Grouper).
+func (b *Backend) RevokeGroup(ctx context.Context, accessor string, _ []broker.Refs) error {
+	return wrap("", b.groups.Revoke(ctx, accessor))
+}
+
 // Renew extends the token by ttl, up to its explicit max TTL.
 func (b *Backend) Renew(ctx context.Context, refs broker.Refs, ttl time.Duration) (time.Time, error) {
 	if refs.TokenAccessor == "" {
@@ -326,8 +338,11 @@ func (b *Backend) Renew(ctx context.Context, refs broker.Refs, ttl time.Duration
 }
 
 func wrap(what string, err error) error {
-	if err == nil {
+	switch {
+	case err == nil:
 		return nil
+	case what == "":
+		return fmt.Errorf("vaulttoken: %w", err)
 	}
 	return fmt.Errorf("vaulttoken: %s: %w", what, err)
 }

@@ -133,9 +133,12 @@ func TestBackend_Mint_SharedPolicyOnceGroupsRotate(t *testing.T) {
 		case strings.HasPrefix(r.URL.Path, "/v1/sys/policies/acl/latch-p-") && r.Method == http.MethodDelete:
 			w.WriteHeader(http.StatusNoContent)
 		case r.URL.Path == "/v1/auth/token/create/latch-group":
+			var body struct{ TTL string }
+			_ = json.NewDecoder(r.Body).Decode(&body)
+			ttl, _ := time.ParseDuration(body.TTL)
 			n := parents.Add(1)
 			fmt.Fprintf(w, `{"auth":{"client_token":"hvs.parent%d","accessor":"parent%d","policies":["latch_group"],"lease_duration":%d}}`,
-				n, n, int((vaulttoken.GroupFor + 2*time.Minute).Seconds()))
+				n, n, int(ttl.Seconds()))
 		case r.URL.Path == "/v1/auth/token/create/latch-token":
 			var body struct{ Policies []string }
 			_ = json.NewDecoder(r.Body).Decode(&body)
@@ -166,7 +169,7 @@ func TestBackend_Mint_SharedPolicyOnceGroupsRotate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := broker.MintRequest{LeaseID: "01JABCDEFGHJKMNPQRSTVWXYZ0", Agent: "spiffe://example.org/a", Task: "t", TTL: time.Minute, Policy: `path "x" { capabilities = ["read"] }`}
+	req := broker.MintRequest{LeaseID: "01JABCDEFGHJKMNPQRSTVWXYZ0", Agent: "spiffe://example.org/a", Task: "t", TTL: time.Hour, Policy: `path "x" { capabilities = ["read"] }`}
 	mint := func() broker.Minted {
 		t.Helper()
 		m, err := b.Mint(t.Context(), req)
@@ -199,7 +202,7 @@ func TestBackend_Mint_SharedPolicyOnceGroupsRotate(t *testing.T) {
 	if parents.Load() != 1 {
 		t.Fatalf("%d group parents for one agent's tokens of one task, want 1", parents.Load())
 	}
-	clk.Add(vaulttoken.GroupFor)
+	clk.Add(vault.GroupFor)
 	if m := mint(); m.Refs.Group != "parent2" || parents.Load() != 2 {
 		t.Fatalf("a mint past GroupFor: group %q, %d parents; want parent2, 2", m.Refs.Group, parents.Load())
 	}

@@ -17,17 +17,13 @@ import (
 //
 //	go test -run '^$' -bench . ./integration/backends/
 
-func benchMint(b *testing.B, be broker.Backend, req func() broker.MintRequest, prepare bool) {
+func benchMint(b *testing.B, be broker.Backend, req func() broker.MintRequest) {
 	ctx := context.Background()
 	var refs []broker.Refs
 	for b.Loop() {
 		r := req()
-		if prepare {
-			p, err := be.(broker.Preparer).Prepare(ctx, r)
-			if err != nil {
-				b.Fatal(err)
-			}
-			r.Prepared = p
+		if err := prepare(ctx, be, &r); err != nil {
+			b.Fatal(err)
 		}
 		m, err := be.Mint(ctx, r)
 		if err != nil {
@@ -42,28 +38,28 @@ func benchMint(b *testing.B, be broker.Backend, req func() broker.MintRequest, p
 	}
 }
 
-// BenchmarkMint_VaultToken: policy write + token create (Prepare makes no
-// Vault call).
+// BenchmarkMint_VaultToken: policy write + token create (Refs creates the
+// group parent once).
 func BenchmarkMint_VaultToken(b *testing.B) {
 	e := setup(b)
 	benchMint(b, e.tokens, func() broker.MintRequest {
 		r := request("close-ticket", 5*time.Minute)
 		r.Policy = ticketPolicy
 		return r
-	}, true)
+	})
 }
 
-// BenchmarkMint_VaultLease: mint token + database/creds read (a CREATE ROLE
-// in PostgreSQL).
+// BenchmarkMint_VaultLease: a database/creds read with the group's mint
+// token (a CREATE ROLE in PostgreSQL).
 func BenchmarkMint_VaultLease(b *testing.B) {
 	e := setup(b)
-	benchMint(b, e.leases, func() broker.MintRequest { return leaseRequest(5 * time.Minute) }, true)
+	benchMint(b, e.leases, func() broker.MintRequest { return leaseRequest(5 * time.Minute) })
 }
 
 // BenchmarkMint_VaultPKI: mint token + pki/issue with a P-256 key.
 func BenchmarkMint_VaultPKI(b *testing.B) {
 	e := setup(b)
-	benchMint(b, e.certs, func() broker.MintRequest { return certRequest(5 * time.Minute) }, true)
+	benchMint(b, e.certs, func() broker.MintRequest { return certRequest(5 * time.Minute) })
 }
 
 // BenchmarkVaultTokenCreate is the baseline: a bare token create.

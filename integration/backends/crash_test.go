@@ -21,18 +21,13 @@ import (
 // crashAfterMint prepares, "stores the intent", mints, and loses the result
 // — except what the test needs to check afterwards, which no real caller
 // would have.
-func crashAfterMint(t *testing.T, b interface {
-	broker.Backend
-	broker.Preparer
-}, req broker.MintRequest) (intent broker.Refs, lost broker.Minted) {
+func crashAfterMint(t *testing.T, b broker.Backend, req broker.MintRequest) (intent broker.Refs, lost broker.Minted) {
 	t.Helper()
-	prep, err := b.Prepare(t.Context(), req)
-	if err != nil {
-		t.Fatalf("Prepare: %v", err)
+	if err := prepare(t.Context(), b, &req); err != nil {
+		t.Fatalf("prepare: %v", err)
 	}
-	intent = prep.Refs // written to bbolt before the Vault call
-	req.Prepared = prep
-	lost, err = b.Mint(t.Context(), req)
+	intent = req.Prepared.Refs // written to bbolt before the Vault call
+	lost, err := b.Mint(t.Context(), req)
 	if err != nil {
 		t.Fatalf("Mint: %v", err)
 	}
@@ -101,7 +96,7 @@ func TestCrashSafety_VaultToken(t *testing.T) {
 		t.Fatalf("Lookup(intent) after reconciliation = %v, %v", alive, err)
 	}
 	// Revoking the group revokes the token latch never learnt of.
-	if err := e.tokens.RevokeGroup(ctx, intent.Group); err != nil {
+	if err := e.tokens.RevokeGroup(ctx, intent.Group, nil); err != nil {
 		t.Fatal(err)
 	}
 	if alive, err := e.tokens.Lookup(ctx, lost.Refs); err != nil || alive {
@@ -113,14 +108,21 @@ func TestCrashSafety_VaultLease(t *testing.T) {
 	e := setup(t)
 	ctx := t.Context()
 	intent, lost := crashAfterMint(t, e.leases, leaseRequest(10*time.Minute))
-	if intent.MintAccessor == "" || intent.VaultLeaseID != "" {
-		t.Fatalf("intent refs %+v: want the mint token accessor only", intent)
+	if intent.Group == "" || intent.VaultLeaseID != "" || intent.MintAccessor != "" {
+		t.Fatalf("intent refs %+v: want the group's mint token accessor only", intent)
 	}
 	creds := lost.Secret.Reveal()
 	if !e.pgRoleExists(ctx, t, creds["username"]) {
 		t.Fatal("no database role after Mint")
 	}
-	reconcile(t, e.leases, intent)
+	// Reconciliation cannot revoke the lease alone: it retires the group
+	// and, once no live lease is in it, revokes the group's mint token.
+	if err := e.leases.Revoke(ctx, intent); !errors.Is(err, broker.ErrExpiresOnItsOwn) {
+		t.Fatalf("reconciliation Revoke(%+v) = %v, want ErrExpiresOnItsOwn", intent, err)
+	}
+	if err := e.leases.RevokeGroup(ctx, intent.Group, nil); err != nil {
+		t.Fatal(err)
+	}
 
 	// Revoking the mint token revokes the leases it created; Vault does
 	// that part asynchronously.

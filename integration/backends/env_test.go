@@ -97,6 +97,19 @@ func request(task string, ttl time.Duration) broker.MintRequest {
 	}
 }
 
+// prepare does what the Service does before Mint: it asks a Preparer to
+// prepare, or a Namer for the refs, into r.Prepared (what the intent holds).
+func prepare(ctx context.Context, be broker.Backend, r *broker.MintRequest) error {
+	var err error
+	switch b := be.(type) {
+	case broker.Preparer:
+		r.Prepared, err = b.Prepare(ctx, *r)
+	case broker.Namer:
+		r.Prepared.Refs, err = b.Refs(ctx, *r)
+	}
+	return err
+}
+
 // clientWithToken is a Vault client acting as the agent holding token.
 func (e *env) clientWithToken(tb testing.TB, token string) *vaultapi.Client {
 	tb.Helper()

@@ -92,8 +92,17 @@ func TestVaultToken_Mint(t *testing.T) {
 	if meta["latch_lease"] != req.LeaseID || meta["latch_agent"] != req.Agent || meta["latch_task"] != "close-ticket" {
 		t.Errorf("token metadata %v", meta)
 	}
-	if info.Data["display_name"] != "token-latch-close-ticket" || info.Data["orphan"] != true {
+	// A child of its group's parent, which is the orphan: latch logging
+	// in again revokes neither.
+	if info.Data["display_name"] != "token-latch-close-ticket" || info.Data["orphan"] != false {
 		t.Errorf("display_name %v orphan %v", info.Data["display_name"], info.Data["orphan"])
+	}
+	parent, err := e.LookupAccessor(ctx, m.Refs.Group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps, _ := parent.TokenPolicies(); !slices.Equal(ps, []string{"latch_group"}) || parent.Data["orphan"] != true {
+		t.Errorf("group parent policies %v orphan %v, want [latch_group] and an orphan", ps, parent.Data["orphan"])
 	}
 	if ttl, _ := info.TokenTTL(); ttl > req.TTL || ttl < req.TTL-10*time.Second {
 		t.Errorf("token TTL %s, want %s", ttl, req.TTL)
@@ -259,7 +268,7 @@ func TestVaultToken_Groups(t *testing.T) {
 	if alive(a3) || !alive(a1) || !alive(a2) {
 		t.Fatalf("revoking one token: alive %v %v %v, want only the revoked one gone", alive(a1), alive(a2), alive(a3))
 	}
-	if err := e.tokens.RevokeGroup(ctx, a1.Refs.Group); err != nil {
+	if err := e.tokens.RevokeGroup(ctx, a1.Refs.Group, nil); err != nil {
 		t.Fatal(err)
 	}
 	if alive(a1) || alive(a2) || !alive(otherVersion) || !alive(otherAgent) {
@@ -269,7 +278,7 @@ func TestVaultToken_Groups(t *testing.T) {
 	if next := mint(agentA, "sha256:1"); next.Refs.Group == a1.Refs.Group || !alive(next) {
 		t.Fatalf("a mint after the group's revocation used group %s (alive %v)", next.Refs.Group, alive(next))
 	}
-	if err := e.tokens.RevokeGroup(ctx, a1.Refs.Group); err != nil {
+	if err := e.tokens.RevokeGroup(ctx, a1.Refs.Group, nil); err != nil {
 		t.Fatalf("revoking a revoked group again: %v", err)
 	}
 }

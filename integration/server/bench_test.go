@@ -49,6 +49,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"regexp"
 	"runtime"
 	"slices"
@@ -63,6 +64,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/latchbroker/latch/broker/api"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 const (
@@ -122,6 +124,9 @@ func benchEnv(b *testing.B) {
 	}
 	benchSetup.once.Do(func() {
 		benchSetup.err = func() error {
+			if err := pinVault(); err != nil {
+				return err
+			}
 			// The JWT-SVID signing keys from SPIRE's bundle: Vault verifies
 			// the same tokens latch does, with the same keys.
 			bundle, err := st.SPIRE.Bundle(ctx)
@@ -172,6 +177,22 @@ func benchEnv(b *testing.B) {
 	if benchSetup.err != nil {
 		b.Fatalf("benchmark set-up: %v", benchSetup.err)
 	}
+}
+
+// pinVault, when LATCH_BENCH_PIN is set (make bench-pinned), puts Vault
+// on CPU 0 and this process, with the latch servers it starts (they
+// inherit it), on CPU 1: the layout of production, where latch and Vault
+// run on different hosts, on a two-core machine.
+func pinVault() error {
+	if os.Getenv("LATCH_BENCH_PIN") == "" {
+		return nil
+	}
+	for _, pin := range [][]string{{"0", strconv.Itoa(st.Vault.Pid())}, {"1", strconv.Itoa(os.Getpid())}} {
+		if out, err := exec.Command("taskset", "-a", "-cp", pin[0], pin[1]).CombinedOutput(); err != nil {
+			return fmt.Errorf("taskset -a -cp %s %s: %v: %s", pin[0], pin[1], err, out)
+		}
+	}
+	return nil
 }
 
 // mintAgentJWTs has SPIRE sign a JWT-SVID for each bench agent.
@@ -840,4 +861,64 @@ func mintN(b *testing.B, n int, call callFunc) []string {
 		b.Logf("minting %d: %d calls answered 503 and were tried again", n, r)
 	}
 	return out
+}
+
+// BenchmarkDBCreds: database credentials for the same agents, through
+// latch (nightly-report, vault-lease: one database/creds read with the
+// group's mint token) and as a bare database/creds read (root): the p50
+// ratio is latch's overhead where a secret engine does real work (a
+// CREATE ROLE in PostgreSQL). Two callers, so latency is what it measures.
+func BenchmarkDBCreds(b *testing.B) {
+	const callers = 2
+	benchEnv(b)
+	b.Run("Latch", func(b *testing.B) {
+		l := startLatch(b)
+		hc := latchHTTPClient(l)
+		url := l.api + "/v1/credentials"
+		body := []byte(`{"task":"nightly-report","params":{"region":"eu"},"reason":"benchmark"}`)
+		issue := func(ctx context.Context, agent int) (string, error) {
+			var res api.CredentialsResponse
+			h := http.Header{"Authorization": {"Bearer " + benchSetup.latchJWTs[agent]}}
+			if err := postJSON(ctx, hc, url, h, body, &res); err != nil {
+				return "", err
+			}
+			if res.Secret["username"] == "" || res.Lease.Refs.VaultLeaseID == "" {
+				return "", fmt.Errorf("issue answered 200 without database credentials: %+v", res.Lease)
+			}
+			return res.Lease.ID, nil
+		}
+		cpu := newCPUMeter(b, "latch", l.pid(), "vault", st.Vault.Pid())
+		leases := runCallers(b, callers, 0, issue)
+		cpu.report(b, b.N)
+		if n := revokeLatchAll(b, l); n != len(leases) {
+			b.Fatalf("revoke --all queued %d leases, the benchmark issued %d", n, len(leases))
+		}
+	})
+	b.Run("VaultRead", func(b *testing.B) {
+		url := st.Vault.Addr + "/v1/" + vaultenv.DBMount + "/creds/report-eu"
+		read := func(ctx context.Context, _ int) (string, error) {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				return "", err
+			}
+			req.Header.Set("X-Vault-Token", st.Vault.RootToken)
+			resp, err := benchSetup.vaultClient.Do(req)
+			if err != nil {
+				return "", err
+			}
+			defer resp.Body.Close()
+			var s struct {
+				LeaseID string            `json:"lease_id"`
+				Data    map[string]string `json:"data"`
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || resp.StatusCode != http.StatusOK || s.Data["username"] == "" {
+				return "", fmt.Errorf("database/creds read = %d (%v)", resp.StatusCode, err)
+			}
+			return s.LeaseID, nil
+		}
+		cpu := newCPUMeter(b, "vault", st.Vault.Pid())
+		runCallers(b, callers, 0, read)
+		cpu.report(b, b.N)
+		revokePrefix(b, vaultenv.DBMount+"/creds/report-eu")
+	})
 }

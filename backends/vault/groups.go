@@ -1,0 +1,187 @@
+package vault
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/latchbroker/latch/broker"
+)
+
+// GroupFor is the longest a group's parent takes new credentials (a
+// quarter of the lease's max TTL when that is shorter; backends may use
+// less). Its TTL is that plus the longest a credential of the group may
+// live (the lease's max TTL) plus the slack, so that no credential is cut
+// short by its parent expiring, and no parent outlives its last lease by
+// more than the two.
+const GroupFor = 10 * time.Minute
+
+// GroupSlack is the longest margin a parent's TTL keeps beyond its last
+// credential's max TTL (a quarter of that max TTL when shorter), for a
+// mint that takes its group just before the group stops taking
+// credentials and calls Vault a little later.
+const GroupSlack = time.Minute
+
+// Group is one agent's credentials of one task and template version,
+// created with one parent token: as its children (vault-token) or as the
+// owner of their Vault leases (vault-lease, vault-pki). Revoking the
+// parent, one Vault call, revokes them all.
+type Group struct {
+	// Accessor is the parent's accessor (broker.Refs.Group).
+	Accessor string
+	// Token is the parent's value, in this process's memory only.
+	Token broker.Secret
+	// takesUntil is when the group stops taking new credentials; expires
+	// is when the parent, and with it everything under it, expires.
+	takesUntil, expires time.Time
+	slack               time.Duration
+}
+
+// takes reports whether g may take a credential of req now.
+func (g *Group) takes(now time.Time, req broker.MintRequest) bool {
+	return now.Before(g.takesUntil) && !now.Add(req.EffectiveMaxTTL()+g.slack).After(g.expires)
+}
+
+// Groups are the group parents one backend creates, through one token
+// role: open by key (agent, task, template version, max TTL) for new credentials,
+// and by accessor for the mints whose refs name one.
+type Groups struct {
+	c        *Client
+	role     string
+	display  string
+	maxFor   time.Duration
+	mu       sync.Mutex
+	open     map[string]*Group
+	byAcc    map[string]*Group
+	creating sync.Mutex // one parent created at a time: they are rare
+}
+
+// NewGroups returns the groups whose parents are created through role,
+// with display names display-<task>, each taking credentials for at most
+// maxFor (at most GroupFor).
+func NewGroups(c *Client, role, display string, maxFor time.Duration) *Groups {
+	return &Groups{c: c, role: role, display: display, maxFor: min(maxFor, GroupFor),
+		open: map[string]*Group{}, byAcc: map[string]*Group{}}
+}
+
+// groupKey: with the max TTL too, so that a group's parent lives no
+// longer than its own credentials need (a template version has one TTL,
+// but requests may ask for less).
+func groupKey(req broker.MintRequest) string {
+	return req.Agent + "\x00" + req.Task + "\x00" + req.TemplateVersion + "\x00" + req.EffectiveMaxTTL().String()
+}
+
+func (gs *Groups) takes(key string, req broker.MintRequest) *Group {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	if g := gs.open[key]; g != nil && g.takes(gs.c.Now(), req) {
+		return g
+	}
+	return nil
+}
+
+// For returns the open group of req, creating its parent when there is
+// none or it no longer takes credentials.
+func (gs *Groups) For(ctx context.Context, req broker.MintRequest) (*Group, error) {
+	key := groupKey(req)
+	if g := gs.takes(key, req); g != nil {
+		return g, nil
+	}
+	gs.creating.Lock()
+	defer gs.creating.Unlock()
+	if g := gs.takes(key, req); g != nil {
+		return g, nil
+	}
+	g, err := gs.create(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	for acc, old := range gs.byAcc {
+		if !gs.c.Now().Before(old.expires) {
+			delete(gs.byAcc, acc)
+		}
+	}
+	gs.open[key] = g
+	gs.byAcc[g.Accessor] = g
+	return g, nil
+}
+
+func (gs *Groups) create(ctx context.Context, req broker.MintRequest) (*Group, error) {
+	maxTTL := req.EffectiveMaxTTL()
+	takesFor, slack := min(gs.maxFor, maxTTL/4), min(GroupSlack, maxTTL/4)
+	now := gs.c.Now()
+	tok, err := gs.c.CreateToken(ctx, "group.create", TokenRequest{
+		Role:           gs.role,
+		TTL:            takesFor + maxTTL + slack,
+		ExplicitMaxTTL: takesFor + maxTTL + slack,
+		DisplayName:    gs.display + "-" + req.Task,
+		Meta: map[string]string{
+			"latch_agent":    req.Agent,
+			"latch_task":     req.Task,
+			"latch_template": req.TemplateVersion,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create the group parent of %s for %s: %w", req.Task, req.Agent, err)
+	}
+	g := &Group{Accessor: tok.Accessor, Token: tok.Secret, expires: now.Add(tok.TTL), slack: slack}
+	g.takesUntil = now.Add(min(takesFor, tok.TTL-maxTTL-slack))
+	if !g.takes(now, req) {
+		Cleanup(ctx, nil, func(ctx context.Context) error { return gs.c.RevokeAccessor(ctx, tok.Accessor) })
+		return nil, fmt.Errorf("token role %s gave a group parent a TTL of %s, shorter than task %s's max TTL %s: "+
+			"raise the role's token_explicit_max_ttl to at least %s more than the longest max_ttl of your templates",
+			gs.role, tok.TTL, req.Task, maxTTL, gs.maxFor+GroupSlack)
+	}
+	return g, nil
+}
+
+// Parent returns the group a mint's refs name, while this process holds
+// its token and it has not expired.
+func (gs *Groups) Parent(accessor string) (*Group, bool) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	g, ok := gs.byAcc[accessor]
+	return g, ok && gs.c.Now().Before(g.expires)
+}
+
+// Expires is when a group's parent expires: from memory, or else from
+// Vault (a parent of an earlier run of latch).
+func (gs *Groups) Expires(ctx context.Context, accessor string) (time.Time, error) {
+	if g, ok := gs.Parent(accessor); ok {
+		return g.expires, nil
+	}
+	s, err := gs.c.Write(ctx, "token.lookup-accessor", "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
+	if err != nil {
+		return time.Time{}, err
+	}
+	if s == nil || s.Data == nil {
+		return time.Time{}, fmt.Errorf("look up group parent %s: Vault returned no token data", accessor)
+	}
+	return gs.c.Now().Add(time.Duration(number(s.Data["ttl"])) * time.Second), nil
+}
+
+// Forget stops using a group for new credentials (broker.Grouper's
+// ForgetGroup).
+func (gs *Groups) Forget(accessor string) {
+	gs.mu.Lock()
+	defer gs.mu.Unlock()
+	delete(gs.byAcc, accessor)
+	for key, g := range gs.open {
+		if g.Accessor == accessor {
+			delete(gs.open, key)
+		}
+	}
+}
+
+// Revoke revokes a group's parent, and with it everything under it
+// (broker.Grouper's RevokeGroup). A parent that is gone counts as revoked.
+func (gs *Groups) Revoke(ctx context.Context, accessor string) error {
+	gs.Forget(accessor)
+	if err := gs.c.RevokeAccessor(ctx, accessor); err != nil {
+		return fmt.Errorf("revoke group parent %s: %w", accessor, err)
+	}
+	return nil
+}
