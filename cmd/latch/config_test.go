@@ -125,7 +125,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 			`FILE:3:26: unknown key "sync" in store; allowed: path`,
 		}},
 		{"backend's own keys are strict", strings.Replace(minimalConfigYAML, "{ type: vault-token }", "{ type: vault-token, ttl: 5m }", 1), nil, []string{
-			`FILE:6:32: unknown key "ttl" in backends.tokens; allowed: token_role`,
+			`FILE:6:32: unknown key "ttl" in backends.tokens; allowed: token_role, group_role`,
 		}},
 		{"backend's own validation", strings.Replace(minimalConfigYAML, "{ type: vault-token }", `{ type: vault-token, token_role: "../root" }`, 1), nil, []string{
 			`FILE:6:3: backends.tokens: vaulttoken: token_role: "../root" is not a valid Vault name (letters, digits, and - _ . inside)`,
