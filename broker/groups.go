@@ -2,6 +2,8 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -126,4 +128,117 @@ func (s *core) collectGroups(ctx context.Context) error {
 		s.collected.add(g, false)
 	}
 	return nil
+}
+
+// groupEntryPrefix starts the queue key of a group's revocation: no lease
+// ID (a ULID) can take that form.
+const groupEntryPrefix = "group/"
+
+func isGroupEntry(r Revocation) bool {
+	return r.Group != "" && r.LeaseID == groupEntryPrefix+r.Group
+}
+
+// queueGroups queues one revocation per group of leases, for a revocation
+// by agent, task, template or all, and returns the leases that are in no
+// group (for one revocation each). In one change, each group is retired
+// (no lease commits in it any more: each backend forgets it first) and
+// its revocation queued with one audit event naming the group and how
+// many of its leases were selected. The leases stay active until their
+// group's parent is revoked: then each is recorded revoked, with its own
+// event (revokeGroup).
+func (s *core) queueGroups(ctx context.Context, actor, reason string, typ EventType, leases []*Lease) ([]*Lease, error) {
+	var rest []*Lease
+	count, task := map[string]int{}, map[string]string{}
+	var c Change
+	for _, l := range leases {
+		g := s.grouper(l)
+		if g == nil {
+			rest = append(rest, l)
+			continue
+		}
+		if count[l.Refs.Group]++; count[l.Refs.Group] > 1 {
+			continue
+		}
+		task[l.Refs.Group] = l.Task
+		g.ForgetGroup(l.Refs.Group)
+		c.RetireGroups = append(c.RetireGroups, RetiredGroup{Group: l.Refs.Group, Backend: l.Backend})
+		c.Enqueue = append(c.Enqueue, Revocation{LeaseID: groupEntryPrefix + l.Refs.Group, Group: l.Refs.Group,
+			Agent: l.Agent, Backend: l.Backend, Reason: reason, Actor: actor, NextAttempt: s.now()})
+	}
+	for _, r := range c.Enqueue {
+		c.Events = append(c.Events, Event{Type: typ, Actor: actor, Subject: r.Agent, Task: task[r.Group],
+			Outcome: "queued", Details: map[string]string{"reason": reason, "group": r.Group, "leases": strconv.Itoa(count[r.Group])}})
+	}
+	if len(c.Enqueue) == 0 {
+		return rest, nil
+	}
+	_, err := s.apply(ctx, c)
+	return rest, err
+}
+
+// revokeGroup works one group's revocation: the group's parent is revoked
+// once, with every credential under it, and each lease of the group still
+// live is recorded revoked with its audit event; it returns how many. The
+// group was retired when it was queued, so no lease joins it any more:
+// the leases read here are all there are. On failure it is retried with
+// backoff, never dropped; the leases stay as they are (their credential
+// still lives) until it succeeds.
+func (s *core) revokeGroup(ctx context.Context, r Revocation) int {
+	members, err := s.liveInGroup(ctx, r.Agent, r.Group)
+	g, ok := s.backends[r.Backend].(Grouper)
+	if err == nil && !ok {
+		err = errors.New("backend " + r.Backend + " does not group")
+	}
+	if err == nil {
+		refs := make([]Refs, len(members))
+		for i, l := range members {
+			refs[i] = l.Refs
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
+		err = g.RevokeGroup(rctx, r.Group, refs)
+		cancel()
+	}
+	if err != nil {
+		s.groupRevocationFailed(ctx, r, err)
+		return 0
+	}
+	failpoint("revoke-after-backend")
+	return s.recordRevoked(ctx, r, members, "ok", true)
+}
+
+// liveInGroup lists agent's leases in group that have not ended.
+func (s *core) liveInGroup(ctx context.Context, agent, group string) ([]*Lease, error) {
+	var out []*Lease
+	for _, state := range []LeaseState{StateActive, StateRevoking, StateIrrevocable} {
+		leases, err := s.store.Leases(ctx, LeaseFilter{Agent: agent, State: state})
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range leases {
+			if l.Refs.Group == group {
+				out = append(out, l)
+			}
+		}
+	}
+	return out, nil
+}
+
+// groupRevocationFailed requeues a group's revocation with backoff, with
+// an irrevocable event for the group once it reaches MaxAttempts.
+func (s *core) groupRevocationFailed(ctx context.Context, r Revocation, err error) {
+	r.Attempts++
+	r.LastError = err.Error()
+	r.NextAttempt = s.now().Add(s.backoff(r.Attempts))
+	c := Change{Enqueue: []Revocation{r}}
+	result := "retry"
+	if r.Attempts == s.cfg.MaxAttempts {
+		result = "irrevocable"
+		c.Events = []Event{{Type: EventIrrevocable, Actor: "latch", Subject: r.Agent, Outcome: "irrevocable",
+			Details: map[string]string{"group": r.Group, "last_error": r.LastError}}}
+	}
+	s.log.Warn("group revocation failed", "group", r.Group, "agent", r.Agent, "attempt", r.Attempts, "next", r.NextAttempt, "err", err)
+	if _, err := s.apply(ctx, c); err != nil {
+		s.log.Error("record a failed group revocation", "group", r.Group, "err", err)
+	}
+	s.metrics.RevocationDone(result)
 }

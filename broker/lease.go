@@ -100,10 +100,12 @@ type Revocation struct {
 	// Expiry marks a revocation caused by the lease's TTL running out, so
 	// the lease ends as expired rather than revoked.
 	Expiry bool `json:"expiry,omitempty"`
-	// Group, when set, is the lease's group (Refs.Group): the revocation
-	// revokes the group's parent, once for every queued lease of the
-	// group, instead of the lease's own credential.
-	Group string `json:"group,omitempty"`
+	// Group, Agent and Backend are set on the revocation of a whole group
+	// (see groups.go), queued once for the group's leases by a revocation
+	// by agent, task, template or all: LeaseID is then "group/<Group>".
+	Group   string `json:"group,omitempty"`
+	Agent   string `json:"agent,omitempty"`
+	Backend string `json:"backend,omitempty"`
 }
 
 // AgentState is an operator's hold on an agent: the same states the policy

@@ -79,25 +79,23 @@ func (s Leases) Selected(ctx context.Context, sel RevokeSelector) ([]*Lease, err
 
 // queueRevocations moves leases to revoking and queues them, in batches,
 // each lease with its audit event. By group, the leases of a Grouper's
-// backend are queued to revoke their group's parent: the backend forgets
-// the groups first, and the first batch retires them, so that no issue in
-// flight commits a lease in a group about to be revoked.
+// backend are left to one revocation per group instead (queueGroups).
 func (s *core) queueRevocations(ctx context.Context, actor, reason string, typ EventType, leases []*Lease, f queueFlags) error {
 	now := s.now()
-	retire := s.groupsOf(leases, f.byGroup)
+	if f.byGroup {
+		var err error
+		if leases, err = s.queueGroups(ctx, actor, reason, typ, leases); err != nil {
+			return err
+		}
+	}
 	for start := 0; start < len(leases); start += revokeBatch {
 		batch := leases[start:min(start+revokeBatch, len(leases))]
-		c := Change{RetireGroups: retire}
-		retire = nil
+		var c Change
 		for _, l := range batch {
 			l.State = StateRevoking
 			l.RevokeReason = reason
-			r := Revocation{LeaseID: l.ID, Reason: reason, Actor: actor, NextAttempt: now, Expiry: f.expiry}
-			if f.byGroup && s.grouper(l) != nil {
-				r.Group = l.Refs.Group
-			}
 			c.PutLeases = append(c.PutLeases, l)
-			c.Enqueue = append(c.Enqueue, r)
+			c.Enqueue = append(c.Enqueue, Revocation{LeaseID: l.ID, Reason: reason, Actor: actor, NextAttempt: now, Expiry: f.expiry})
 			c.Events = append(c.Events, Event{Type: typ, Actor: actor, Subject: l.Agent, Task: l.Task, Lease: l.ID,
 				Outcome: "queued", Details: map[string]string{"reason": reason}})
 		}

@@ -9,60 +9,65 @@ import (
 	"time"
 )
 
-// duePerPass bounds the revocations one pass takes: enough that a bulk
-// revocation of 10,000 leases meets each group's parent in one pass.
-const duePerPass = 10_000
+// duePerPass bounds the revocations one pass takes.
+const duePerPass = 1000
 
 // ProcessRevocations makes one pass over the due revocations, calling the
-// backends with bounded concurrency: one call per lease, and one per group
-// for the leases queued by group. It returns how many were confirmed.
+// backends with bounded concurrency: one call per lease, one per group
+// queued by group (see groups.go). Groups go first, so that a lease they
+// end is not revoked again by a revocation of its own in the same pass.
+// It returns how many leases were confirmed revoked.
 func (s Leases) ProcessRevocations(ctx context.Context) (int, error) {
 	due, err := s.store.DueRevocations(ctx, s.now(), duePerPass)
 	if err != nil {
 		return 0, err
 	}
-	var jobs []func() int
-	groups := map[string][]Revocation{}
+	var groups, single []Revocation
 	for _, r := range due {
-		switch {
-		case r.Group == "":
-			jobs = append(jobs, func() int { return s.revokeOne(ctx, r) })
-		case groups[r.Group] == nil:
-			jobs = append(jobs, func() int { return s.revokeGroup(ctx, r.Group, groups[r.Group]) })
-			fallthrough
-		default:
-			groups[r.Group] = append(groups[r.Group], r)
+		if isGroupEntry(r) {
+			groups = append(groups, r)
+		} else {
+			single = append(single, r)
 		}
 	}
-	sem := make(chan struct{}, s.cfg.RevokeConcurrency)
-	var wg sync.WaitGroup
-	var done atomic.Int64
-	for _, job := range jobs {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			done.Add(int64(job()))
-		})
-	}
-	wg.Wait()
+	done := s.run(groups, func(r Revocation) int { return s.revokeGroup(ctx, r) }) +
+		s.run(single, func(r Revocation) int { return s.revokeOne(ctx, r) })
 	if n, err := s.store.QueueDepth(ctx); err == nil {
 		s.metrics.QueueDepth(n)
 	}
-	return int(done.Load()), nil
+	return done, nil
 }
 
-// queued is a revocation with its lease.
-type queued struct {
-	r Revocation
-	l *Lease
+// run calls job for each of rs, RevokeConcurrency at a time, and sums
+// what they return.
+func (s *core) run(rs []Revocation, job func(Revocation) int) int {
+	sem := make(chan struct{}, s.cfg.RevokeConcurrency)
+	var wg sync.WaitGroup
+	var done atomic.Int64
+	for _, r := range rs {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			done.Add(int64(job(r)))
+		})
+	}
+	wg.Wait()
+	return int(done.Load())
 }
 
 // revokeOne tries one queued revocation and records the result; it
-// returns 1 when confirmed.
+// returns 1 when confirmed. A lease that has ended meanwhile (its group
+// was revoked) is only dequeued.
 func (s *core) revokeOne(ctx context.Context, r Revocation) int {
 	l, err := s.store.Lease(ctx, r.LeaseID)
 	if err != nil {
 		s.log.Error("queued revocation without its lease", "lease", r.LeaseID, "err", err)
+		return 0
+	}
+	if l.State == StateRevoked || l.State == StateExpired || l.State == StateFailed {
+		if _, err := s.apply(ctx, Change{Dequeue: []string{l.ID}}); err != nil {
+			s.log.Error("dequeue the revocation of an ended lease", "lease", l.ID, "err", err)
+		}
 		return 0
 	}
 	backend, ok := s.backends[l.Backend]
@@ -79,124 +84,61 @@ func (s *core) revokeOne(ctx context.Context, r Revocation) int {
 		result, err = "expires", nil
 	}
 	if err != nil {
-		s.revocationFailed(ctx, queued{r, l}, err)
+		s.revocationFailed(ctx, r, l, err)
 		return 0
 	}
-	return s.revoked(ctx, []queued{{r, l}}, nil, result)
-}
-
-// revokeGroup revokes a group's parent for the revocations queued by
-// group, and records every lease of the group as revoked: those queued and
-// any active one that committed between the selection and the group's
-// retirement. It returns how many queued revocations were confirmed.
-func (s *core) revokeGroup(ctx context.Context, group string, rs []Revocation) int {
-	qs := make([]queued, 0, len(rs))
-	for _, r := range rs {
-		l, err := s.store.Lease(ctx, r.LeaseID)
-		if err != nil {
-			s.log.Error("queued revocation without its lease", "lease", r.LeaseID, "err", err)
-			continue
-		}
-		qs = append(qs, queued{r, l})
-	}
-	if len(qs) == 0 {
-		return 0
-	}
-	g := s.grouper(qs[0].l)
-	err := errors.New("backend " + qs[0].l.Backend + " does not group")
-	if g != nil {
-		// The group was retired before these were queued: no lease joins
-		// it any more, so the stragglers are all there are.
-		var stragglers []*Lease
-		stragglers, err = s.activeInGroup(ctx, qs[0].l.Agent, group)
-		if err == nil {
-			members := make([]Refs, 0, len(qs)+len(stragglers))
-			for _, q := range qs {
-				members = append(members, q.l.Refs)
-			}
-			for _, l := range stragglers {
-				members = append(members, l.Refs)
-			}
-			rctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
-			err = g.RevokeGroup(rctx, group, members)
-			cancel()
-		}
-		if err == nil {
-			return s.revoked(ctx, qs, stragglers, "ok")
-		}
-	}
-	for _, q := range qs {
-		s.revocationFailed(ctx, q, err)
-	}
-	return 0
-}
-
-// activeInGroup lists agent's active leases in group.
-func (s *core) activeInGroup(ctx context.Context, agent, group string) ([]*Lease, error) {
-	all, err := s.store.Leases(ctx, LeaseFilter{Agent: agent, State: StateActive})
-	if err != nil {
-		return nil, err
-	}
-	var out []*Lease
-	for _, l := range all {
-		if l.Refs.Group == group {
-			out = append(out, l)
-		}
-	}
-	return out, nil
-}
-
-// revoked records confirmed revocations, and the active leases of a
-// revoked group (stragglers, revoked for the first revocation's reason),
-// in batches; it returns how many of qs were recorded.
-func (s *core) revoked(ctx context.Context, qs []queued, stragglers []*Lease, result string) int {
 	failpoint("revoke-after-backend")
+	return s.recordRevoked(ctx, r, []*Lease{l}, result, false) // l.ID is r's
+}
+
+// recordRevoked records leases as ended by r (revoked, or expired for an
+// expiry) with their audit events, in batches, and dequeues them; the last
+// batch dequeues r itself when dequeueR. It returns how many were
+// recorded.
+func (s *core) recordRevoked(ctx context.Context, r Revocation, leases []*Lease, result string, dequeueR bool) int {
 	now := s.now()
-	n := len(qs) // the queued ones; stragglers follow
-	for _, l := range stragglers {
-		qs = append(qs, queued{Revocation{LeaseID: l.ID, Reason: qs[0].r.Reason, Actor: qs[0].r.Actor, Group: l.Refs.Group}, l})
+	typ, state := EventRevoked, StateRevoked
+	if r.Expiry {
+		typ, state = EventExpire, StateExpired
+	}
+	details := map[string]string{"reason": r.Reason, "requested_by": r.Actor}
+	if r.Group != "" {
+		details["group"] = r.Group
 	}
 	done := 0
-	for start := 0; start < len(qs); start += revokeBatch {
-		batch := qs[start:min(start+revokeBatch, len(qs))]
+	for start := 0; start == 0 || start < len(leases); start += revokeBatch {
+		batch := leases[start:min(start+revokeBatch, len(leases))]
 		var c Change
-		confirmed := 0
-		for i, q := range batch {
-			typ, state := EventRevoked, StateRevoked
-			if q.r.Expiry {
-				typ, state = EventExpire, StateExpired
+		for _, l := range batch {
+			l.State, l.EndedAt, l.LastError = state, now, ""
+			if l.RevokeReason == "" {
+				l.RevokeReason = r.Reason // revoked with its group
 			}
-			q.l.State, q.l.EndedAt, q.l.LastError = state, now, ""
-			details := map[string]string{"reason": q.r.Reason, "requested_by": q.r.Actor}
-			if q.r.Group != "" {
-				details["group"] = q.r.Group
-			}
-			if start+i < n {
-				c.Dequeue = append(c.Dequeue, q.l.ID)
-				confirmed++
-			}
-			c.PutLeases = append(c.PutLeases, q.l)
-			c.Events = append(c.Events, Event{Type: typ, Actor: "latch", Subject: q.l.Agent, Task: q.l.Task, Lease: q.l.ID,
+			c.PutLeases = append(c.PutLeases, l)
+			c.Dequeue = append(c.Dequeue, l.ID)
+			c.Events = append(c.Events, Event{Type: typ, Actor: "latch", Subject: l.Agent, Task: l.Task, Lease: l.ID,
 				Outcome: string(state), Details: details})
+		}
+		if dequeueR && start+revokeBatch >= len(leases) && r.LeaseID != "" {
+			c.Dequeue = append(c.Dequeue, r.LeaseID)
 		}
 		if _, err := s.apply(ctx, c); err != nil {
 			// Revoking again is harmless (Revoke is idempotent): the queue
-			// entries stay and the next pass records them.
+			// entry stays and the next pass records the rest.
 			s.log.Error("record confirmed revocations", "leases", len(batch), "err", err)
-			continue
+			return done
 		}
-		for range confirmed {
+		for range batch {
 			s.metrics.RevocationDone(result)
 		}
-		done += confirmed
+		done += len(batch)
 	}
 	return done
 }
 
 // revocationFailed records a failed try: retried with backoff, never
 // dropped, and listed as irrevocable after MaxAttempts.
-func (s *core) revocationFailed(ctx context.Context, q queued, err error) {
-	r, l := q.r, q.l
+func (s *core) revocationFailed(ctx context.Context, r Revocation, l *Lease, err error) {
 	r.Attempts++
 	r.LastError = err.Error()
 	r.NextAttempt = s.now().Add(s.backoff(r.Attempts))

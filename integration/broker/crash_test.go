@@ -297,14 +297,14 @@ func TestCrash_BulkRevoke(t *testing.T) {
 
 	s := c.store(t)
 	states := map[broker.LeaseState]int{}
-	unrecorded := 0 // revoked in Vault, not yet in the store
+	unrecorded := 0 // revoked in Vault, not yet in the store (active: its group's revocation was not recorded)
 	for _, id := range issued {
 		l, err := s.Lease(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
 		states[l.State]++
-		if l.State == broker.StateRevoking {
+		if l.State == broker.StateRevoking || l.State == broker.StateActive {
 			alive, err := e.backends[l.Backend].Lookup(ctx, l.Refs)
 			if err != nil {
 				t.Fatal(err)
@@ -319,7 +319,7 @@ func TestCrash_BulkRevoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("after the kill: %v, %d queued, %d revoked in Vault but not recorded", states, depth, unrecorded)
-	if states[broker.StateRevoked] == len(issued) || states[broker.StateRevoking] == 0 || depth != states[broker.StateRevoking] || unrecorded == 0 {
+	if states[broker.StateRevoked] == len(issued) || depth == 0 || unrecorded == 0 {
 		t.Fatalf("the kill did not land in the middle of the bulk revocation: %v, %d queued, %d unrecorded", states, depth, unrecorded)
 	}
 	s.Close()
@@ -336,9 +336,7 @@ func TestCrash_BulkRevoke(t *testing.T) {
 		if l.State != broker.StateRevoked {
 			t.Errorf("lease %s is %s", id, l.State)
 		}
-		if got, want := eventsOf(evs, id), []broker.EventType{broker.EventIssue, broker.EventRevoke, broker.EventRevoked}; !slices.Equal(got, want) {
-			t.Errorf("lease %s: audit events %v, want %v", id, got, want)
-		}
+		checkRevokedTrail(t, evs, l)
 	}
 	e.assertConsistent(t, s, sc)
 	if toks, err := e.LatchTokens(ctx, agent); err != nil || len(toks) != 0 {

@@ -184,6 +184,34 @@ func eventsOf(evs []broker.Event, lease string) []broker.EventType {
 	return out
 }
 
+// checkRevokedTrail fails unless lease's audit trail is its issue, the
+// revocation queued — for the lease itself, or for its group when a
+// revocation by agent, task, template or all took the group — and its
+// revoked event naming who asked.
+func checkRevokedTrail(t testing.TB, evs []broker.Event, lease *broker.Lease) {
+	t.Helper()
+	var own []broker.EventType
+	queuedForGroup := false
+	for _, e := range evs {
+		switch {
+		case e.Lease == lease.ID:
+			own = append(own, e.Type)
+			if e.Type == broker.EventRevoked && e.Details["requested_by"] == "" {
+				t.Errorf("lease %s: revoked event %d names nobody who asked", lease.ID, e.Seq)
+			}
+		case e.Type == broker.EventRevoke && e.Lease == "" && lease.Refs.Group != "" && e.Details["group"] == lease.Refs.Group:
+			queuedForGroup = len(own) == 1 // after the issue, before the revoked
+		}
+	}
+	want := []broker.EventType{broker.EventIssue, broker.EventRevoke, broker.EventRevoked}
+	if queuedForGroup {
+		want = []broker.EventType{broker.EventIssue, broker.EventRevoked}
+	}
+	if !slices.Equal(own, want) {
+		t.Errorf("lease %s (group %q, queued by group: %v): audit events %v, want %v", lease.ID, lease.Refs.Group, queuedForGroup, own, want)
+	}
+}
+
 // ---- Vault and PostgreSQL probes (root's view) ----
 
 // agentClient is a Vault client acting as the agent holding token.
