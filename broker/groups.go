@@ -176,28 +176,39 @@ func (s *core) queueGroups(ctx context.Context, actor, reason string, typ EventT
 	return rest, err
 }
 
+// revokeGroups works one agent's group revocations, concurrently, reading
+// the agent's live leases once.
+func (s *core) revokeGroups(ctx context.Context, rs []Revocation) int {
+	members, err := s.liveByGroup(ctx, rs[0].Agent)
+	if err != nil {
+		for _, r := range rs {
+			s.groupRevocationFailed(ctx, r, err)
+		}
+		return 0
+	}
+	return s.run(rs, func(r Revocation) int { return s.revokeGroup(ctx, r, members[r.Group]) })
+}
+
 // revokeGroup works one group's revocation: the group's parent is revoked
-// once, with every credential under it, and each lease of the group still
-// live is recorded revoked with its audit event; it returns how many. The
-// group was retired when it was queued, so no lease joins it any more:
-// the leases read here are all there are. On failure it is retried with
+// once, with every credential under it, and each of members (the group's
+// leases still live) is recorded revoked with its audit event; it returns
+// how many. The group was retired when it was queued, so no lease joins
+// it any more: members are all there are. On failure it is retried with
 // backoff, never dropped; the leases stay as they are (their credential
 // still lives) until it succeeds.
-func (s *core) revokeGroup(ctx context.Context, r Revocation) int {
-	members, err := s.liveInGroup(ctx, r.Agent, r.Group)
+func (s *core) revokeGroup(ctx context.Context, r Revocation, members []*Lease) int {
 	g, ok := s.backends[r.Backend].(Grouper)
-	if err == nil && !ok {
-		err = errors.New("backend " + r.Backend + " does not group")
+	if !ok {
+		s.groupRevocationFailed(ctx, r, errors.New("backend "+r.Backend+" does not group"))
+		return 0
 	}
-	if err == nil {
-		refs := make([]Refs, len(members))
-		for i, l := range members {
-			refs[i] = l.Refs
-		}
-		rctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
-		err = g.RevokeGroup(rctx, r.Group, refs)
-		cancel()
+	refs := make([]Refs, len(members))
+	for i, l := range members {
+		refs[i] = l.Refs
 	}
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
+	err := g.RevokeGroup(rctx, r.Group, refs)
+	cancel()
 	if err != nil {
 		s.groupRevocationFailed(ctx, r, err)
 		return 0
@@ -206,17 +217,17 @@ func (s *core) revokeGroup(ctx context.Context, r Revocation) int {
 	return s.recordRevoked(ctx, r, members, "ok", true)
 }
 
-// liveInGroup lists agent's leases in group that have not ended.
-func (s *core) liveInGroup(ctx context.Context, agent, group string) ([]*Lease, error) {
-	var out []*Lease
+// liveByGroup returns agent's leases that have not ended, by group.
+func (s *core) liveByGroup(ctx context.Context, agent string) (map[string][]*Lease, error) {
+	out := map[string][]*Lease{}
 	for _, state := range []LeaseState{StateActive, StateRevoking, StateIrrevocable} {
 		leases, err := s.store.Leases(ctx, LeaseFilter{Agent: agent, State: state})
 		if err != nil {
 			return nil, err
 		}
 		for _, l := range leases {
-			if l.Refs.Group == group {
-				out = append(out, l)
+			if l.Refs.Group != "" {
+				out[l.Refs.Group] = append(out[l.Refs.Group], l)
 			}
 		}
 	}

@@ -22,15 +22,21 @@ func (s Leases) ProcessRevocations(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	var groups, single []Revocation
+	var single []Revocation
+	byAgent := map[string][]Revocation{} // group revocations
+	var agents []Revocation               // the first of each agent's
 	for _, r := range due {
-		if isGroupEntry(r) {
-			groups = append(groups, r)
-		} else {
+		switch {
+		case !isGroupEntry(r):
 			single = append(single, r)
+		case byAgent[r.Agent] == nil:
+			agents = append(agents, r)
+			fallthrough
+		default:
+			byAgent[r.Agent] = append(byAgent[r.Agent], r)
 		}
 	}
-	done := s.run(groups, func(r Revocation) int { return s.revokeGroup(ctx, r) }) +
+	done := s.run(agents, func(r Revocation) int { return s.revokeGroups(ctx, byAgent[r.Agent]) }) +
 		s.run(single, func(r Revocation) int { return s.revokeOne(ctx, r) })
 	if n, err := s.store.QueueDepth(ctx); err == nil {
 		s.metrics.QueueDepth(n)
@@ -91,10 +97,14 @@ func (s *core) revokeOne(ctx context.Context, r Revocation) int {
 	return s.recordRevoked(ctx, r, []*Lease{l}, result, false) // l.ID is r's
 }
 
+// recordConcurrency bounds the batches recordRevoked writes at once: the
+// store shares their commits.
+const recordConcurrency = 4
+
 // recordRevoked records leases as ended by r (revoked, or expired for an
-// expiry) with their audit events, in batches, and dequeues them; the last
-// batch dequeues r itself when dequeueR. It returns how many were
-// recorded.
+// expiry) with their audit events, in batches written concurrently, and
+// dequeues them; once all are written it dequeues r itself when dequeueR.
+// It returns how many were recorded.
 func (s *core) recordRevoked(ctx context.Context, r Revocation, leases []*Lease, result string, dequeueR bool) int {
 	now := s.now()
 	typ, state := EventRevoked, StateRevoked
@@ -105,11 +115,10 @@ func (s *core) recordRevoked(ctx context.Context, r Revocation, leases []*Lease,
 	if r.Group != "" {
 		details["group"] = r.Group
 	}
-	done := 0
-	for start := 0; start == 0 || start < len(leases); start += revokeBatch {
-		batch := leases[start:min(start+revokeBatch, len(leases))]
+	var batches []Change
+	for start := 0; start < len(leases); start += revokeBatch {
 		var c Change
-		for _, l := range batch {
+		for _, l := range leases[start:min(start+revokeBatch, len(leases))] {
 			l.State, l.EndedAt, l.LastError = state, now, ""
 			if l.RevokeReason == "" {
 				l.RevokeReason = r.Reason // revoked with its group
@@ -119,21 +128,36 @@ func (s *core) recordRevoked(ctx context.Context, r Revocation, leases []*Lease,
 			c.Events = append(c.Events, Event{Type: typ, Actor: "latch", Subject: l.Agent, Task: l.Task, Lease: l.ID,
 				Outcome: string(state), Details: details})
 		}
-		if dequeueR && start+revokeBatch >= len(leases) && r.LeaseID != "" {
-			c.Dequeue = append(c.Dequeue, r.LeaseID)
-		}
-		if _, err := s.apply(ctx, c); err != nil {
-			// Revoking again is harmless (Revoke is idempotent): the queue
-			// entry stays and the next pass records the rest.
-			s.log.Error("record confirmed revocations", "leases", len(batch), "err", err)
-			return done
-		}
-		for range batch {
-			s.metrics.RevocationDone(result)
-		}
-		done += len(batch)
+		batches = append(batches, c)
 	}
-	return done
+	var done atomic.Int64
+	var failed atomic.Bool
+	sem := make(chan struct{}, recordConcurrency)
+	var wg sync.WaitGroup
+	for _, c := range batches {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if _, err := s.apply(ctx, c); err != nil {
+				// Revoking again is harmless (Revoke is idempotent): the
+				// queue entry stays and the next pass records the rest.
+				s.log.Error("record confirmed revocations", "leases", len(c.PutLeases), "err", err)
+				failed.Store(true)
+				return
+			}
+			for range c.PutLeases {
+				s.metrics.RevocationDone(result)
+			}
+			done.Add(int64(len(c.PutLeases)))
+		})
+	}
+	wg.Wait()
+	if dequeueR && !failed.Load() {
+		if _, err := s.apply(ctx, Change{Dequeue: []string{r.LeaseID}}); err != nil {
+			s.log.Error("dequeue a finished revocation", "revocation", r.LeaseID, "err", err)
+		}
+	}
+	return int(done.Load())
 }
 
 // revocationFailed records a failed try: retried with backoff, never

@@ -65,11 +65,21 @@ func NewGroups(c *Client, role, display string, maxFor time.Duration) *Groups {
 		open: map[string]*Group{}, byAcc: map[string]*Group{}}
 }
 
+// GroupShards is how many groups share one agent, task and template
+// version, each lease in one of them by its ID: a bulk revocation revokes
+// their parents concurrently, and Vault revokes each parent's tree on one
+// thread, so one group alone would leave Vault's other cores idle.
+const GroupShards = 4
+
 // groupKey: with the max TTL too, so that a group's parent lives no
 // longer than its own credentials need (a template version has one TTL,
-// but requests may ask for less).
+// but requests may ask for less), and the lease's shard.
 func groupKey(req broker.MintRequest) string {
-	return req.Agent + "\x00" + req.Task + "\x00" + req.TemplateVersion + "\x00" + req.EffectiveMaxTTL().String()
+	shard := 0
+	if id := req.LeaseID; id != "" {
+		shard = int(id[len(id)-1]) % GroupShards
+	}
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%d", req.Agent, req.Task, req.TemplateVersion, req.EffectiveMaxTTL(), shard)
 }
 
 func (gs *Groups) takes(key string, req broker.MintRequest) *Group {

@@ -10,6 +10,7 @@ import (
 
 	vaultapi "github.com/hashicorp/vault/api"
 
+	"github.com/latchbroker/latch/backends/vault"
 	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/integration/vaultenv"
@@ -231,9 +232,9 @@ func TestVaultToken_BadPolicy(t *testing.T) {
 }
 
 // TestVaultToken_Groups: an agent's tokens of one task and template
-// version are children of one parent. Revoking one token leaves its
-// siblings; revoking the group revokes them all, in one call, and no
-// other group's token.
+// version are children of a few parents (vault.GroupShards). Revoking one
+// token leaves its siblings; revoking the group revokes them all, in one
+// call, and no other group's token.
 func TestVaultToken_Groups(t *testing.T) {
 	const agentA, agentB = "spiffe://example.org/agent/a", "spiffe://example.org/agent/b"
 	e := setup(t)
@@ -256,29 +257,55 @@ func TestVaultToken_Groups(t *testing.T) {
 		}
 		return ok
 	}
-	a1, a2, a3 := mint(agentA, "sha256:1"), mint(agentA, "sha256:1"), mint(agentA, "sha256:1")
+	byGroup := map[string][]broker.Minted{}
+	for range 3 * vault.GroupShards {
+		m := mint(agentA, "sha256:1")
+		byGroup[m.Refs.Group] = append(byGroup[m.Refs.Group], m)
+	}
 	otherVersion, otherAgent := mint(agentA, "sha256:2"), mint(agentB, "sha256:1")
-	if a1.Refs.Group != a2.Refs.Group || a1.Refs.Group == otherVersion.Refs.Group || a1.Refs.Group == otherAgent.Refs.Group {
-		t.Fatalf("groups %s %s, other version %s, other agent %s: want one per agent × task × version",
-			a1.Refs.Group, a2.Refs.Group, otherVersion.Refs.Group, otherAgent.Refs.Group)
+	if len(byGroup) > vault.GroupShards || byGroup[otherVersion.Refs.Group] != nil || byGroup[otherAgent.Refs.Group] != nil {
+		t.Fatalf("%d groups for one agent × task × version (want at most %d), other version in one of them: %v, other agent: %v",
+			len(byGroup), vault.GroupShards, byGroup[otherVersion.Refs.Group] != nil, byGroup[otherAgent.Refs.Group] != nil)
 	}
-	if err := e.tokens.Revoke(ctx, a3.Refs); err != nil {
+	var group string
+	for g, ms := range byGroup {
+		if len(ms) >= 3 {
+			group = g
+		}
+	}
+	if group == "" {
+		t.Fatalf("no group holds 3 of %d tokens in %d groups", 3*vault.GroupShards, len(byGroup))
+	}
+	ms := byGroup[group]
+	if err := e.tokens.Revoke(ctx, ms[0].Refs); err != nil {
 		t.Fatal(err)
 	}
-	if alive(a3) || !alive(a1) || !alive(a2) {
-		t.Fatalf("revoking one token: alive %v %v %v, want only the revoked one gone", alive(a1), alive(a2), alive(a3))
+	if alive(ms[0]) || !alive(ms[1]) || !alive(ms[2]) {
+		t.Fatalf("revoking one token: alive %v %v %v, want only the revoked one gone", alive(ms[0]), alive(ms[1]), alive(ms[2]))
 	}
-	if err := e.tokens.RevokeGroup(ctx, a1.Refs.Group, nil); err != nil {
+	if err := e.tokens.RevokeGroup(ctx, group, nil); err != nil {
 		t.Fatal(err)
 	}
-	if alive(a1) || alive(a2) || !alive(otherVersion) || !alive(otherAgent) {
-		t.Fatalf("after the group's revocation: alive %v %v, others %v %v", alive(a1), alive(a2), alive(otherVersion), alive(otherAgent))
+	for _, m := range ms {
+		if alive(m) {
+			t.Fatalf("token %s outlived its group's revocation", m.Refs.TokenAccessor)
+		}
 	}
-	// The revoked group takes no new token: the next one opens another.
-	if next := mint(agentA, "sha256:1"); next.Refs.Group == a1.Refs.Group || !alive(next) {
-		t.Fatalf("a mint after the group's revocation used group %s (alive %v)", next.Refs.Group, alive(next))
+	for g, others := range byGroup {
+		if g != group && !alive(others[0]) {
+			t.Fatalf("a token of group %s died with group %s", g, group)
+		}
 	}
-	if err := e.tokens.RevokeGroup(ctx, a1.Refs.Group, nil); err != nil {
+	if !alive(otherVersion) || !alive(otherAgent) {
+		t.Fatal("another version's or agent's token died with the group")
+	}
+	// The revoked group takes no new token.
+	for range 2 * vault.GroupShards {
+		if next := mint(agentA, "sha256:1"); next.Refs.Group == group || !alive(next) {
+			t.Fatalf("a mint after the group's revocation used group %s (alive %v)", next.Refs.Group, alive(next))
+		}
+	}
+	if err := e.tokens.RevokeGroup(ctx, group, nil); err != nil {
 		t.Fatalf("revoking a revoked group again: %v", err)
 	}
 }
