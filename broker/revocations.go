@@ -24,7 +24,7 @@ func (s Leases) ProcessRevocations(ctx context.Context) (int, error) {
 	}
 	var single []Revocation
 	byAgent := map[string][]Revocation{} // group revocations
-	var agents []Revocation               // the first of each agent's
+	var agents []Revocation              // the first of each agent's
 	for _, r := range due {
 		switch {
 		case !isGroupEntry(r):
