@@ -81,8 +81,9 @@ type PolicyCollector interface {
 }
 
 // Grouper is implemented by backends that create each credential under a
-// parent shared by the leases of one agent, task and template version
-// (vault-token: a parent token, rotated), named in Refs.Group from Namer.
+// parent shared by leases of one agent, task and template version
+// (vault-token: a parent token; vault-lease: the mint token the secret is
+// read with; sharded and rotated), named in Refs.Group from Namer.
 // A revocation by agent, task, template or all then revokes each group's
 // parent once, which revokes every credential under it, instead of one
 // call per lease; one lease is still revoked by its own refs.

@@ -7,7 +7,9 @@
 // commit: issuing.go, mint.go, limits.go) and hands out its other parts,
 // each a type of its own over the same state: Leases, the lease lifecycle
 // (leases.go: revoke, release, sweep; renew.go; revocations.go: the
-// durable queue; reconcile.go), Approvals (approval.go, with ApplyReview a
+// durable queue; groups.go: revocation by group, for backends that create
+// credentials under a shared parent; policies.go: shared policies'
+// collection; reconcile.go), Approvals (approval.go, with ApplyReview a
 // pure transition), Agents with the freeze (agents.go) and Audit (events.go:
 // the one follower of the event log; reject.go). Who may do what is
 // authorize.go's Authorize, used by the HTTP API and the Service alike.

@@ -31,22 +31,15 @@ func (s *core) grouper(l *Lease) Grouper {
 	return g
 }
 
-// groupsOf returns the groups of leases, each forgotten by its backend
-// (no new credential joins it), when byGroup.
-func (s *core) groupsOf(leases []*Lease, byGroup bool) []RetiredGroup {
-	if !byGroup {
+// retireGroupOf returns l's group to retire, forgotten by its backend
+// first (no new credential joins it); none when l is in no group.
+func (s *core) retireGroupOf(l *Lease) []RetiredGroup {
+	g := s.grouper(l)
+	if g == nil {
 		return nil
 	}
-	seen := map[string]bool{}
-	var out []RetiredGroup
-	for _, l := range leases {
-		if g := s.grouper(l); g != nil && !seen[l.Refs.Group] {
-			seen[l.Refs.Group] = true
-			g.ForgetGroup(l.Refs.Group)
-			out = append(out, RetiredGroup{Group: l.Refs.Group, Backend: l.Backend})
-		}
-	}
-	return out
+	g.ForgetGroup(l.Refs.Group)
+	return []RetiredGroup{{Group: l.Refs.Group, Backend: l.Backend}}
 }
 
 // collectedGroups are the retired groups whose parent this process has
@@ -151,8 +144,7 @@ func (s *core) queueGroups(ctx context.Context, actor, reason string, typ EventT
 	count, task := map[string]int{}, map[string]string{}
 	var c Change
 	for _, l := range leases {
-		g := s.grouper(l)
-		if g == nil {
+		if s.grouper(l) == nil {
 			rest = append(rest, l)
 			continue
 		}
@@ -160,8 +152,7 @@ func (s *core) queueGroups(ctx context.Context, actor, reason string, typ EventT
 			continue
 		}
 		task[l.Refs.Group] = l.Task
-		g.ForgetGroup(l.Refs.Group)
-		c.RetireGroups = append(c.RetireGroups, RetiredGroup{Group: l.Refs.Group, Backend: l.Backend})
+		c.RetireGroups = append(c.RetireGroups, s.retireGroupOf(l)...)
 		c.Enqueue = append(c.Enqueue, Revocation{LeaseID: groupEntryPrefix + l.Refs.Group, Group: l.Refs.Group,
 			Agent: l.Agent, Backend: l.Backend, Reason: reason, Actor: actor, NextAttempt: s.now()})
 	}

@@ -96,7 +96,7 @@ func (s *core) reconcileIntent(ctx context.Context, l *Lease) error {
 		ev.Outcome = "revoking"
 		// Its credential may exist unrecorded under the group's parent:
 		// the group takes nothing more, and is collected once empty.
-		c.RetireGroups = s.groupsOf([]*Lease{l}, true)
+		c.RetireGroups = s.retireGroupOf(l)
 	}
 	c.Events = []Event{ev}
 	_, err := s.apply(ctx, c)
