@@ -126,6 +126,12 @@ var (
 	// backend needs; it is a bug in the caller or a template that does not
 	// fit its backend, never a reason to retry.
 	ErrInvalidMintRequest = errors.New("invalid mint request")
+	// ErrGroupGone is returned by a Grouper's Mint when the group its
+	// refs name was revoked, or its parent expired, since the intent: a
+	// bulk revocation took the group while the issue was in flight. It is
+	// retryable: the Service tries the issue again, in a new group.
+	ErrGroupGone = fmt.Errorf("%w: the group's parent was revoked or expired since the intent", ErrBackendUnavailable)
+
 	// ErrExpiresOnItsOwn is returned by Revoke when the refs name nothing
 	// that can be revoked: a mint that crashed after the backend created
 	// the credential and before its refs were recorded (a vault-token

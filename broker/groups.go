@@ -13,8 +13,7 @@ import (
 // when a bulk revocation queues its leases, and when reconciliation finds
 // an intent of it, whose credential may exist unrecorded under the
 // parent. collectGroups revokes the parent of every retired group that no
-// live lease and no queued revocation names: what a crash left in it dies
-// then.
+// live lease names: what a crash left in it dies then.
 
 // RetiredFor is how long a group's mark is kept once its parent is
 // revoked. The mark fails the commit of a lease minted in the group while
@@ -69,28 +68,23 @@ func (c *collectedGroups) add(g string, collected bool) {
 }
 
 // collectGroups revokes the parent of each retired group that nothing
-// live names and no queued revocation will revoke, and drops the marks of
-// collected groups older than RetiredFor.
+// live names, and drops the marks of collected groups older than
+// RetiredFor.
 func (s *core) collectGroups(ctx context.Context) error {
 	marks, err := s.store.RetiredGroups(ctx)
 	if err != nil || len(marks) == 0 {
 		return err
 	}
-	due, err := s.store.DueRevocations(ctx, s.now().Add(100*365*24*time.Hour), 1<<30)
-	if err != nil {
-		return err
-	}
-	queued := map[string]bool{}
-	for _, r := range due {
-		queued[r.Group] = true
-	}
+	// A group whose revocation is queued names its leases still live
+	// (they stay active until it is done), so it is skipped here; once
+	// none is live, revoking its parent again is harmless.
 	use, err := s.store.PolicyUse(ctx)
 	if err != nil {
 		return err
 	}
 	var drop []string
 	for _, m := range marks {
-		if queued[m.Group] || use.LiveGroups[m.Group] {
+		if use.LiveGroups[m.Group] {
 			continue
 		}
 		if !s.collected.has(m.Group) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -57,7 +56,7 @@ func (b *groupingBackend) Mint(ctx context.Context, req broker.MintRequest) (bro
 	gone := b.revoked[g]
 	b.mu.Unlock()
 	if gone {
-		return broker.Minted{}, fmt.Errorf("%w: group %s revoked", broker.ErrBackendUnavailable, g)
+		return broker.Minted{}, fmt.Errorf("%w: group %s", broker.ErrGroupGone, g)
 	}
 	m, err := b.Backend.Mint(ctx, req)
 	if err != nil {
@@ -99,20 +98,13 @@ func (b *groupingBackend) ForgetGroup(g string) {
 	}
 }
 
-func newGroupingService(t *testing.T) (*boltstore.Store, *broker.Service, *groupingBackend) {
-	t.Helper()
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "latch.db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+// newGroupingService is a Service on a settable clock whose one backend
+// groups.
+func newGroupingService(t *testing.T) (*boltstore.Store, *broker.Service, *groupingBackend, *brokertest.Clock) {
 	b := newGroupingBackend()
-	svc, err := broker.NewService(context.Background(), broker.Config{Store: st, Policy: loadPolicy(t), Backends: map[string]broker.Backend{"fake": b},
-		RetryBase: time.Millisecond, RetryMax: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st, svc, b
+	clk := brokertest.NewClock(time.Now())
+	st, svc := newServiceOn(t, b, broker.Config{Now: clk.Now, RetryBase: time.Millisecond, RetryMax: time.Millisecond})
+	return st, svc, b, clk
 }
 
 func issueReport(ctx context.Context, svc *broker.Service, agent string) (*broker.Issued, error) {
@@ -138,7 +130,7 @@ func drain(t *testing.T, svc *broker.Service) {
 // lease still takes its own call.
 func TestGroups_BulkRevokeOneCallPerGroup(t *testing.T) {
 	ctx := context.Background()
-	st, svc, b := newGroupingService(t)
+	st, svc, b, _ := newGroupingService(t)
 	agents := []string{"spiffe://example.org/agent/report-a", "spiffe://example.org/agent/report-b"}
 	var ids []string
 	for i := range 1200 {
@@ -207,7 +199,7 @@ func TestGroups_BulkRevokeOneCallPerGroup(t *testing.T) {
 // credential died with its group.
 func TestGroups_RevokeWinsEveryRace(t *testing.T) {
 	ctx := context.Background()
-	st, svc, b := newGroupingService(t)
+	st, svc, b, _ := newGroupingService(t)
 	const agent = "spiffe://example.org/agent/report-a"
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -267,7 +259,7 @@ func TestGroups_RevokeWinsEveryRace(t *testing.T) {
 // unrecorded credential along.
 func TestGroups_CrashedIntentCollectsItsGroup(t *testing.T) {
 	ctx := context.Background()
-	st, svc, b := newGroupingService(t)
+	st, svc, b, _ := newGroupingService(t)
 	const agent = "spiffe://example.org/agent/report-a"
 	live, err := issueReport(ctx, svc, agent)
 	if err != nil {
@@ -313,7 +305,7 @@ func TestGroups_CrashedIntentCollectsItsGroup(t *testing.T) {
 // the backend is back, every lease of the group ends revoked.
 func TestGroups_FailedGroupRevokeIsRetried(t *testing.T) {
 	ctx := context.Background()
-	st, svc, b := newGroupingService(t)
+	st, svc, b, clk := newGroupingService(t)
 	const agent = "spiffe://example.org/agent/report-a"
 	for range 20 {
 		if _, err := issueReport(ctx, svc, agent); err != nil {
@@ -328,7 +320,7 @@ func TestGroups_FailedGroupRevokeIsRetried(t *testing.T) {
 		if n, err := svc.Leases().ProcessRevocations(ctx); err != nil || n != 0 {
 			t.Fatalf("ProcessRevocations during the outage = %d, %v", n, err)
 		}
-		time.Sleep(2 * time.Millisecond) // past the retry backoff (RetryMax 1 ms)
+		clk.Add(time.Second) // past the retry backoff (RetryMax 1 ms)
 	}
 	leases, err := st.Leases(ctx, broker.LeaseFilter{Agent: agent})
 	if err != nil {
@@ -341,7 +333,7 @@ func TestGroups_FailedGroupRevokeIsRetried(t *testing.T) {
 			t.Fatalf("lease %s during the outage: %s", l.ID, l.State)
 		}
 	}
-	due, err := st.DueRevocations(ctx, time.Now().Add(time.Hour), 0)
+	due, err := st.DueRevocations(ctx, clk.Now().Add(time.Hour), 0)
 	if err != nil || len(due) != 1 || due[0].Attempts != 3 || due[0].LastError == "" || due[0].Group != leases[0].Refs.Group {
 		t.Fatalf("queue during the outage: %+v, %v; want the group's revocation, tried 3 times, with its error", due, err)
 	}

@@ -19,15 +19,19 @@ func (s *core) mint(ctx context.Context, req IssueRequest, d templates.Decision,
 	for attempt := 1; ; attempt++ {
 		issued, err := s.mintOnce(ctx, req, d, backend, approval)
 		var e *Error
-		if attempt < groupRetries && errors.As(err, &e) && slices.Equal(e.Reasons, []string{ReasonGroupRetired}) {
-			continue // withheld and queued for revocation; the next try opens a new group
+		retired := errors.As(err, &e) && slices.Equal(e.Reasons, []string{ReasonGroupRetired})
+		if attempt < groupRetries && (retired || errors.Is(err, ErrGroupGone)) {
+			// A bulk revocation took the group in flight: what was
+			// minted is withheld and queued for revocation, and the next
+			// try opens a new group (or meets the stop that took it).
+			continue
 		}
 		return issued, err
 	}
 }
 
 // groupRetries bounds the tries of an issue whose group a bulk revocation
-// retired between its intent and its commit.
+// took between its intent and its commit.
 const groupRetries = 3
 
 func (s *core) mintOnce(ctx context.Context, req IssueRequest, d templates.Decision, backend Backend, approval *Approval) (*Issued, error) {

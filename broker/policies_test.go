@@ -87,20 +87,27 @@ func (b *sharingBackend) DeletePolicy(_ context.Context, name string) error {
 	return nil
 }
 
-// newSharingService is a Service on a bbolt store of its own whose one
-// backend ("fake") shares policies.
-func newSharingService(t *testing.T) (*boltstore.Store, *broker.Service, *sharingBackend) {
+// newServiceOn is a Service with cfg on a bbolt store of its own whose one
+// backend ("fake") is b.
+func newServiceOn(t *testing.T, b broker.Backend, cfg broker.Config) (*boltstore.Store, *broker.Service) {
 	t.Helper()
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "latch.db"), boltstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	b := newSharingBackend()
-	svc, err := broker.NewService(context.Background(), broker.Config{Store: st, Policy: loadPolicy(t), Backends: map[string]broker.Backend{"fake": b}})
+	cfg.Store, cfg.Policy, cfg.Backends = st, loadPolicy(t), map[string]broker.Backend{"fake": b}
+	svc, err := broker.NewService(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st, svc
+}
+
+// newSharingService is a Service whose one backend shares policies.
+func newSharingService(t *testing.T) (*boltstore.Store, *broker.Service, *sharingBackend) {
+	b := newSharingBackend()
+	st, svc := newServiceOn(t, b, broker.Config{})
 	return st, svc, b
 }
 

@@ -3,6 +3,7 @@ package vault
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -79,7 +80,8 @@ func groupKey(req broker.MintRequest) string {
 	if id := req.LeaseID; id != "" {
 		shard = int(id[len(id)-1]) % GroupShards
 	}
-	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%d", req.Agent, req.Task, req.TemplateVersion, req.EffectiveMaxTTL(), shard)
+	return req.Agent + "\x00" + req.Task + "\x00" + req.TemplateVersion + "\x00" +
+		strconv.FormatInt(int64(req.EffectiveMaxTTL()), 10) + "\x00" + strconv.Itoa(shard)
 }
 
 func (gs *Groups) takes(key string, req broker.MintRequest) *Group {
@@ -157,20 +159,30 @@ func (gs *Groups) Parent(accessor string) (*Group, bool) {
 	return g, ok && gs.c.Now().Before(g.expires)
 }
 
+// Held returns the group req's refs name (Prepared.Refs.Group), while this
+// process holds its parent's token. Otherwise the group was revoked
+// (forgotten first) or its parent expired since the intent: the error
+// wraps broker.ErrGroupGone, and the Service tries the issue again in a
+// new group.
+func (gs *Groups) Held(req broker.MintRequest) (*Group, error) {
+	g, ok := gs.Parent(req.Prepared.Refs.Group)
+	if !ok {
+		return nil, fmt.Errorf("%w: lease %s: group %s", broker.ErrGroupGone, req.LeaseID, req.Prepared.Refs.Group)
+	}
+	return g, nil
+}
+
 // Expires is when a group's parent expires: from memory, or else from
 // Vault (a parent of an earlier run of latch).
 func (gs *Groups) Expires(ctx context.Context, accessor string) (time.Time, error) {
 	if g, ok := gs.Parent(accessor); ok {
 		return g.expires, nil
 	}
-	s, err := gs.c.Write(ctx, "token.lookup-accessor", "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
+	data, err := gs.c.lookupAccessor(ctx, accessor)
 	if err != nil {
 		return time.Time{}, err
 	}
-	if s == nil || s.Data == nil {
-		return time.Time{}, fmt.Errorf("look up group parent %s: Vault returned no token data", accessor)
-	}
-	return gs.c.Now().Add(time.Duration(number(s.Data["ttl"])) * time.Second), nil
+	return gs.c.Now().Add(time.Duration(number(data["ttl"])) * time.Second), nil
 }
 
 // Forget stops using a group for new credentials (broker.Grouper's

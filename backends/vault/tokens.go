@@ -99,9 +99,22 @@ func (c *Client) RevokeAccessor(ctx context.Context, accessor string) error {
 	return err
 }
 
+// lookupAccessor returns the data of the token with this accessor:
+// Vault's error when it is gone (see isInvalidAccessor).
+func (c *Client) lookupAccessor(ctx context.Context, accessor string) (map[string]any, error) {
+	info, err := c.Write(ctx, "token.lookup-accessor", "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
+	if err != nil {
+		return nil, err
+	}
+	if info == nil || info.Data == nil {
+		return nil, &Error{Op: "token.lookup-accessor", Path: "auth/token/lookup-accessor", Messages: []string{"Vault returned no token data"}}
+	}
+	return info.Data, nil
+}
+
 // LookupAccessor reports whether the token with this accessor still exists.
 func (c *Client) LookupAccessor(ctx context.Context, accessor string) (alive bool, err error) {
-	_, err = c.Write(ctx, "token.lookup-accessor", "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
+	_, err = c.lookupAccessor(ctx, accessor)
 	switch {
 	case err == nil:
 		return true, nil
@@ -119,20 +132,17 @@ func (c *Client) LookupAccessor(ctx context.Context, accessor string) (alive boo
 // token's creation time. A token that is gone, not renewable or at its max
 // TTL yields broker.ErrNotRenewable.
 func (c *Client) RenewAccessor(ctx context.Context, accessor string, increment time.Duration) (time.Duration, error) {
-	info, err := c.Write(ctx, "token.lookup-accessor", "auth/token/lookup-accessor", map[string]any{"accessor": accessor})
+	data, err := c.lookupAccessor(ctx, accessor)
 	if err != nil {
 		if isInvalidAccessor(err) {
 			return 0, fmt.Errorf("%w: token is gone", broker.ErrNotRenewable)
 		}
 		return 0, err
 	}
-	if info == nil || info.Data == nil {
-		return 0, &Error{Op: "token.lookup-accessor", Path: "auth/token/lookup-accessor", Messages: []string{"Vault returned no token data"}}
-	}
-	if renewable, _ := info.TokenIsRenewable(); !renewable {
+	if renewable, _ := data["renewable"].(bool); !renewable {
 		return 0, fmt.Errorf("%w: the token was created non-renewable", broker.ErrNotRenewable)
 	}
-	if maxTTL, created := number(info.Data["explicit_max_ttl"]), number(info.Data["creation_time"]); maxTTL > 0 && created > 0 {
+	if maxTTL, created := number(data["explicit_max_ttl"]), number(data["creation_time"]); maxTTL > 0 && created > 0 {
 		left := time.Unix(created+maxTTL, 0).Sub(c.cfg.Now())
 		if left < time.Second {
 			return 0, fmt.Errorf("%w: the token reached its max TTL", broker.ErrNotRenewable)

@@ -145,10 +145,9 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 			return broker.Minted{}, err
 		}
 	}
-	g, ok := b.groups.Parent(req.Prepared.Refs.Group)
-	if !ok {
-		return broker.Minted{}, fmt.Errorf("vaultlease: %w: lease %s: the group's mint token %s was revoked or expired since the intent; ask again",
-			broker.ErrBackendUnavailable, req.LeaseID, req.Prepared.Refs.Group)
+	g, err := b.groups.Held(req)
+	if err != nil {
+		return broker.Minted{}, fmt.Errorf("vaultlease: %w", err)
 	}
 	s, err := b.c.Do(ctx, vault.Request{Op: "lease.read", Method: http.MethodGet, Path: path, Token: g.Token})
 	if err == nil && (s == nil || s.LeaseID == "") {

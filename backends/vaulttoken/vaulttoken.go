@@ -183,10 +183,9 @@ func (b *Backend) Mint(ctx context.Context, req broker.MintRequest) (broker.Mint
 		}
 		req.Prepared.Refs = refs
 	}
-	parent, ok := b.groups.Parent(req.Prepared.Refs.Group)
-	if !ok {
-		return broker.Minted{}, fmt.Errorf("vaulttoken: %w: lease %s: the group parent %s was revoked or expired since the intent; ask again",
-			broker.ErrBackendUnavailable, req.LeaseID, req.Prepared.Refs.Group)
+	parent, err := b.groups.Held(req)
+	if err != nil {
+		return broker.Minted{}, fmt.Errorf("vaulttoken: %w", err)
 	}
 	if !b.recentlyWritten(policy) {
 		if _, err := b.c.Write(ctx, "policy.write", "sys/policies/acl/"+policy, map[string]any{"policy": req.Policy}); err != nil {

@@ -43,10 +43,10 @@ func checkConditions(tx *bolt.Tx, c *broker.Conditions) (*broker.ConditionFailed
 			return failed, nil
 		}
 	}
-	if c.Policy != "" && policyDeleting(tx, c.Policy) {
+	if c.Policy != "" && marked(tx, bktPolicyDeleting, c.Policy) {
 		return &broker.ConditionFailed{Reason: broker.ReasonPolicyDeleting}, nil
 	}
-	if c.Group != "" && groupRetired(tx, c.Group) {
+	if c.Group != "" && marked(tx, bktGroupsRetired, c.Group) {
 		return &broker.ConditionFailed{Reason: broker.ReasonGroupRetired}, nil
 	}
 	if c.Intent != "" && tx.Bucket(bktIntents).Get([]byte(c.Intent)) == nil {

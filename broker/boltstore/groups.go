@@ -34,31 +34,13 @@ func prepareGroups(w *write, c broker.Change) error {
 	return nil
 }
 
-func groupRetired(tx *bolt.Tx, group string) bool {
-	b := tx.Bucket(bktGroupsRetired)
-	return b != nil && b.Get([]byte(group)) != nil
-}
-
 func (w *write) writeGroupMarks(tx *bolt.Tx) error {
-	if len(w.retireGroups) == 0 && len(w.forgetGroups) == 0 {
-		return nil
-	}
-	b, err := tx.CreateBucketIfNotExists(bktGroupsRetired)
-	if err != nil {
-		return err
-	}
-	for _, n := range w.forgetGroups {
-		if err := b.Delete([]byte(n)); err != nil {
-			return err
-		}
-	}
-	for _, g := range w.retireGroups {
+	put := make([]kv, len(w.retireGroups))
+	for i, g := range w.retireGroups {
 		v := binary.BigEndian.AppendUint64(nil, uint64(w.now.UnixNano()))
-		if err := b.Put([]byte(g.Group), append(v, g.Backend...)); err != nil {
-			return err
-		}
+		put[i] = kv{[]byte(g.Group), append(v, g.Backend...)}
 	}
-	return nil
+	return writeMarks(tx, bktGroupsRetired, w.forgetGroups, put)
 }
 
 // RetiredGroups implements broker.Store.

@@ -59,30 +59,42 @@ func liveRefs(tx *bolt.Tx) (policies, groups map[string]bool) {
 	return policies, groups
 }
 
-func policyDeleting(tx *bolt.Tx, name string) bool {
-	b := tx.Bucket(bktPolicyDeleting)
+// marked reports whether name has a mark in bkt (policies_deleting,
+// groups_retired); a bucket not made yet holds none.
+func marked(tx *bolt.Tx, bkt []byte, name string) bool {
+	b := tx.Bucket(bkt)
 	return b != nil && b.Get([]byte(name)) != nil
 }
 
-func (w *write) writePolicyMarks(tx *bolt.Tx) error {
-	if len(w.markDeleting) == 0 && len(w.doneDeleting) == 0 {
+// writeMarks deletes the marks of del from bkt, then puts those of put,
+// making bkt when there is something to write.
+func writeMarks(tx *bolt.Tx, bkt []byte, del []string, put []kv) error {
+	if len(del) == 0 && len(put) == 0 {
 		return nil
 	}
-	b, err := tx.CreateBucketIfNotExists(bktPolicyDeleting)
+	b, err := tx.CreateBucketIfNotExists(bkt)
 	if err != nil {
 		return err
 	}
-	for _, n := range w.doneDeleting {
+	for _, n := range del {
 		if err := b.Delete([]byte(n)); err != nil {
 			return err
 		}
 	}
-	for _, n := range w.markDeleting {
-		if err := b.Put([]byte(n), []byte{1}); err != nil {
+	for _, m := range put {
+		if err := b.Put(m.k, m.v); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func (w *write) writePolicyMarks(tx *bolt.Tx) error {
+	put := make([]kv, len(w.markDeleting))
+	for i, n := range w.markDeleting {
+		put[i] = kv{[]byte(n), []byte{1}}
+	}
+	return writeMarks(tx, bktPolicyDeleting, w.doneDeleting, put)
 }
 
 // PolicyUse implements broker.Store.
