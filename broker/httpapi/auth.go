@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"time"
 
 	"github.com/latchbroker/latch/attest"
 	"github.com/latchbroker/latch/broker"
@@ -57,11 +56,7 @@ func (h *Handler) refuseUnidentified(ctx context.Context, r broker.Refusal) {
 		return
 	}
 	h.metrics.Violation(r.Reason)
-	n := h.suppressed.Add(1)
-	now := time.Now().UnixNano()
-	last := h.lastNote.Load()
-	if now-last >= int64(time.Second) && h.lastNote.CompareAndSwap(last, now) {
-		h.suppressed.Add(-n)
+	if n := h.unaudited.add(h.now()); n > 0 {
 		h.log.Warn("refused credentials arrive faster than the audit rate allows; not audited, only counted",
 			"not_audited", n, "last_reason", r.Reason, "last_remote", r.Remote)
 	}

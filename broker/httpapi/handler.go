@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -111,8 +110,8 @@ type Handler struct {
 	budget  *refusalBudget
 
 	refusals   *rate.Limiter
-	suppressed atomic.Int64 // refusals not audited since the last log line
-	lastNote   atomic.Int64 // unix nanos of that log line
+	unaudited  everySecond // refusals of unidentified callers past refusals
+	overBudget everySecond // 429 too_many_refusals answers
 }
 
 // New checks cfg and returns the handler.
@@ -261,6 +260,11 @@ func (h *Handler) finish(c *call, start time.Time, err error) {
 	switch {
 	case status >= 500:
 		h.log.Error("request failed", append(attrs, "code", c.errCode, "err", err)...)
+	case status == http.StatusTooManyRequests && overBudget(err):
+		// A flood writes a line a second, not one per request.
+		if n := h.overBudget.add(h.now()); n > 0 {
+			h.log.Info("requests refused: callers over their refusal budget", append(attrs, "count", n)...)
+		}
 	case status >= 400:
 		h.log.Info("request refused", append(attrs, "code", c.errCode, "err", err)...)
 	default:

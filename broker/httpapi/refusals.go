@@ -1,8 +1,11 @@
 package httpapi
 
 import (
+	"errors"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -59,6 +62,32 @@ func (b *refusalBudget) spend(key string, now time.Time) {
 }
 
 const reasonTooManyRefusals = "too_many_refusals"
+
+// overBudget says whether err is the refusal budget's 429.
+func overBudget(err error) bool {
+	var e *broker.Error
+	return errors.As(err, &e) && slices.Equal(e.Reasons, []string{reasonTooManyRefusals})
+}
+
+// everySecond counts events and lets one of them through a second,
+// carrying the count since the last one through: a flood logs a line a
+// second, not one per request.
+type everySecond struct {
+	n    atomic.Int64
+	last atomic.Int64 // unix nanos of the last one through
+}
+
+// add counts one event at now and returns how many the caller should
+// report: 0 while the second since the last report runs.
+func (e *everySecond) add(now time.Time) int64 {
+	n := e.n.Add(1)
+	last, t := e.last.Load(), now.UnixNano()
+	if t-last < int64(time.Second) || !e.last.CompareAndSwap(last, t) {
+		return 0
+	}
+	e.n.Add(-n)
+	return n
+}
 
 // refused says whether a finished request was refused for the caller's
 // fault, and with which reason: the label of latch_refused_total, a code

@@ -21,6 +21,7 @@ import (
 	"github.com/latchbroker/latch/attest/attesttest"
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/api"
+	"github.com/latchbroker/latch/broker/brokertest"
 	"github.com/latchbroker/latch/broker/client"
 	"github.com/latchbroker/latch/broker/httpapi"
 )
@@ -555,7 +556,8 @@ func TestNew_Config(t *testing.T) {
 // evaluated or audited, while everyone else is served; every refusal is
 // counted in latch_refused_total.
 func TestAPI_RefusalBudget(t *testing.T) {
-	e := newEnv(t, func(c *httpapi.Config) { c.RefusalsPerCaller = 5 })
+	clock := brokertest.NewClock(time.Now())
+	e := newEnv(t, func(c *httpapi.Config) { c.RefusalsPerCaller, c.Now = 5, clock.Now })
 	flood := e.as(intruder)
 	for i := range 5 {
 		if _, err := flood.Credentials(ctx, credReq("report", "mars")); client.Code(err) != api.CodeForbidden {
@@ -571,6 +573,20 @@ func TestAPI_RefusalBudget(t *testing.T) {
 	if after := len(e.events()); after != before {
 		t.Fatalf("requests past the budget wrote %d audit events, want none", after-before)
 	}
+	// Nor a log line each: one a second, with the count since the last
+	// (written after the answer, so waited for).
+	const line = "requests refused: callers over their refusal budget"
+	lines := func() int { return strings.Count(e.logs.String(), line) }
+	if !within(5*time.Second, func() bool { return lines() > 0 }) || lines() != 1 {
+		t.Fatalf("200 requests past the budget within a second logged %d lines, want 1", lines())
+	}
+	clock.Add(time.Second)
+	if _, err := flood.Credentials(ctx, credReq("report", "mars")); !limitedFor(err, "too_many_refusals") {
+		t.Fatalf("a request past the budget a second later: %v", err)
+	}
+	if !within(5*time.Second, func() bool { return lines() == 2 }) || !strings.Contains(e.logs.String(), "count=200") {
+		t.Fatalf("a second later, want a second line counting the 199 since and this one:\n%s", grep(e.logs.String(), line))
+	}
 	// Another caller, and an unidentified one (keyed by its connection),
 	// each have a budget of their own.
 	e.issue(reportBot, "report", "eu")
@@ -578,7 +594,7 @@ func TestAPI_RefusalBudget(t *testing.T) {
 		t.Fatalf("an unidentified caller: %d, want 401", status)
 	}
 	m := e.metricsText()
-	for _, want := range []string{`latch_refused_total{reason="too_many_refusals"} 200`, `latch_refused_total{reason="unknown_agent"} 5`, `latch_refused_total{reason="no_credential"} 1`} {
+	for _, want := range []string{`latch_refused_total{reason="too_many_refusals"} 201`, `latch_refused_total{reason="unknown_agent"} 5`, `latch_refused_total{reason="no_credential"} 1`} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s:\n%s", want, grep(m, "latch_refused_total"))
 		}

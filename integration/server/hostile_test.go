@@ -93,7 +93,8 @@ func insideCode(text, s string) bool {
 
 // TestServer_Flood: 10,000 denied requests from one SVID within about 10 s.
 // The server keeps answering a legitimate agent quickly, the audit chain
-// grows by a few events only, and the metrics count every refusal.
+// and the log grow by a few entries only, and the metrics count every
+// refusal.
 func TestServer_Flood(t *testing.T) {
 	l := startLatch(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -169,6 +170,10 @@ func TestServer_Flood(t *testing.T) {
 	}
 	if intruderEvents > 12 {
 		t.Errorf("the flood wrote %d audit events, want at most the first ten and a summary", intruderEvents)
+	}
+	// Nor the log: past its budget, the intruder costs a line a second.
+	if n := strings.Count(l.log(), intruder); n > 200 {
+		t.Errorf("the flood wrote %d log lines naming the intruder, want its first refusals and a line a second", n)
 	}
 	m := get(t, l.metrics+"/metrics")
 	if n := metricValue(m, `latch_refused_total{reason="too_many_refusals"}`); n < flood-100 {
