@@ -72,7 +72,7 @@ bench: tools ## Run every benchmark (integration benchmarks use the real stack)
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
 
 bench-pinned: tools ## Issuance vs Vault JWT login with Vault pinned to CPU 0 and latch to CPU 1 (taskset)
-	LATCH_BENCH_PIN=1 $(GO) test -run '^$$' -bench 'Issue_LatchJWT$$|VaultJWTLogin|Overhead' -count=1 ./integration/server/
+	LATCH_BENCH_PIN=1 $(GO) test -run '^$$' -bench 'Issue_LatchJWT$$|VaultJWTLogin|VaultTokenCreate|Overhead' -count=1 ./integration/server/
 
 stress: ## Race an operator's stop against requests in flight: the controls' tests, -race -count=50
 	$(GO) test -race -count=50 -run '^TestControls_' ./broker/

@@ -16,6 +16,9 @@ package server
 //     with Vault pinned to one core and the rest to the other (make
 //     bench-pinned, LATCH_BENCH_PIN=1). Their vault-cpu-ms/op and
 //     latch-cpu-ms/op give the CPU per issue and per login.
+//     BenchmarkVaultTokenCreate/Latch is latch's one Vault call made
+//     without latch: the floor under Vault's CPU per issue (/Root is the
+//     bare create).
 //   - Broker overhead at half load: BenchmarkOverhead/Latch vs
 //     BenchmarkOverhead/VaultTokenCreate, both paced at the same rate, half
 //     of the issues/s latch sustains on this machine (logged; the ops/s
@@ -69,6 +72,7 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/latchbroker/latch/backends/vaulttoken"
 	"github.com/latchbroker/latch/broker/api"
 	"github.com/latchbroker/latch/integration/vaultenv"
 )
@@ -81,12 +85,13 @@ const (
 	benchCallers = 16
 
 	// Vault set-up of the baselines, beside vaultenv's.
-	benchJWTMount    = "jwt-bench"    // JWT auth for the agents' JWT-SVIDs
-	benchJWTRole     = "agent"        // its role
-	benchVaultAud    = "vault"        // the audience of the agents' JWT-SVIDs for Vault
-	benchPolicy      = "bench-ticket" // what an agent's Vault token may do
-	benchMintRole    = "bench-mint"   // token role of BenchmarkOverhead's bare mint
-	benchRevokeRole  = "bench-revoke" // token role of BenchmarkRevoke10k_VaultPrefix
+	benchJWTMount    = "jwt-bench"          // JWT auth for the agents' JWT-SVIDs
+	benchJWTRole     = "agent"              // its role
+	benchVaultAud    = "vault"              // the audience of the agents' JWT-SVIDs for Vault
+	benchPolicy      = "bench-ticket"       // what an agent's Vault token may do
+	benchMintRole    = "bench-mint"         // token role of BenchmarkOverhead's bare mint
+	benchRevokeRole  = "bench-revoke"       // token role of BenchmarkRevoke10k_VaultPrefix
+	benchLatchPolicy = "latch-bench-ticket" // benchPolicy under a name latch's token role allows
 	benchTicketBody  = `{"task":"close-ticket","params":{"ticket":"42"},"reason":"benchmark"}`
 	benchRevokeCount = 10_000
 )
@@ -152,6 +157,10 @@ func benchEnv(b *testing.B) {
 			}
 			root := e.Root
 			if err := root.Sys().PutPolicyWithContext(ctx, benchPolicy,
+				`path "secret/data/tickets/*" { capabilities = ["read"] }`); err != nil {
+				return err
+			}
+			if err := root.Sys().PutPolicyWithContext(ctx, benchLatchPolicy,
 				`path "secret/data/tickets/*" { capabilities = ["read"] }`); err != nil {
 				return err
 			}
@@ -383,18 +392,18 @@ type vaultAuth struct {
 }
 
 func (a vaultAuth) check() (string, error) {
-	if a.Auth == nil || a.Auth.ClientToken == "" || !slices.Contains(a.Auth.Policies, benchPolicy) {
+	if a.Auth == nil || a.Auth.ClientToken == "" || !slices.ContainsFunc(a.Auth.Policies, func(p string) bool { return p == benchPolicy || p == benchLatchPolicy }) {
 		return "", fmt.Errorf("Vault answered 200 without a token with policy %s: %+v", benchPolicy, a.Auth)
 	}
 	return a.Auth.Accessor, nil
 }
 
 // vaultCall is one POST to Vault's API path, as root when asRoot.
-func vaultCall(path string, asRoot bool, body func(agent int) []byte) callFunc {
+func vaultCall(path, token string, body func(agent int) []byte) callFunc {
 	url := st.Vault.Addr + "/v1/" + path
 	h := http.Header{}
-	if asRoot {
-		h.Set("X-Vault-Token", st.Vault.RootToken)
+	if token != "" {
+		h.Set("X-Vault-Token", token)
 	}
 	return func(ctx context.Context, agent int) (string, error) {
 		var a vaultAuth
@@ -407,7 +416,7 @@ func vaultCall(path string, asRoot bool, body func(agent int) []byte) callFunc {
 
 // vaultJWTLogin is one login at Vault's JWT auth with agent's JWT-SVID.
 func vaultJWTLogin() callFunc {
-	return vaultCall("auth/"+benchJWTMount+"/login", false, func(agent int) []byte {
+	return vaultCall("auth/"+benchJWTMount+"/login", "", func(agent int) []byte {
 		b, _ := json.Marshal(map[string]string{"role": benchJWTRole, "jwt": benchSetup.vaultJWTs[agent]})
 		return b
 	})
@@ -690,6 +699,72 @@ func BenchmarkVaultJWTLogin(b *testing.B) {
 	assertGone(b, accessors)
 }
 
+// BenchmarkVaultTokenCreate: what Vault itself charges for the one call a
+// vault-token issue makes, at full load beside BenchmarkVaultJWTLogin.
+// Root is the bare create (root token, an orphan role). Latch is latch's
+// call without latch: the README's latch-token role, latch's request body,
+// and the token of a group parent made through latch-group by latch's own
+// AppRole login (so the tokens carry latch's entity, as latch's do).
+// Vault's CPU per issue cannot go below Latch's vault-cpu-ms/op.
+func BenchmarkVaultTokenCreate(b *testing.B) {
+	b.Run("Root", func(b *testing.B) {
+		benchEnv(b)
+		cpu := newCPUMeter(b, "vault", st.Vault.Pid())
+		accessors := runCallers(b, benchCallers, 0, vaultCall("auth/token/create/"+benchMintRole, st.Vault.RootToken,
+			func(int) []byte { return tokenCreateBody }))
+		cpu.report(b, b.N)
+		revokePrefix(b, "auth/token/create/"+benchMintRole)
+		assertGone(b, accessors)
+	})
+	b.Run("Latch", func(b *testing.B) {
+		benchEnv(b)
+		parent := latchGroupParent(b)
+		body := func(agent int) []byte {
+			return fmt.Appendf(nil, `{"display_name":"latch-close-ticket","explicit_max_ttl":"300s","meta":{"latch_agent":"%sbench-%d",`+
+				`"latch_lease":"01M8Y4FE1GRCKNTPNXW4Y0HHNN","latch_task":"close-ticket"},"no_default_policy":true,`+
+				`"policies":["%s"],"renewable":false,"ttl":"300s","type":"service"}`, agentPrefix, agent, benchLatchPolicy)
+		}
+		cpu := newCPUMeter(b, "vault", st.Vault.Pid())
+		accessors := runCallers(b, benchCallers, 0, vaultCall("auth/token/create/"+vaulttoken.DefaultTokenRole, parent, body))
+		cpu.report(b, b.N)
+		if err := setup(b).Root.Auth().Token().RevokeTreeWithContext(context.Background(), parent); err != nil {
+			b.Fatal(err)
+		}
+		assertGone(b, accessors)
+	})
+}
+
+// latchGroupParent logs in as latch (its AppRole) and creates a group
+// parent through the README's latch-group role, as vault-token does.
+func latchGroupParent(b *testing.B) string {
+	ctx := context.Background()
+	e := setup(b)
+	roleID, err := os.ReadFile(e.RoleIDFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	secretID, err := os.ReadFile(e.SecretIDFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	login, err := e.Root.Logical().WriteWithContext(ctx, "auth/approle/login", map[string]any{
+		"role_id": strings.TrimSpace(string(roleID)), "secret_id": strings.TrimSpace(string(secretID))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	latch, err := e.Root.Clone()
+	if err != nil {
+		b.Fatal(err)
+	}
+	latch.SetToken(login.Auth.ClientToken)
+	parent, err := latch.Logical().WriteWithContext(ctx, "auth/token/create/"+vaulttoken.DefaultGroupRole, map[string]any{
+		"policies": []string{"latch_group"}, "ttl": "1h"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return parent.Auth.ClientToken
+}
+
 // BenchmarkOverhead: latch's issue against the bare Vault mint call, both
 // paced at half of latch's saturated throughput (measured first, untimed,
 // with 1,500 issues from benchCallers callers after 300 to warm up). See the file comment.
@@ -719,7 +794,7 @@ func BenchmarkOverhead(b *testing.B) {
 	b.Run("VaultTokenCreate", func(b *testing.B) {
 		benchEnv(b)
 		cpu := newCPUMeter(b, "vault", st.Vault.Pid())
-		accessors := runCallers(b, benchCallers, half, vaultCall("auth/token/create/"+benchMintRole, true,
+		accessors := runCallers(b, benchCallers, half, vaultCall("auth/token/create/"+benchMintRole, st.Vault.RootToken,
 			func(int) []byte { return tokenCreateBody }))
 		cpu.report(b, b.N)
 		revokePrefix(b, "auth/token/create/"+benchMintRole)
@@ -805,7 +880,7 @@ func BenchmarkRevoke10k_VaultPrefix(b *testing.B) {
 	var total time.Duration
 	benchEnv(b)
 	prefix := "auth/token/create/" + benchRevokeRole
-	call := vaultCall(prefix, true, func(int) []byte { return tokenCreateBody })
+	call := vaultCall(prefix, st.Vault.RootToken, func(int) []byte { return tokenCreateBody })
 	for range b.N {
 		accessors := mintN(b, benchRevokeCount, call)
 		cpu := newCPUMeter(b, "vault", st.Vault.Pid())
