@@ -6,10 +6,12 @@ GO            ?= go
 
 VAULT_VERSION := 1.21.0
 SPIRE_VERSION := 1.13.3
+ETCD_VERSION  := 3.7.3
 TOOLS         := $(CURDIR)/.tools
 VAULT         := $(TOOLS)/vault-$(VAULT_VERSION)/vault
 SPIRE_SERVER  := $(TOOLS)/spire-$(SPIRE_VERSION)/spire-server
 SPIRE_AGENT   := $(TOOLS)/spire-$(SPIRE_VERSION)/spire-agent
+ETCD          := $(TOOLS)/etcd-$(ETCD_VERSION)/etcd
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -36,16 +38,18 @@ test: tools ## gofmt check, go vet, go test -race ./... with the integration tes
 	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) $$($(GO) list ./... | grep -v '/integration/server$$')
 	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) ./integration/server
 
-tools: $(VAULT) $(SPIRE_SERVER) $(SPIRE_AGENT) postgres ## Build Vault and SPIRE into .tools/ (once per version), install PostgreSQL
+tools: $(VAULT) $(SPIRE_SERVER) $(SPIRE_AGENT) $(ETCD) postgres ## Build Vault, SPIRE and etcd into .tools/ (once per version), install PostgreSQL
 	@mkdir -p $(TOOLS)/bin
 	@ln -sfn $(VAULT) $(TOOLS)/bin/vault
 	@ln -sfn $(SPIRE_SERVER) $(TOOLS)/bin/spire-server
 	@ln -sfn $(SPIRE_AGENT) $(TOOLS)/bin/spire-agent
-	@echo "tools ready: vault $(VAULT_VERSION), spire $(SPIRE_VERSION), $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"
+	@ln -sfn $(ETCD) $(TOOLS)/bin/etcd
+	@echo "tools ready: vault $(VAULT_VERSION), spire $(SPIRE_VERSION), etcd $(ETCD_VERSION), $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"
 
-# Vault and SPIRE are built from the Go module proxy in modules of their own
-# (tools/vault, tools/spire) so their dependency graphs stay out of latch's
-# go.mod. The first Vault build takes 5-12 minutes on 2 cores.
+# Vault, SPIRE and etcd are built from the Go module proxy in modules of
+# their own (tools/vault, tools/spire, tools/etcd) so their dependency graphs
+# stay out of latch's go.mod. The first Vault build takes 5-12 minutes on 2
+# cores.
 $(VAULT):
 	@echo "building Vault $(VAULT_VERSION) (first time only, 5-12 minutes) ..."
 	cd tools/vault && $(GO) build -trimpath -ldflags "-s -w" -o $@ github.com/hashicorp/vault
@@ -55,6 +59,10 @@ $(SPIRE_SERVER) $(SPIRE_AGENT):
 	cd tools/spire && $(GO) build -trimpath \
 		-ldflags "-s -w -X github.com/spiffe/spire/pkg/common/version.gittag=$(SPIRE_VERSION)" \
 		-o $@ github.com/spiffe/spire/cmd/$(notdir $@)
+
+$(ETCD):
+	@echo "building etcd $(ETCD_VERSION) (first time only) ..."
+	cd tools/etcd && $(GO) build -trimpath -ldflags "-s -w" -o $@ go.etcd.io/etcd/server/v3
 
 postgres: ## Install PostgreSQL from Debian when its server binaries are missing
 	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \

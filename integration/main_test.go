@@ -11,5 +11,5 @@ import (
 var st *stack.Stack
 
 func TestMain(m *testing.M) {
-	os.Exit(stack.Main(m, stack.All, &st))
+	os.Exit(stack.Main(m, stack.All|stack.WithEtcd, &st))
 }

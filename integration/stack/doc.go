@@ -15,6 +15,10 @@
 // and st.Vault.Stop / st.Vault.Start take it down and bring it back on the
 // same address.
 //
+// stack.WithEtcd adds a three-member etcd cluster (not in stack.All: only
+// the etcd store's tests need it); st.Etcd.Kill and st.Etcd.Restart crash
+// one member and bring it back with its data.
+//
 // The binaries come from `make tools` (.tools/bin). When one is missing the
 // harness fails with "run 'make tools'": integration tests never skip.
 package stack

@@ -25,6 +25,9 @@ const (
 	// Vault.Start can take it down and bring it back with its state. It
 	// implies WithVault.
 	WithPersistentVault
+	// WithEtcd runs a cluster of EtcdMembers etcd servers. All leaves it
+	// out: only the packages that test the etcd store ask for it.
+	WithEtcd
 
 	All = WithVault | WithSPIRE | WithPostgres
 )
@@ -36,6 +39,7 @@ type Stack struct {
 	Vault    *Vault
 	SPIRE    *SPIRE
 	Postgres *Postgres
+	Etcd     *Etcd
 }
 
 // Start starts the selected components in a new temporary directory. On
@@ -59,6 +63,7 @@ func Start(ctx context.Context, which Components) (*Stack, error) {
 		{WithPostgres, func() (err error) { s.Postgres, err = startPostgres(ctx, mkdir(dir, "postgres")); return }},
 		{WithVault, func() (err error) { s.Vault, err = startVault(ctx, mkdir(dir, "vault"), persistent); return }},
 		{WithSPIRE, func() (err error) { s.SPIRE, err = startSPIRE(ctx, mkdir(dir, "spire")); return }},
+		{WithEtcd, func() (err error) { s.Etcd, err = startEtcd(ctx, mkdir(dir, "etcd")); return }},
 	}
 	for _, st := range steps {
 		if which&st.want == 0 {
@@ -82,6 +87,9 @@ func mkdir(parent, name string) string {
 // Close stops every component in reverse order of start and keeps the
 // directory (and its logs) only when LATCH_KEEP_STACK is set.
 func (s *Stack) Close() {
+	if s.Etcd != nil {
+		s.Etcd.stop()
+	}
 	if s.SPIRE != nil {
 		s.SPIRE.stop()
 	}

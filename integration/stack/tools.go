@@ -13,6 +13,7 @@ import (
 const (
 	VaultVersion = "1.21.0"
 	SPIREVersion = "1.13.3"
+	EtcdVersion  = "3.7.3"
 )
 
 // ErrToolMissing is returned when a binary the stack needs is not installed.
