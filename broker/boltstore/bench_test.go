@@ -72,7 +72,7 @@ func benchIssue(b *testing.B, opts Options, callers int, mint time.Duration) {
 		var mine []time.Duration
 		for pb.Next() {
 			start := time.Now()
-			id := g.next()
+			id := g.Next()
 			l := lease(id, "spiffe://example.org/agent/bench", "report", broker.StatePending, t0.Add(10*time.Minute))
 			if _, err := s.Apply(ctx, broker.Change{PutIntents: []*broker.Lease{l}}); err != nil {
 				b.Error(err)
@@ -112,7 +112,7 @@ func BenchmarkApply_Serial(b *testing.B) {
 	g := newIDs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		id := g.next()
+		id := g.Next()
 		l := lease(id, "a", "t", broker.StateActive, t0.Add(time.Hour))
 		if _, err := s.Apply(ctx, broker.Change{PutLeases: []*broker.Lease{l}, Events: []broker.Event{ev(broker.EventIssue, id)}}); err != nil {
 			b.Fatal(err)
@@ -209,7 +209,7 @@ func buildBenchDB(name string, n int, active func(i int) bool) (string, error) {
 			if active(i) {
 				st = broker.StateActive
 			}
-			l := lease(g.next(), fmt.Sprintf("spiffe://example.org/agent/bot-%d", i%1000), fmt.Sprintf("task-%d", i%50), st, t0.Add(time.Duration(i)*time.Second))
+			l := lease(g.Next(), fmt.Sprintf("spiffe://example.org/agent/bot-%d", i%1000), fmt.Sprintf("task-%d", i%50), st, t0.Add(time.Duration(i)*time.Second))
 			l.TraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 			c.PutLeases = append(c.PutLeases, l)
 		}
@@ -311,7 +311,7 @@ func BenchmarkOpen(b *testing.B) {
 // BenchmarkDecodeLease is the cost of one stored lease read back: the
 // bulk of every scan above.
 func BenchmarkDecodeLease(b *testing.B) {
-	l := lease(newIDs().next(), "spiffe://example.org/agent/bot-1", "task-1", broker.StateActive, t0.Add(time.Hour))
+	l := lease(newIDs().Next(), "spiffe://example.org/agent/bot-1", "task-1", broker.StateActive, t0.Add(time.Hour))
 	l.TraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	v, _ := json.Marshal(l)
 	b.SetBytes(int64(len(v)))
@@ -396,7 +396,7 @@ func BenchmarkApply_Revoke10k(b *testing.B) {
 		for len(ls) < n {
 			var c broker.Change
 			for j := 0; j < 1000; j++ {
-				l := lease(g.next(), "spiffe://example.org/agent/rogue", fmt.Sprintf("task-%d", j%5), broker.StateActive, t0.Add(time.Hour))
+				l := lease(g.Next(), "spiffe://example.org/agent/rogue", fmt.Sprintf("task-%d", j%5), broker.StateActive, t0.Add(time.Hour))
 				ls = append(ls, l)
 				c.PutLeases = append(c.PutLeases, l)
 			}

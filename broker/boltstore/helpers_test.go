@@ -1,22 +1,30 @@
 package boltstore
 
 import (
-	"context"
-	"io"
-	"math/rand"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/oklog/ulid/v2"
-
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/storetest"
 )
 
-// t0 is the tests' "now": fixed, so expiry and queue order are exact.
-var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+// The suite's helpers, under the names the tests here have always used.
+var (
+	t0          = storetest.T0
+	newIDs      = storetest.NewIDs
+	lease       = storetest.Lease
+	ev          = storetest.Ev
+	leaseIDs    = storetest.LeaseIDs
+	approval    = storetest.Approval
+	approvalIDs = storetest.ApprovalIDs
+)
+
+func apply(t testing.TB, s *Store, c broker.Change) []broker.Event {
+	t.Helper()
+	return storetest.Apply(t, s, c)
+}
 
 func openTest(t testing.TB, opts Options) *Store {
 	t.Helper()
@@ -34,56 +42,6 @@ func openAt(t testing.TB, path string, opts Options) *Store {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
-}
-
-// ids hands out ULIDs in increasing order, as the Service does.
-type ids struct {
-	mu  sync.Mutex
-	at  time.Time
-	src io.Reader
-}
-
-func newIDs() *ids {
-	return &ids{at: t0, src: ulid.Monotonic(rand.New(rand.NewSource(1)), 0)}
-}
-
-func (g *ids) next() string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.at = g.at.Add(time.Millisecond)
-	return ulid.MustNew(ulid.Timestamp(g.at), g.src).String()
-}
-
-func lease(id, agent, task string, st broker.LeaseState, expires time.Time) *broker.Lease {
-	return &broker.Lease{
-		ID: id, State: st,
-		Asked: broker.Asked{Agent: agent, Task: task, TemplateVersion: "sha256:abc", Backend: "tokens",
-			Params: map[string]string{"region": "eu"}, Reason: "nightly report"},
-		Refs:     broker.Refs{TokenAccessor: "acc-" + id, Policy: "latch-" + id},
-		IssuedAt: t0, ExpiresAt: expires, MaxExpiresAt: expires.Add(time.Hour),
-	}
-}
-
-func ev(typ broker.EventType, lease string) broker.Event {
-	return broker.Event{Type: typ, Actor: "spiffe://example.org/agent/a", Lease: lease, Time: t0}
-}
-
-func apply(t testing.TB, s *Store, c broker.Change) []broker.Event {
-	t.Helper()
-	evs, err := s.Apply(context.Background(), c)
-	if err != nil {
-		t.Fatalf("Apply: %v", err)
-	}
-	return evs
-}
-
-// leaseIDs lists the IDs of ls, in order.
-func leaseIDs(ls []*broker.Lease) []string {
-	out := make([]string, len(ls))
-	for i, l := range ls {
-		out[i] = l.ID
-	}
-	return out
 }
 
 // copyFile copies a closed database so a test can tamper with the copy.

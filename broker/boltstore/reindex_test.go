@@ -36,7 +36,7 @@ func fillForReindex(t *testing.T, s *Store) {
 	states := []broker.LeaseState{broker.StateActive, broker.StateRevoking, broker.StateRevoked, broker.StateExpired, broker.StateFailed, broker.StateIrrevocable}
 	var c broker.Change
 	for i := 0; i < 500; i++ {
-		l := lease(g.next(), fmt.Sprintf("agent-%d", i%13), fmt.Sprintf("task-%d", i%4), states[i%len(states)], t0.Add(time.Duration(i)*time.Second))
+		l := lease(g.Next(), fmt.Sprintf("agent-%d", i%13), fmt.Sprintf("task-%d", i%4), states[i%len(states)], t0.Add(time.Duration(i)*time.Second))
 		l.RequestID = fmt.Sprintf("req-%d", i%50) // later leases take requests over
 		c.PutLeases = append(c.PutLeases, l)
 		if l.State == broker.StateRevoking {

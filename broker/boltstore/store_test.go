@@ -196,27 +196,6 @@ func TestStore_ReadOnly(t *testing.T) {
 	}
 }
 
-func TestStore_Closed(t *testing.T) {
-	s := openTest(t, Options{})
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	_, err := s.Apply(ctx, broker.Change{Events: []broker.Event{ev(broker.EventFreeze, "")}})
-	if !errors.Is(err, broker.ErrStoreUnavailable) {
-		t.Errorf("Apply after Close: err = %v, want ErrStoreUnavailable", err)
-	}
-	if _, err := s.Lease(ctx, "L1"); !errors.Is(err, broker.ErrStoreUnavailable) {
-		t.Errorf("Lease after Close: err = %v, want ErrStoreUnavailable", err)
-	}
-	if _, err := s.Leases(ctx, broker.LeaseFilter{}); !errors.Is(err, broker.ErrStoreUnavailable) {
-		t.Errorf("Leases after Close: err = %v, want ErrStoreUnavailable", err)
-	}
-	if err := s.Events(ctx, 0, func(broker.Event) (bool, error) { return true, nil }); !errors.Is(err, broker.ErrStoreUnavailable) {
-		t.Errorf("Events after Close: err = %v, want ErrStoreUnavailable", err)
-	}
-}
-
 // TestApply_DiskFull fills the file up to a size cap, as a full disk would,
 // and checks that the failing change leaves nothing and the chain stays
 // whole.
@@ -229,7 +208,7 @@ func TestApply_DiskFull(t *testing.T) {
 	var failed *broker.Lease
 	var err error
 	for i := 0; i < 10000 && err == nil; i++ {
-		l := lease(g.next(), "a", "t", broker.StateActive, t0.Add(time.Hour))
+		l := lease(g.Next(), "a", "t", broker.StateActive, t0.Add(time.Hour))
 		l.Reason = big
 		failed = l
 		e := ev(broker.EventIssue, l.ID)
