@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -186,47 +185,12 @@ func (w *write) empty() bool {
 		len(w.markDeleting) == 0 && len(w.doneDeleting) == 0 && len(w.retireGroups) == 0 && len(w.forgetGroups) == 0
 }
 
-var leaseStates = map[broker.LeaseState]bool{
-	broker.StatePending: true, broker.StateActive: true, broker.StateRevoking: true,
-	broker.StateRevoked: true, broker.StateExpired: true, broker.StateFailed: true,
-	broker.StateIrrevocable: true,
-}
-
-var agentStates = map[broker.AgentState]bool{
-	broker.AgentActive: true, broker.AgentPaused: true, broker.AgentQuarantined: true,
-}
-
-// checkID refuses what would break a key: empty, NUL, too long.
-func checkID(what, id string, required bool) error {
-	switch {
-	case id == "" && required:
-		return fmt.Errorf("%w: %s is empty", ErrInvalidChange, what)
-	case strings.IndexByte(id, sep) >= 0:
-		return fmt.Errorf("%w: %s %q contains a NUL byte", ErrInvalidChange, what, id)
-	case len(id) > maxIDLen:
-		return fmt.Errorf("%w: %s is %d bytes, more than %d", ErrInvalidChange, what, len(id), maxIDLen)
-	}
-	return nil
-}
-
-func checkLease(what string, l *broker.Lease) error {
-	if l == nil {
-		return fmt.Errorf("%w: nil %s", ErrInvalidChange, what)
-	}
-	if err := checkID(what+" ID", l.ID, true); err != nil {
-		return err
-	}
-	if err := checkID(what+" "+l.ID+" agent", l.Agent, true); err != nil {
-		return err
-	}
-	if err := checkID(what+" "+l.ID+" task", l.Task, true); err != nil {
-		return err
-	}
-	return checkID(what+" "+l.ID+" request ID", l.RequestID, false)
-}
-
-// prepare validates c and encodes what does not depend on stored state.
+// prepare validates c (broker.Change.Check) and encodes what does not
+// depend on stored state.
 func (s *Store) prepare(c broker.Change) (*write, error) {
+	if err := c.Check(); err != nil {
+		return nil, err
+	}
 	w := &write{conditions: c.Conditions, now: s.now()}
 	for _, step := range []func(*write, broker.Change) error{prepareIntents, prepareLeases, prepareQueue, prepareAgents, prepareRecords, preparePolicies, prepareGroups} {
 		if err := step(w, c); err != nil {
@@ -242,16 +206,8 @@ func (s *Store) prepare(c broker.Change) (*write, error) {
 }
 
 func prepareIntents(w *write, c broker.Change) error {
-	for _, id := range c.DeleteIntents {
-		if err := checkID("intent ID to delete", id, true); err != nil {
-			return err
-		}
-		w.deleteIntents = append(w.deleteIntents, id)
-	}
+	w.deleteIntents = c.DeleteIntents
 	for _, l := range c.PutIntents {
-		if err := checkLease("intent", l); err != nil {
-			return err
-		}
 		v, err := json.Marshal(l)
 		if err != nil {
 			return fmt.Errorf("%w: encode intent %s: %v", ErrInvalidChange, l.ID, err)
@@ -263,15 +219,6 @@ func prepareIntents(w *write, c broker.Change) error {
 
 func prepareLeases(w *write, c broker.Change) error {
 	for _, l := range c.PutLeases {
-		if err := checkLease("lease", l); err != nil {
-			return err
-		}
-		if !leaseStates[l.State] {
-			return fmt.Errorf("%w: lease %s has unknown state %q", ErrInvalidChange, l.ID, l.State)
-		}
-		if l.State == broker.StateActive && l.ExpiresAt.IsZero() {
-			return fmt.Errorf("%w: active lease %s has no expiry", ErrInvalidChange, l.ID)
-		}
 		v, err := json.Marshal(l)
 		if err != nil {
 			return fmt.Errorf("%w: encode lease %s: %v", ErrInvalidChange, l.ID, err)
@@ -284,16 +231,8 @@ func prepareLeases(w *write, c broker.Change) error {
 }
 
 func prepareQueue(w *write, c broker.Change) error {
-	for _, id := range c.Dequeue {
-		if err := checkID("revocation to dequeue", id, true); err != nil {
-			return err
-		}
-		w.dequeue = append(w.dequeue, id)
-	}
+	w.dequeue = c.Dequeue
 	for _, r := range c.Enqueue {
-		if err := checkID("revocation lease ID", r.LeaseID, true); err != nil {
-			return err
-		}
 		v, err := json.Marshal(r)
 		if err != nil {
 			return fmt.Errorf("%w: encode revocation %s: %v", ErrInvalidChange, r.LeaseID, err)
@@ -304,21 +243,7 @@ func prepareQueue(w *write, c broker.Change) error {
 }
 
 func prepareAgents(w *write, c broker.Change) error {
-	for _, a := range c.AgentStates {
-		if err := checkID("agent ID", a.ID, true); err != nil {
-			return err
-		}
-		if !agentStates[a.State] {
-			return fmt.Errorf("%w: agent %s has unknown state %q", ErrInvalidChange, a.ID, a.State)
-		}
-		w.agentStates = append(w.agentStates, a)
-	}
-	for _, u := range c.Uses {
-		if err := checkID("agent ID", u.Agent, true); err != nil {
-			return err
-		}
-		w.uses = append(w.uses, u)
-	}
+	w.agentStates, w.uses = c.AgentStates, c.Uses
 	return nil
 }
 
@@ -341,17 +266,13 @@ func prepareRecords(w *write, c broker.Change) error {
 	if c.Templates != nil {
 		w.templates = []kv{}
 		for name, version := range c.Templates {
-			if err := checkID("template name", name, true); err != nil {
-				return err
-			}
 			w.templates = append(w.templates, kv{[]byte(name), []byte(version)})
 		}
 	}
 	return nil
 }
 
-// prepareEvents stamps events without a time and refuses those whose
-// hash could not be computed.
+// prepareEvents stamps events without a time.
 func (s *Store) prepareEvents(w *write, events []broker.Event) error {
 	if len(events) == 0 {
 		return nil
@@ -359,16 +280,8 @@ func (s *Store) prepareEvents(w *write, events []broker.Event) error {
 	now := s.now()
 	w.events = make([]broker.Event, len(events))
 	for i, e := range events {
-		if e.Type == "" {
-			return fmt.Errorf("%w: event %d has no type", ErrInvalidChange, i)
-		}
 		if e.Time.IsZero() {
 			e.Time = now
-		}
-		// The canonical encoding is RFC 3339, which has four-digit
-		// years: outside them the hash cannot be computed.
-		if y := e.Time.UTC().Year(); y < 1 || y > 9999 {
-			return fmt.Errorf("%w: event %d time %s is outside the years 1 to 9999", ErrInvalidChange, i, e.Time)
 		}
 		w.events[i] = e
 	}

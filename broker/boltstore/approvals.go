@@ -45,37 +45,10 @@ type approvalWrite struct {
 	ix  approvalIndex
 }
 
-// prepareApprovals validates and encodes the approvals of a change. An
-// open approval without its deadline would never expire, so it is refused
-// like an active lease without expiry.
+// prepareApprovals encodes the approvals of a change.
 func prepareApprovals(as []*broker.Approval) ([]approvalWrite, error) {
 	var out []approvalWrite
 	for _, a := range as {
-		if a == nil {
-			return nil, fmt.Errorf("%w: nil approval", ErrInvalidChange)
-		}
-		if err := checkID("approval ID", a.ID, true); err != nil {
-			return nil, err
-		}
-		if err := checkID("approval "+a.ID+" agent", a.Agent, true); err != nil {
-			return nil, err
-		}
-		if err := checkID("approval "+a.ID+" task", a.Task, true); err != nil {
-			return nil, err
-		}
-		if err := checkID("approval "+a.ID+" request ID", a.RequestID, false); err != nil {
-			return nil, err
-		}
-		switch {
-		case !a.Status.Valid():
-			return nil, fmt.Errorf("%w: approval %s has unknown status %q", ErrInvalidChange, a.ID, a.Status)
-		case a.Status == broker.ApprovalPending && a.ExpiresAt.IsZero():
-			return nil, fmt.Errorf("%w: pending approval %s has no expiry", ErrInvalidChange, a.ID)
-		case a.Status == broker.ApprovalApproved && a.PickupBy.IsZero():
-			return nil, fmt.Errorf("%w: approved approval %s has no pickup deadline", ErrInvalidChange, a.ID)
-		case a.Status == broker.ApprovalConsumed && a.LeaseID == "":
-			return nil, fmt.Errorf("%w: consumed approval %s names no lease", ErrInvalidChange, a.ID)
-		}
 		v, err := json.Marshal(a)
 		if err != nil {
 			return nil, fmt.Errorf("%w: encode approval %s: %v", ErrInvalidChange, a.ID, err)

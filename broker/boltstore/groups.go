@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -18,18 +17,6 @@ import (
 var bktGroupsRetired = []byte("groups_retired")
 
 func prepareGroups(w *write, c broker.Change) error {
-	names := slices.Clone(c.ForgetGroups)
-	for _, g := range c.RetireGroups {
-		if g.Backend == "" {
-			return fmt.Errorf("%w: group %q has no backend", ErrInvalidChange, g.Group)
-		}
-		names = append(names, g.Group, g.Backend)
-	}
-	for _, n := range names {
-		if n == "" || len(n) > maxIDLen {
-			return fmt.Errorf("%w: group %q", ErrInvalidChange, n)
-		}
-	}
 	w.retireGroups, w.forgetGroups = c.RetireGroups, c.ForgetGroups
 	return nil
 }

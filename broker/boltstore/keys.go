@@ -9,14 +9,11 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// sep joins the fields of a composite key. Apply refuses IDs containing it,
-// so "agent ␀" is a prefix of that agent's keys and of no other agent's.
+// sep joins the fields of a composite key. Apply refuses IDs containing it
+// (broker.Change.Check), so "agent ␀" is a prefix of that agent's keys and
+// of no other agent's. IDs are at most broker.MaxIDLen bytes: two fields
+// and a time stay far below bbolt's 32 KiB key limit.
 const sep = 0
-
-// maxIDLen bounds each ID that goes into a key. A SPIFFE ID is at most
-// 2048 bytes; two fields and a time stay far below bbolt's 32 KiB key
-// limit.
-const maxIDLen = 4096
 
 // pairKey returns a ␀ b.
 func pairKey(a, b string) []byte {

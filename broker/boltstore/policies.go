@@ -2,7 +2,6 @@ package boltstore
 
 import (
 	"context"
-	"fmt"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -16,13 +15,6 @@ import (
 var bktPolicyDeleting = []byte("policies_deleting")
 
 func preparePolicies(w *write, c broker.Change) error {
-	for _, names := range [][]string{c.MarkDeleting, c.DoneDeleting} {
-		for _, n := range names {
-			if n == "" || len(n) > maxIDLen {
-				return fmt.Errorf("%w: policy name %q", ErrInvalidChange, n)
-			}
-		}
-	}
 	w.markDeleting, w.doneDeleting = c.MarkDeleting, c.DoneDeleting
 	return nil
 }

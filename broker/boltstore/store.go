@@ -30,9 +30,10 @@ var (
 	ErrNotLatch = errors.New("not a latch database")
 
 	// ErrInvalidChange means Apply refused a broker.Change before writing
-	// anything: a record without its ID, an ID with a NUL byte, an unknown
-	// state. It is a bug in the caller, never a reason to retry.
-	ErrInvalidChange = errors.New("invalid change")
+	// anything (broker.Change.Check): a record without its ID, an ID with
+	// a NUL byte, an unknown state. It is a bug in the caller, never a
+	// reason to retry.
+	ErrInvalidChange = broker.ErrInvalidChange
 
 	// ErrCorrupt means a stored record cannot be decoded or the audit log
 	// and its head disagree. Writes that would build on it are refused

@@ -16,7 +16,6 @@ var harness = storetest.Harness{
 	Open: func(t testing.TB, now func() time.Time) broker.Store {
 		return openAt(t, filepath.Join(t.TempDir(), "latch.db"), Options{Now: now})
 	},
-	Invalid: ErrInvalidChange,
 	Check: func(t testing.TB, s broker.Store, leases int) {
 		if leases < 0 {
 			assertEmpty(t, s.(*Store))

@@ -242,8 +242,8 @@ func applyInvalidApproval(t *testing.T, h Harness) {
 				PutApprovals: []*broker.Approval{good, tt.mod(ok())},
 				Events:       []broker.Event{Ev(broker.EventApprovalRequested, "")},
 			})
-			if !errors.Is(err, h.Invalid) {
-				t.Fatalf("Apply: %v, want h.Invalid", err)
+			if !errors.Is(err, broker.ErrInvalidChange) {
+				t.Fatalf("Apply: %v, want broker.ErrInvalidChange", err)
 			}
 			if _, err := s.Approval(context.Background(), good.ID); !errors.Is(err, broker.ErrApprovalNotFound) {
 				t.Fatalf("part of a refused change was written: %v", err)

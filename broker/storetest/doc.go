@@ -1,12 +1,12 @@
 // Package storetest is the test suite of broker.Store: one suite that every
-// implementation (boltstore, and the etcd store) runs, so that they keep
-// the same contract — atomic changes, conditions, indexes that follow every
-// update, the audit chain, the queue — and the Service can run on either.
+// implementation (boltstore, and the etcd store to come) runs, so that they
+// keep the same contract — refusing what broker.Change.Check refuses,
+// atomic changes, conditions, indexes that follow every update, the audit
+// chain, the queue — and the Service can run on either.
 //
 //	func TestSuite(t *testing.T) {
 //		storetest.Run(t, storetest.Harness{
-//			Open:    func(t testing.TB, now func() time.Time) broker.Store { ... },
-//			Invalid: ErrInvalidChange,
+//			Open: func(t testing.TB, now func() time.Time) broker.Store { ... },
 //		})
 //	}
 //

@@ -227,8 +227,8 @@ func applyInvalidLeavesNothing(t *testing.T, h Harness) {
 			c := good()
 			tt.change(&c)
 			evs, err := s.Apply(ctx, c)
-			if !errors.Is(err, h.Invalid) || errors.Is(err, broker.ErrStoreUnavailable) {
-				t.Fatalf("Apply: err = %v, want h.Invalid only", err)
+			if !errors.Is(err, broker.ErrInvalidChange) || errors.Is(err, broker.ErrStoreUnavailable) {
+				t.Fatalf("Apply: err = %v, want broker.ErrInvalidChange only", err)
 			}
 			if !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error %q does not say %q", err, tt.want)

@@ -23,7 +23,7 @@ func groupMarks(t *testing.T, h Harness) {
 	if use, err := s.PolicyUse(ctx); err != nil || !use.LiveGroups["g-1"] {
 		t.Fatalf("PolicyUse = %+v, %v; want g-1 live", use, err)
 	}
-	if _, err := s.Apply(ctx, broker.Change{RetireGroups: []broker.RetiredGroup{{Group: "g-1"}}}); !errors.Is(err, h.Invalid) {
+	if _, err := s.Apply(ctx, broker.Change{RetireGroups: []broker.RetiredGroup{{Group: "g-1"}}}); !errors.Is(err, broker.ErrInvalidChange) {
 		t.Fatalf("a mark without a backend: %v", err)
 	}
 	Apply(t, s, broker.Change{RetireGroups: []broker.RetiredGroup{{Group: "g-1", Backend: "tokens"}}})

@@ -20,9 +20,6 @@ type Harness struct {
 	// Open returns a new, empty store whose clock is now. The suite closes
 	// it (a second Close must be harmless).
 	Open func(t testing.TB, now func() time.Time) broker.Store
-	// Invalid is the error a store wraps when it refuses a Change before
-	// writing anything of it (a lease without an ID, an unknown state...).
-	Invalid error
 	// Check, when set, checks what the suite cannot see through the Store's
 	// reads, after a step: with leases >= 0 that the store holds exactly
 	// that many leases and no stale index entry; with -1 that a refused
