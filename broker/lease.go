@@ -34,7 +34,9 @@ func (s LeaseState) Live() bool {
 }
 
 // Valid reports whether s is one of the states above.
-func (s LeaseState) Valid() bool { return s.Live() || s == StateRevoked || s == StateExpired || s == StateFailed }
+func (s LeaseState) Valid() bool {
+	return s.Live() || s == StateRevoked || s == StateExpired || s == StateFailed
+}
 
 // Asked is what an agent's request asked for, as decided: an approval
 // and the lease it produces record the same.
