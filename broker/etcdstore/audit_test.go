@@ -1,0 +1,245 @@
+package etcdstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/storetest"
+)
+
+// TestChain_OneChainFromTwoReplicas: two clients (two replicas) append
+// from many goroutines at once. The log is one chain without a gap, every
+// append's events are adjacent, and each writer got back what was stored.
+func TestChain_OneChainFromTwoReplicas(t *testing.T) {
+	ctx := context.Background()
+	prefix := testPrefix(t)
+	replicas := []chain{newChain(newClient(t), prefix), newChain(newClient(t), prefix)}
+	const writers, each = 16, 10
+	var (
+		mu       sync.Mutex
+		returned = map[uint64]broker.Event{}
+		wg       sync.WaitGroup
+	)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := replicas[w%len(replicas)]
+			for i := range each {
+				lease := fmt.Sprintf("L%d-%d", w, i)
+				evs, err := c.append(ctx, []broker.Event{storetest.Ev(broker.EventRequest, lease), storetest.Ev(broker.EventIssue, lease)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if evs[1].Seq != evs[0].Seq+1 || evs[1].PrevHash != evs[0].Hash {
+					t.Errorf("the events of one append are not adjacent: %+v", evs)
+				}
+				mu.Lock()
+				for _, e := range evs {
+					if _, dup := returned[e.Seq]; dup {
+						t.Errorf("seq %d returned twice", e.Seq)
+					}
+					returned[e.Seq] = e
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	var v broker.ChainVerifier
+	err := replicas[0].events(ctx, 0, func(e broker.Event) (bool, error) {
+		if r, ok := returned[e.Seq]; !ok || !reflect.DeepEqual(r, e) {
+			t.Errorf("stored event %d differs from the one returned: %+v vs %+v", e.Seq, e, r)
+		}
+		return true, v.Next(e)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := uint64(writers * each * 2); v.Count() != want {
+		t.Errorf("the chain has %d events, want %d", v.Count(), want)
+	}
+	// The race was run: writers lost the head to each other and retried.
+	if n := replicas[0].conflicts.Load() + replicas[1].conflicts.Load(); n == 0 {
+		t.Error("no append ever lost the head to another: the writers did not race")
+	} else {
+		t.Logf("%d appends lost the head and chained again", n)
+	}
+	last, err := replicas[1].last(ctx)
+	if err != nil || last.Seq != v.Count() {
+		t.Errorf("last = %+v, %v; want seq %d", last, err, v.Count())
+	}
+}
+
+// TestChain_Events reads the log across pages, from every kind of start,
+// and stops where fn says.
+func TestChain_Events(t *testing.T) {
+	ctx := context.Background()
+	c := newChain(newClient(t), testPrefix(t))
+	if last, err := c.last(ctx); err != nil || last != nil {
+		t.Fatalf("last of an empty log = %v, %v", last, err)
+	}
+	const n = 2*eventPage + 37
+	for i := 0; i < n; i += 10 {
+		var evs []broker.Event
+		for j := i; j < min(i+10, n); j++ {
+			evs = append(evs, storetest.Ev(broker.EventRequest, fmt.Sprint(j)))
+		}
+		if _, err := c.append(ctx, evs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	collect := func(after, stopAt uint64) []uint64 {
+		t.Helper()
+		var seqs []uint64
+		err := c.events(ctx, after, func(e broker.Event) (bool, error) {
+			seqs = append(seqs, e.Seq)
+			return e.Seq != stopAt, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return seqs
+	}
+	for _, after := range []uint64{0, 1, eventPage - 1, eventPage, 300, n - 1, n, n + 5, 1<<64 - 1} {
+		var want []uint64
+		for q := after + 1; q <= n && after < n; q++ {
+			want = append(want, q)
+		}
+		if got := collect(after, 0); !slices.Equal(got, want) {
+			t.Errorf("events after %d: %d events, want %d", after, len(got), len(want))
+		}
+	}
+	if got := collect(10, 270); len(got) != 260 || got[len(got)-1] != 270 {
+		t.Errorf("events stopped by fn: %d events", len(got))
+	}
+	boom := errors.New("boom")
+	if err := c.events(ctx, 0, func(broker.Event) (bool, error) { return true, boom }); err != boom {
+		t.Errorf("events returns fn's error: got %v", err)
+	}
+}
+
+// TestChain_RolledBackHead: a head set back under a longer log (a restored
+// backup of the head alone, an edit) makes appends fail, naming it,
+// instead of forking the chain or retrying for ever.
+func TestChain_RolledBackHead(t *testing.T) {
+	ctx := context.Background()
+	cli := newClient(t)
+	c := newChain(cli, testPrefix(t))
+	for range 3 {
+		if _, err := c.append(ctx, []broker.Event{storetest.Ev(broker.EventConfigLoad, "")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := cli.Get(ctx, c.eventKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e broker.Event
+	if err := json.Unmarshal(first.Kvs[0].Value, &e); err != nil {
+		t.Fatal(err)
+	}
+	hv, _ := json.Marshal(headRecord{Seq: 1, Hash: e.Hash})
+	if _, err := cli.Put(ctx, c.headKey(), string(hv)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.append(ctx, []broker.Event{storetest.Ev(broker.EventFreeze, "")})
+	if !errors.Is(err, ErrCorrupt) || !errors.Is(err, broker.ErrStoreUnavailable) {
+		t.Fatalf("append over a rolled-back head: %v, want ErrCorrupt and ErrStoreUnavailable", err)
+	}
+	if res, _ := cli.Get(ctx, c.eventKey(4)); len(res.Kvs) != 0 {
+		t.Fatal("an event was written past the log")
+	}
+}
+
+// TestChain_LeaderKilled: writers append while the etcd leader is killed
+// and restarted. Every append that was acknowledged is in the log, the
+// log is one chain, and appends resume once a new leader is elected.
+func TestChain_LeaderKilled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c := newChain(newClient(t), testPrefix(t))
+	var (
+		mu    sync.Mutex
+		acked = map[uint64]string{}
+		stop  = make(chan struct{})
+		acks  = make(chan struct{}, 1<<16) // a token per acknowledged append
+		wg    sync.WaitGroup
+	)
+	appendOne := func(w, i int) {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		tag := fmt.Sprintf("w%d-%d", w, i)
+		evs, err := c.append(actx, []broker.Event{storetest.Ev(broker.EventRequest, tag)})
+		if err != nil {
+			return // not acknowledged: it may or may not be in the log
+		}
+		mu.Lock()
+		acked[evs[0].Seq] = tag
+		mu.Unlock()
+		acks <- struct{}{}
+	}
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				appendOne(w, i)
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	waitFor := func(n int) {
+		for count() < n {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("only %d appends acknowledged, waiting for %d", count(), n)
+			case <-acks:
+			}
+		}
+	}
+	waitFor(50)
+	leader, err := st.Etcd.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Etcd.Kill(leader)
+	killed, at := count(), time.Now()
+	waitFor(killed + 50) // a new leader serves the writers
+	t.Logf("appends resumed %v after the leader's kill", time.Since(at))
+	if err := st.Etcd.Restart(ctx, leader); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(count() + 50)
+	close(stop)
+	wg.Wait()
+
+	var v broker.ChainVerifier
+	stored := map[uint64]string{}
+	err = c.events(ctx, 0, func(e broker.Event) (bool, error) {
+		stored[e.Seq] = e.Lease
+		return true, v.Next(e)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for seq, tag := range acked {
+		if stored[seq] != tag {
+			t.Errorf("acknowledged event %d (%s) is %q in the log", seq, tag, stored[seq])
+		}
+	}
+}
