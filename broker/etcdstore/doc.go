@@ -1,27 +1,31 @@
 // Package etcdstore is broker.Store on etcd, for latch replicas that run
-// active-active (issue 15). It is being built: what exists is the audit
-// chain (audit.go), which replicas append to with a compare-and-swap on
-// its head, so that they write one chain in one order. It is not yet a
-// broker.Store, and no configuration selects it.
+// active-active (issue 15). It passes broker.Store's whole suite
+// (broker/storetest) on a real three-member cluster; the server does not
+// select it yet (store.etcd in the configuration, the duties' elections
+// and the live views are still to come).
 //
-// The design the rest follows:
+//	st, err := etcdstore.New(client, "/latch", etcdstore.Options{})
 //
-//   - Keys under one prefix (default /latch), a record per key and an
-//     index per key (index/<name>/<field>␀<id>), as boltstore's buckets;
-//     IDs never hold a NUL byte (broker.Change.Check).
-//   - Apply is one etcd transaction per change: it reads what the change
-//     depends on at one revision (old versions of the records it replaces,
-//     the agent, the freeze, the audit head, the ranges its conditions
-//     count), decides the conditions in Go, and commits the writes If every
-//     key read is unchanged (ModRevision, or CreateRevision 0 for a key
-//     that was absent) and no key of a range read was created or modified
-//     since (a ModRevision compare over the range); otherwise it reads
-//     again and retries. A failed condition writes nothing.
-//   - etcd bounds a transaction (--max-txn-ops, default 128; the request
-//     size, default 1.5 MiB): bulk revocations write hundreds of leases at
-//     once, so the cluster needs --max-txn-ops of a few thousand.
-//   - Background duties run on the replica holding an etcd election per
-//     duty; writes of a duty compare the election key's revision, so a
-//     replica that lost its lease cannot write for it.
-//   - Live views watch the audit prefix from a revision, in chain order.
+// How it keeps the contract:
+//
+//   - Keys under one prefix: a record per key (l/<lease>, i/<intent>,
+//     q/<revocation>, a/<agent>, p/<approval>...) and an entry per key in
+//     each index (x/<index>/<field>␀<id>, or a 16-hex-digit time then the
+//     ID for deadlines), as boltstore's buckets; IDs never hold a NUL byte
+//     (broker.Change.Check). The audit chain is audit/e/<seq> and
+//     audit/head.
+//   - Apply is optimistic (txn.go): a transaction reads what its changes
+//     depend on at one revision — the records they replace, the agent, the
+//     freeze, the audit head, the ranges their conditions count — decides
+//     the conditions in Go, and commits only if every key read is unchanged
+//     (ModRevision, or CreateRevision 0 for one that was absent) and no key
+//     of a range read was created or modified since; otherwise it reads
+//     again. Another replica's change in between makes it retry, so the
+//     changes of all replicas are serializable and the chain is one chain.
+//   - A replica's concurrent changes share a transaction (commit.go): each
+//     is written on the state its predecessors left, one that fails a
+//     condition is taken out alone.
+//   - etcd bounds a transaction: run the cluster with --max-txn-ops 10000
+//     and --max-request-bytes 10485760 (a bulk revocation writes hundreds
+//     of leases in one change).
 package etcdstore

@@ -34,3 +34,15 @@ func newClient(t testing.TB) *clientv3.Client {
 func testPrefix(t testing.TB) string {
 	return fmt.Sprintf("/latch-test/%s/%d", t.Name(), time.Now().UnixNano())
 }
+
+// newStore returns a store under prefix on a client of its own (a
+// replica), closed with the test.
+func newStore(t testing.TB, prefix string) *Store {
+	t.Helper()
+	s, err := New(newClient(t), prefix, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}

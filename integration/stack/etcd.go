@@ -89,6 +89,9 @@ func (e *Etcd) launch(i int, state string) error {
 		"--listen-peer-urls", m.peer, "--initial-advertise-peer-urls", m.peer,
 		"--initial-cluster", e.cluster, "--initial-cluster-state", state,
 		"--initial-cluster-token", "latch-test",
+		// What the etcd store needs (see broker/etcdstore): a bulk
+		// revocation writes hundreds of leases in one transaction.
+		"--max-txn-ops", "10000", "--max-request-bytes", strconv.Itoa(10<<20),
 		"--log-level", "warn",
 	)
 	if err != nil {

@@ -15,13 +15,13 @@ import (
 	"github.com/latchbroker/latch/broker/storetest"
 )
 
-// TestChain_OneChainFromTwoReplicas: two clients (two replicas) append
+// TestChain_OneChainFromTwoReplicas: two stores (two replicas) append
 // from many goroutines at once. The log is one chain without a gap, every
 // append's events are adjacent, and each writer got back what was stored.
-func TestChain_OneChainFromTwoReplicas(t *testing.T) {
+func TestAudit_OneChainFromTwoReplicas(t *testing.T) {
 	ctx := context.Background()
 	prefix := testPrefix(t)
-	replicas := []chain{newChain(newClient(t), prefix), newChain(newClient(t), prefix)}
+	replicas := []*Store{newStore(t, prefix), newStore(t, prefix)}
 	const writers, each = 16, 10
 	var (
 		mu       sync.Mutex
@@ -35,7 +35,7 @@ func TestChain_OneChainFromTwoReplicas(t *testing.T) {
 			c := replicas[w%len(replicas)]
 			for i := range each {
 				lease := fmt.Sprintf("L%d-%d", w, i)
-				evs, err := c.append(ctx, []broker.Event{storetest.Ev(broker.EventRequest, lease), storetest.Ev(broker.EventIssue, lease)})
+				evs, err := c.Apply(ctx, broker.Change{Events: []broker.Event{storetest.Ev(broker.EventRequest, lease), storetest.Ev(broker.EventIssue, lease)}})
 				if err != nil {
 					t.Error(err)
 					return
@@ -56,7 +56,7 @@ func TestChain_OneChainFromTwoReplicas(t *testing.T) {
 	}
 	wg.Wait()
 	var v broker.ChainVerifier
-	err := replicas[0].events(ctx, 0, func(e broker.Event) (bool, error) {
+	err := replicas[0].Events(ctx, 0, func(e broker.Event) (bool, error) {
 		if r, ok := returned[e.Seq]; !ok || !reflect.DeepEqual(r, e) {
 			t.Errorf("stored event %d differs from the one returned: %+v vs %+v", e.Seq, e, r)
 		}
@@ -68,13 +68,14 @@ func TestChain_OneChainFromTwoReplicas(t *testing.T) {
 	if want := uint64(writers * each * 2); v.Count() != want {
 		t.Errorf("the chain has %d events, want %d", v.Count(), want)
 	}
-	// The race was run: writers lost the head to each other and retried.
-	if n := replicas[0].conflicts.Load() + replicas[1].conflicts.Load(); n == 0 {
-		t.Error("no append ever lost the head to another: the writers did not race")
+	// The race was run: the replicas lost the head to each other and
+	// chained again.
+	if n := replicas[0].commits.conflicts.Load() + replicas[1].commits.conflicts.Load(); n == 0 {
+		t.Error("no batch ever lost the head to the other replica: they did not race")
 	} else {
-		t.Logf("%d appends lost the head and chained again", n)
+		t.Logf("%d batches lost the head to the other replica and chained again", n)
 	}
-	last, err := replicas[1].last(ctx)
+	last, err := replicas[1].LastEvent(ctx)
 	if err != nil || last.Seq != v.Count() {
 		t.Errorf("last = %+v, %v; want seq %d", last, err, v.Count())
 	}
@@ -82,10 +83,10 @@ func TestChain_OneChainFromTwoReplicas(t *testing.T) {
 
 // TestChain_Events reads the log across pages, from every kind of start,
 // and stops where fn says.
-func TestChain_Events(t *testing.T) {
+func TestAudit_Events(t *testing.T) {
 	ctx := context.Background()
-	c := newChain(newClient(t), testPrefix(t))
-	if last, err := c.last(ctx); err != nil || last != nil {
+	c := newStore(t, testPrefix(t))
+	if last, err := c.LastEvent(ctx); err != nil || last != nil {
 		t.Fatalf("last of an empty log = %v, %v", last, err)
 	}
 	const n = 2*eventPage + 37
@@ -94,14 +95,14 @@ func TestChain_Events(t *testing.T) {
 		for j := i; j < min(i+10, n); j++ {
 			evs = append(evs, storetest.Ev(broker.EventRequest, fmt.Sprint(j)))
 		}
-		if _, err := c.append(ctx, evs); err != nil {
+		if _, err := c.Apply(ctx, broker.Change{Events: evs}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	collect := func(after, stopAt uint64) []uint64 {
 		t.Helper()
 		var seqs []uint64
-		err := c.events(ctx, after, func(e broker.Event) (bool, error) {
+		err := c.Events(ctx, after, func(e broker.Event) (bool, error) {
 			seqs = append(seqs, e.Seq)
 			return e.Seq != stopAt, nil
 		})
@@ -123,7 +124,7 @@ func TestChain_Events(t *testing.T) {
 		t.Errorf("events stopped by fn: %d events", len(got))
 	}
 	boom := errors.New("boom")
-	if err := c.events(ctx, 0, func(broker.Event) (bool, error) { return true, boom }); err != boom {
+	if err := c.Events(ctx, 0, func(broker.Event) (bool, error) { return true, boom }); err != boom {
 		t.Errorf("events returns fn's error: got %v", err)
 	}
 }
@@ -131,12 +132,13 @@ func TestChain_Events(t *testing.T) {
 // TestChain_RolledBackHead: a head set back under a longer log (a restored
 // backup of the head alone, an edit) makes appends fail, naming it,
 // instead of forking the chain or retrying for ever.
-func TestChain_RolledBackHead(t *testing.T) {
+func TestAudit_RolledBackHead(t *testing.T) {
 	ctx := context.Background()
 	cli := newClient(t)
-	c := newChain(cli, testPrefix(t))
+	s := newStore(t, testPrefix(t))
+	c := s.audit
 	for range 3 {
-		if _, err := c.append(ctx, []broker.Event{storetest.Ev(broker.EventConfigLoad, "")}); err != nil {
+		if _, err := s.Apply(ctx, broker.Change{Events: []broker.Event{storetest.Ev(broker.EventConfigLoad, "")}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -152,7 +154,7 @@ func TestChain_RolledBackHead(t *testing.T) {
 	if _, err := cli.Put(ctx, c.headKey(), string(hv)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.append(ctx, []broker.Event{storetest.Ev(broker.EventFreeze, "")})
+	_, err = s.Apply(ctx, broker.Change{Events: []broker.Event{storetest.Ev(broker.EventFreeze, "")}})
 	if !errors.Is(err, ErrCorrupt) || !errors.Is(err, broker.ErrStoreUnavailable) {
 		t.Fatalf("append over a rolled-back head: %v, want ErrCorrupt and ErrStoreUnavailable", err)
 	}
@@ -164,10 +166,10 @@ func TestChain_RolledBackHead(t *testing.T) {
 // TestChain_LeaderKilled: writers append while the etcd leader is killed
 // and restarted. Every append that was acknowledged is in the log, the
 // log is one chain, and appends resume once a new leader is elected.
-func TestChain_LeaderKilled(t *testing.T) {
+func TestAudit_LeaderKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c := newChain(newClient(t), testPrefix(t))
+	c := newStore(t, testPrefix(t))
 	var (
 		mu    sync.Mutex
 		acked = map[uint64]string{}
@@ -179,7 +181,7 @@ func TestChain_LeaderKilled(t *testing.T) {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		tag := fmt.Sprintf("w%d-%d", w, i)
-		evs, err := c.append(actx, []broker.Event{storetest.Ev(broker.EventRequest, tag)})
+		evs, err := c.Apply(actx, broker.Change{Events: []broker.Event{storetest.Ev(broker.EventRequest, tag)}})
 		if err != nil {
 			return // not acknowledged: it may or may not be in the log
 		}
@@ -230,7 +232,7 @@ func TestChain_LeaderKilled(t *testing.T) {
 
 	var v broker.ChainVerifier
 	stored := map[uint64]string{}
-	err = c.events(ctx, 0, func(e broker.Event) (bool, error) {
+	err = c.Events(ctx, 0, func(e broker.Event) (bool, error) {
 		stored[e.Seq] = e.Lease
 		return true, v.Next(e)
 	})
