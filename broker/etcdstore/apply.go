@@ -84,6 +84,54 @@ func (s *Store) write(t *txn, c *broker.Change, events []broker.Event, now time.
 	return nil, nil
 }
 
+// keysOf lists the keys that writing c will get, for prefetch: the
+// records it replaces, the agents it updates, what its conditions name,
+// the audit head.
+func (s *Store) keysOf(c *broker.Change) []string {
+	keys := []string{s.audit.headKey()}
+	for _, id := range c.DeleteIntents {
+		keys = append(keys, s.k.intent(id))
+	}
+	for _, l := range c.PutLeases {
+		keys = append(keys, s.k.lease(l.ID))
+		if l.RequestID != "" {
+			keys = append(keys, s.k.index(ixRequest, l.Agent, l.RequestID))
+		}
+	}
+	for _, id := range c.Dequeue {
+		keys = append(keys, s.k.revocation(id))
+	}
+	for _, r := range c.Enqueue {
+		keys = append(keys, s.k.revocation(r.LeaseID))
+	}
+	for _, a := range c.AgentStates {
+		keys = append(keys, s.k.agent(a.ID))
+	}
+	for _, u := range c.Uses {
+		keys = append(keys, s.k.agent(u.Agent))
+	}
+	for _, a := range c.PutApprovals {
+		keys = append(keys, s.k.approval(a.ID))
+		if a.RequestID != "" {
+			keys = append(keys, s.k.index(ixApRequest, a.Agent, a.RequestID))
+		}
+	}
+	if cd := c.Conditions; cd != nil {
+		for _, k := range []struct{ name, key string }{
+			{cd.Agent, s.k.agent(cd.Agent)}, {cd.Template, s.k.template(cd.Template)}, {cd.Policy, s.k.deleting(cd.Policy)},
+			{cd.Group, s.k.retired(cd.Group)}, {cd.Intent, s.k.intent(cd.Intent)}, {cd.LeaseActive, s.k.lease(cd.LeaseActive)},
+		} {
+			if k.name != "" {
+				keys = append(keys, k.key)
+			}
+		}
+		if cd.NotFrozen {
+			keys = append(keys, s.k.freeze())
+		}
+	}
+	return keys
+}
+
 // decode reads one JSON record; one that does not decode is ErrCorrupt.
 func decode[T any](what string, v []byte) (*T, error) {
 	r := new(T)

@@ -66,15 +66,22 @@ func (c chain) appendIn(t *txn, events []broker.Event) error {
 	if h.Seq > 0 {
 		prev = &broker.Event{Seq: h.Seq, Hash: h.Hash}
 	}
+	// The record after the stored head must not exist (read once per
+	// transaction: a change after another in the batch chains after a head
+	// written here); the others are only compared, a read each would cost
+	// a round trip each.
+	if _, ours := t.writes[c.headKey()]; !ours {
+		if old, err := t.get(c.eventKey(h.Seq + 1)); err != nil {
+			return err
+		} else if old != nil {
+			return fmt.Errorf("%w: %w: audit record %d exists past the audit head %d", broker.ErrStoreUnavailable, ErrCorrupt, h.Seq+1, h.Seq)
+		}
+	}
 	for i := range events {
 		e := &events[i]
 		e.Chain(prev)
 		k := c.eventKey(e.Seq)
-		if old, err := t.get(k); err != nil {
-			return err
-		} else if old != nil {
-			return fmt.Errorf("%w: %w: audit record %d exists past the audit head %d", broker.ErrStoreUnavailable, ErrCorrupt, e.Seq, h.Seq)
-		}
+		t.absent(k)
 		v, err := json.Marshal(e)
 		if err != nil {
 			return fmt.Errorf("%w: encode event %d: %v", broker.ErrInvalidChange, e.Seq, err)

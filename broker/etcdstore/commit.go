@@ -142,6 +142,18 @@ func (c *committer) run(batch []*pending) []*pending {
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 		t := newTxn(ctx, c.s.cli)
 		now := c.s.now()
+		var keys []string
+		for _, p := range live {
+			keys = append(keys, c.s.keysOf(p.c)...)
+		}
+		if err := t.prefetch(keys); err != nil {
+			cancel()
+			for _, p := range live {
+				p.err = err
+				close(p.done)
+			}
+			return nil
+		}
 		var in, rest []*pending
 		for i, p := range live {
 			sp := t.savepoint()

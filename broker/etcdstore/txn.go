@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -24,11 +25,12 @@ type txn struct {
 	cmps []clientv3.Cmp
 	seen map[string]bool
 
-	writes map[string]*string // nil value: delete
+	cache  map[string]*mvccpb.KeyValue // prefetched keys; nil: absent
+	writes map[string]*string          // nil value: delete
 }
 
 func newTxn(ctx context.Context, kv clientv3.KV) *txn {
-	return &txn{ctx: ctx, kv: kv, seen: map[string]bool{}, writes: map[string]*string{}}
+	return &txn{ctx: ctx, kv: kv, seen: map[string]bool{}, cache: map[string]*mvccpb.KeyValue{}, writes: map[string]*string{}}
 }
 
 // at adds the revision option once the first read fixed it.
@@ -50,6 +52,38 @@ func (t *txn) read(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse
 	return res, nil
 }
 
+// prefetch reads keys in one request (a transaction of gets), so that the
+// gets of a batch of changes cost one round trip, not one each.
+func (t *txn) prefetch(keys []string) error {
+	var ops []clientv3.Op
+	for _, k := range keys {
+		if _, done := t.cache[k]; !done {
+			ops = append(ops, clientv3.OpGet(k, t.at()...))
+			t.cache[k] = nil
+		}
+	}
+	for len(ops) > 0 {
+		n := min(len(ops), maxBatchOps)
+		res, err := t.kv.Txn(t.ctx).Then(ops[:n]...).Commit()
+		if err != nil {
+			return unavailable("read", err)
+		}
+		if t.rev == 0 {
+			t.rev = res.Header.Revision
+		}
+		for _, r := range res.Responses {
+			for _, kv := range r.GetResponseRange().Kvs {
+				t.cache[string(kv.Key)] = kv
+			}
+		}
+		ops = ops[n:]
+		for i := range ops { // later chunks read at the first one's revision
+			ops[i] = clientv3.OpGet(string(ops[i].KeyBytes()), clientv3.WithRev(t.rev))
+		}
+	}
+	return nil
+}
+
 // get returns key's value, the transaction's own write first.
 func (t *txn) get(key string) ([]byte, error) {
 	if v, ok := t.writes[key]; ok {
@@ -58,22 +92,37 @@ func (t *txn) get(key string) ([]byte, error) {
 		}
 		return []byte(*v), nil
 	}
-	res, err := t.read(key)
-	if err != nil {
-		return nil, err
+	kv, cached := t.cache[key]
+	if !cached {
+		res, err := t.read(key)
+		if err != nil {
+			return nil, err
+		}
+		if len(res.Kvs) > 0 {
+			kv = res.Kvs[0]
+		}
+		t.cache[key] = kv
 	}
 	if !t.seen[key] {
 		t.seen[key] = true
-		if len(res.Kvs) == 0 {
+		if kv == nil {
 			t.cmps = append(t.cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
 		} else {
-			t.cmps = append(t.cmps, clientv3.Compare(clientv3.ModRevision(key), "=", res.Kvs[0].ModRevision))
+			t.cmps = append(t.cmps, clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision))
 		}
 	}
-	if len(res.Kvs) == 0 {
+	if kv == nil {
 		return nil, nil
 	}
-	return res.Kvs[0].Value, nil
+	return kv.Value, nil
+}
+
+// absent makes the commit fail if key exists, without reading it.
+func (t *txn) absent(key string) {
+	if !t.seen[key] {
+		t.seen[key] = true
+		t.cmps = append(t.cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+	}
 }
 
 // scan calls fn for each key with prefix, in order, the transaction's
