@@ -1,8 +1,9 @@
 // Package etcdstore is broker.Store on etcd, for latch replicas that run
 // active-active (issue 15). It passes broker.Store's whole suite
-// (broker/storetest) on a real three-member cluster; the server does not
-// select it yet (store.etcd in the configuration, the duties' elections
-// and the live views are still to come).
+// (broker/storetest) on a real three-member cluster. `latch server` uses it
+// with store.etcd, one serving server per prefix at a time (cmd/latch's
+// server lock) until the duties' elections and the live views across
+// replicas are built.
 //
 //	st, err := etcdstore.New(client, "/latch", etcdstore.Options{})
 //

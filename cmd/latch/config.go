@@ -115,12 +115,27 @@ type SPIFFEConfig struct {
 	WorkloadAPIAt strictyaml.Pos `yaml:"workload_api,pos"`
 }
 
-// StoreConfig is store:.
+// StoreConfig is store:: exactly one of path (bbolt) and etcd.
 type StoreConfig struct {
 	// Path is the bbolt database file.
-	Path string `yaml:"path"`
+	Path string      `yaml:"path"`
+	Etcd *EtcdConfig `yaml:"etcd"`
+	// Outbox is the webhook outbox (a bbolt file of this server's own):
+	// <path>.outbox by default; required with etcd.
+	Outbox string `yaml:"outbox"`
 
-	At strictyaml.Pos `yaml:",pos"`
+	At     strictyaml.Pos `yaml:",pos"`
+	EtcdAt strictyaml.Pos `yaml:"etcd,pos"`
+}
+
+// EtcdConfig is store.etcd:.
+type EtcdConfig struct {
+	Endpoints   []string      `yaml:"endpoints"`
+	Prefix      string        `yaml:"prefix"` // default /latch
+	CACert      string        `yaml:"ca_cert"`
+	Cert        string        `yaml:"cert"`
+	Key         string        `yaml:"key"`
+	DialTimeout time.Duration `yaml:"dial_timeout"` // default 5s
 }
 
 // VaultConfig is vault:.
@@ -356,8 +371,23 @@ func (c *Config) validate() strictyaml.Errors {
 		add(configOr(sp.At, c.SPIFFEAt), "spiffe: set workload_api, or svid_cert, svid_key and bundle")
 	}
 
-	if c.Store.Path == "" {
-		add(configOr(c.Store.At, c.StoreAt), "store.path is required (the bbolt database file)")
+	switch st := c.Store; {
+	case st.Path == "" && st.Etcd == nil:
+		add(configOr(st.At, c.StoreAt), "store.path is required (the bbolt database file), or store.etcd for replicas on etcd")
+	case st.Path != "" && st.Etcd != nil:
+		add(st.EtcdAt, "store: set path or etcd, not both")
+	case st.Etcd != nil:
+		e := st.Etcd
+		switch {
+		case len(e.Endpoints) == 0:
+			add(st.EtcdAt, "store.etcd.endpoints is required, such as [https://etcd-1:2379]")
+		case (e.Cert == "") != (e.Key == ""):
+			add(st.EtcdAt, "store.etcd: cert and key go together")
+		case e.Prefix != "" && !strings.HasPrefix(e.Prefix, "/"):
+			add(st.EtcdAt, "store.etcd.prefix %q must start with /", e.Prefix)
+		case st.Outbox == "" && len(c.Notify.Webhooks) > 0:
+			add(st.EtcdAt, "store.outbox is required with store.etcd and webhooks: the outbox is a file of this server's own")
+		}
 	}
 
 	v := c.Vault
@@ -434,7 +464,7 @@ func (c *Config) validateNotify(add func(p strictyaml.Pos, format string, args .
 func (c *Config) resolvePaths() {
 	base := filepath.Dir(c.File)
 	for _, p := range []*string{
-		&c.TemplatesDir, &c.Store.Path, &c.Server.AdminSocket, &c.Audit.CheckpointFile,
+		&c.TemplatesDir, &c.Store.Path, &c.Store.Outbox, &c.Server.AdminSocket, &c.Audit.CheckpointFile,
 		&c.SPIFFE.SVIDCert, &c.SPIFFE.SVIDKey, &c.SPIFFE.Bundle,
 		&c.Vault.CACert, &c.Vault.Auth.TokenFile, &c.Vault.Auth.RoleIDFile, &c.Vault.Auth.SecretIDFile,
 	} {
@@ -445,6 +475,13 @@ func (c *Config) resolvePaths() {
 	for i := range c.Notify.Webhooks {
 		if p := &c.Notify.Webhooks[i].SecretFile; *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
+		}
+	}
+	if e := c.Store.Etcd; e != nil {
+		for _, p := range []*string{&e.CACert, &e.Cert, &e.Key} {
+			if *p != "" && !filepath.IsAbs(*p) {
+				*p = filepath.Join(base, *p)
+			}
 		}
 	}
 }

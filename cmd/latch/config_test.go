@@ -121,8 +121,14 @@ func TestLoadConfig_Errors(t *testing.T) {
 		{"unknown top-level key", minimalConfigYAML + "servr: {}\n", nil, []string{
 			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, audit, templates_dir`,
 		}},
+		{"store path and etcd", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { path: latch.db, etcd: { endpoints: [\"http://127.0.0.1:2379\"] } }", 1), nil, []string{
+			`FILE:3:32: store: set path or etcd, not both`,
+		}},
+		{"store etcd without endpoints", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { etcd: { prefix: latch } }", 1), nil, []string{
+			`FILE:3:16: store.etcd.endpoints is required, such as [https://etcd-1:2379]`,
+		}},
 		{"unknown nested key", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { path: latch.db, sync: true }", 1), nil, []string{
-			`FILE:3:26: unknown key "sync" in store; allowed: path`,
+			`FILE:3:26: unknown key "sync" in store; allowed: path, etcd, outbox`,
 		}},
 		{"backend's own keys are strict", strings.Replace(minimalConfigYAML, "{ type: vault-token }", "{ type: vault-token, ttl: 5m }", 1), nil, []string{
 			`FILE:6:32: unknown key "ttl" in backends.tokens; allowed: token_role, group_role`,
@@ -140,7 +146,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		{"missing sections", "templates_dir: templates\n", nil, []string{
 			`FILE:1:1: server.id is required (latch's own SPIFFE ID, such as spiffe://example.org/latch)`,
 			`FILE:1:1: spiffe: set workload_api, or svid_cert, svid_key and bundle`,
-			`FILE:1:1: store.path is required (the bbolt database file)`,
+			`FILE:1:1: store.path is required (the bbolt database file), or store.etcd for replicas on etcd`,
 			`FILE:1:1: vault.address is required, such as https://127.0.0.1:8200`,
 			`FILE:1:1: vault.auth.method is required; allowed: token, approle, jwt`,
 			`DIR/templates/read.yaml:2:10: backend: unknown backend "app-db"; no backends are configured`,
@@ -160,7 +166,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		}},
 		{"template error next to config error", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: {}", 1),
 			map[string]string{"read.yaml": strings.Replace(minimalTemplateYAML, "ttl: 5m", "ttl: 5m\nmax_ttl: 1m", 1)}, []string{
-				`FILE:3:1: store.path is required (the bbolt database file)`,
+				`FILE:3:1: store.path is required (the bbolt database file), or store.etcd for replicas on etcd`,
 				`DIR/templates/read.yaml:4:6: ttl: 5m exceeds max_ttl 1m`,
 			}},
 		{"missing templates dir", minimalConfigYAML + "templates_dir: nope\n", nil, []string{

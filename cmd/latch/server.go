@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -42,10 +43,12 @@ func serverCommand() *cli.Command {
 			"sections (server, spiffe, store, vault, backends, notify, approvals,\n" +
 			"auto_pause) take effect at the next start. SIGINT or SIGTERM shut down\n" +
 			"gracefully.\n\n" +
-			"Webhook deliveries are kept in <store.path>.outbox until delivered; one\n" +
-			"that fails is retried on its own backoff while later ones go on, and after\n" +
-			"30 attempts it is a dead letter, deleted after notify.dead_letter_ttl\n" +
-			"(default 720h, 30 days).",
+			"With store.etcd, one server serves a prefix at a time: a second waits as a\n" +
+			"standby (not ready) and takes over within 10 s of the first's end.\n\n" +
+			"Webhook deliveries are kept in store.outbox (default <store.path>.outbox)\n" +
+			"until delivered; one that fails is retried on its own backoff while later\n" +
+			"ones go on, and after 30 attempts it is a dead letter, deleted after\n" +
+			"notify.dead_letter_ttl (default 720h, 30 days).",
 		Flags:  []cli.Flag{configFlagFor()},
 		Action: runServer,
 	}
@@ -92,7 +95,7 @@ var _ vault.Metrics = (*promstats.Metrics)(nil)
 type Server struct {
 	cfg      *Config
 	log      *slog.Logger
-	store    *boltstore.Store
+	store    broker.Store // *boltstore.Store or *etcdStore
 	source   *attest.Source
 	vault    *vault.Client
 	service  *broker.Service
@@ -131,11 +134,7 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	if err != nil {
 		return nil, fmt.Errorf("server.id: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
-		return nil, fmt.Errorf("store: %w", err)
-	}
-	s.store, err = boltstore.Open(cfg.Store.Path, boltstore.Options{Timeout: 2 * time.Second})
-	if err != nil {
+	if s.store, err = openStore(ctx, cfg, log); err != nil {
 		return nil, err
 	}
 	if cfg.SPIFFE.WorkloadAPI != "" {
@@ -216,10 +215,22 @@ func (s *Server) Run(ctx context.Context) error {
 		defer s.bg.Done()
 		if err := s.service.Run(bgCtx, s.ready); err != nil {
 			s.log.Error("reconciliation failed", "err", err)
-			s.runErr <- err
+			s.runErr <- fmt.Errorf("reconcile: %w", err)
 		}
 	}()
 	go func() { defer s.bg.Done(); s.metrics.TrackCounts(bgCtx, s.store, 15*time.Second) }()
+	if es, ok := s.store.(*etcdStore); ok {
+		go func() {
+			select {
+			case <-es.lost():
+				select {
+				case s.runErr <- errors.New("store.etcd: lost the server lock (etcd unreachable for its TTL): another server may serve now"):
+				default: // Run is ending already
+				}
+			case <-bgCtx.Done():
+			}
+		}()
+	}
 	cp := &checkpointer{audit: s.service.Audit(), svids: s.source, every: s.cfg.Audit.CheckpointEvery,
 		interval: s.cfg.Audit.CheckpointInterval, file: s.cfg.Audit.CheckpointFile, log: s.log}
 	s.bg.Add(1)
@@ -274,8 +285,7 @@ func (s *Server) Run(ctx context.Context) error {
 	var runErr error
 	select {
 	case <-ctx.Done():
-	case err := <-s.runErr:
-		runErr = fmt.Errorf("reconcile: %w", err)
+	case runErr = <-s.runErr:
 	case err := <-serveErr:
 		runErr = fmt.Errorf("serve: %w", err)
 	}
@@ -380,6 +390,26 @@ func (s *Server) Close() {
 	}
 }
 
+// openStore opens store.path (bbolt) or store.etcd; nil on error (not
+// a typed nil, which Close would call).
+func openStore(ctx context.Context, cfg *Config, log *slog.Logger) (broker.Store, error) {
+	if cfg.Store.Etcd != nil {
+		es, err := openEtcdStore(ctx, cfg.Store.Etcd, log)
+		if err != nil {
+			return nil, err
+		}
+		return es, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Store.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	bs, err := boltstore.Open(cfg.Store.Path, boltstore.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	return bs, nil
+}
+
 // newNotifier builds the webhook notifier from notify.webhooks; its outbox
 // sits beside the store, in a file of its own.
 func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics) (*notify.Notifier, error) {
@@ -398,6 +428,6 @@ func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics) (*notify
 		}
 		hooks = append(hooks, h)
 	}
-	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cfg.Store.Path + ".outbox", DeadLetterTTL: cfg.Notify.DeadLetterTTL,
+	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cmp.Or(cfg.Store.Outbox, cfg.Store.Path+".outbox"), DeadLetterTTL: cfg.Notify.DeadLetterTTL,
 		Logger: log, Metrics: metrics})
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -45,7 +46,7 @@ const configYAML = `server:
   admin_socket: {{dir}}/admin.sock
   metrics_listen: {{metrics}}
 {{serverextra}}spiffe: { svid_cert: svid.pem, svid_key: svid-key.pem, bundle: bundle.json }
-store: { path: latch.db }
+store: {{store}}
 vault:
   address: {{vault}}
   auth: { method: approle, role_id_file: {{role_id}}, secret_id_file: {{secret_id}} }
@@ -123,10 +124,11 @@ type latch struct {
 	socket  string
 	logPath string
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
-	run  int           // how many times it was started: logs are latch.<run>.log
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{} // closed when cmd has exited
+	exited chan error    // gets cmd.Wait's error (once: waitReady takes it)
+	run    int           // how many times it was started: logs are latch.<run>.log
 }
 
 // freePort returns a free 127.0.0.1 address (see stack.FreePort).
@@ -162,6 +164,11 @@ type latchOptions struct {
 	Extra       string            // more top-level blocks (approvals:, auto_pause:)
 	ServerExtra string            // more keys of server:, indented two spaces
 	Templates   map[string]string // more template files
+	Store       string            // the store: value; { path: latch.db } when empty
+	// Standby starts the server without waiting for it to be ready (a
+	// second server on one etcd prefix waits for the first to go):
+	// waitReady waits.
+	Standby bool
 }
 
 // startLatchWith is startLatch with more operators, agents, templates,
@@ -206,8 +213,13 @@ func startLatchWith(t testing.TB, o latchOptions) *latch {
 		l.api, l.metrics = "https://"+listen, "http://"+metrics
 		cfg := strings.NewReplacer("{{listen}}", listen, "{{metrics}}", metrics, "{{dir}}", dir,
 			"{{vault}}", st.Vault.Addr, "{{role_id}}", roleID, "{{secret_id}}", secretID,
-			"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify, "{{extra}}", o.Extra, "{{serverextra}}", o.ServerExtra).Replace(configYAML)
+			"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify, "{{extra}}", o.Extra, "{{serverextra}}", o.ServerExtra,
+			"{{store}}", cmp.Or(o.Store, "{ path: latch.db }")).Replace(configYAML)
 		writeFile(t, l.config, []byte(cfg))
+		if o.Standby {
+			l.launch()
+			return l
+		}
 		err := l.tryStart()
 		if err == nil {
 			break
@@ -248,29 +260,41 @@ func (l *latch) start() {
 
 // tryStart is start, returning why the server did not become ready.
 func (l *latch) tryStart() error {
+	l.t.Helper()
+	l.launch()
+	return l.waitReady(30 * time.Second)
+}
+
+// launch starts the process, logging to the next latch.N.log.
+func (l *latch) launch() {
 	t := l.t
 	t.Helper()
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.run++
 	l.logPath = filepath.Join(l.dir, fmt.Sprintf("latch.%d.log", l.run))
 	logf, err := os.Create(l.logPath)
 	if err != nil {
-		l.mu.Unlock()
 		t.Fatal(err)
 	}
 	cmd := exec.Command(latchBin, "server", "--config", l.config)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		l.mu.Unlock()
 		t.Fatal(err)
 	}
 	logf.Close()
 	l.cmd, l.done = cmd, make(chan struct{})
-	exited := make(chan error, 1)
-	go func(done chan struct{}) { exited <- cmd.Wait(); close(done) }(l.done)
-	l.mu.Unlock()
+	l.exited = make(chan error, 1)
+	go func(done chan struct{}, exited chan error) { exited <- cmd.Wait(); close(done) }(l.done, l.exited)
+}
 
-	deadline := time.Now().Add(30 * time.Second)
+// waitReady waits until /readyz answers 200, the process exits, or d has
+// passed.
+func (l *latch) waitReady(d time.Duration) error {
+	l.mu.Lock()
+	exited := l.exited
+	l.mu.Unlock()
+	deadline := time.Now().Add(d)
 	for {
 		select {
 		case err := <-exited:
@@ -285,7 +309,7 @@ func (l *latch) tryStart() error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("latch server not ready after 30s (last: %v)\n%s", err, l.logs())
+			return fmt.Errorf("latch server not ready after %v (last: %v)\n%s", d, err, l.logs())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

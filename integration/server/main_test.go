@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "FAIL:", err)
 			return 1
 		}
-		return stack.Main(m, stack.All, &st)
+		return stack.Main(m, stack.All|stack.WithEtcd, &st)
 	}()
 	os.Exit(code)
 }
