@@ -136,6 +136,27 @@ type AgentRecord struct {
 	Used map[string]time.Time `json:"used,omitempty"`
 }
 
+// SetState takes a's state change (State, Reason, Actor, ChangedAt) and
+// keeps r's usage: what a store does with Change.AgentStates.
+func (r *AgentRecord) SetState(a AgentRecord) {
+	r.State, r.Reason, r.Actor, r.ChangedAt = a.State, a.Reason, a.Actor, a.ChangedAt
+}
+
+// RecordUse takes u (an issue of u.Template at u.At) and keeps r's state,
+// so that a use committed after a pause keeps the pause; times never move
+// back: what a store does with Change.Uses.
+func (r *AgentRecord) RecordUse(u Use) {
+	if u.At.After(r.LastUsed) {
+		r.LastUsed = u.At
+	}
+	if r.Used == nil {
+		r.Used = map[string]time.Time{}
+	}
+	if u.At.After(r.Used[u.Template]) {
+		r.Used[u.Template] = u.At
+	}
+}
+
 // Grant is one template an agent entry of the policy may use, and since
 // when: the first policy load that granted it.
 type Grant struct {

@@ -389,26 +389,12 @@ func (w *write) writeAgents(tx *bolt.Tx) error {
 		return agents.Put([]byte(id), v)
 	}
 	for _, a := range w.agentStates {
-		err := update(a.ID, func(r *broker.AgentRecord) {
-			r.State, r.Reason, r.Actor, r.ChangedAt = a.State, a.Reason, a.Actor, a.ChangedAt
-		})
-		if err != nil {
+		if err := update(a.ID, func(r *broker.AgentRecord) { r.SetState(a) }); err != nil {
 			return err
 		}
 	}
 	for _, u := range w.uses {
-		err := update(u.Agent, func(r *broker.AgentRecord) {
-			if u.At.After(r.LastUsed) {
-				r.LastUsed = u.At
-			}
-			if r.Used == nil {
-				r.Used = map[string]time.Time{}
-			}
-			if u.At.After(r.Used[u.Template]) {
-				r.Used[u.Template] = u.At
-			}
-		})
-		if err != nil {
+		if err := update(u.Agent, func(r *broker.AgentRecord) { r.RecordUse(u) }); err != nil {
 			return err
 		}
 	}

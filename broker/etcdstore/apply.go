@@ -483,26 +483,12 @@ func (s *Store) writeAgents(t *txn, c *broker.Change) error {
 		return nil
 	}
 	for _, a := range c.AgentStates {
-		err := update(a.ID, func(r *broker.AgentRecord) {
-			r.State, r.Reason, r.Actor, r.ChangedAt = a.State, a.Reason, a.Actor, a.ChangedAt
-		})
-		if err != nil {
+		if err := update(a.ID, func(r *broker.AgentRecord) { r.SetState(a) }); err != nil {
 			return err
 		}
 	}
 	for _, u := range c.Uses {
-		err := update(u.Agent, func(r *broker.AgentRecord) {
-			if u.At.After(r.LastUsed) {
-				r.LastUsed = u.At
-			}
-			if r.Used == nil {
-				r.Used = map[string]time.Time{}
-			}
-			if u.At.After(r.Used[u.Template]) {
-				r.Used[u.Template] = u.At
-			}
-		})
-		if err != nil {
+		if err := update(u.Agent, func(r *broker.AgentRecord) { r.RecordUse(u) }); err != nil {
 			return err
 		}
 	}

@@ -22,11 +22,12 @@ type committer struct {
 	// read again.
 	conflicts atomic.Int64
 
-	mu   sync.Mutex
-	q    []*pending
-	wake chan struct{}
-	stop chan struct{}
-	done chan struct{}
+	mu     sync.Mutex
+	q      []*pending
+	closed bool // no more changes are taken
+	wake   chan struct{}
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 // maxBatchOps bounds a batch's operations below the --max-txn-ops the
@@ -60,6 +61,10 @@ func newCommitter(s *Store) *committer {
 // before a batch took it.
 func (c *committer) apply(ctx context.Context, p *pending) error {
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return unavailable("apply", errors.New("the store is closed"))
+	}
 	c.q = append(c.q, p)
 	c.mu.Unlock()
 	select {
@@ -83,6 +88,9 @@ func (c *committer) apply(ctx context.Context, p *pending) error {
 }
 
 func (c *committer) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	close(c.stop)
 	<-c.done
 }
@@ -92,7 +100,7 @@ func (c *committer) loop() {
 	for {
 		select {
 		case <-c.stop:
-			c.fail(errors.New("etcdstore: the store is closed"))
+			c.fail(errors.New("the store is closed"))
 			return
 		case <-c.wake:
 		}

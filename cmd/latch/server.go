@@ -123,7 +123,7 @@ type Server struct {
 // answers ready once reconciliation is done). On error, whatever was
 // opened is closed.
 func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, err error) {
-	s = &Server{cfg: cfg, log: log, ready: make(chan struct{}), runErr: make(chan error, 1), metrics: promstats.New()}
+	s = &Server{cfg: cfg, log: log, ready: make(chan struct{}), runErr: make(chan error, 2), metrics: promstats.New()} // two senders: reconciliation, the etcd lock
 	defer func() {
 		if err != nil {
 			s.Close()
