@@ -137,6 +137,11 @@ func (fl *follower) readLog(ctx context.Context) (bool, error) {
 		return false, unavailable("the audit log", err)
 	}
 	full := len(read) == followBatch
+	if !full && len(read) > 0 && read[len(read)-1].Seq >= fl.s.events.highest() {
+		// Caught up with the live edge through the log (an event read
+		// before its publish): keeping up, as if it came live.
+		fl.live = true
+	}
 	return full, fl.deliver(read)
 }
 
@@ -183,6 +188,13 @@ type hub struct {
 	ring []Event // ring[seq%LiveFeedSize]; allocated at the first publish
 	high uint64  // the highest Seq published
 	wake chan struct{}
+}
+
+// highest is the highest Seq published.
+func (h *hub) highest() uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.high
 }
 
 // publish hands events that were just made durable to the live feed. It
