@@ -85,8 +85,13 @@ func (e *Env) LatchTokens(ctx context.Context, agent string) ([]Token, error) {
 		acc, _ := k.(string)
 		info, err := e.LookupAccessor(ctx, acc)
 		if err != nil {
-			if strings.Contains(err.Error(), "invalid accessor") {
-				continue // revoked since the listing
+			// Revoked since the listing; or being revoked, for which
+			// Vault answers even root with permission denied (an accessor
+			// whose token is gone or going: hashicorp/vault#3859, #2661;
+			// a child of a parent whose tree is being revoked). A probe
+			// that repeats sees it gone or back.
+			if strings.Contains(err.Error(), "invalid accessor") || StatusOf(err) == http.StatusForbidden {
+				continue
 			}
 			return nil, fmt.Errorf("look up accessor %s: %w", acc, err)
 		}
