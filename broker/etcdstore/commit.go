@@ -149,6 +149,7 @@ func (c *committer) run(batch []*pending) []*pending {
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 		t := newTxn(ctx, c.s.cli)
+		t.fence = c.s.fence
 		now := c.s.now()
 		var keys []string
 		for _, p := range live {

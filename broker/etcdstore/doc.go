@@ -26,6 +26,8 @@
 //   - A replica's concurrent changes share a transaction (commit.go): each
 //     is written on the state its predecessors left, one that fails a
 //     condition is taken out alone.
+//   - Options.Fence adds a compare to every commit (a lock the replica
+//     holds): a replica that lost its lock writes nothing (ErrFenced).
 //   - etcd bounds a transaction: run the cluster with --max-txn-ops 10000
 //     and --max-request-bytes 10485760 (a bulk revocation writes hundreds
 //     of leases in one change).

@@ -12,6 +12,11 @@ import (
 // the log.
 var ErrCorrupt = errors.New("corrupt record")
 
+// ErrFenced means a commit was refused because this replica no longer
+// holds the lock its Options.Fence names: another may hold it now, and
+// nothing of the change was written.
+var ErrFenced = errors.New("fenced: this server no longer holds its etcd lock")
+
 // unavailable wraps an etcd error: the store cannot serve right now.
 func unavailable(what string, err error) error {
 	return fmt.Errorf("etcdstore: %s: %w: %w", what, broker.ErrStoreUnavailable, err)

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/v3/concurrency"
+
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/storetest"
 )
@@ -243,5 +245,49 @@ func TestAudit_LeaderKilled(t *testing.T) {
 		if stored[seq] != tag {
 			t.Errorf("acknowledged event %d (%s) is %q in the log", seq, tag, stored[seq])
 		}
+	}
+}
+
+// TestFence: a store fenced by a lock commits while its replica holds the
+// lock; once the lock's session ends (as when etcd stops hearing from the
+// replica), its commits write nothing and fail with ErrFenced, while the
+// replica that takes the lock over commits.
+func TestFence(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	prefix := testPrefix(t)
+	lockedStore := func() (*Store, *concurrency.Session) {
+		cli := newClient(t)
+		session, err := concurrency.NewSession(cli, concurrency.WithTTL(5))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lock := concurrency.NewMutex(session, prefix+"/lock")
+		if err := lock.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		fence := lock.IsOwner()
+		s, err := New(cli, prefix, Options{Fence: &fence})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s, session
+	}
+	first, session := lockedStore()
+	freeze := broker.Change{Events: []broker.Event{storetest.Ev(broker.EventFreeze, "")}}
+	if _, err := first.Apply(ctx, freeze); err != nil {
+		t.Fatalf("a commit under the lock: %v", err)
+	}
+	if err := session.Close(); err != nil { // the lock is released
+		t.Fatal(err)
+	}
+	second, _ := lockedStore()
+	if _, err := first.Apply(ctx, freeze); !errors.Is(err, ErrFenced) || !errors.Is(err, broker.ErrStoreUnavailable) {
+		t.Fatalf("a commit after the lock was lost: %v, want ErrFenced", err)
+	}
+	evs, err := second.Apply(ctx, broker.Change{Events: []broker.Event{storetest.Ev(broker.EventUnfreeze, "")}})
+	if err != nil || evs[0].Seq != 2 {
+		t.Fatalf("the new holder's commit: %+v, %v; want seq 2 (the fenced change wrote nothing)", evs, err)
 	}
 }

@@ -2,6 +2,7 @@ package etcdstore
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"sort"
@@ -9,6 +10,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/latchbroker/latch/broker"
 )
 
 // txn is one optimistic transaction: reads at one revision, writes
@@ -19,11 +22,12 @@ import (
 // makes the commit fail too. Reads see the transaction's own writes, so
 // changes committed together each see those before them.
 type txn struct {
-	ctx  context.Context
-	kv   clientv3.KV
-	rev  int64 // the revision every read is at; 0 until the first read
-	cmps []clientv3.Cmp
-	seen map[string]bool
+	ctx   context.Context
+	kv    clientv3.KV
+	rev   int64 // the revision every read is at; 0 until the first read
+	cmps  []clientv3.Cmp
+	fence *clientv3.Cmp // see Options.Fence
+	seen  map[string]bool
 
 	cache  map[string]*mvccpb.KeyValue // prefetched keys; nil: absent
 	writes map[string]*string          // nil value: delete
@@ -173,8 +177,9 @@ func (t *txn) size() int { return max(len(t.writes), len(t.cmps)) }
 // empty reports whether the transaction would write nothing.
 func (t *txn) empty() bool { return len(t.writes) == 0 }
 
-// commit writes everything if nothing read has changed: errConflict when
-// something has.
+// commit writes everything if nothing read has changed and the fence
+// holds: errConflict when something changed, ErrFenced when the fence
+// failed (asked again in the same request, so the two are told apart).
 func (t *txn) commit() error {
 	keys := make([]string, 0, len(t.writes))
 	for k := range t.writes {
@@ -189,12 +194,18 @@ func (t *txn) commit() error {
 			ops = append(ops, clientv3.OpDelete(k))
 		}
 	}
-	res, err := t.kv.Txn(t.ctx).If(t.cmps...).Then(ops...).Commit()
-	if err != nil {
+	txn := t.kv.Txn(t.ctx).If(t.cmps...).Then(ops...)
+	if t.fence != nil {
+		txn = t.kv.Txn(t.ctx).If(append(t.cmps, *t.fence)...).Then(ops...).Else(clientv3.OpTxn([]clientv3.Cmp{*t.fence}, nil, nil))
+	}
+	res, err := txn.Commit()
+	switch {
+	case err != nil:
 		return unavailable("commit", err)
+	case res.Succeeded:
+		return nil
+	case t.fence != nil && !res.Responses[0].GetResponseTxn().Succeeded:
+		return fmt.Errorf("etcdstore: commit: %w: %w", broker.ErrStoreUnavailable, ErrFenced)
 	}
-	if !res.Succeeded {
-		return errConflict
-	}
-	return nil
+	return errConflict
 }

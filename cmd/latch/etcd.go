@@ -61,7 +61,10 @@ func openEtcdStore(ctx context.Context, cfg *EtcdConfig, log *slog.Logger) (*etc
 		cli.Close()
 		return nil, fmt.Errorf("store.etcd: take the server lock: %w", err)
 	}
-	st, err := etcdstore.New(cli, prefix, etcdstore.Options{})
+	// Every write is fenced by the lock: once it is lost, nothing this
+	// server still has in flight is written.
+	fence := lock.IsOwner()
+	st, err := etcdstore.New(cli, prefix, etcdstore.Options{Fence: &fence})
 	if err != nil {
 		session.Close()
 		cli.Close()
