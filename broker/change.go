@@ -32,6 +32,24 @@ func (c *Change) Check() error {
 	return nil
 }
 
+// EachAgentUpdate calls update with every agent record c changes and the
+// change to make to it: state changes (SetState) first, then uses
+// (RecordUse), each writing only its own fields, so a use committed after
+// a pause keeps the pause. A store reads the record, changes it, writes it.
+func (c *Change) EachAgentUpdate(update func(id string, change func(*AgentRecord)) error) error {
+	for _, a := range c.AgentStates {
+		if err := update(a.ID, func(r *AgentRecord) { r.SetState(a) }); err != nil {
+			return err
+		}
+	}
+	for _, u := range c.Uses {
+		if err := update(u.Agent, func(r *AgentRecord) { r.RecordUse(u) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (c *Change) checkLeases() error {
 	for _, id := range c.DeleteIntents {
 		if err := checkID("intent ID to delete", id, true); err != nil {

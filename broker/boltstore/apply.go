@@ -131,8 +131,7 @@ type write struct {
 	leases        []leaseWrite
 	dequeue       []string
 	enqueue       []revWrite
-	agentStates   []broker.AgentRecord
-	uses          []broker.Use
+	agents        broker.Change // its AgentStates and Uses only
 	freeze        []byte
 	approvals     []approvalWrite
 	grants        []byte
@@ -180,7 +179,7 @@ type leaseIndex struct {
 
 func (w *write) empty() bool {
 	return len(w.deleteIntents) == 0 && len(w.putIntents) == 0 && len(w.leases) == 0 &&
-		len(w.dequeue) == 0 && len(w.enqueue) == 0 && len(w.agentStates) == 0 && len(w.uses) == 0 &&
+		len(w.dequeue) == 0 && len(w.enqueue) == 0 && len(w.agents.AgentStates) == 0 && len(w.agents.Uses) == 0 &&
 		w.freeze == nil && len(w.approvals) == 0 && w.grants == nil && w.templates == nil && len(w.events) == 0 &&
 		len(w.markDeleting) == 0 && len(w.doneDeleting) == 0 && len(w.retireGroups) == 0 && len(w.forgetGroups) == 0
 }
@@ -243,7 +242,7 @@ func prepareQueue(w *write, c broker.Change) error {
 }
 
 func prepareAgents(w *write, c broker.Change) error {
-	w.agentStates, w.uses = c.AgentStates, c.Uses
+	w.agents = broker.Change{AgentStates: c.AgentStates, Uses: c.Uses}
 	return nil
 }
 
@@ -366,15 +365,11 @@ func (w *write) writeIntents(tx *bolt.Tx) error {
 	return nil
 }
 
-// writeAgents merges state changes and uses into the stored records:
-// each writes only its own fields, so a use committed after a pause keeps
-// the pause.
+// writeAgents merges state changes and uses into the stored records
+// (broker.Change.EachAgentUpdate).
 func (w *write) writeAgents(tx *bolt.Tx) error {
-	if len(w.agentStates) == 0 && len(w.uses) == 0 {
-		return nil
-	}
 	agents := tx.Bucket(bktAgents)
-	update := func(id string, change func(*broker.AgentRecord)) error {
+	return w.agents.EachAgentUpdate(func(id string, change func(*broker.AgentRecord)) error {
 		rec := broker.AgentRecord{ID: id, State: broker.AgentActive}
 		if v := agents.Get([]byte(id)); v != nil {
 			if err := json.Unmarshal(v, &rec); err != nil {
@@ -387,18 +382,7 @@ func (w *write) writeAgents(tx *bolt.Tx) error {
 			return fmt.Errorf("%w: encode agent %s: %v", ErrInvalidChange, id, err)
 		}
 		return agents.Put([]byte(id), v)
-	}
-	for _, a := range w.agentStates {
-		if err := update(a.ID, func(r *broker.AgentRecord) { r.SetState(a) }); err != nil {
-			return err
-		}
-	}
-	for _, u := range w.uses {
-		if err := update(u.Agent, func(r *broker.AgentRecord) { r.RecordUse(u) }); err != nil {
-			return err
-		}
-	}
-	return nil
+	})
 }
 
 // writeTemplates replaces the recorded template versions.

@@ -149,52 +149,72 @@ func encode(what string, v any) ([]byte, error) {
 	return b, nil
 }
 
+// checkConditions reports the first of c that the state t reads does not
+// meet, in boltstore's order: the agent, the freeze, the template, the
+// budgets, then the records c names.
 func (s *Store) checkConditions(t *txn, c *broker.Conditions) (*broker.ConditionFailed, error) {
 	if c == nil {
 		return nil, nil
 	}
-	fail := func(reason string) (*broker.ConditionFailed, error) {
-		return &broker.ConditionFailed{Reason: reason}, nil
-	}
-	if c.Agent != "" {
-		if v, err := t.get(s.k.agent(c.Agent)); err != nil {
-			return nil, err
-		} else if v != nil {
-			rec, err := decode[broker.AgentRecord]("agent "+c.Agent, v)
-			if err != nil {
-				return nil, err
-			}
-			switch rec.State {
-			case broker.AgentPaused:
-				return fail(string(templates.ReasonAgentPaused))
-			case broker.AgentQuarantined:
-				return fail(string(templates.ReasonAgentQuarantined))
-			}
-		}
-	}
-	if c.NotFrozen {
-		fs, err := s.freezeIn(t)
-		if err != nil {
-			return nil, err
-		}
-		if fs.Active {
-			return fail(string(templates.ReasonGlobalFreeze))
-		}
-	}
-	if c.Template != "" {
-		v, err := t.get(s.k.template(c.Template))
-		if err != nil {
-			return nil, err
-		}
-		if string(v) != c.TemplateVersion {
-			return fail(broker.ReasonTemplateChanged)
-		}
+	reason, err := s.checkStates(t, c)
+	if err != nil || reason != "" {
+		return failedFor(reason, err)
 	}
 	if c.MaxActive > 0 || c.MaxActiveTask > 0 {
 		if failed, err := s.checkBudgets(t, c); failed != nil || err != nil {
 			return failed, err
 		}
 	}
+	return failedFor(s.checkRecords(t, c))
+}
+
+// failedFor is the outcome of a check: its error, else its failed
+// condition, else nothing.
+func failedFor(reason string, err error) (*broker.ConditionFailed, error) {
+	if err != nil || reason == "" {
+		return nil, err
+	}
+	return &broker.ConditionFailed{Reason: reason}, nil
+}
+
+// checkStates checks the agent's state, the freeze and the template
+// version; it returns the reason of the first that fails.
+func (s *Store) checkStates(t *txn, c *broker.Conditions) (string, error) {
+	if c.Agent != "" {
+		v, err := t.get(s.k.agent(c.Agent))
+		if err != nil || v == nil {
+			return "", err
+		}
+		rec, err := decode[broker.AgentRecord]("agent "+c.Agent, v)
+		if err != nil {
+			return "", err
+		}
+		switch rec.State {
+		case broker.AgentPaused:
+			return string(templates.ReasonAgentPaused), nil
+		case broker.AgentQuarantined:
+			return string(templates.ReasonAgentQuarantined), nil
+		}
+	}
+	if c.NotFrozen {
+		fs, err := s.freeze(t.get)
+		if err != nil || fs.Active {
+			return string(templates.ReasonGlobalFreeze), err
+		}
+	}
+	if c.Template != "" {
+		v, err := t.get(s.k.template(c.Template))
+		if err != nil || string(v) != c.TemplateVersion {
+			return broker.ReasonTemplateChanged, err
+		}
+	}
+	return "", nil
+}
+
+// checkRecords checks the records c names: no deletion mark on its
+// policy, no retirement of its group, its intent still stored, its lease
+// still active.
+func (s *Store) checkRecords(t *txn, c *broker.Conditions) (string, error) {
 	for _, m := range []struct{ name, key, reason string }{
 		{c.Policy, s.k.deleting(c.Policy), broker.ReasonPolicyDeleting},
 		{c.Group, s.k.retired(c.Group), broker.ReasonGroupRetired},
@@ -203,36 +223,30 @@ func (s *Store) checkConditions(t *txn, c *broker.Conditions) (*broker.Condition
 			continue
 		}
 		if v, err := t.get(m.key); err != nil || v != nil {
-			if err != nil {
-				return nil, err
-			}
-			return fail(m.reason)
+			return m.reason, err
 		}
 	}
 	if c.Intent != "" {
 		if v, err := t.get(s.k.intent(c.Intent)); err != nil || v == nil {
-			if err != nil {
-				return nil, err
-			}
-			return fail(broker.ReasonIntentGone)
+			return broker.ReasonIntentGone, err
 		}
 	}
 	if c.LeaseActive != "" {
 		v, err := t.get(s.k.lease(c.LeaseActive))
 		if err != nil {
-			return nil, err
+			return "", err
 		}
 		var ix leaseIndex
 		if v != nil {
 			if err := json.Unmarshal(v, &ix); err != nil {
-				return nil, fmt.Errorf("etcdstore: %w: %w: lease %s: %v", broker.ErrStoreUnavailable, ErrCorrupt, c.LeaseActive, err)
+				return "", fmt.Errorf("etcdstore: %w: %w: lease %s: %v", broker.ErrStoreUnavailable, ErrCorrupt, c.LeaseActive, err)
 			}
 		}
 		if ix.State != broker.StateActive {
-			return fail(broker.ReasonLeaseNotActive)
+			return broker.ReasonLeaseNotActive, nil
 		}
 	}
-	return nil, nil
+	return "", nil
 }
 
 // checkBudgets counts what the agent holds from the live index: one key
@@ -460,11 +474,10 @@ func (s *Store) writeQueue(t *txn, c *broker.Change) error {
 	return nil
 }
 
-// writeAgents merges state changes and uses into the stored records: each
-// writes only its own fields, so a use committed after a pause keeps the
-// pause.
+// writeAgents merges state changes and uses into the stored records
+// (broker.Change.EachAgentUpdate).
 func (s *Store) writeAgents(t *txn, c *broker.Change) error {
-	update := func(id string, change func(*broker.AgentRecord)) error {
+	return c.EachAgentUpdate(func(id string, change func(*broker.AgentRecord)) error {
 		rec := &broker.AgentRecord{ID: id, State: broker.AgentActive}
 		v, err := t.get(s.k.agent(id))
 		if err != nil {
@@ -481,18 +494,7 @@ func (s *Store) writeAgents(t *txn, c *broker.Change) error {
 		}
 		t.put(s.k.agent(id), v)
 		return nil
-	}
-	for _, a := range c.AgentStates {
-		if err := update(a.ID, func(r *broker.AgentRecord) { r.SetState(a) }); err != nil {
-			return err
-		}
-	}
-	for _, u := range c.Uses {
-		if err := update(u.Agent, func(r *broker.AgentRecord) { r.RecordUse(u) }); err != nil {
-			return err
-		}
-	}
-	return nil
+	})
 }
 
 // writeRecords writes the single records: freeze, grants, templates.

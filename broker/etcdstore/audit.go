@@ -36,11 +36,12 @@ type headRecord struct {
 	Hash string `json:"hash"`
 }
 
-// readHead reads the head in t (so t's commit fails if another writer
-// moves it); zero when the log is empty.
-func (c chain) readHead(t *txn) (headRecord, error) {
+// readHead reads the head with get (txn.get in an append, so that its
+// commit fails if another writer moves the head); zero when the log is
+// empty.
+func (c chain) readHead(get getter) (headRecord, error) {
 	var h headRecord
-	v, err := t.get(c.headKey())
+	v, err := get(c.headKey())
 	if err != nil || v == nil {
 		return h, err
 	}
@@ -58,7 +59,7 @@ func (c chain) appendIn(t *txn, events []broker.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	h, err := c.readHead(t)
+	h, err := c.readHead(t.get)
 	if err != nil {
 		return err
 	}
@@ -138,19 +139,20 @@ func (c chain) events(ctx context.Context, after uint64, fn func(broker.Event) (
 
 // last returns the newest event, nil when there is none.
 func (c chain) last(ctx context.Context) (*broker.Event, error) {
-	h, err := c.readHead(newTxn(ctx, c.kv))
+	v := &view{ctx: ctx, kv: c.kv}
+	h, err := c.readHead(v.get)
 	if err != nil || h.Seq == 0 {
 		return nil, err
 	}
-	res, err := c.kv.Get(ctx, c.eventKey(h.Seq))
+	b, err := v.get(c.eventKey(h.Seq))
 	if err != nil {
-		return nil, unavailable("read the last audit record", err)
+		return nil, err
 	}
-	if len(res.Kvs) == 0 {
+	if b == nil {
 		return nil, fmt.Errorf("%w: %w: the audit head names record %d, which is missing", broker.ErrStoreUnavailable, ErrCorrupt, h.Seq)
 	}
 	var e broker.Event
-	if err := json.Unmarshal(res.Kvs[0].Value, &e); err != nil {
+	if err := json.Unmarshal(b, &e); err != nil {
 		return nil, fmt.Errorf("%w: %w: audit record %d: %v", broker.ErrStoreUnavailable, ErrCorrupt, h.Seq, err)
 	}
 	return &e, nil

@@ -27,11 +27,16 @@ func (s *Store) view(ctx context.Context) (*view, error) {
 	return &view{ctx: ctx, kv: s.cli}, nil
 }
 
-func (v *view) read(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+// at adds the view's revision once the first read fixed it.
+func (v *view) at(opts ...clientv3.OpOption) []clientv3.OpOption {
 	if v.rev > 0 {
 		opts = append(opts, clientv3.WithRev(v.rev))
 	}
-	res, err := v.kv.Get(v.ctx, key, opts...)
+	return opts
+}
+
+func (v *view) read(key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	res, err := v.kv.Get(v.ctx, key, v.at(opts...)...)
 	if err != nil {
 		return nil, unavailable("read "+key, err)
 	}
@@ -83,6 +88,38 @@ func (v *view) scan(from, end string, desc bool, fn func(k string, val []byte) (
 // prefix scans every key with prefix p.
 func (v *view) prefix(p string, desc bool, fn func(k string, val []byte) (bool, error)) error {
 	return v.scan(p, clientv3.GetPrefixRangeEnd(p), desc, fn)
+}
+
+// indexed reads the records of T that an index named, a page of them per
+// request, and hands each to keep until it returns false.
+func indexed[T any](v *view, ids []string, key func(string) string, what string, keep func(*T) bool) error {
+	for len(ids) > 0 {
+		page := ids[:min(len(ids), pageSize)]
+		ids = ids[len(page):]
+		ops := make([]clientv3.Op, len(page))
+		for i, id := range page {
+			ops[i] = clientv3.OpGet(key(id), v.at()...)
+		}
+		res, err := v.kv.Txn(v.ctx).Then(ops...).Commit()
+		if err != nil {
+			return unavailable("read "+what+"s", err)
+		}
+		v.rev = res.Header.Revision
+		for i, r := range res.Responses {
+			kvs := r.GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				return fmt.Errorf("etcdstore: %w: %w: an index names %s %s, which does not exist", broker.ErrStoreUnavailable, ErrCorrupt, what, page[i])
+			}
+			rec, err := decode[T](what+" "+page[i], kvs[0].Value)
+			if err != nil {
+				return err
+			}
+			if !keep(rec) {
+				return nil
+			}
+		}
+	}
+	return nil
 }
 
 // record reads one record of T, or notFound.
@@ -155,16 +192,7 @@ func (s *Store) Leases(ctx context.Context, f broker.LeaseFilter) ([]*broker.Lea
 	if err != nil {
 		return nil, err
 	}
-	for _, id := range ids {
-		l, err := record[broker.Lease](v, s.k.lease(id), "lease "+id, fmt.Errorf("etcdstore: %w: %w: an index names lease %s, which does not exist", broker.ErrStoreUnavailable, ErrCorrupt, id))
-		if err != nil {
-			return nil, err
-		}
-		if !keep(l) {
-			break
-		}
-	}
-	return out, nil
+	return out, indexed(v, ids, s.k.lease, "lease", keep)
 }
 
 // leaseIDs lists, newest first, the IDs of the index that suits f (states
@@ -382,9 +410,13 @@ func (s *Store) Agents(ctx context.Context) ([]broker.AgentRecord, error) {
 	return out, err
 }
 
-// freezeIn reads the freeze in a transaction (a condition).
-func (s *Store) freezeIn(t *txn) (broker.FreezeState, error) {
-	b, err := t.get(s.k.freeze())
+// getter reads one key: txn.get in a transaction (a condition), view.get
+// for a plain read.
+type getter func(key string) ([]byte, error)
+
+// freeze reads the global freeze; inactive when never set.
+func (s *Store) freeze(get getter) (broker.FreezeState, error) {
+	b, err := get(s.k.freeze())
 	if err != nil || b == nil {
 		return broker.FreezeState{}, err
 	}
@@ -397,10 +429,11 @@ func (s *Store) freezeIn(t *txn) (broker.FreezeState, error) {
 
 // Freeze implements broker.Store.
 func (s *Store) Freeze(ctx context.Context) (broker.FreezeState, error) {
-	if err := s.ready(); err != nil {
+	v, err := s.view(ctx)
+	if err != nil {
 		return broker.FreezeState{}, err
 	}
-	return s.freezeIn(newTxn(ctx, s.cli))
+	return s.freeze(v.get)
 }
 
 // Grants implements broker.Store.
@@ -473,16 +506,7 @@ func (s *Store) Approvals(ctx context.Context, f broker.ApprovalFilter) ([]*brok
 	if err != nil {
 		return nil, err
 	}
-	for _, id := range ids {
-		a, err := record[broker.Approval](v, s.k.approval(id), "approval "+id, fmt.Errorf("etcdstore: %w: %w: an index names approval %s, which does not exist", broker.ErrStoreUnavailable, ErrCorrupt, id))
-		if err != nil {
-			return nil, err
-		}
-		if !keep(a) {
-			break
-		}
-	}
-	return out, nil
+	return out, indexed(v, ids, s.k.approval, "approval", keep)
 }
 
 // ExpiringApprovals implements broker.Store.

@@ -27,7 +27,7 @@ func (h *Handler) identify(c *call) error {
 	id, err := h.verifier.Identify(c.r)
 	if err == nil {
 		c.who = caller{id: id.ID.String()}
-		return h.budget.exhausted(c.who.id, h.now())
+		return h.overBudgetAt(c, h.budget.exhausted(c.who.id, h.now()))
 	}
 	var ae *attest.Error
 	if !errors.As(err, &ae) {
@@ -39,9 +39,25 @@ func (h *Handler) identify(c *call) error {
 		return err
 	}
 	if lerr := h.budget.exhausted(callerKey(c), h.now()); lerr != nil {
-		return lerr
+		return h.overBudgetAt(c, lerr)
 	}
 	h.refuseUnidentified(c.r.Context(), broker.Refusal{Endpoint: c.route, Reason: string(ae.Kind), Message: ae.Message, Remote: c.r.RemoteAddr})
+	return err
+}
+
+// overBudgetAt counts a refusal for a spent budget (err, when not nil)
+// and logs a line a second with the count since the last, so that a flood
+// writes a line a second, not one per request. It counts here, as the
+// request is refused, not once it is answered: a caller's next request
+// cannot be counted before this one.
+func (h *Handler) overBudgetAt(c *call, err error) error {
+	if err == nil {
+		return nil
+	}
+	if n := h.overBudget.add(h.now()); n > 0 {
+		h.log.Info("requests refused: callers over their refusal budget", "request_id", c.requestID, "route", c.route,
+			"caller", c.who.id, "remote", c.r.RemoteAddr, "count", n)
+	}
 	return err
 }
 

@@ -261,10 +261,7 @@ func (h *Handler) finish(c *call, start time.Time, err error) {
 	case status >= 500:
 		h.log.Error("request failed", append(attrs, "code", c.errCode, "err", err)...)
 	case status == http.StatusTooManyRequests && overBudget(err):
-		// A flood writes a line a second, not one per request.
-		if n := h.overBudget.add(h.now()); n > 0 {
-			h.log.Info("requests refused: callers over their refusal budget", append(attrs, "count", n)...)
-		}
+		// Counted and logged when refused (overBudgetAt).
 	case status >= 400:
 		h.log.Info("request refused", append(attrs, "code", c.errCode, "err", err)...)
 	default:

@@ -574,7 +574,7 @@ func TestAPI_RefusalBudget(t *testing.T) {
 		t.Fatalf("requests past the budget wrote %d audit events, want none", after-before)
 	}
 	// Nor a log line each: one a second, with the count since the last
-	// (written after the answer, so waited for).
+	// (written before the answer: a later request cannot be counted first).
 	const line = "requests refused: callers over their refusal budget"
 	lines := func() int { return strings.Count(e.logs.String(), line) }
 	if !within(5*time.Second, func() bool { return lines() > 0 }) || lines() != 1 {

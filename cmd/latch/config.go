@@ -371,24 +371,7 @@ func (c *Config) validate() strictyaml.Errors {
 		add(configOr(sp.At, c.SPIFFEAt), "spiffe: set workload_api, or svid_cert, svid_key and bundle")
 	}
 
-	switch st := c.Store; {
-	case st.Path == "" && st.Etcd == nil:
-		add(configOr(st.At, c.StoreAt), "store.path is required (the bbolt database file), or store.etcd for replicas on etcd")
-	case st.Path != "" && st.Etcd != nil:
-		add(st.EtcdAt, "store: set path or etcd, not both")
-	case st.Etcd != nil:
-		e := st.Etcd
-		switch {
-		case len(e.Endpoints) == 0:
-			add(st.EtcdAt, "store.etcd.endpoints is required, such as [https://etcd-1:2379]")
-		case (e.Cert == "") != (e.Key == ""):
-			add(st.EtcdAt, "store.etcd: cert and key go together")
-		case e.Prefix != "" && !strings.HasPrefix(e.Prefix, "/"):
-			add(st.EtcdAt, "store.etcd.prefix %q must start with /", e.Prefix)
-		case st.Outbox == "" && len(c.Notify.Webhooks) > 0:
-			add(st.EtcdAt, "store.outbox is required with store.etcd and webhooks: the outbox is a file of this server's own")
-		}
-	}
+	c.validateStore(add)
 
 	v := c.Vault
 	if v.Address == "" {
@@ -436,6 +419,29 @@ func (c *Config) validate() strictyaml.Errors {
 }
 
 // validateNotify checks notify:; add records an error as validate does.
+// validateStore checks store:: exactly one of path and etcd, and what
+// etcd needs.
+func (c *Config) validateStore(add func(p strictyaml.Pos, format string, args ...any)) {
+	switch st := c.Store; {
+	case st.Path == "" && st.Etcd == nil:
+		add(configOr(st.At, c.StoreAt), "store.path is required (the bbolt database file), or store.etcd for replicas on etcd")
+	case st.Path != "" && st.Etcd != nil:
+		add(st.EtcdAt, "store: set path or etcd, not both")
+	case st.Etcd != nil:
+		e := st.Etcd
+		switch {
+		case len(e.Endpoints) == 0:
+			add(st.EtcdAt, "store.etcd.endpoints is required, such as [https://etcd-1:2379]")
+		case (e.Cert == "") != (e.Key == ""):
+			add(st.EtcdAt, "store.etcd: cert and key go together")
+		case e.Prefix != "" && !strings.HasPrefix(e.Prefix, "/"):
+			add(st.EtcdAt, "store.etcd.prefix %q must start with /", e.Prefix)
+		case st.Outbox == "" && len(c.Notify.Webhooks) > 0:
+			add(st.EtcdAt, "store.outbox is required with store.etcd and webhooks: the outbox is a file of this server's own")
+		}
+	}
+}
+
 func (c *Config) validateNotify(add func(p strictyaml.Pos, format string, args ...any)) {
 	for i, w := range c.Notify.Webhooks {
 		if w.URL == "" {

@@ -220,16 +220,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	go func() { defer s.bg.Done(); s.metrics.TrackCounts(bgCtx, s.store, 15*time.Second) }()
 	if es, ok := s.store.(*etcdStore); ok {
-		go func() {
-			select {
-			case <-es.lost():
-				select {
-				case s.runErr <- errors.New("store.etcd: lost the server lock (etcd unreachable for its TTL): another server may serve now"):
-				default: // Run is ending already
-				}
-			case <-bgCtx.Done():
-			}
-		}()
+		go s.stopOnLostLock(bgCtx, es)
 	}
 	cp := &checkpointer{audit: s.service.Audit(), svids: s.source, every: s.cfg.Audit.CheckpointEvery,
 		interval: s.cfg.Audit.CheckpointInterval, file: s.cfg.Audit.CheckpointFile, log: s.log}
@@ -387,6 +378,20 @@ func (s *Server) Close() {
 	}
 	if s.store != nil {
 		s.store.Close()
+	}
+}
+
+// stopOnLostLock ends Run when the etcd server lock is lost (etcd
+// unreachable for its TTL): another server may serve by then, and this
+// one's writes are fenced already.
+func (s *Server) stopOnLostLock(ctx context.Context, es *etcdStore) {
+	select {
+	case <-es.lost():
+		select {
+		case s.runErr <- errors.New("store.etcd: lost the server lock (etcd unreachable for its TTL): another server may serve now"):
+		default: // Run is ending already
+		}
+	case <-ctx.Done():
 	}
 }
 
