@@ -302,7 +302,11 @@ func (s *core) pickup(ctx context.Context, req IssueRequest) (*Issued, error) {
 // expired here.
 func (s *core) usable(ctx context.Context, a *Approval) error {
 	if a.Status.Open() && s.now().After(a.Deadline()) {
-		if err := s.expireApproval(ctx, a); err != nil {
+		err := s.expireApproval(ctx, a)
+		if changedMeanwhile(err) {
+			return Errorf(ECONFLICT, "approval %s changed while this pickup read it (through another replica); ask again", a.ID)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -374,6 +378,30 @@ func (s Approvals) Review(ctx context.Context, approver, approvalID string, appr
 
 	unlock := s.approvalLocks.lock(approvalID)
 	defer unlock()
+	for attempt := 1; ; attempt++ {
+		a, err := s.reviewOnce(ctx, approver, approvalID, approve, reason)
+		if !changedMeanwhile(err) {
+			return a, err
+		}
+		if attempt == reviewRetries {
+			return nil, Errorf(ECONFLICT, "approval %s kept changing while it was reviewed (reviews through other replicas); review it again", approvalID)
+		}
+	}
+}
+
+// reviewRetries bounds the tries of a review whose approval another
+// replica changed between its read and its commit.
+const reviewRetries = 5
+
+// changedMeanwhile reports whether err is an approval_changed condition.
+func changedMeanwhile(err error) bool {
+	var failed *ConditionFailed
+	return errors.As(err, &failed) && failed.Reason == ReasonApprovalChanged
+}
+
+// reviewOnce reads the approval and commits the review on it, if it is
+// still as read; the caller holds its lock.
+func (s Approvals) reviewOnce(ctx context.Context, approver, approvalID string, approve bool, reason string) (*Approval, error) {
 	a, err := s.Get(ctx, approvalID)
 	if err != nil {
 		return nil, err
@@ -401,12 +429,11 @@ func (s Approvals) Review(ctx context.Context, approver, approvalID string, appr
 	if err != nil {
 		return nil, err
 	}
-	a = next
-	if _, err := s.apply(ctx, Change{PutApprovals: []*Approval{a}, Events: []Event{ev}}); err != nil {
+	if _, err := s.apply(ctx, Change{PutApprovals: []*Approval{next}, Events: []Event{ev}, Conditions: &Conditions{Approval: a.Version()}}); err != nil {
 		return nil, err
 	}
-	s.approvalWaiters.notify(a.ID)
-	return a, nil
+	s.approvalWaiters.notify(next.ID)
+	return next, nil
 }
 
 // ApplyReview is one review as a pure state transition: it returns the
@@ -575,7 +602,11 @@ func (s *core) expireDue(ctx context.Context, id string) (bool, error) {
 	if !a.Status.Open() || !s.now().After(a.Deadline()) {
 		return false, nil
 	}
-	return true, s.expireApproval(ctx, a)
+	err = s.expireApproval(ctx, a)
+	if changedMeanwhile(err) {
+		return false, nil // reviewed or picked up through another replica: the next sweep looks again
+	}
+	return err == nil, err
 }
 
 // expireApproval moves an open approval to expired and records it; the
@@ -586,7 +617,7 @@ func (s *core) expireApproval(ctx context.Context, a *Approval) error {
 	next.Status, next.DecidedAt = ApprovalExpired, s.now()
 	ev := Event{Type: EventApprovalExpired, Actor: "latch", Subject: a.Agent, Task: a.Task, Outcome: string(ApprovalExpired),
 		Details: map[string]string{"approval_id": a.ID, "was": string(was), "deadline": deadline.UTC().Format(time.RFC3339)}}
-	if _, err := s.apply(ctx, Change{PutApprovals: []*Approval{&next}, Events: []Event{ev}}); err != nil {
+	if _, err := s.apply(ctx, Change{PutApprovals: []*Approval{&next}, Events: []Event{ev}, Conditions: &Conditions{Approval: a.Version()}}); err != nil {
 		return err
 	}
 	*a = next

@@ -58,6 +58,9 @@ type Lease struct {
 	Asked
 	Tier       string `json:"tier,omitempty"`
 	ApprovalID string `json:"approval_id,omitempty"`
+	// Replica is the latch process that minted it (Config.Replica): its
+	// intent is that replica's to finish while the replica lives.
+	Replica string `json:"replica,omitempty"`
 
 	Refs Refs `json:"refs"`
 

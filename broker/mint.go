@@ -134,6 +134,7 @@ func (s *core) newLease(req IssueRequest, d templates.Decision) *Lease {
 		Asked:        asked(req, d),
 		Tier:         d.Tier,
 		ApprovalID:   req.ApprovalID,
+		Replica:      s.cfg.Replica,
 		IssuedAt:     now,
 		ExpiresAt:    now.Add(d.TTL),
 		MaxExpiresAt: now.Add(d.MaxTTL),
@@ -193,12 +194,16 @@ func (s *core) commit(ctx context.Context, lease *Lease, req IssueRequest, d tem
 		Conditions:    s.issueConditions(req.Agent, d, false),
 	}
 	c.Conditions.Group = lease.Refs.Group
+	// Reconciliation may have ended the intent (its replica was taken for
+	// dead: paused, cut off): then what was minted is revoked already.
+	c.Conditions.Intent = lease.ID
 	if approval != nil {
 		// A copy: if the commit fails, the caller's approval is still
 		// approved, as the store's is.
 		used := *approval
 		used.Status, used.ConsumedAt, used.LeaseID = ApprovalConsumed, s.now(), lease.ID
 		c.PutApprovals = []*Approval{&used}
+		c.Conditions.Approval = approval.Version()
 	}
 	_, err := s.apply(ctx, c)
 	var failed *ConditionFailed
@@ -317,6 +322,12 @@ func conditionError(failed *ConditionFailed) *Error {
 	switch failed.Reason {
 	case ReasonPolicyDeleting:
 		return &Error{Code: EUNAVAILABLE, Message: "the task's Vault policy is being collected; ask again", Reasons: []string{failed.Reason}}
+	case ReasonApprovalChanged:
+		return &Error{Code: ECONFLICT, Message: "the approval expired or was picked up while this pickup was in flight; look at it again",
+			Reasons: []string{failed.Reason}}
+	case ReasonIntentGone:
+		return &Error{Code: EUNAVAILABLE, Message: "latch took this request for abandoned (its replica was unreachable) and revoked what it minted; ask again",
+			Reasons: []string{failed.Reason}}
 	case ReasonGroupRetired:
 		return &Error{Code: EUNAVAILABLE, Message: "an operator revoked the agent's credentials of this task while the request was in flight; ask again",
 			Reasons: []string{failed.Reason}}

@@ -37,25 +37,17 @@ func (f *inflight) owned(id string) bool {
 }
 
 // Reconcile finishes what no live request owns: intents (a mint that was
-// started but never committed) left by a crash, or by a request whose
-// commit failed, are revoked through the refs they hold, or marked
-// failed when they hold none. It then queues the live leases of
-// quarantined agents (a crash between a quarantine and its revocations),
-// and the leases that expired while latch was down, and collects the shared
-// policies nothing names any more (CollectPolicies). Run calls it at start
-// and every Config.ReconcileEvery; a request in flight is never touched.
+// started but never committed) left by a crash, by a request whose commit
+// failed or by a replica that is no longer alive (Config.LiveReplicas),
+// are revoked through the refs they hold, or marked failed when they hold
+// none. It then queues the live leases of quarantined agents (a crash
+// between a quarantine and its revocations), and the leases that expired
+// while latch was down, and collects the shared policies nothing names
+// any more (CollectPolicies). RunDuties calls it at start and every
+// Config.ReconcileEvery; a request in flight is never touched.
 func (s Leases) Reconcile(ctx context.Context) error {
-	intents, err := stored(s.store.Intents(ctx))
-	if err != nil {
+	if err := s.reconcileIntents(ctx, true); err != nil {
 		return err
-	}
-	for _, l := range intents {
-		if s.inflight.owned(l.ID) {
-			continue // its request is live: it commits or fails it itself
-		}
-		if err := s.reconcileIntent(ctx, l); err != nil {
-			return err
-		}
 	}
 	if err := s.requarantine(ctx); err != nil {
 		return err
@@ -63,7 +55,7 @@ func (s Leases) Reconcile(ctx context.Context) error {
 	if _, err := s.Sweep(ctx); err != nil {
 		return err
 	}
-	if _, err = s.ProcessRevocations(ctx); err != nil {
+	if _, err := s.ProcessRevocations(ctx); err != nil {
 		return err
 	}
 	// Shared policies are only garbage: a failure to collect them costs
@@ -73,6 +65,33 @@ func (s Leases) Reconcile(ctx context.Context) error {
 	}
 	if err := s.collectGroups(ctx); err != nil {
 		s.log.Warn("collect retired groups", "err", err)
+	}
+	return nil
+}
+
+// reconcileIntents ends the intents of this replica that none of its
+// requests owns and, with others, those of replicas no longer alive.
+func (s *core) reconcileIntents(ctx context.Context, others bool) error {
+	intents, err := stored(s.store.Intents(ctx))
+	if err != nil {
+		return err
+	}
+	// Listed after the intents: the replica that wrote one of them was
+	// alive, and listed, when it wrote it.
+	var live map[string]bool
+	if others && s.cfg.LiveReplicas != nil {
+		if live, err = s.cfg.LiveReplicas(ctx); err != nil {
+			return unavailable("the list of live replicas", err)
+		}
+	}
+	for _, l := range intents {
+		mine := l.Replica == s.cfg.Replica
+		if mine && s.inflight.owned(l.ID) || !mine && (!others || live[l.Replica]) {
+			continue // a live request commits or fails it itself
+		}
+		if err := s.reconcileIntent(ctx, l); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -128,12 +147,24 @@ func (s Leases) requarantine(ctx context.Context) error {
 	return nil
 }
 
-// Run reconciles, then sweeps expired leases and works the revocation
-// queue every second (at once when woken), writes the summaries of
-// coalesced refusals, and reconciles again every Config.ReconcileEvery,
-// until ctx ends; then it writes the summaries still open. ready, if not
-// nil, is closed once the first reconciliation is done.
+// Run runs RunReplica and RunDuties together, for a Service that has its
+// store to itself, until ctx ends. ready, if not nil, is closed once the
+// first reconciliation is done.
 func (s *Service) Run(ctx context.Context, ready chan<- struct{}) error {
+	rctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { s.RunReplica(rctx) })
+	return s.RunDuties(ctx, ready)
+}
+
+// RunDuties runs the background duties, which one replica at a time must
+// run: it reconciles, then sweeps expired leases and approvals and works
+// the revocation queue every second (at once when woken), and reconciles
+// again every Config.ReconcileEvery, until ctx ends. ready, if not nil, is
+// closed once the first reconciliation is done.
+func (s *Service) RunDuties(ctx context.Context, ready chan<- struct{}) error {
 	leases := s.Leases()
 	if err := leases.Reconcile(ctx); err != nil {
 		return err
@@ -143,14 +174,12 @@ func (s *Service) Run(ctx context.Context, ready chan<- struct{}) error {
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	defer s.flushCoalesced(context.WithoutCancel(ctx), true)
 	lastReconcile := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			s.flushCoalesced(ctx, false)
 		case <-s.kick:
 		}
 		if time.Since(lastReconcile) >= s.cfg.ReconcileEvery {
@@ -165,6 +194,37 @@ func (s *Service) Run(ctx context.Context, ready chan<- struct{}) error {
 		}
 		if _, err := leases.ProcessRevocations(ctx); err != nil {
 			s.log.Error("revocation queue", "err", err)
+		}
+	}
+}
+
+// RunReplica does what every replica does for itself, until ctx ends: it
+// writes the summaries of its coalesced refusals every second (and those
+// still open at the end), reconciles its own intents every
+// Config.ReconcileEvery and, on a store other replicas write too
+// (EventWatcher), takes in their events (watchReplicas).
+func (s *Service) RunReplica(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if w, ok := s.store.(EventWatcher); ok {
+		wg.Go(func() { s.watchReplicas(ctx, w) })
+	}
+	defer s.flushCoalesced(context.WithoutCancel(ctx), true)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	lastReconcile := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s.flushCoalesced(ctx, false)
+		if time.Since(lastReconcile) >= s.cfg.ReconcileEvery {
+			lastReconcile = time.Now()
+			if err := s.reconcileIntents(ctx, false); err != nil {
+				s.log.Error("reconcile this replica's intents", "err", err)
+			}
 		}
 	}
 }

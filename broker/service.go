@@ -52,6 +52,15 @@ type Config struct {
 	// request owns (default 1 min); it also reconciles at start.
 	ReconcileEvery time.Duration
 
+	// Replica names this process among the latch replicas that share the
+	// store (empty when it has the store to itself); its intents carry the
+	// name. LiveReplicas, when set, names the replicas alive now: the
+	// duties (RunDuties) reconcile the intents of the others, and each
+	// replica its own (RunReplica). Name each start of a process anew: a
+	// restarted replica does not own its predecessor's requests.
+	Replica      string
+	LiveReplicas func(context.Context) (map[string]bool, error)
+
 	// Refusals (deny, violation and rejected events) of one caller, of
 	// one type and first reason, are written one by one up to
 	// CoalesceAfter per CoalesceWindow; the rest of the window is counted

@@ -182,13 +182,36 @@ type Conditions struct {
 	// Group, when set, is the group the change's lease is in: it must not
 	// be retired (Change.RetireGroups).
 	Group string
+	// Approval, when set, is an approval as the change's writer read it:
+	// it must still be stored as it was (two replicas reviewing, picking
+	// up or expiring one at once: the later fails).
+	Approval *ApprovalVersion
+}
+
+// ApprovalVersion is what tells one state of an approval from the next:
+// every change moves its status forward or adds a review.
+type ApprovalVersion struct {
+	ID      string
+	Status  ApprovalStatus
+	Reviews int
+}
+
+// Version is a's ApprovalVersion.
+func (a *Approval) Version() *ApprovalVersion {
+	return &ApprovalVersion{ID: a.ID, Status: a.Status, Reviews: len(a.Reviews)}
+}
+
+// Matches reports whether a stored approval (nil when none) is at v.
+func (v *ApprovalVersion) Matches(a *Approval) bool {
+	return a != nil && a.Status == v.Status && len(a.Reviews) == v.Reviews
 }
 
 // ConditionFailed is the error of a Change whose Conditions did not hold.
 type ConditionFailed struct {
 	// Reason is the condition's code: agent_paused, agent_quarantined,
 	// global_freeze, template_changed, agent_budget, template_budget,
-	// lease_not_active or intent_gone.
+	// lease_not_active, intent_gone, policy_deleting, group_retired or
+	// approval_changed.
 	Reason string
 	// Held is, for a budget, how many leases the agent holds.
 	Held int
@@ -213,6 +236,7 @@ const (
 	ReasonPolicyDeleting  = "policy_deleting"
 	ReasonPolicyInUse     = "policy_in_use"
 	ReasonGroupRetired    = "group_retired"
+	ReasonApprovalChanged = "approval_changed"
 )
 
 // Store errors.

@@ -199,6 +199,7 @@ type Lease struct {
 	RequestID       string            `json:"request_id,omitempty"`
 	Tier            string            `json:"tier,omitempty"`
 	ApprovalID      string            `json:"approval_id,omitempty"`
+	Replica         string            `json:"replica,omitempty"` // the latch replica that minted it (store.etcd)
 	Refs            Refs              `json:"refs"`
 	IssuedAt        time.Time         `json:"issued_at"`
 	ExpiresAt       time.Time         `json:"expires_at"`

@@ -52,6 +52,17 @@ func checkConditions(tx *bolt.Tx, c *broker.Conditions) (*broker.ConditionFailed
 	if c.Intent != "" && tx.Bucket(bktIntents).Get([]byte(c.Intent)) == nil {
 		return &broker.ConditionFailed{Reason: broker.ReasonIntentGone}, nil
 	}
+	if c.Approval != nil {
+		var a *broker.Approval
+		if v := tx.Bucket(bktApprovals).Get([]byte(c.Approval.ID)); v != nil {
+			if err := json.Unmarshal(v, &a); err != nil {
+				return nil, fmt.Errorf("%w: approval %s: %v", ErrCorrupt, c.Approval.ID, err)
+			}
+		}
+		if !c.Approval.Matches(a) {
+			return &broker.ConditionFailed{Reason: broker.ReasonApprovalChanged}, nil
+		}
+	}
 	if c.LeaseActive != "" {
 		v := tx.Bucket(bktLeases).Get([]byte(c.LeaseActive))
 		var ix leaseIndex

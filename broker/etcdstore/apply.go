@@ -38,7 +38,7 @@ func (s *Store) Apply(ctx context.Context, c broker.Change) ([]broker.Event, err
 		return nil, fmt.Errorf("etcdstore: apply: %w", err)
 	}
 	now := s.now()
-	p := &pending{c: &c, events: make([]broker.Event, len(c.Events)), done: make(chan struct{})}
+	p := &pending{c: &c, fence: fenceOf(ctx), events: make([]broker.Event, len(c.Events)), done: make(chan struct{})}
 	for i, e := range c.Events {
 		if e.Time.IsZero() {
 			e.Time = now
@@ -127,6 +127,9 @@ func (s *Store) keysOf(c *broker.Change) []string {
 		}
 		if cd.NotFrozen {
 			keys = append(keys, s.k.freeze())
+		}
+		if cd.Approval != nil {
+			keys = append(keys, s.k.approval(cd.Approval.ID))
 		}
 	}
 	return keys
@@ -229,6 +232,21 @@ func (s *Store) checkRecords(t *txn, c *broker.Conditions) (string, error) {
 	if c.Intent != "" {
 		if v, err := t.get(s.k.intent(c.Intent)); err != nil || v == nil {
 			return broker.ReasonIntentGone, err
+		}
+	}
+	if c.Approval != nil {
+		v, err := t.get(s.k.approval(c.Approval.ID))
+		if err != nil {
+			return "", err
+		}
+		var a *broker.Approval
+		if v != nil {
+			if a, err = decode[broker.Approval]("approval "+c.Approval.ID, v); err != nil {
+				return "", err
+			}
+		}
+		if !c.Approval.Matches(a) {
+			return broker.ReasonApprovalChanged, nil
 		}
 	}
 	if c.LeaseActive != "" {

@@ -40,6 +40,7 @@ const commitTimeout = 10 * time.Second
 // pending is one Apply waiting for its batch.
 type pending struct {
 	c      *broker.Change
+	fence  *Fence         // from Apply's context: see Fence
 	events []broker.Event // stamped, not yet chained
 	out    []broker.Event
 	failed *broker.ConditionFailed
@@ -135,21 +136,16 @@ func (c *committer) fail(err error) {
 
 // run commits what it can of batch in one transaction, retrying when
 // another replica wrote what it read, and returns the changes it left for
-// the next batch (past maxBatchOps).
+// the next batch (past maxBatchOps, or under another fence). The batch's
+// fence is its first fenced change's; when it fails, the fenced changes
+// fail with ErrFenced and the others are tried again without it.
 func (c *committer) run(batch []*pending) []*pending {
-	var live []*pending
-	for _, p := range batch {
-		p.mu.Lock()
-		if !p.gone {
-			p.entered = true
-			live = append(live, p)
-		}
-		p.mu.Unlock()
-	}
+	live, later := c.enter(batch)
+	fence := fenceOfBatch(live)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 		t := newTxn(ctx, c.s.cli)
-		t.fence = c.s.fence
+		t.fence = fence
 		now := c.s.now()
 		var keys []string
 		for _, p := range live {
@@ -157,11 +153,8 @@ func (c *committer) run(batch []*pending) []*pending {
 		}
 		if err := t.prefetch(keys); err != nil {
 			cancel()
-			for _, p := range live {
-				p.err = err
-				close(p.done)
-			}
-			return nil
+			finish(live, err)
+			return later
 		}
 		var in, rest []*pending
 		for i, p := range live {
@@ -184,9 +177,22 @@ func (c *committer) run(batch []*pending) []*pending {
 			err = t.commit()
 		}
 		cancel()
-		if errors.Is(err, errConflict) {
+		switch {
+		case errors.Is(err, errConflict):
 			c.conflicts.Add(1)
 			continue // read everything again
+		case errors.Is(err, ErrFenced):
+			var unfenced []*pending
+			for _, p := range live {
+				if p.fence == nil {
+					unfenced = append(unfenced, p)
+				} else {
+					p.out, p.failed, p.err = nil, nil, err
+					close(p.done)
+				}
+			}
+			live, fence = unfenced, nil
+			continue
 		}
 		for _, p := range in {
 			if err != nil {
@@ -196,6 +202,45 @@ func (c *committer) run(batch []*pending) []*pending {
 		for _, p := range live[:len(live)-len(rest)] {
 			close(p.done)
 		}
-		return rest
+		return append(rest, later...)
+	}
+}
+
+// enter takes the changes of batch not withdrawn: those unfenced or under
+// the first fence met, and leaves the others for a later batch.
+func (c *committer) enter(batch []*pending) (live, later []*pending) {
+	var fence *Fence
+	for _, p := range batch {
+		p.mu.Lock()
+		switch {
+		case p.gone:
+		case p.fence != nil && fence != nil && p.fence != fence:
+			later = append(later, p)
+		default:
+			if p.fence != nil {
+				fence = p.fence
+			}
+			p.entered = true
+			live = append(live, p)
+		}
+		p.mu.Unlock()
+	}
+	return live, later
+}
+
+func fenceOfBatch(live []*pending) *Fence {
+	for _, p := range live {
+		if p.fence != nil {
+			return p.fence
+		}
+	}
+	return nil
+}
+
+// finish ends every change of ps with err.
+func finish(ps []*pending, err error) {
+	for _, p := range ps {
+		p.err = err
+		close(p.done)
 	}
 }

@@ -12,10 +12,10 @@ import (
 // the log.
 var ErrCorrupt = errors.New("corrupt record")
 
-// ErrFenced means a commit was refused because this replica no longer
-// holds the lock its Options.Fence names: another may hold it now, and
-// nothing of the change was written.
-var ErrFenced = errors.New("fenced: this server no longer holds its etcd lock")
+// ErrFenced means a change was refused because its Fence failed: this
+// replica no longer holds what the fence names (another may hold it
+// now), and nothing of the change was written.
+var ErrFenced = errors.New("fenced: this replica no longer holds the etcd election its change was made under")
 
 // unavailable wraps an etcd error: the store cannot serve right now.
 func unavailable(what string, err error) error {

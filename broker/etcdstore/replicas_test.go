@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/latchbroker/latch/broker"
@@ -248,46 +249,112 @@ func TestAudit_LeaderKilled(t *testing.T) {
 	}
 }
 
-// TestFence: a store fenced by a lock commits while its replica holds the
-// lock; once the lock's session ends (as when etcd stops hearing from the
-// replica), its commits write nothing and fail with ErrFenced, while the
-// replica that takes the lock over commits.
+// TestFence: changes under a replica's fence (its duties' election)
+// commit while it leads; once its session ends (as when etcd stops
+// hearing from the replica), they write nothing and fail with ErrFenced —
+// while its unfenced changes, even in the same batch, still commit — and
+// the replica elected after it commits under its own fence.
 func TestFence(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	prefix := testPrefix(t)
-	lockedStore := func() (*Store, *concurrency.Session) {
+	elected := func() (*Store, context.Context, *concurrency.Session) {
 		cli := newClient(t)
 		session, err := concurrency.NewSession(cli, concurrency.WithTTL(5))
 		if err != nil {
 			t.Fatal(err)
 		}
-		lock := concurrency.NewMutex(session, prefix+"/lock")
-		if err := lock.Lock(ctx); err != nil {
+		e := concurrency.NewElection(session, prefix+"/duties")
+		if err := e.Campaign(ctx, "replica"); err != nil {
 			t.Fatal(err)
 		}
-		fence := lock.IsOwner()
-		s, err := New(cli, prefix, Options{Fence: &fence})
+		s, err := New(cli, prefix, Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
-		return s, session
+		fence := &Fence{Cmp: clientv3.Compare(clientv3.CreateRevision(e.Key()), "=", e.Rev())}
+		return s, WithFence(ctx, fence), session
 	}
-	first, session := lockedStore()
+	first, fenced, session := elected()
 	freeze := broker.Change{Events: []broker.Event{storetest.Ev(broker.EventFreeze, "")}}
-	if _, err := first.Apply(ctx, freeze); err != nil {
-		t.Fatalf("a commit under the lock: %v", err)
+	if _, err := first.Apply(fenced, freeze); err != nil {
+		t.Fatalf("a change under the fence while elected: %v", err)
 	}
-	if err := session.Close(); err != nil { // the lock is released
+	if err := session.Close(); err != nil { // resigns
 		t.Fatal(err)
 	}
-	second, _ := lockedStore()
-	if _, err := first.Apply(ctx, freeze); !errors.Is(err, ErrFenced) || !errors.Is(err, broker.ErrStoreUnavailable) {
-		t.Fatalf("a commit after the lock was lost: %v, want ErrFenced", err)
+	second, secondFenced, _ := elected()
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	for i := range errs {
+		wg.Go(func() {
+			if i == 0 {
+				_, errs[i] = first.Apply(fenced, freeze)
+			} else {
+				_, errs[i] = first.Apply(ctx, broker.Change{Events: []broker.Event{storetest.Ev(broker.EventRequest, "")}})
+			}
+		})
 	}
-	evs, err := second.Apply(ctx, broker.Change{Events: []broker.Event{storetest.Ev(broker.EventUnfreeze, "")}})
-	if err != nil || evs[0].Seq != 2 {
-		t.Fatalf("the new holder's commit: %+v, %v; want seq 2 (the fenced change wrote nothing)", evs, err)
+	wg.Wait()
+	if !errors.Is(errs[0], ErrFenced) || !errors.Is(errs[0], broker.ErrStoreUnavailable) {
+		t.Fatalf("a fenced change after the election was lost: %v, want ErrFenced", errs[0])
+	}
+	for _, err := range errs[1:] {
+		if err != nil {
+			t.Fatalf("an unfenced change of the replica that lost the election: %v", err)
+		}
+	}
+	evs, err := second.Apply(secondFenced, broker.Change{Events: []broker.Event{storetest.Ev(broker.EventUnfreeze, "")}})
+	if err != nil || evs[0].Seq != 7 {
+		t.Fatalf("the new leader's change: %+v, %v; want seq 7 (the fenced change wrote nothing)", evs, err)
+	}
+}
+
+// TestWatchEvents: a replica's watch sees, once started, every event two
+// replicas append, each once, in Seq order.
+func TestWatchEvents(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	prefix := testPrefix(t)
+	watcher, other := newStore(t, prefix), newStore(t, prefix)
+	const each = 50
+	started := make(chan struct{})
+	seen := make(chan broker.Event, 4*each)
+	wctx, stop := context.WithCancel(ctx)
+	watched := make(chan error, 1)
+	go func() {
+		watched <- watcher.WatchEvents(wctx, func() { close(started) }, func(evs []broker.Event) {
+			for _, e := range evs {
+				seen <- e
+			}
+		})
+	}()
+	<-started
+	var wg sync.WaitGroup
+	for _, s := range []*Store{watcher, other} {
+		wg.Go(func() {
+			for range each {
+				if _, err := s.Apply(ctx, broker.Change{Events: []broker.Event{storetest.Ev(broker.EventRequest, ""), storetest.Ev(broker.EventIssue, "")}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for want := uint64(1); want <= 4*each; want++ {
+		select {
+		case e := <-seen:
+			if e.Seq != want {
+				t.Fatalf("the watch gave seq %d, want %d", e.Seq, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("the watch gave %d of %d events", want-1, 4*each)
+		}
+	}
+	stop()
+	if err := <-watched; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the watch ended with %v, want its context's end", err)
 	}
 }

@@ -16,11 +16,6 @@ type Options struct {
 	// Now is the clock (time.Now by default): the time of events without
 	// one, and of group retirements.
 	Now func() time.Time
-	// Fence, when set, is a compare every commit must pass too, such as
-	// concurrency.Mutex.IsOwner of a lock this replica holds: once the
-	// lock is lost (its session expired), commits write nothing and fail
-	// with ErrFenced instead of racing the replica that took it over.
-	Fence *clientv3.Cmp
 }
 
 // Store is broker.Store on etcd, under one key prefix. Replicas share a
@@ -30,7 +25,6 @@ type Store struct {
 	k       keys
 	audit   chain
 	now     func() time.Time
-	fence   *clientv3.Cmp
 	commits *committer
 	closed  chan struct{}
 }
@@ -50,7 +44,7 @@ func New(cli *clientv3.Client, prefix string, opts Options) (*Store, error) {
 		opts.Now = time.Now
 	}
 	k := newKeys(prefix)
-	s := &Store{cli: cli, k: k, audit: newChain(cli, k.p[:len(k.p)-1]), now: opts.Now, fence: opts.Fence, closed: make(chan struct{})}
+	s := &Store{cli: cli, k: k, audit: newChain(cli, k.p[:len(k.p)-1]), now: opts.Now, closed: make(chan struct{})}
 	s.commits = newCommitter(s)
 	return s, nil
 }

@@ -26,7 +26,7 @@ type txn struct {
 	kv    clientv3.KV
 	rev   int64 // the revision every read is at; 0 until the first read
 	cmps  []clientv3.Cmp
-	fence *clientv3.Cmp // see Options.Fence
+	fence *Fence // the batch's: see Fence
 	seen  map[string]bool
 
 	cache  map[string]*mvccpb.KeyValue // prefetched keys; nil: absent
@@ -196,7 +196,7 @@ func (t *txn) commit() error {
 	}
 	txn := t.kv.Txn(t.ctx).If(t.cmps...).Then(ops...)
 	if t.fence != nil {
-		txn = t.kv.Txn(t.ctx).If(append(t.cmps, *t.fence)...).Then(ops...).Else(clientv3.OpTxn([]clientv3.Cmp{*t.fence}, nil, nil))
+		txn = t.kv.Txn(t.ctx).If(append(t.cmps, t.fence.Cmp)...).Then(ops...).Else(clientv3.OpTxn([]clientv3.Cmp{t.fence.Cmp}, nil, nil))
 	}
 	res, err := txn.Commit()
 	switch {

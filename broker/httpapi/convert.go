@@ -25,6 +25,7 @@ func leaseOut(l *broker.Lease) api.Lease {
 		RequestID:       l.RequestID,
 		Tier:            l.Tier,
 		ApprovalID:      l.ApprovalID,
+		Replica:         l.Replica,
 		Refs: api.Refs{
 			TokenAccessor: l.Refs.TokenAccessor,
 			Policy:        l.Refs.Policy,

@@ -278,3 +278,42 @@ func applyApprovalWithLease(t *testing.T, h Harness) {
 		t.Fatal("a consumed approval is still due to expire")
 	}
 }
+
+// An approval condition holds while the approval is as its writer read
+// it: a second review written on the same read (another replica's) fails
+// with approval_changed and writes nothing, and so does one on an
+// approval that is not stored.
+func approvalCondition(t *testing.T, h Harness) {
+	s := h.open(t)
+	ctx := context.Background()
+	g := NewIDs()
+	a := Approval(g.Next(), "agent-1", "", broker.ApprovalPending, T0.Add(time.Hour))
+	a.Required = 2
+	Apply(t, s, broker.Change{PutApprovals: []*broker.Approval{a}})
+	read := a.Version()
+	review := func(who string) error {
+		next := *a
+		next.Reviews = []broker.Review{{Approver: who, Decision: broker.ReviewApprove, Reason: "ok", At: T0}}
+		_, err := s.Apply(ctx, broker.Change{PutApprovals: []*broker.Approval{&next}, Events: []broker.Event{Ev(broker.EventApprovalReview, "")},
+			Conditions: &broker.Conditions{Approval: read}})
+		return err
+	}
+	if err := review("spiffe://example.org/ops/alice"); err != nil {
+		t.Fatalf("the first review: %v", err)
+	}
+	var failed *broker.ConditionFailed
+	if err := review("spiffe://example.org/ops/carol"); !errors.As(err, &failed) || failed.Reason != broker.ReasonApprovalChanged {
+		t.Fatalf("a review written on a stale read: %v, want approval_changed", err)
+	}
+	got, err := s.Approval(ctx, a.ID)
+	if err != nil || len(got.Reviews) != 1 || got.Reviews[0].Approver != "spiffe://example.org/ops/alice" {
+		t.Fatalf("approval = %+v, %v; want alice's review alone", got, err)
+	}
+	if last, err := s.LastEvent(ctx); err != nil || last.Seq != 1 {
+		t.Fatalf("last event = %+v, %v; want the first review's alone", last, err)
+	}
+	gone := &broker.ApprovalVersion{ID: g.Next(), Status: broker.ApprovalPending}
+	if _, err := s.Apply(ctx, broker.Change{Events: []broker.Event{Ev(broker.EventApprovalExpired, "")}, Conditions: &broker.Conditions{Approval: gone}}); !errors.As(err, &failed) || failed.Reason != broker.ReasonApprovalChanged {
+		t.Fatalf("a condition on an approval not stored: %v, want approval_changed", err)
+	}
+}

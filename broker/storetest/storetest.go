@@ -62,6 +62,7 @@ var tests = []struct {
 	{"Approvals/LifecycleIndexes", approvalsLifecycleIndexes},
 	{"Approvals/ByRequestNewestWins", approvalByRequestNewestWins},
 	{"Approvals/Expiring", expiringApprovals},
+	{"Approvals/Condition", approvalCondition},
 	{"Marks/Groups", groupMarks},
 	{"Marks/Policies", policyMarks},
 	{"Marks/PolicyRace", policyMarkRace},

@@ -3,12 +3,13 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -17,27 +18,26 @@ import (
 	"github.com/latchbroker/latch/broker/etcdstore"
 )
 
-// etcdLockTTL is how long a dead server's lock outlives it: a standby
-// takes over within it.
-const etcdLockTTL = 10 * time.Second
+// etcdSessionTTL is how long a dead replica's session outlives it: within
+// it another replica takes its duties over and reconciles its intents.
+const etcdSessionTTL = 10 * time.Second
 
-// etcdStore is the store on etcd, with the lock that makes this server the
-// one that serves: the background duties (expiry, the revocation queue,
-// reconciliation) must run on one replica at a time, and until they fail
-// over one by one, the whole server does. A second server on the same
-// prefix waits as a standby and takes over when the first dies.
+// etcdStore is the store on etcd with this replica's session: its name
+// among the replicas (a key of the session's lease under
+// <prefix>/replicas/, gone when the session ends) and its campaign for
+// the background duties (<prefix>/duties).
 type etcdStore struct {
 	*etcdstore.Store
 	cli     *clientv3.Client
 	session *concurrency.Session
+	prefix  string
+	replica string // this process's name: host, pid, a random tag
 }
 
-// openEtcdStore dials etcd and waits for the server lock.
+// openEtcdStore dials etcd, opens the replica's session and registers the
+// replica.
 func openEtcdStore(ctx context.Context, cfg *EtcdConfig, log *slog.Logger) (*etcdStore, error) {
-	prefix := cfg.Prefix
-	if prefix == "" {
-		prefix = "/latch"
-	}
+	prefix := cmp.Or(cfg.Prefix, "/latch")
 	tlsCfg, err := etcdTLS(cfg)
 	if err != nil {
 		return nil, err
@@ -46,43 +46,77 @@ func openEtcdStore(ctx context.Context, cfg *EtcdConfig, log *slog.Logger) (*etc
 	if err != nil {
 		return nil, fmt.Errorf("store.etcd: %w", err)
 	}
-	session, err := concurrency.NewSession(cli, concurrency.WithTTL(int(etcdLockTTL/time.Second)))
+	session, err := concurrency.NewSession(cli, concurrency.WithTTL(int(etcdSessionTTL/time.Second)))
 	if err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("store.etcd: %s: %w", cfg.Endpoints, err)
 	}
-	lock := concurrency.NewMutex(session, prefix+"/lock/server")
-	if err := lock.TryLock(ctx); errors.Is(err, concurrency.ErrLocked) {
-		log.Info("another latch server serves this etcd prefix: waiting as a standby", "prefix", prefix)
-		err = lock.Lock(ctx)
+	e := &etcdStore{cli: cli, session: session, prefix: prefix, replica: replicaName()}
+	// Registered before any request is served: an intent's replica is
+	// listed for as long as it lives.
+	if _, err := cli.Put(ctx, e.replicasKey()+e.replica, time.Now().UTC().Format(time.RFC3339), clientv3.WithLease(session.Lease())); err != nil {
+		e.closeSession()
+		return nil, fmt.Errorf("store.etcd: register the replica: %w", err)
 	}
-	if err != nil {
-		session.Close()
-		cli.Close()
-		return nil, fmt.Errorf("store.etcd: take the server lock: %w", err)
-	}
-	// Every write is fenced by the lock: once it is lost, nothing this
-	// server still has in flight is written.
-	fence := lock.IsOwner()
-	st, err := etcdstore.New(cli, prefix, etcdstore.Options{Fence: &fence})
-	if err != nil {
-		session.Close()
-		cli.Close()
+	if e.Store, err = etcdstore.New(cli, prefix, etcdstore.Options{}); err != nil {
+		e.closeSession()
 		return nil, err
 	}
-	log.Info("serving from etcd", "prefix", prefix, "endpoints", cfg.Endpoints)
-	return &etcdStore{Store: st, cli: cli, session: session}, nil
+	log.Info("serving from etcd", "prefix", prefix, "endpoints", cfg.Endpoints, "replica", e.replica)
+	return e, nil
 }
 
-// lost is closed when the lock's session ends (etcd unreachable for its
-// TTL): another server may hold the lock by then, so this one must stop.
+// replicaName names this start of the process: a restarted replica does
+// not own what its predecessor had in flight.
+func replicaName() string {
+	host, _ := os.Hostname()
+	tag := make([]byte, 6)
+	rand.Read(tag)
+	return fmt.Sprintf("%s-%d-%x", cmp.Or(host, "latch"), os.Getpid(), tag)
+}
+
+func (e *etcdStore) replicasKey() string { return e.prefix + "/replicas/" }
+
+// liveReplicas names the replicas whose session is alive.
+func (e *etcdStore) liveReplicas(ctx context.Context) (map[string]bool, error) {
+	res, err := e.cli.Get(ctx, e.replicasKey(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, err
+	}
+	live := map[string]bool{}
+	for _, kv := range res.Kvs {
+		live[strings.TrimPrefix(string(kv.Key), e.replicasKey())] = true
+	}
+	return live, nil
+}
+
+// elect waits until this replica is elected to run the duties, and
+// returns a context whose writes are fenced by the election: once this
+// replica's session ends, they write nothing.
+func (e *etcdStore) elect(ctx context.Context) (context.Context, error) {
+	el := concurrency.NewElection(e.session, e.prefix+"/duties")
+	if err := el.Campaign(ctx, e.replica); err != nil {
+		return nil, err
+	}
+	fence := &etcdstore.Fence{Cmp: clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())}
+	return etcdstore.WithFence(ctx, fence), nil
+}
+
+// lost is closed when the replica's session ends (etcd unreachable for
+// its TTL).
 func (e *etcdStore) lost() <-chan struct{} { return e.session.Done() }
 
 func (e *etcdStore) Close() error {
 	err := e.Store.Close()
-	e.session.Close() // releases the lock at once for a standby
-	e.cli.Close()
+	e.closeSession()
 	return err
+}
+
+// closeSession revokes the session's lease at once: the replica leaves
+// the list, and its campaign for the duties ends.
+func (e *etcdStore) closeSession() {
+	e.session.Close()
+	e.cli.Close()
 }
 
 // etcdTLS is TLS 1.3 to etcd when a CA or a client certificate is set.

@@ -43,8 +43,11 @@ func serverCommand() *cli.Command {
 			"sections (server, spiffe, store, vault, backends, notify, approvals,\n" +
 			"auto_pause) take effect at the next start. SIGINT or SIGTERM shut down\n" +
 			"gracefully.\n\n" +
-			"With store.etcd, one server serves a prefix at a time: a second waits as a\n" +
-			"standby (not ready) and takes over within 10 s of the first's end.\n\n" +
+			"With store.etcd, every server on a prefix serves (replicas, active-active);\n" +
+			"one at a time runs the background duties (expiry, the revocation queue,\n" +
+			"reconciliation, approval expiry, policy collection, checkpoints, auto-pause,\n" +
+			"webhooks), elected through etcd, and another takes them over within 10 s\n" +
+			"of its end. A replica that loses its etcd session stops: restart it.\n\n" +
 			"Webhook deliveries are kept in store.outbox (default <store.path>.outbox)\n" +
 			"until delivered; one that fails is retried on its own backoff while later\n" +
 			"ones go on, and after 30 attempts it is a dead letter, deleted after\n" +
@@ -123,7 +126,7 @@ type Server struct {
 // answers ready once reconciliation is done). On error, whatever was
 // opened is closed.
 func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, err error) {
-	s = &Server{cfg: cfg, log: log, ready: make(chan struct{}), runErr: make(chan error, 2), metrics: promstats.New()} // two senders: reconciliation, the etcd lock
+	s = &Server{cfg: cfg, log: log, ready: make(chan struct{}), runErr: make(chan error, 2), metrics: promstats.New()} // two senders: reconciliation, the etcd session
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -175,9 +178,13 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	if err != nil {
 		return nil, err
 	}
-	s.service, err = broker.NewService(ctx, broker.Config{Store: s.store, Policy: cfg.Policy, Backends: backends,
+	bc := broker.Config{Store: s.store, Policy: cfg.Policy, Backends: backends,
 		Logger: log, Metrics: s.metrics, ApprovalTTL: cfg.Approvals.PendingTTL, PickupTTL: cfg.Approvals.PickupTTL,
-		CoalesceAfter: cfg.Refusals.AuditEach, CoalesceWindow: cfg.Refusals.Window})
+		CoalesceAfter: cfg.Refusals.AuditEach, CoalesceWindow: cfg.Refusals.Window}
+	if es, ok := s.store.(*etcdStore); ok {
+		bc.Replica, bc.LiveReplicas = es.replica, es.liveReplicas
+	}
+	s.service, err = broker.NewService(ctx, bc)
 	if err != nil {
 		return nil, err
 	}
@@ -207,42 +214,16 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.listen(); err != nil {
 		return err
 	}
-	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.stopBg = cancel
-	s.bg.Add(3)
-	go func() { defer s.bg.Done(); _ = s.vault.Run(bgCtx) }()
-	go func() {
-		defer s.bg.Done()
-		if err := s.service.Run(bgCtx, s.ready); err != nil {
-			s.log.Error("reconciliation failed", "err", err)
-			s.runErr <- fmt.Errorf("reconcile: %w", err)
-		}
-	}()
-	go func() { defer s.bg.Done(); s.metrics.TrackCounts(bgCtx, s.store, 15*time.Second) }()
-	if es, ok := s.store.(*etcdStore); ok {
-		go s.stopOnLostLock(bgCtx, es)
-	}
-	cp := &checkpointer{audit: s.service.Audit(), svids: s.source, every: s.cfg.Audit.CheckpointEvery,
-		interval: s.cfg.Audit.CheckpointInterval, file: s.cfg.Audit.CheckpointFile, log: s.log}
-	s.bg.Add(1)
-	go func() { defer s.bg.Done(); cp.run(bgCtx) }()
+	var pauser *notify.AutoPause
 	if ap := s.cfg.AutoPause; ap.Enabled() {
-		pauser, err := notify.NewAutoPause(notify.AutoPauseConfig{Threshold: ap.Denials, Window: ap.Window, Logger: s.log})
-		if err != nil {
+		var err error
+		if pauser, err = notify.NewAutoPause(notify.AutoPauseConfig{Threshold: ap.Denials, Window: ap.Window, Logger: s.log}); err != nil {
 			return fmt.Errorf("auto_pause: %w", err)
 		}
-		s.bg.Add(1)
-		go func() { defer s.bg.Done(); _ = pauser.Run(bgCtx, s.service.Audit(), s.service) }()
 	}
-	if s.notifier != nil {
-		s.bg.Add(1)
-		go func() {
-			defer s.bg.Done()
-			if err := s.notifier.Run(bgCtx, s.service.Audit()); err != nil {
-				s.log.Error("webhook notifier stopped", "err", err)
-			}
-		}()
-	}
+	bgCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopBg = cancel
+	s.runBackground(bgCtx, pauser)
 
 	sc := s.cfg.Server
 	api, err := httpapi.New(httpapi.Config{Service: s.service, Verifier: s.verifier, Logger: s.log, Metrics: s.metrics, Ready: s.Ready,
@@ -378,20 +359,6 @@ func (s *Server) Close() {
 	}
 	if s.store != nil {
 		s.store.Close()
-	}
-}
-
-// stopOnLostLock ends Run when the etcd server lock is lost (etcd
-// unreachable for its TTL): another server may serve by then, and this
-// one's writes are fenced already.
-func (s *Server) stopOnLostLock(ctx context.Context, es *etcdStore) {
-	select {
-	case <-es.lost():
-		select {
-		case s.runErr <- errors.New("store.etcd: lost the server lock (etcd unreachable for its TTL): another server may serve now"):
-		default: // Run is ending already
-		}
-	case <-ctx.Done():
 	}
 }
 

@@ -2,12 +2,15 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/latchbroker/latch/broker/api"
+	"github.com/latchbroker/latch/broker/client"
 	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
@@ -18,65 +21,139 @@ func etcdStoreLine(t *testing.T) string {
 		strings.Join(st.Etcd.Endpoints(), `", "`), time.Now().UnixNano())
 }
 
-// TestServer_EtcdStandby: two latch servers on one etcd prefix. The first
-// serves from etcd; the second waits as a standby and is not ready. When
-// the first is killed (-9), the second takes over within the lock's TTL
-// and serves what the first wrote: it lists the lease the first issued and
-// revokes it, dead in Vault; the audit chain goes on from the first's.
-func TestServer_EtcdStandby(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+// startReplicas starts n latch servers on one etcd prefix, with the
+// approvers, the hitl agents and their templates; all of them serve.
+func startReplicas(t *testing.T, n int) []*latch {
+	store := etcdStoreLine(t)
+	var out []*latch
+	for range n {
+		out = append(out, startLatchWith(t, latchOptions{Store: store, Operators: approvalOperators, Agents: approvalAgents, Templates: approvalTemplates}))
+	}
+	return out
+}
+
+// TestServer_ActiveActive: two latch replicas on one etcd prefix, both
+// serving. What one does the other sees at once: a pause through A
+// refuses the agent on B before anything is minted, a resume through B
+// lets it in on A; an approval requested through A and approved through B
+// wakes the agent's long poll on A, which then picks it up through A. An
+// event stream on B sees every event of both, in chain order, without a
+// gap. When A is killed (-9), B takes the duties over and revokes, dead
+// in Vault, what A issued.
+func TestServer_ActiveActive(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	e := setup(t)
-	store := etcdStoreLine(t)
-	first := startLatchWith(t, latchOptions{Store: store})
-	res, err := first.client(agentPrefix+"etcd-bot").Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "7"}, Reason: "etcd"})
+	r := startReplicas(t, 2)
+	a, b := r[0], r[1]
+	before := auditSince(t, b, 0) // both replicas' config loads
+	stream, err := b.admin().Events(ctx, api.EventsQuery{After: before[len(before)-1].Seq})
 	if err != nil {
-		t.Fatalf("issue through the server on etcd: %v", err)
-	}
-	second := startLatchWith(t, latchOptions{Store: store, Standby: true})
-	if err := second.waitReady(3 * time.Second); err == nil {
-		t.Fatal("the second server is ready while the first holds the lock")
-	}
-	if !strings.Contains(second.log(), "waiting as a standby") {
-		t.Fatalf("the second server does not say it waits:\n%s", second.log())
-	}
-	first.kill9()
-	killed := time.Now()
-	if err := second.waitReady(45 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("the standby served %v after the first server's kill -9", time.Since(killed).Round(100*time.Millisecond))
+	defer stream.Close()
 
-	admin := second.admin()
-	lease, err := admin.Lease(ctx, res.Lease.ID)
-	if err != nil || lease.State != api.StateActive {
-		t.Fatalf("the standby's view of the first's lease: %+v, %v", lease, err)
+	bot := agentPrefix + "aa-bot"
+	issued, err := a.client(bot).Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "7"}, Reason: "on A"})
+	if err != nil {
+		t.Fatalf("issue through A: %v", err)
 	}
-	if _, err := admin.Revoke(ctx, api.RevokeRequest{Lease: lease.ID, Reason: "after the takeover"}); err != nil {
+	if _, err := b.client(bot).Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "8"}, Reason: "on B"}); err != nil {
+		t.Fatalf("issue through B: %v", err)
+	}
+	pauseAcross(ctx, t, a, b, bot)
+	approveAcross(ctx, t, a, b)
+
+	// B's stream: every event so far, A's and B's, in order.
+	last := auditSince(t, b, 0)
+	for want := before[len(before)-1].Seq + 1; want <= last[len(last)-1].Seq; want++ {
+		ev, err := stream.Next()
+		if err != nil {
+			t.Fatalf("B's event stream, at %d: %v", want, err)
+		}
+		if ev.Seq != want {
+			t.Fatalf("B's event stream gave seq %d, want %d", ev.Seq, want)
+		}
+	}
+
+	a.kill9()
+	if _, err := b.admin().Revoke(ctx, api.RevokeRequest{Lease: issued.Lease.ID, Reason: "after A's end"}); err != nil {
 		t.Fatal(err)
 	}
-	vaultenv.Eventually(t, 30*time.Second, func() error {
-		alive, err := e.TokenAlive(ctx, lease.Refs.TokenAccessor)
+	killed := time.Now()
+	vaultenv.Eventually(t, 45*time.Second, func() error {
+		alive, err := e.TokenAlive(ctx, issued.Lease.Refs.TokenAccessor)
 		if err != nil || alive {
-			return fmt.Errorf("the lease's token is alive (%v) after its revocation through the standby", err)
+			return fmt.Errorf("A's lease's token is alive (%v) after its revocation through B", err)
 		}
 		return nil
 	})
-	// One chain: the first's issue, then the second's revoke, in order
-	// and without a gap.
-	var issued, revoked uint64
-	for i, ev := range auditSince(t, second, 0) {
+	t.Logf("B revoked A's lease in Vault %v after A's kill -9", time.Since(killed).Round(100*time.Millisecond))
+	for i, ev := range auditSince(t, b, 0) {
 		if ev.Seq != uint64(i+1) {
-			t.Fatalf("audit event %d has sequence %d", i+1, ev.Seq)
-		}
-		switch {
-		case ev.Type == "issue" && ev.Lease == lease.ID:
-			issued = ev.Seq
-		case ev.Type == "revoke" && ev.Lease == lease.ID:
-			revoked = ev.Seq
+			t.Fatalf("audit event %d has sequence %d: not one chain", i+1, ev.Seq)
 		}
 	}
-	if issued == 0 || revoked <= issued {
-		t.Fatalf("the audit chain has the first server's issue at %d and the second's revoke at %d", issued, revoked)
+}
+
+// pauseAcross pauses bot through a and expects b to refuse it before
+// minting (a denial, not a credential withheld at commit), then resumes
+// it through b and expects a to issue again.
+func pauseAcross(ctx context.Context, t *testing.T, a, b *latch, bot string) {
+	t.Helper()
+	if _, err := a.admin().PauseAgent(ctx, bot, "paused on A"); err != nil {
+		t.Fatal(err)
 	}
+	vaultenv.Eventually(t, 10*time.Second, func() error {
+		_, err := b.client(bot).Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "9"}, Reason: "paused?"})
+		var ce *client.Error
+		if !errors.As(err, &ce) || ce.Status != 403 || !slices.Contains(ce.Reasons, "agent_paused") {
+			return fmt.Errorf("B answered a paused agent with %v", err)
+		}
+		if ce.Message != "" && strings.Contains(ce.Message, "in flight") {
+			return fmt.Errorf("B minted for a paused agent and withheld it at commit (%v): it did not know of the pause", err)
+		}
+		return nil
+	})
+	if _, err := b.client("spiffe://example.org/ops/ada").ResumeAgent(ctx, bot, "resumed on B"); err != nil {
+		t.Fatal(err)
+	}
+	vaultenv.Eventually(t, 10*time.Second, func() error {
+		_, err := a.client(bot).Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "9"}, Reason: "resumed?"})
+		return err
+	})
+}
+
+// approveAcross requests an approval through a, waits for it on a and
+// approves it through b: a's long poll returns it approved, and the
+// pickup through a gets a working credential.
+func approveAcross(ctx context.Context, t *testing.T, a, b *latch) {
+	t.Helper()
+	agent := hitlPrefix + "aa-deployer"
+	req := api.CredentialsRequest{Task: "ticket-high", Params: map[string]string{"ticket": "42"}, Reason: "needs a person"}
+	res, err := a.client(agent).Credentials(ctx, req)
+	if err != nil || res.Approval == nil {
+		t.Fatalf("request through A: %+v, %v; want a pending approval", res, err)
+	}
+	id := res.Approval.ID
+	waited := make(chan *api.Approval, 1)
+	go func() {
+		ap, err := a.client(agent).WaitApproval(ctx, id, 2*time.Minute)
+		if err != nil {
+			t.Errorf("wait on A: %v", err)
+		}
+		waited <- ap
+	}()
+	if _, err := b.client(dave).Approve(ctx, id, "approved on B"); err != nil {
+		t.Fatal(err)
+	}
+	if ap := <-waited; ap == nil || ap.Status != api.ApprovalApproved {
+		t.Fatalf("A's long poll returned %+v, want the approval approved through B", ap)
+	}
+	req.ApprovalID = id
+	picked, err := a.client(agent).Credentials(ctx, req)
+	if err != nil || picked.Secret["token"] == "" {
+		t.Fatalf("pickup through A: %+v, %v", picked, err)
+	}
+	readsTicket(ctx, t, picked.Secret["token"], "42", "43")
 }

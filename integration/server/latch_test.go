@@ -165,10 +165,6 @@ type latchOptions struct {
 	ServerExtra string            // more keys of server:, indented two spaces
 	Templates   map[string]string // more template files
 	Store       string            // the store: value; { path: latch.db } when empty
-	// Standby starts the server without waiting for it to be ready (a
-	// second server on one etcd prefix waits for the first to go):
-	// waitReady waits.
-	Standby bool
 }
 
 // startLatchWith is startLatch with more operators, agents, templates,
@@ -216,10 +212,6 @@ func startLatchWith(t testing.TB, o latchOptions) *latch {
 			"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify, "{{extra}}", o.Extra, "{{serverextra}}", o.ServerExtra,
 			"{{store}}", cmp.Or(o.Store, "{ path: latch.db }")).Replace(configYAML)
 		writeFile(t, l.config, []byte(cfg))
-		if o.Standby {
-			l.launch()
-			return l
-		}
 		err := l.tryStart()
 		if err == nil {
 			break

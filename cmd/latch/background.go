@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/latchbroker/latch/notify"
+)
+
+// runBackground starts what runs beside the API until ctx ends: the
+// Vault token's renewal, the metrics' counts, and the service's loops.
+// With a store of its own the server runs them all and is ready once the
+// first reconciliation is done. On etcd every replica runs its own loop
+// (broker.Service.RunReplica) and is ready at once, and the duties run on
+// the replica elected for them, fenced by the election.
+func (s *Server) runBackground(ctx context.Context, pauser *notify.AutoPause) {
+	s.bg.Add(2)
+	go func() { defer s.bg.Done(); _ = s.vault.Run(ctx) }()
+	go func() { defer s.bg.Done(); s.metrics.TrackCounts(ctx, s.store, 15*time.Second) }()
+	es, replicated := s.store.(*etcdStore)
+	if !replicated {
+		s.bg.Go(func() {
+			s.runDuties(ctx, pauser, func(ctx context.Context) error { return s.service.Run(ctx, s.ready) })
+		})
+		return
+	}
+	close(s.ready)
+	s.bg.Go(func() { s.service.RunReplica(ctx) })
+	s.bg.Go(func() { s.stopOnLostSession(ctx, es) })
+	s.bg.Go(func() {
+		dctx, err := es.elect(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.fail(fmt.Errorf("store.etcd: campaign for the duties: %w", err))
+			}
+			return
+		}
+		s.log.Info("elected to run the background duties", "replica", es.replica)
+		s.runDuties(dctx, pauser, func(ctx context.Context) error { return s.service.RunDuties(ctx, nil) })
+	})
+}
+
+// runDuties runs what one replica at a time must run, until ctx ends:
+// service (the service's duties), the checkpointer, auto-pause and the
+// webhook notifier, which would each act twice if two replicas ran them.
+func (s *Server) runDuties(ctx context.Context, pauser *notify.AutoPause, service func(context.Context) error) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		if err := service(ctx); err != nil {
+			s.log.Error("reconciliation failed", "err", err)
+			s.fail(fmt.Errorf("reconcile: %w", err))
+		}
+	})
+	cp := &checkpointer{audit: s.service.Audit(), svids: s.source, every: s.cfg.Audit.CheckpointEvery,
+		interval: s.cfg.Audit.CheckpointInterval, file: s.cfg.Audit.CheckpointFile, log: s.log}
+	wg.Go(func() { cp.run(ctx) })
+	if pauser != nil {
+		wg.Go(func() { _ = pauser.Run(ctx, s.service.Audit(), s.service) })
+	}
+	if s.notifier != nil {
+		wg.Go(func() {
+			if err := s.notifier.Run(ctx, s.service.Audit()); err != nil {
+				s.log.Error("webhook notifier stopped", "err", err)
+			}
+		})
+	}
+}
+
+// stopOnLostSession ends Run when the replica's etcd session ends (etcd
+// unreachable for its TTL): the other replicas take it for dead by then
+// — another runs its duties, its requests' intents are reconciled — and
+// its duties' writes are fenced already.
+func (s *Server) stopOnLostSession(ctx context.Context, es *etcdStore) {
+	select {
+	case <-es.lost():
+		s.fail(errors.New("store.etcd: lost this replica's etcd session (etcd unreachable for its TTL): the other replicas took it for dead; restart it"))
+	case <-ctx.Done():
+	}
+}
+
+// fail ends Run with err, unless it is ending already.
+func (s *Server) fail(err error) {
+	select {
+	case s.runErr <- err:
+	default:
+	}
+}
