@@ -157,3 +157,16 @@ func (c chain) last(ctx context.Context) (*broker.Event, error) {
 	}
 	return &e, nil
 }
+
+// Head returns the audit head: the sequence and hash of the last event
+// appended (zero when the log is empty). A verifier checks the log
+// against it (etcd's head moves with every append, in the same
+// transaction).
+func (s *Store) Head(ctx context.Context) (seq uint64, hash string, err error) {
+	if err := s.ready(); err != nil {
+		return 0, "", err
+	}
+	v := &view{ctx: ctx, kv: s.cli}
+	h, err := s.audit.readHead(v.get)
+	return h.Seq, h.Hash, err
+}

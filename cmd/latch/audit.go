@@ -14,7 +14,7 @@ import (
 func auditCommand() *cli.Command {
 	dbFlag := &cli.StringFlag{
 		Name:  "db",
-		Usage: "the latch database file (default: store.path of --config)",
+		Usage: "the latch database file (default: store.path of --config; with store.etcd, the log in etcd)",
 	}
 	return &cli.Command{
 		Name:  "audit",
@@ -29,7 +29,9 @@ func auditCommand() *cli.Command {
 					"sequence number, link to the previous record and own hash, then the end of\n" +
 					"the log against the head latch wrote last. Any edit, deletion, reordering or\n" +
 					"truncated tail is reported with the first record that fails; the exit status\n" +
-					"is then 1. Run it on a copy while the server holds the file.\n\n" +
+					"is then 1. Run it on a copy while the server holds the file. With a\n" +
+					"--config whose store is store.etcd it reads the log from etcd, up to the\n" +
+					"head as it stands when it starts, while the replicas serve.\n\n" +
 					"The head lives in the same file: whoever can rewrite the file can cut the\n" +
 					"tail and move the head back. A checkpoint kept elsewhere catches that:\n" +
 					"--checkpoint reads signed checkpoints (one JWS a line, as latch writes them\n" +
@@ -98,6 +100,9 @@ func runAuditVerify(c *cli.Context) error {
 	if f := c.String("export"); f != "" {
 		return verifyExport(c, f, expect)
 	}
+	if ec := etcdOfConfig(c); ec != nil {
+		return verifyEtcd(c, ec, expect)
+	}
 	path, err := dbPath(c)
 	if err != nil {
 		return err
@@ -135,13 +140,21 @@ func reportVerify(c *cli.Context, res boltstore.VerifyResult, err error) error {
 }
 
 func runAuditExport(c *cli.Context) error {
-	path, err := dbPath(c)
-	if err != nil {
-		return err
-	}
 	var since time.Time
 	if t := c.Timestamp("since"); t != nil {
 		since = *t
+	}
+	if ec := etcdOfConfig(c); ec != nil {
+		st, closeStore, err := openEtcdReader(c.Context, ec)
+		if err != nil {
+			return err
+		}
+		defer closeStore()
+		return writeEvents(c.Context, st, since, 0, c.App.Writer)
+	}
+	path, err := dbPath(c)
+	if err != nil {
+		return err
 	}
 	if _, err := os.Stat(path); err != nil {
 		return err

@@ -2,8 +2,11 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -93,6 +96,43 @@ func TestServer_ActiveActive(t *testing.T) {
 		if ev.Seq != uint64(i+1) {
 			t.Fatalf("audit event %d has sequence %d: not one chain", i+1, ev.Seq)
 		}
+	}
+	verifyInEtcd(ctx, t, b)
+}
+
+// verifyInEtcd runs latch audit verify on l's etcd store while l serves,
+// then edits one record in etcd and expects verify to name it.
+func verifyInEtcd(ctx context.Context, t *testing.T, l *latch) {
+	t.Helper()
+	if r := l.cli(ctx, nil, "audit", "verify", "--config", l.config); r.code != 0 || !strings.Contains(r.stdout, "chain intact") {
+		t.Fatalf("latch audit verify on etcd: %s", r)
+	}
+	cli, err := st.Etcd.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	config, err := os.ReadFile(l.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := regexp.MustCompile(`prefix: (\S+) `).FindStringSubmatch(string(config))[1]
+	key := prefix + "/audit/e/0000000000000003"
+	res, err := cli.Get(ctx, key)
+	if err != nil || len(res.Kvs) != 1 {
+		t.Fatalf("read record 3 from etcd: %v", err)
+	}
+	var record map[string]any
+	if err := json.Unmarshal(res.Kvs[0].Value, &record); err != nil {
+		t.Fatal(err)
+	}
+	record["actor"] = "spiffe://example.org/someone-else"
+	edited, _ := json.Marshal(record)
+	if _, err := cli.Put(ctx, key, string(edited)); err != nil {
+		t.Fatal(err)
+	}
+	if r := l.cli(ctx, nil, "audit", "verify", "--config", l.config); r.code != 1 || !strings.Contains(r.stdout, "FAILED") || !strings.Contains(r.stdout, "record 3") {
+		t.Fatalf("latch audit verify after an edit of record 3 in etcd: %s", r)
 	}
 }
 
