@@ -176,13 +176,16 @@ func (s *Service) RunDuties(ctx context.Context, ready chan<- struct{}) error {
 	defer tick.Stop()
 	lastReconcile := time.Now()
 	for {
+		gone := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		case <-s.kick:
+		case <-s.replicaGone:
+			gone = true
 		}
-		if time.Since(lastReconcile) >= s.cfg.ReconcileEvery {
+		if gone || time.Since(lastReconcile) >= s.cfg.ReconcileEvery {
 			lastReconcile = time.Now()
 			if err := leases.Reconcile(ctx); err != nil {
 				s.log.Error("reconcile", "err", err)
@@ -195,6 +198,16 @@ func (s *Service) RunDuties(ctx context.Context, ready chan<- struct{}) error {
 		if _, err := leases.ProcessRevocations(ctx); err != nil {
 			s.log.Error("revocation queue", "err", err)
 		}
+	}
+}
+
+// ReplicaGone tells the duties that a replica has left
+// (Config.LiveReplicas no longer names it): RunDuties reconciles at once
+// what it had in flight, instead of at the next Config.ReconcileEvery.
+func (s *Service) ReplicaGone() {
+	select {
+	case s.replicaGone <- struct{}{}:
+	default:
 	}
 }
 

@@ -124,6 +124,7 @@ type core struct {
 	limits       buckets.Set // per agent and rate: the agents' rate: entries
 	requestLocks keyedLocks  // per agent+"\x00"+request_id: retries of one request one at a time
 	kick         chan struct{}
+	replicaGone  chan struct{} // reconcile now: a replica's intents are orphans
 	idMu         sync.Mutex
 	entropy      *ulid.MonotonicEntropy
 
@@ -168,16 +169,17 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		cfg.RevokeConcurrency = 8
 	}
 	s := &core{
-		store:    cfg.Store,
-		backends: cfg.Backends,
-		log:      cfg.Logger,
-		metrics:  cfg.Metrics,
-		now:      cfg.Now,
-		cfg:      cfg,
-		agents:   map[string]AgentState{},
-		kick:     make(chan struct{}, 1),
-		coalesce: newCoalescer(cfg.CoalesceWindow, cfg.CoalesceAfter),
-		entropy:  ulid.Monotonic(rand.Reader, 0),
+		store:       cfg.Store,
+		backends:    cfg.Backends,
+		log:         cfg.Logger,
+		metrics:     cfg.Metrics,
+		now:         cfg.Now,
+		cfg:         cfg,
+		agents:      map[string]AgentState{},
+		kick:        make(chan struct{}, 1),
+		replicaGone: make(chan struct{}, 1),
+		coalesce:    newCoalescer(cfg.CoalesceWindow, cfg.CoalesceAfter),
+		entropy:     ulid.Monotonic(rand.Reader, 0),
 	}
 	s.policy.Store(cfg.Policy)
 	records, err := cfg.Store.Agents(ctx)

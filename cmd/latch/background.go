@@ -39,6 +39,7 @@ func (s *Server) runBackground(ctx context.Context, pauser *notify.AutoPause) {
 			return
 		}
 		s.log.Info("elected to run the background duties", "replica", es.replica)
+		go es.watchGone(dctx, s.service.ReplicaGone)
 		s.runDuties(dctx, pauser, func(ctx context.Context) error { return s.service.RunDuties(ctx, nil) })
 	})
 }

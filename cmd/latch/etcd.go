@@ -90,6 +90,26 @@ func (e *etcdStore) liveReplicas(ctx context.Context) (map[string]bool, error) {
 	return live, nil
 }
 
+// watchGone calls gone each time replicas leave (their sessions ended),
+// until ctx ends. A deletion missed while the watch is broken is found by
+// the next periodic reconciliation.
+func (e *etcdStore) watchGone(ctx context.Context, gone func()) {
+	for ctx.Err() == nil {
+		for res := range e.cli.Watch(clientv3.WithRequireLeader(ctx), e.replicasKey(), clientv3.WithPrefix(), clientv3.WithFilterPut()) {
+			if res.Err() != nil {
+				break
+			}
+			if len(res.Events) > 0 {
+				gone()
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // elect waits until this replica is elected to run the duties, and
 // returns a context whose writes are fenced by the election: once this
 // replica's session ends, they write nothing.

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -104,19 +102,13 @@ func TestServer_ActiveActive(t *testing.T) {
 // then edits one record in etcd and expects verify to name it.
 func verifyInEtcd(ctx context.Context, t *testing.T, l *latch) {
 	t.Helper()
-	if r := l.cli(ctx, nil, "audit", "verify", "--config", l.config); r.code != 0 || !strings.Contains(r.stdout, "chain intact") {
-		t.Fatalf("latch audit verify on etcd: %s", r)
-	}
+	verifyChain(ctx, t, l)
 	cli, err := st.Etcd.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	config, err := os.ReadFile(l.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	prefix := regexp.MustCompile(`prefix: (\S+) `).FindStringSubmatch(string(config))[1]
+	prefix := storePrefix(t, l)
 	key := prefix + "/audit/e/0000000000000003"
 	res, err := cli.Get(ctx, key)
 	if err != nil || len(res.Kvs) != 1 {
