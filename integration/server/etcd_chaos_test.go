@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,6 +98,9 @@ type chaosLoad struct {
 	through [2]int // acknowledged issues by replica
 	revoked []string
 	more    chan struct{} // a tick per acknowledged issue
+	acked   []time.Time   // when each issue was acknowledged
+
+	noRevokes bool // issue only
 }
 
 func newChaosLoad(t *testing.T, a, b *latch) *chaosLoad {
@@ -125,6 +129,9 @@ func (l *chaosLoad) run(ctx context.Context, wg *sync.WaitGroup) {
 			}
 		})
 	}
+	if l.noRevokes {
+		return
+	}
 	wg.Go(func() {
 		for n := 0; ctx.Err() == nil; n++ {
 			id := l.pick()
@@ -151,6 +158,7 @@ func (l *chaosLoad) acknowledge(via int, lease api.Lease) {
 	}
 	l.issued[lease.ID] = lease
 	l.order = append(l.order, lease.ID)
+	l.acked = append(l.acked, time.Now())
 	l.through[via]++
 	l.mu.Unlock()
 	select {
@@ -169,6 +177,23 @@ func (l *chaosLoad) pick() string {
 		return l.order[k]
 	}
 	return ""
+}
+
+// longestPause is the longest time between acknowledged issues after
+// since.
+func (l *chaosLoad) longestPause(since time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var longest time.Duration
+	prev := since
+	for _, at := range l.acked {
+		if at.Before(since) {
+			continue
+		}
+		longest = max(longest, at.Sub(prev))
+		prev = at
+	}
+	return longest
 }
 
 // awaitIssuedThrough waits until n more issues were acknowledged through
@@ -310,4 +335,116 @@ func awaitIntentsReconciled(ctx context.Context, t *testing.T, prefix, replica s
 		return nil
 	})
 	return first
+}
+
+// TestServer_EtcdPausedOwner: the replica that runs the duties (A) is
+// stopped (SIGSTOP) past its session's TTL; B takes the duties over and
+// works the revocations queued meanwhile. When A is continued (SIGCONT)
+// it does not act on the duties it lost: it stops, saying so, and every
+// lease has one revocation in the audit log and its record revoked.
+func TestServer_EtcdPausedOwner(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e := setup(t)
+	r := startReplicas(t, 2)
+	a, b := r[0], r[1]
+	if !strings.Contains(a.log(), "elected to run the background duties") {
+		t.Fatalf("the first replica does not run the duties:\n%s", a.log())
+	}
+	bot := agentPrefix + "paused-owner-bot"
+	agent := b.client(bot)
+	var leases []api.Lease
+	for i := range 20 {
+		res, err := agent.Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "42"}, Reason: fmt.Sprint("before the pause ", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leases = append(leases, res.Lease)
+	}
+	a.signal(syscall.SIGSTOP)
+	stopped := true
+	defer func() {
+		if stopped {
+			a.signal(syscall.SIGCONT) // let the cleanup stop it
+		}
+	}()
+	if _, err := b.admin().Revoke(ctx, api.RevokeRequest{Agent: bot, Reason: "while A is stopped"}); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	vaultenv.Eventually(t, 45*time.Second, func() error {
+		for _, l := range leases {
+			got, err := b.admin().Lease(ctx, l.ID)
+			if err != nil || got.State != api.StateRevoked {
+				return fmt.Errorf("lease %s: %+v, %v; want revoked by B", l.ID, got, err)
+			}
+			if alive, err := e.TokenAlive(ctx, l.Refs.TokenAccessor); err != nil || alive {
+				return fmt.Errorf("lease %s's token is alive (%v)", l.ID, err)
+			}
+		}
+		return nil
+	})
+	if !strings.Contains(b.log(), "elected to run the background duties") {
+		t.Fatalf("the leases were revoked but B does not say it took the duties over:\n%s", b.log())
+	}
+	t.Logf("B took the duties over and revoked the queue %v after A's SIGSTOP", time.Since(paused).Round(100*time.Millisecond))
+	a.signal(syscall.SIGCONT)
+	stopped = false
+	select {
+	case <-a.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("A goes on after its SIGCONT, with duties it lost:\n%s", a.log())
+	}
+	if !strings.Contains(a.log(), "lost this replica's etcd session") {
+		t.Fatalf("A stopped without saying why:\n%s", a.log())
+	}
+	revoked := map[string]int{}
+	for _, ev := range auditSince(t, b, 0) {
+		if ev.Type == "revoked" {
+			revoked[ev.Lease]++
+		}
+	}
+	for _, l := range leases {
+		if revoked[l.ID] != 1 {
+			t.Fatalf("lease %s has %d revoked events, want 1", l.ID, revoked[l.ID])
+		}
+	}
+	verifyChain(ctx, t, b)
+}
+
+// TestServer_EtcdLeaderKilled: while agents issue through two replicas,
+// the etcd leader is killed (-9). Issuance pauses for the election and
+// resumes; every lease a client was answered with is stored.
+func TestServer_EtcdLeaderKilled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e := setup(t)
+	r := startReplicas(t, 2)
+	load := newChaosLoad(t, r[0], r[1])
+	load.noRevokes = true
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	load.run(loadCtx, &wg)
+	load.awaitIssuedThrough(ctx, t, 1, 20)
+	leader, err := st.Etcd.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Etcd.Kill(leader)
+	killed := time.Now()
+	defer func() {
+		if err := st.Etcd.Restart(context.WithoutCancel(ctx), leader); err != nil {
+			t.Errorf("restart etcd member %d: %v", leader, err)
+		}
+	}()
+	load.awaitIssuedThrough(ctx, t, 0, 20)
+	load.awaitIssuedThrough(ctx, t, 1, 20)
+	stopLoad()
+	wg.Wait()
+	pause := load.longestPause(killed.Add(-time.Second))
+	t.Logf("issuance resumed after the etcd leader's kill -9: the longest pause between acknowledged issues around it was %v", pause.Round(10*time.Millisecond))
+	if pause > 5*time.Second {
+		t.Errorf("issuance paused %v: longer than an election (1 s here) plus a few seconds", pause)
+	}
+	load.check(ctx, t, e, r[1])
 }
