@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -131,6 +132,15 @@ func (s *core) issue(ctx context.Context, req IssueRequest) (*Issued, error) {
 			return res, err
 		}
 	}
+	res, err := s.decide(ctx, req)
+	if e, ok := errors.AsType[*Error](err); ok && slices.Equal(e.Reasons, []string{ReasonRequestServed}) {
+		return s.replay(ctx, req) // a retry through another replica delivered it first
+	}
+	return res, err
+}
+
+// decide picks the request up, denies it, asks for approval or issues it.
+func (s *core) decide(ctx context.Context, req IssueRequest) (*Issued, error) {
 	if req.ApprovalID != "" {
 		return s.pickup(ctx, req)
 	}

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -86,6 +87,9 @@ const intentRetries = 6
 // once in a new group.
 func (s *core) writeIntent(ctx context.Context, lease *Lease, req IssueRequest, d templates.Decision, backend Backend, mreq *MintRequest) error {
 	intent := Change{PutIntents: []*Lease{lease}, Conditions: s.issueConditions(req.Agent, d, true)}
+	if req.RequestID != "" {
+		intent.Conditions.Request = &RequestClaim{Agent: req.Agent, RequestID: req.RequestID, Lease: lease.ID}
+	}
 	n, named := backend.(Namer)
 	var failed *ConditionFailed
 	for attempt := 0; ; attempt++ {
@@ -259,8 +263,14 @@ func (s *core) refusedAtIntent(ctx context.Context, req IssueRequest, d template
 	if !errors.As(err, &failed) {
 		return err
 	}
-	if failed.Reason == ReasonAgentBudget || failed.Reason == ReasonTemplateBudget {
+	switch failed.Reason {
+	case ReasonAgentBudget, ReasonTemplateBudget:
 		return s.budgetError(ctx, c, failed)
+	case ReasonRequestInFlight, ReasonRequestServed:
+		// A retry of the request through another replica: nothing to
+		// audit, the other try is.
+		return &Error{Code: ECONFLICT, Message: fmt.Sprintf("request_id %q is being served through another latch replica; ask again to get its lease", req.RequestID),
+			Reasons: []string{failed.Reason}}
 	}
 	ev := s.refusalEvent(req, d, failed)
 	if aerr := s.audit(ctx, ev); aerr != nil {

@@ -186,6 +186,18 @@ type Conditions struct {
 	// it must still be stored as it was (two replicas reviewing, picking
 	// up or expiring one at once: the later fails).
 	Approval *ApprovalVersion
+	// Request, when set, is the request the change's intent serves: no
+	// other intent may hold it (request_in_flight: a retry is being
+	// minted, on another replica), and no lease of it may have delivered
+	// its secret (request_served: replay that one). Retries on one
+	// replica wait for each other; this is what holds across replicas.
+	Request *RequestClaim
+}
+
+// RequestClaim is one agent's request, by its request ID, as the intent
+// Lease claims it.
+type RequestClaim struct {
+	Agent, RequestID, Lease string
 }
 
 // ApprovalVersion is what tells one state of an approval from the next:
@@ -210,8 +222,8 @@ func (v *ApprovalVersion) Matches(a *Approval) bool {
 type ConditionFailed struct {
 	// Reason is the condition's code: agent_paused, agent_quarantined,
 	// global_freeze, template_changed, agent_budget, template_budget,
-	// lease_not_active, intent_gone, policy_deleting, group_retired or
-	// approval_changed.
+	// lease_not_active, intent_gone, policy_deleting, group_retired,
+	// approval_changed, request_in_flight or request_served.
 	Reason string
 	// Held is, for a budget, how many leases the agent holds.
 	Held int
@@ -237,6 +249,8 @@ const (
 	ReasonPolicyInUse     = "policy_in_use"
 	ReasonGroupRetired    = "group_retired"
 	ReasonApprovalChanged = "approval_changed"
+	ReasonRequestInFlight = "request_in_flight"
+	ReasonRequestServed   = "request_served"
 )
 
 // Store errors.

@@ -3,6 +3,7 @@ package boltstore
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -61,6 +62,11 @@ func checkConditions(tx *bolt.Tx, c *broker.Conditions) (*broker.ConditionFailed
 		}
 		if !c.Approval.Matches(a) {
 			return &broker.ConditionFailed{Reason: broker.ReasonApprovalChanged}, nil
+		}
+	}
+	if c.Request != nil {
+		if failed, err := checkRequest(tx, c.Request); failed != nil || err != nil {
+			return failed, err
 		}
 	}
 	if c.LeaseActive != "" {
@@ -179,4 +185,41 @@ func buildLive(tx *bolt.Tx) error {
 		}
 	}
 	return nil
+}
+
+// checkRequest checks that no other intent holds r's request (intents
+// are the requests in flight: a scan is short) and that no lease of it
+// delivered its secret.
+func checkRequest(tx *bolt.Tx, r *broker.RequestClaim) (*broker.ConditionFailed, error) {
+	inFlight := errors.New("in flight")
+	err := tx.Bucket(bktIntents).ForEach(func(k, v []byte) error {
+		var ix leaseIndex
+		if err := json.Unmarshal(v, &ix); err != nil {
+			return fmt.Errorf("%w: intent %s: %v", ErrCorrupt, k, err)
+		}
+		if string(k) != r.Lease && ix.Agent == r.Agent && ix.RequestID == r.RequestID {
+			return inFlight
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, inFlight):
+		return &broker.ConditionFailed{Reason: broker.ReasonRequestInFlight}, nil
+	case err != nil:
+		return nil, err
+	}
+	id := tx.Bucket(bktIdxRequest).Get(pairKey(r.Agent, r.RequestID))
+	if id == nil {
+		return nil, nil
+	}
+	var l broker.Lease
+	if v := tx.Bucket(bktLeases).Get(id); v != nil {
+		if err := json.Unmarshal(v, &l); err != nil {
+			return nil, fmt.Errorf("%w: lease %s: %v", ErrCorrupt, id, err)
+		}
+		if l.State != broker.StateFailed && !l.Withheld {
+			return &broker.ConditionFailed{Reason: broker.ReasonRequestServed}, nil
+		}
+	}
+	return nil, nil
 }

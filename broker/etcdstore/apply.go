@@ -131,6 +131,9 @@ func (s *Store) keysOf(c *broker.Change) []string {
 		if cd.Approval != nil {
 			keys = append(keys, s.k.approval(cd.Approval.ID))
 		}
+		if r := cd.Request; r != nil {
+			keys = append(keys, s.k.index(ixClaim, r.Agent, r.RequestID), s.k.index(ixRequest, r.Agent, r.RequestID))
+		}
 	}
 	return keys
 }
@@ -249,6 +252,11 @@ func (s *Store) checkRecords(t *txn, c *broker.Conditions) (string, error) {
 			return broker.ReasonApprovalChanged, nil
 		}
 	}
+	if c.Request != nil {
+		if reason, err := s.checkRequest(t, c.Request); reason != "" || err != nil {
+			return reason, err
+		}
+	}
 	if c.LeaseActive != "" {
 		v, err := t.get(s.k.lease(c.LeaseActive))
 		if err != nil {
@@ -263,6 +271,34 @@ func (s *Store) checkRecords(t *txn, c *broker.Conditions) (string, error) {
 		if ix.State != broker.StateActive {
 			return broker.ReasonLeaseNotActive, nil
 		}
+	}
+	return "", nil
+}
+
+// checkRequest checks that no other intent claims r's request and that
+// no lease of it delivered its secret.
+func (s *Store) checkRequest(t *txn, r *broker.RequestClaim) (string, error) {
+	claim, err := t.get(s.k.index(ixClaim, r.Agent, r.RequestID))
+	if err != nil {
+		return "", err
+	}
+	if claim != nil && string(claim) != r.Lease {
+		return broker.ReasonRequestInFlight, nil
+	}
+	id, err := t.get(s.k.index(ixRequest, r.Agent, r.RequestID))
+	if err != nil || id == nil {
+		return "", err
+	}
+	v, err := t.get(s.k.lease(string(id)))
+	if err != nil || v == nil {
+		return "", err
+	}
+	l, err := decode[broker.Lease]("lease "+string(id), v)
+	if err != nil {
+		return "", err
+	}
+	if l.State != broker.StateFailed && !l.Withheld {
+		return broker.ReasonRequestServed, nil
 	}
 	return "", nil
 }
@@ -353,6 +389,9 @@ func (s *Store) writeIntents(t *txn, c *broker.Change) error {
 		}
 		t.del(s.k.index(ixLive, old.Agent, id))
 		t.del(s.k.intent(id))
+		if err := unindexRequest(t, s.k.index(ixClaim, old.Agent, old.RequestID), id, old.RequestID != ""); err != nil {
+			return err
+		}
 	}
 	for _, l := range c.PutIntents {
 		v, err := encode("intent "+l.ID, l)
@@ -361,6 +400,9 @@ func (s *Store) writeIntents(t *txn, c *broker.Change) error {
 		}
 		t.put(s.k.intent(l.ID), v)
 		t.put(s.k.index(ixLive, l.Agent, l.ID), liveValue(l.Task, l.Refs.Policy, l.Refs.Group))
+		if l.RequestID != "" {
+			t.put(s.k.index(ixClaim, l.Agent, l.RequestID), []byte(l.ID))
+		}
 	}
 	return nil
 }

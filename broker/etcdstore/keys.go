@@ -56,6 +56,7 @@ const (
 	ixState     = "state"     // state␀id
 	ixExpiry    = "expiry"    // time id, active leases
 	ixRequest   = "request"   // agent␀request ID → lease ID
+	ixClaim     = "claim"     // agent␀request ID → the intent that serves it
 	ixLive      = "live"      // agent␀id → task␀policy␀group, live leases and intents
 	ixDue       = "due"       // time id, queued revocations
 	ixApStatus  = "apstatus"  // status␀id

@@ -455,3 +455,48 @@ func countByTask(t *testing.T, h Harness) {
 		}
 	}
 }
+
+// A request claim holds one agent's request for one intent at a time:
+// a second intent of it fails with request_in_flight; once a lease of it
+// delivered its secret, request_served; once that lease was withheld, a
+// new intent may claim it again. Another agent's same request ID is
+// another request.
+func requestClaim(t *testing.T, h Harness) {
+	s := h.open(t)
+	ctx := context.Background()
+	g := NewIDs()
+	intent := func(id, agent string) error {
+		l := Lease(id, agent, "rotate", broker.StatePending, T0.Add(time.Hour))
+		l.RequestID = "r-1"
+		_, err := s.Apply(ctx, broker.Change{PutIntents: []*broker.Lease{l}, Events: []broker.Event{Ev(broker.EventRequest, id)},
+			Conditions: &broker.Conditions{Request: &broker.RequestClaim{Agent: agent, RequestID: "r-1", Lease: id}}})
+		return err
+	}
+	wantReason := func(err error, reason string) {
+		t.Helper()
+		var failed *broker.ConditionFailed
+		if !errors.As(err, &failed) || failed.Reason != reason {
+			t.Fatalf("intent: %v, want %s", err, reason)
+		}
+	}
+	first := g.Next()
+	if err := intent(first, "agent-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := intent(first, "agent-1"); err != nil {
+		t.Fatalf("the same intent again (its refs recorded): %v", err)
+	}
+	wantReason(intent(g.Next(), "agent-1"), broker.ReasonRequestInFlight)
+	if err := intent(g.Next(), "agent-2"); err != nil {
+		t.Fatalf("another agent's request of the same ID: %v", err)
+	}
+	lease := Lease(first, "agent-1", "rotate", broker.StateActive, T0.Add(time.Hour))
+	lease.RequestID = "r-1"
+	Apply(t, s, broker.Change{DeleteIntents: []string{first}, PutLeases: []*broker.Lease{lease}})
+	wantReason(intent(g.Next(), "agent-1"), broker.ReasonRequestServed)
+	lease.State, lease.Withheld = broker.StateRevoking, true
+	Apply(t, s, broker.Change{PutLeases: []*broker.Lease{lease}})
+	if err := intent(g.Next(), "agent-1"); err != nil {
+		t.Fatalf("a new try of a request whose lease was withheld: %v", err)
+	}
+}

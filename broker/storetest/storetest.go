@@ -54,6 +54,7 @@ var tests = []struct {
 	{"Apply/Concurrent", applyConcurrent},
 	{"Apply/ContextDone", applyContextDone},
 	{"Leases/ByRequest", leaseByRequest},
+	{"Leases/RequestClaim", requestClaim},
 	{"Leases/Filters", leasesFilters},
 	{"Leases/ExpiringBefore", expiringBefore},
 	{"Leases/CountByTask", countByTask},

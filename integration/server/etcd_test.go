@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,6 +65,7 @@ func TestServer_ActiveActive(t *testing.T) {
 	}
 	pauseAcross(ctx, t, a, b, bot)
 	approveAcross(ctx, t, a, b)
+	retryAcross(ctx, t, a, b)
 
 	// B's stream: every event so far, A's and B's, in order.
 	last := auditSince(t, b, 0)
@@ -188,4 +190,51 @@ func approveAcross(ctx context.Context, t *testing.T, a, b *latch) {
 		t.Fatalf("pickup through A: %+v, %v", picked, err)
 	}
 	readsTicket(ctx, t, picked.Secret["token"], "42", "43")
+}
+
+// retryAcross sends each of ten requests through both replicas at once,
+// with one request_id: each gets one lease, whichever replica answers.
+func retryAcross(ctx context.Context, t *testing.T, a, b *latch) {
+	t.Helper()
+	bot := agentPrefix + "retry-bot"
+	clients := []*client.Client{a.client(bot), b.client(bot)}
+	for i := range 10 {
+		req := api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "42"}, Reason: "retried", RequestID: fmt.Sprint("twice-", i)}
+		var wg sync.WaitGroup
+		got := make([]*api.CredentialsResponse, 2)
+		errs := make([]error, 2)
+		for j, c := range clients {
+			wg.Go(func() { got[j], errs[j] = c.Credentials(ctx, req) })
+		}
+		wg.Wait()
+		leases := map[string]bool{}
+		for j := range got {
+			var ce *client.Error
+			switch {
+			case errs[j] == nil:
+				leases[got[j].Lease.ID] = true
+			case errors.As(errs[j], &ce) && ce.Status == 409 && slices.Contains(ce.Reasons, "request_in_flight"):
+			default:
+				t.Fatalf("request %s through replica %d: %v", req.RequestID, j, errs[j])
+			}
+		}
+		if len(leases) != 1 {
+			t.Fatalf("request %s through both replicas got leases %v, want one", req.RequestID, leases)
+		}
+	}
+	res, err := a.admin().Leases(ctx, api.LeaseQuery{Agent: bot, Limit: api.MaxListLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delivered := map[string]int{}
+	for _, l := range res.Leases {
+		if !l.Withheld {
+			delivered[l.RequestID]++
+		}
+	}
+	for id, n := range delivered {
+		if n != 1 {
+			t.Fatalf("request %s delivered %d leases", id, n)
+		}
+	}
 }
