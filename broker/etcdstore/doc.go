@@ -1,9 +1,7 @@
 // Package etcdstore is broker.Store on etcd, for latch replicas that run
-// active-active (issue 15). It passes broker.Store's whole suite
-// (broker/storetest) on a real three-member cluster. `latch server` uses it
-// with store.etcd, one serving server per prefix at a time (cmd/latch's
-// server lock) until the duties' elections and the live views across
-// replicas are built.
+// active-active: every replica serves, and the duties run on the one
+// elected (cmd/latch). It passes broker.Store's whole suite
+// (broker/storetest) on a real three-member cluster.
 //
 //	st, err := etcdstore.New(client, "/latch", etcdstore.Options{})
 //
@@ -26,8 +24,12 @@
 //   - A replica's concurrent changes share a transaction (commit.go): each
 //     is written on the state its predecessors left, one that fails a
 //     condition is taken out alone.
-//   - Options.Fence adds a compare to every commit (a lock the replica
-//     holds): a replica that lost its lock writes nothing (ErrFenced).
+//   - A change made under WithFence (the duties, under their election)
+//     commits only while the fence holds: a replica that lost the
+//     election writes nothing of it (ErrFenced); its other changes are
+//     not fenced.
+//   - WatchEvents (broker.EventWatcher) watches the audit log: every
+//     replica's events, for each replica's live feed.
 //   - etcd bounds a transaction: run the cluster with --max-txn-ops 10000
 //     and --max-request-bytes 10485760 (a bulk revocation writes hundreds
 //     of leases in one change).
