@@ -21,7 +21,7 @@ FUZZTIME  ?= 30s
 # The integration harness finds the tools here.
 export LATCH_TOOLS_BIN := $(TOOLS)/bin
 
-.PHONY: help build test tools postgres demo up bench bench-pinned fuzz stress clean distclean
+.PHONY: help build test tools postgres demo up bench bench-pinned migrate-100k fuzz stress clean distclean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -81,6 +81,9 @@ bench: tools ## Run every benchmark (integration benchmarks use the real stack)
 
 bench-pinned: tools ## Issuance vs Vault JWT login with Vault pinned to CPU 0 and latch to CPU 1 (taskset)
 	LATCH_BENCH_PIN=1 $(GO) test -run '^$$' -bench 'Issue_LatchJWT$$|VaultJWTLogin|VaultTokenCreate|Overhead' -count=1 ./integration/server/
+
+migrate-100k: tools ## latch store migrate of a bbolt file with 100,000 leases into etcd, then every read compared (about 2 minutes)
+	LATCH_MIGRATE_LEASES=100000 $(GO) test -count=1 -v -run '^TestStore_Migrate$$' ./integration/server/
 
 stress: ## Race an operator's stop against requests in flight: the controls' tests, -race -count=50
 	$(GO) test -race -count=50 -run '^TestControls_' ./broker/

@@ -30,9 +30,18 @@ type committer struct {
 	done   chan struct{}
 }
 
-// maxBatchOps bounds a batch's operations below the --max-txn-ops the
-// cluster needs (10000): a batch ends before the change that would pass it.
-const maxBatchOps = 8000
+// maxBatchOps and maxBatchBytes bound a batch below the --max-txn-ops
+// (10000) and --max-request-bytes (10 MiB) the cluster needs, and the
+// client's MaxCallSendMsgSize (ClientMaxSend): a batch ends before the
+// change that would pass one.
+const (
+	maxBatchOps   = 8000
+	maxBatchBytes = 6 << 20
+)
+
+// ClientMaxSend is the MaxCallSendMsgSize a client of the store needs:
+// more than a batch's bytes (clientv3's default is 2 MiB).
+const ClientMaxSend = 10 << 20
 
 // commitTimeout bounds one batch's reads and commit.
 const commitTimeout = 10 * time.Second
@@ -165,7 +174,7 @@ func (c *committer) run(batch []*pending) []*pending {
 				t.restore(sp)
 				continue
 			}
-			if t.size() > maxBatchOps && len(in) > 0 {
+			if t.full() && len(in) > 0 {
 				t.restore(sp)
 				rest = live[i:]
 				break

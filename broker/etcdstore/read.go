@@ -3,6 +3,7 @@ package etcdstore
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -261,6 +262,16 @@ func (s *Store) due(v *view, name string, end string, fn func(id string) (bool, 
 	})
 }
 
+// notAfter is the end of a time index's range that holds the entries at
+// t or before: past every entry when t clamps to the end of time.
+func notAfter(t time.Time) string {
+	ord := timeOrd(t)
+	if ord == math.MaxUint64 {
+		return "g" // after every 16-hex-digit time
+	}
+	return fmt.Sprintf("%016x", ord+1)
+}
+
 // ExpiringBefore implements broker.Store.
 func (s *Store) ExpiringBefore(ctx context.Context, t time.Time, limit int) ([]*broker.Lease, error) {
 	v, err := s.view(ctx)
@@ -354,7 +365,7 @@ func (s *Store) DueRevocations(ctx context.Context, now time.Time, limit int) ([
 		return nil, err
 	}
 	out := []broker.Revocation{}
-	err = s.due(v, ixDue, fmt.Sprintf("%016x", timeOrd(now)+1), func(id string) (bool, error) {
+	err = s.due(v, ixDue, notAfter(now), func(id string) (bool, error) {
 		r, err := record[broker.Revocation](v, s.k.revocation(id), "revocation "+id, fmt.Errorf("etcdstore: %w: %w: the due index names revocation %s, which does not exist", broker.ErrStoreUnavailable, ErrCorrupt, id))
 		if err != nil {
 			return false, err

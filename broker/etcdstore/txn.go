@@ -28,6 +28,8 @@ type txn struct {
 	cmps  []clientv3.Cmp
 	fence *Fence // the batch's: see Fence
 	seen  map[string]bool
+	blind bool // reads see only its own writes: an import into an empty prefix
+	bytes int  // of the keys and values put, rewrites counted again: a bound
 
 	cache  map[string]*mvccpb.KeyValue // prefetched keys; nil: absent
 	writes map[string]*string          // nil value: delete
@@ -96,6 +98,9 @@ func (t *txn) get(key string) ([]byte, error) {
 		}
 		return []byte(*v), nil
 	}
+	if t.blind {
+		return nil, nil
+	}
 	kv, cached := t.cache[key]
 	if !cached {
 		res, err := t.read(key)
@@ -160,6 +165,7 @@ func (t *txn) scan(prefix string, fn func(k string, v []byte)) error {
 func (t *txn) put(key string, v []byte) {
 	s := string(v)
 	t.writes[key] = &s
+	t.bytes += len(key) + len(s)
 }
 
 func (t *txn) del(key string) { t.writes[key] = nil }
@@ -170,6 +176,9 @@ func (t *txn) savepoint() map[string]*string { return maps.Clone(t.writes) }
 // restore drops the writes made since sp. The reads stay compared: a
 // change that failed a condition failed on what they read.
 func (t *txn) restore(sp map[string]*string) { t.writes = sp }
+
+// full reports whether the commit would pass maxBatchOps or maxBatchBytes.
+func (t *txn) full() bool { return t.size() > maxBatchOps || t.bytes > maxBatchBytes }
 
 // size is how many operations the commit would send.
 func (t *txn) size() int { return max(len(t.writes), len(t.cmps)) }

@@ -37,6 +37,9 @@ func revocationQueue(t *testing.T, h Harness) {
 	if got := due(T0.Add(time.Minute), 2); !slices.Equal(got, []string{"A", "B"}) {
 		t.Errorf("due with limit 2 = %v", got)
 	}
+	if got := due(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC), 0); len(got) != 4 { // past what a time index can hold
+		t.Errorf("due at the end of time = %v, want all four", got)
+	}
 	if n, err := s.QueueDepth(ctx); err != nil || n != 4 {
 		t.Errorf("QueueDepth = %d, %v; want 4", n, err)
 	}

@@ -37,7 +37,8 @@ func openEtcdReader(ctx context.Context, cfg *EtcdConfig) (*etcdstore.Store, fun
 	if err != nil {
 		return nil, nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, TLS: tlsCfg, DialTimeout: cmp.Or(cfg.DialTimeout, 5*time.Second), Context: ctx})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, TLS: tlsCfg, DialTimeout: cmp.Or(cfg.DialTimeout, 5*time.Second),
+		MaxCallSendMsgSize: etcdstore.ClientMaxSend, Context: ctx})
 	if err != nil {
 		return nil, nil, fmt.Errorf("store.etcd: %w", err)
 	}

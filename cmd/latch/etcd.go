@@ -42,7 +42,8 @@ func openEtcdStore(ctx context.Context, cfg *EtcdConfig, log *slog.Logger) (*etc
 	if err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, TLS: tlsCfg, DialTimeout: cmp.Or(cfg.DialTimeout, 5*time.Second), Context: ctx})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, TLS: tlsCfg, DialTimeout: cmp.Or(cfg.DialTimeout, 5*time.Second),
+		MaxCallSendMsgSize: etcdstore.ClientMaxSend, Context: ctx})
 	if err != nil {
 		return nil, fmt.Errorf("store.etcd: %w", err)
 	}
@@ -61,6 +62,10 @@ func openEtcdStore(ctx context.Context, cfg *EtcdConfig, log *slog.Logger) (*etc
 	if e.Store, err = etcdstore.New(cli, prefix, etcdstore.Options{}); err != nil {
 		e.closeSession()
 		return nil, err
+	}
+	if migrating, err := e.Store.Migrating(ctx); err != nil || migrating {
+		e.Close()
+		return nil, cmp.Or(err, fmt.Errorf("store.etcd: a latch store migrate into %s has not finished: let it end, or delete the prefix and migrate again", prefix))
 	}
 	log.Info("serving from etcd", "prefix", prefix, "endpoints", cfg.Endpoints, "replica", e.replica)
 	return e, nil

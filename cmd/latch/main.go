@@ -38,6 +38,7 @@ func newApp() *cli.App {
 			serverCommand(),
 			approvalCommand(),
 			auditCommand(),
+			storeCommand(),
 			fetchCommand(),
 			execCommand(),
 			leaseCommand(),
