@@ -122,22 +122,28 @@ func sameReads(ctx context.Context, t *testing.T, a, b broker.Store) {
 	t.Helper()
 	far := time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 	reads := map[string]func(broker.Store) (any, error){
-		"leases":        func(s broker.Store) (any, error) { return s.Leases(ctx, broker.LeaseFilter{}) },
-		"leases of one": func(s broker.Store) (any, error) { return s.Leases(ctx, broker.LeaseFilter{Agent: "spiffe://example.org/agent/7"}) },
-		"active":        func(s broker.Store) (any, error) { return s.Leases(ctx, broker.LeaseFilter{State: broker.StateActive}) },
-		"by request":    func(s broker.Store) (any, error) { return s.LeaseByRequest(ctx, "spiffe://example.org/agent/3", "req-3") },
-		"count":         func(s broker.Store) (any, error) { return s.CountByTask(ctx, broker.StateActive) },
-		"expiring":      func(s broker.Store) (any, error) { return s.ExpiringBefore(ctx, far, 100) },
-		"intents":       func(s broker.Store) (any, error) { return s.Intents(ctx) },
-		"queue":         func(s broker.Store) (any, error) { return s.DueRevocations(ctx, far, 0) },
-		"agents":        func(s broker.Store) (any, error) { return s.Agents(ctx) },
-		"freeze":        func(s broker.Store) (any, error) { return s.Freeze(ctx) },
-		"approvals":     func(s broker.Store) (any, error) { return s.Approvals(ctx, broker.ApprovalFilter{}) },
-		"approval ix":   func(s broker.Store) (any, error) { return s.ApprovalByRequest(ctx, "spiffe://example.org/agent/4", "ap-1") },
-		"grants":        func(s broker.Store) (any, error) { return s.Grants(ctx) },
-		"retired":       func(s broker.Store) (any, error) { return s.RetiredGroups(ctx) },
-		"policy use":    func(s broker.Store) (any, error) { return s.PolicyUse(ctx) },
-		"last event":    func(s broker.Store) (any, error) { return s.LastEvent(ctx) },
+		"leases": func(s broker.Store) (any, error) { return s.Leases(ctx, broker.LeaseFilter{}) },
+		"leases of one": func(s broker.Store) (any, error) {
+			return s.Leases(ctx, broker.LeaseFilter{Agent: "spiffe://example.org/agent/7"})
+		},
+		"active": func(s broker.Store) (any, error) { return s.Leases(ctx, broker.LeaseFilter{State: broker.StateActive}) },
+		"by request": func(s broker.Store) (any, error) {
+			return s.LeaseByRequest(ctx, "spiffe://example.org/agent/3", "req-3")
+		},
+		"count":     func(s broker.Store) (any, error) { return s.CountByTask(ctx, broker.StateActive) },
+		"expiring":  func(s broker.Store) (any, error) { return s.ExpiringBefore(ctx, far, 100) },
+		"intents":   func(s broker.Store) (any, error) { return s.Intents(ctx) },
+		"queue":     func(s broker.Store) (any, error) { return s.DueRevocations(ctx, far, 0) },
+		"agents":    func(s broker.Store) (any, error) { return s.Agents(ctx) },
+		"freeze":    func(s broker.Store) (any, error) { return s.Freeze(ctx) },
+		"approvals": func(s broker.Store) (any, error) { return s.Approvals(ctx, broker.ApprovalFilter{}) },
+		"approval ix": func(s broker.Store) (any, error) {
+			return s.ApprovalByRequest(ctx, "spiffe://example.org/agent/4", "ap-1")
+		},
+		"grants":     func(s broker.Store) (any, error) { return s.Grants(ctx) },
+		"retired":    func(s broker.Store) (any, error) { return s.RetiredGroups(ctx) },
+		"policy use": func(s broker.Store) (any, error) { return s.PolicyUse(ctx) },
+		"last event": func(s broker.Store) (any, error) { return s.LastEvent(ctx) },
 	}
 	for name, read := range reads {
 		x, errA := read(a)
