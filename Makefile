@@ -21,7 +21,7 @@ FUZZTIME  ?= 30s
 # The integration harness finds the tools here.
 export LATCH_TOOLS_BIN := $(TOOLS)/bin
 
-.PHONY: help build test tools postgres demo up bench bench-pinned migrate-100k fuzz stress clean distclean
+.PHONY: help build test tools postgres demo demo-ha up bench bench-pinned migrate-100k fuzz stress clean distclean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,6 +72,9 @@ postgres: ## Install PostgreSQL from Debian when its server binaries are missing
 
 demo: tools build ## Run latch end to end on a real Vault, SPIRE and PostgreSQL, then stop everything
 	$(GO) run ./integration/stack/stackctl demo bin/latch
+
+demo-ha: tools build ## Two latch replicas on a 3-member etcd cluster: one killed -9, the agent keeps getting credentials
+	$(GO) run ./integration/stack/stackctl demo-ha bin/latch
 
 up: tools ## Start the same stack and keep it running until Ctrl-C
 	$(GO) run ./integration/stack/stackctl up

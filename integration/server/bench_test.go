@@ -998,3 +998,28 @@ func BenchmarkDBCreds(b *testing.B) {
 		revokePrefix(b, vaultenv.DBMount+"/creds/report-eu")
 	})
 }
+
+// BenchmarkIssue_Replicas is issuance through one server on bbolt
+// (Bolt1) and through two replicas on the 3-member etcd cluster, the
+// callers split between them (Etcd2): issue 15's ratio, in one run.
+func BenchmarkIssue_Replicas(b *testing.B) {
+	benchEnv(b)
+	b.Run("Bolt1", func(b *testing.B) {
+		benchReplicas(b, []*latch{startLatch(b)})
+	})
+	b.Run("Etcd2", func(b *testing.B) {
+		store := fmt.Sprintf(`{ etcd: { endpoints: ["%s"], prefix: /latch-bench/%d } }`, strings.Join(st.Etcd.Endpoints(), `", "`), time.Now().UnixNano())
+		benchReplicas(b, []*latch{startLatchWith(b, latchOptions{Store: store}), startLatchWith(b, latchOptions{Store: store})})
+	})
+}
+
+// benchReplicas issues through replicas, agent i through replica i mod n.
+func benchReplicas(b *testing.B, replicas []*latch) {
+	calls := make([]callFunc, len(replicas))
+	for i, l := range replicas {
+		calls[i] = issueLatch(l, latchHTTPClient(l))
+	}
+	runCallers(b, benchCallers, 0, func(ctx context.Context, agent int) (string, error) {
+		return calls[agent%len(calls)](ctx, agent)
+	})
+}

@@ -35,7 +35,7 @@ type demo struct {
 
 const demoConfig = `server: { listen: %s, id: spiffe://example.org/latch, admin_socket: %s, metrics_listen: %s }
 spiffe: { svid_cert: latch-svid.pem, svid_key: latch-key.pem, bundle: bundle.json }
-store: { path: latch.db }
+store: %s
 vault: { address: %s, auth: { method: approle, role_id_file: %s, secret_id_file: %s } }
 backends:
   tokens: { type: vault-token }
@@ -85,7 +85,7 @@ func runDemo(ctx context.Context, st *stack.Stack, latchBin string) error {
 	if err := d.writeIdentity(ctx); err != nil {
 		return err
 	}
-	if err := d.writeConfig(env); err != nil {
+	if err := d.writeConfig(env, "{ path: latch.db }"); err != nil {
 		return err
 	}
 	server, err := d.startServer(ctx)
@@ -198,7 +198,7 @@ func (d *demo) writeIdentity(ctx context.Context) error {
 	return nil
 }
 
-func (d *demo) writeConfig(env *vaultenv.Env) error {
+func (d *demo) writeConfig(env *vaultenv.Env, store string) error {
 	api, err := freeAddr()
 	if err != nil {
 		return err
@@ -210,7 +210,7 @@ func (d *demo) writeConfig(env *vaultenv.Env) error {
 	d.api, d.metrics, d.sock = api, metrics, filepath.Join(d.dir, "admin.sock")
 	d.agentFlags = []string{"--addr", "https://" + api, "--cert", filepath.Join(d.dir, "agent-svid.pem"),
 		"--key", filepath.Join(d.dir, "agent-key.pem"), "--bundle", filepath.Join(d.dir, "bundle.pem")}
-	cfg := fmt.Sprintf(demoConfig, api, d.sock, metrics, d.st.Vault.Addr, env.RoleIDFile, env.SecretIDFile)
+	cfg := fmt.Sprintf(demoConfig, api, d.sock, metrics, store, d.st.Vault.Addr, env.RoleIDFile, env.SecretIDFile)
 	if err := os.WriteFile(filepath.Join(d.dir, "latch.yaml"), []byte(cfg), 0o600); err != nil {
 		return err
 	}
@@ -231,7 +231,7 @@ func freeAddr() (string, error) {
 }
 
 func (d *demo) startServer(ctx context.Context) (*exec.Cmd, error) {
-	step("latch server --config latch.yaml (log: " + filepath.Join(d.dir, "server.log") + ")")
+	step("latch server --config " + filepath.Join(filepath.Base(d.dir), "latch.yaml") + " (log: " + filepath.Join(d.dir, "server.log") + ")")
 	logFile, err := os.Create(filepath.Join(d.dir, "server.log"))
 	if err != nil {
 		return nil, err

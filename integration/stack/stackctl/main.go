@@ -18,8 +18,8 @@ import (
 )
 
 func main() {
-	if !(len(os.Args) == 3 && os.Args[1] == "demo") && !(len(os.Args) == 2 && os.Args[1] == "up") {
-		fmt.Fprintln(os.Stderr, "usage: stackctl demo LATCH-BINARY | stackctl up")
+	if !(len(os.Args) == 3 && (os.Args[1] == "demo" || os.Args[1] == "demo-ha")) && !(len(os.Args) == 2 && os.Args[1] == "up") {
+		fmt.Fprintln(os.Stderr, "usage: stackctl demo LATCH-BINARY | stackctl demo-ha LATCH-BINARY | stackctl up")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[len(os.Args)-1]); err != nil {
@@ -34,7 +34,12 @@ func run(mode, latchBin string) error {
 
 	fmt.Println("starting Vault, SPIRE server + agent and PostgreSQL on 127.0.0.1 ...")
 	startCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	s, err := stack.Start(startCtx, stack.All)
+	what := stack.All
+	if mode == "demo-ha" {
+		fmt.Println("... and a 3-member etcd cluster")
+		what |= stack.WithEtcd
+	}
+	s, err := stack.Start(startCtx, what)
 	cancel()
 	if err != nil {
 		return err
@@ -47,8 +52,11 @@ func run(mode, latchBin string) error {
 	if err := describe(ctx, s); err != nil {
 		return err
 	}
-	if mode == "demo" {
+	switch mode {
+	case "demo":
 		return runDemo(ctx, s, latchBin)
+	case "demo-ha":
+		return runDemoHA(ctx, s, latchBin)
 	}
 	fmt.Println("\nthe stack is up; press Ctrl-C to stop it")
 	<-ctx.Done()
