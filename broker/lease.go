@@ -34,6 +34,12 @@ func (s LeaseState) Live() bool {
 }
 
 // Valid reports whether s is one of the states above.
+// Ended reports whether a lease in state s is over for good: revoked,
+// expired or failed.
+func (s LeaseState) Ended() bool {
+	return s == StateRevoked || s == StateExpired || s == StateFailed
+}
+
 func (s LeaseState) Valid() bool {
 	return s.Live() || s == StateRevoked || s == StateExpired || s == StateFailed
 }

@@ -66,7 +66,29 @@ func (s Leases) Reconcile(ctx context.Context) error {
 	if err := s.collectGroups(ctx); err != nil {
 		s.log.Warn("collect retired groups", "err", err)
 	}
+	if err := s.forgetEnded(ctx); err != nil {
+		s.log.Warn("forget the records of ended leases", "err", err)
+	}
 	return nil
+}
+
+// forgetPass bounds the leases one reconciliation forgets; the rest wait
+// for the next.
+const forgetPass = 100_000
+
+// forgetEnded deletes the records of the leases that ended more than
+// Config.KeepEnded ago, on a store that can (Forgetter).
+func (s *core) forgetEnded(ctx context.Context) error {
+	f, ok := s.store.(Forgetter)
+	if !ok || s.cfg.KeepEnded <= 0 {
+		return nil
+	}
+	before := s.now().Add(-s.cfg.KeepEnded)
+	n, err := f.ForgetEnded(ctx, before, forgetPass)
+	if n > 0 {
+		s.log.Info("forgot the records of ended leases", "leases", n, "ended_before", before.UTC().Format(time.RFC3339))
+	}
+	return err
 }
 
 // reconcileIntents ends the intents of this replica that none of its

@@ -16,6 +16,16 @@ type EventWatcher interface {
 	WatchEvents(ctx context.Context, started func(), fn func([]Event)) error
 }
 
+// Forgetter is an optional extension of Store, for a store whose space
+// is bounded (etcd's quota): it deletes the records of leases that ended
+// long ago. Their audit events stay in the audit log.
+type Forgetter interface {
+	// ForgetEnded deletes up to limit (0: all) leases that ended
+	// (revoked, expired, failed) before t, with their index entries, and
+	// returns how many.
+	ForgetEnded(ctx context.Context, before time.Time, limit int) (int, error)
+}
+
 // watchRetry is how long a replica waits before watching again after
 // the watch broke (etcd unreachable).
 const watchRetry = time.Second

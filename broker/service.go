@@ -61,6 +61,11 @@ type Config struct {
 	Replica      string
 	LiveReplicas func(context.Context) (map[string]bool, error)
 
+	// KeepEnded, when positive, is how long the record of an ended lease
+	// is kept on a store that can forget (Forgetter): reconciliation
+	// deletes older ones. Their audit events stay.
+	KeepEnded time.Duration
+
 	// Refusals (deny, violation and rejected events) of one caller, of
 	// one type and first reason, are written one by one up to
 	// CoalesceAfter per CoalesceWindow; the rest of the window is counted

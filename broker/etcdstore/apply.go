@@ -364,6 +364,7 @@ type leaseIndex struct {
 	Task      string            `json:"task"`
 	RequestID string            `json:"request_id"`
 	ExpiresAt time.Time         `json:"expires_at"`
+	EndedAt   time.Time         `json:"ended_at"`
 	State     broker.LeaseState `json:"state"`
 	Refs      struct {
 		Policy string `json:"policy"`
@@ -372,7 +373,7 @@ type leaseIndex struct {
 }
 
 func indexOf(l *broker.Lease) leaseIndex {
-	ix := leaseIndex{Agent: l.Agent, Task: l.Task, RequestID: l.RequestID, ExpiresAt: l.ExpiresAt, State: l.State}
+	ix := leaseIndex{Agent: l.Agent, Task: l.Task, RequestID: l.RequestID, ExpiresAt: l.ExpiresAt, EndedAt: l.EndedAt, State: l.State}
 	ix.Refs.Policy, ix.Refs.Group = l.Refs.Policy, l.Refs.Group
 	return ix
 }
@@ -443,6 +444,9 @@ func (s *Store) index(t *txn, id string, ix *leaseIndex) error {
 	if ix.State == broker.StateActive {
 		t.put(s.k.timeIndex(ixExpiry, ix.ExpiresAt, id), nil)
 	}
+	if ix.State.Ended() {
+		t.put(s.k.timeIndex(ixEnded, ix.EndedAt, id), nil)
+	}
 	if ix.State.Live() {
 		t.put(s.k.index(ixLive, ix.Agent, id), liveValue(ix.Task, ix.Refs.Policy, ix.Refs.Group))
 	} else {
@@ -483,6 +487,9 @@ func (s *Store) unindex(t *txn, id string, old, next *leaseIndex) error {
 	}
 	if old.State == broker.StateActive && (next.State != broker.StateActive || timeOrd(old.ExpiresAt) != timeOrd(next.ExpiresAt)) {
 		t.del(s.k.timeIndex(ixExpiry, old.ExpiresAt, id))
+	}
+	if old.State.Ended() && (!next.State.Ended() || timeOrd(old.EndedAt) != timeOrd(next.EndedAt)) {
+		t.del(s.k.timeIndex(ixEnded, old.EndedAt, id))
 	}
 	return unindexRequest(t, s.k.index(ixRequest, old.Agent, old.RequestID), id,
 		old.RequestID != "" && (old.RequestID != next.RequestID || old.Agent != next.Agent))

@@ -57,6 +57,7 @@ const (
 	ixExpiry    = "expiry"    // time id, active leases
 	ixRequest   = "request"   // agent␀request ID → lease ID
 	ixClaim     = "claim"     // agent␀request ID → the intent that serves it
+	ixEnded     = "ended"     // end time, ID: ended leases, oldest first (ForgetEnded)
 	ixLive      = "live"      // agent␀id → task␀policy␀group, live leases and intents
 	ixDue       = "due"       // time id, queued revocations
 	ixApStatus  = "apstatus"  // status␀id

@@ -136,7 +136,13 @@ type EtcdConfig struct {
 	Cert        string        `yaml:"cert"`
 	Key         string        `yaml:"key"`
 	DialTimeout time.Duration `yaml:"dial_timeout"` // default 5s
+	// KeepEnded is how long the record of an ended lease stays in etcd
+	// (default 24h): etcd's space is bounded (a 2 GiB quota by default).
+	KeepEnded time.Duration `yaml:"keep_ended"`
 }
+
+// defaultKeepEnded is store.etcd.keep_ended's default.
+const defaultKeepEnded = 24 * time.Hour
 
 // VaultConfig is vault:.
 type VaultConfig struct {
@@ -434,6 +440,8 @@ func (c *Config) validateStore(add func(p strictyaml.Pos, format string, args ..
 			add(st.EtcdAt, "store.etcd.endpoints is required, such as [https://etcd-1:2379]")
 		case (e.Cert == "") != (e.Key == ""):
 			add(st.EtcdAt, "store.etcd: cert and key go together")
+		case e.KeepEnded < 0:
+			add(st.EtcdAt, "store.etcd.keep_ended must not be negative")
 		case e.Prefix != "" && !strings.HasPrefix(e.Prefix, "/"):
 			add(st.EtcdAt, "store.etcd.prefix %q must start with /", e.Prefix)
 		case st.Outbox == "" && len(c.Notify.Webhooks) > 0:

@@ -183,6 +183,7 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 		CoalesceAfter: cfg.Refusals.AuditEach, CoalesceWindow: cfg.Refusals.Window}
 	if es, ok := s.store.(*etcdStore); ok {
 		bc.Replica, bc.LiveReplicas = es.replica, es.liveReplicas
+		bc.KeepEnded = cmp.Or(cfg.Store.Etcd.KeepEnded, defaultKeepEnded)
 	}
 	s.service, err = broker.NewService(ctx, bc)
 	if err != nil {
