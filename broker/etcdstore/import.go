@@ -87,8 +87,12 @@ func (s *Store) Import(ctx context.Context, snap Snapshot, events func(func(brok
 	var last *broker.Event
 	err := events(func(e broker.Event) error {
 		switch {
-		case last == nil && e.Seq != 1:
-			return fmt.Errorf("etcdstore: import: the audit log starts at record %d: a pruned log cannot be imported yet (etcd's log starts at record 1)", e.Seq)
+		case last == nil && e.Seq > 1:
+			// A pruned log: its anchor is the record before the first.
+			anchor := headRecord{Seq: e.Seq - 1, Hash: e.PrevHash}
+			if err := im.add(func(t *txn) error { return putJSON(t, s.audit.anchorKey(), "audit anchor", anchor) }); err != nil {
+				return err
+			}
 		case last != nil && e.Seq != last.Seq+1:
 			return fmt.Errorf("etcdstore: import: audit record %d follows record %d", e.Seq, last.Seq)
 		}

@@ -76,7 +76,11 @@ func (s *Store) Events(ctx context.Context, after uint64, fn func(broker.Event) 
 	if err := s.ready(); err != nil {
 		return err
 	}
-	return s.audit.events(ctx, after, fn)
+	anchor, _, err := s.Anchor(ctx)
+	if err != nil {
+		return err
+	}
+	return s.audit.events(ctx, max(after, anchor), fn)
 }
 
 // LastEvent implements broker.Store.

@@ -55,7 +55,9 @@ func auditCommand() *cli.Command {
 					"verify still verifies what is left. --export names the export that keeps\n" +
 					"the pruned records (latch audit export > FILE): prune refuses unless it\n" +
 					"verifies and holds record SEQ with the same hash, so nothing is lost. The\n" +
-					"server must be stopped: prune needs the file for itself.",
+					"server must be stopped: prune needs the file for itself. With a --config\n" +
+					"whose store is store.etcd it prunes the log in etcd while the replicas\n" +
+					"serve.",
 				Flags: []cli.Flag{dbFlag, configFlagFor(),
 					&cli.Uint64Flag{Name: "through", Required: true, Usage: "the last record to delete"},
 					&cli.StringFlag{Name: "export", Required: true, Usage: "the export that holds the records to delete"}},
@@ -150,7 +152,7 @@ func runAuditExport(c *cli.Context) error {
 			return err
 		}
 		defer closeStore()
-		return writeEvents(c.Context, st, since, 0, c.App.Writer)
+		return writeEvents(c.Context, st, since, 0, 0, c.App.Writer)
 	}
 	path, err := dbPath(c)
 	if err != nil {

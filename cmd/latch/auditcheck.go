@@ -133,8 +133,7 @@ func verifyExport(c *cli.Context, path string, expect []boltstore.Expectation) e
 }
 
 func runAuditPrune(c *cli.Context) error {
-	path, err := dbPath(c)
-	if err != nil {
+	if err := noArgs(c); err != nil {
 		return err
 	}
 	through := c.Uint64("through")
@@ -148,6 +147,13 @@ func runAuditPrune(c *cli.Context) error {
 	held, err := exportedHash(f, through)
 	if err != nil {
 		return fmt.Errorf("not pruned: --export %s: %w", c.String("export"), err)
+	}
+	if ec := etcdOfConfig(c); ec != nil {
+		return pruneEtcd(c, ec, through, held)
+	}
+	path, err := dbPath(c)
+	if err != nil {
+		return err
 	}
 	res, err := boltstore.VerifyAudit(path, nil, boltstore.Expectation{Seq: through, Hash: held, Source: "the export " + c.String("export")})
 	if err != nil {

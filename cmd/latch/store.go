@@ -32,7 +32,7 @@ func storeCommand() *cli.Command {
 				"a server holds). The prefix must be empty: migrate refuses one with any key.\n" +
 				"Until it ends the prefix is marked migrating and no server serves from it;\n" +
 				"if it fails part way, delete the prefix (etcdctl del --prefix PREFIX) and run\n" +
-				"it again. A log pruned with latch audit prune cannot be migrated yet.\n" +
+				"it again. A log pruned with latch audit prune goes with its anchor.\n" +
 				"Then start the servers with store.etcd on the same endpoints and prefix.",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "from", Required: true, Usage: "bolt:FILE, the store.path of the stopped server"},
@@ -85,7 +85,7 @@ func runStoreMigrate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.App.Writer, "copied %d leases, %d intents, %d queued revocations, %d agents, %d approvals and %d audit records into %s\n",
+	fmt.Fprintf(c.App.Writer, "copied %d leases, %d intents, %d queued revocations, %d agents, %d approvals and the audit chain up to record %d into %s\n",
 		n.Leases, n.Intents, n.Revocations, n.Agents, n.Approvals, n.Events, ec.Prefix)
 	return verifyEtcd(c, ec, nil)
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -236,5 +238,54 @@ func retryAcross(ctx context.Context, t *testing.T, a, b *latch) {
 		if n != 1 {
 			t.Fatalf("request %s delivered %d leases", id, n)
 		}
+	}
+}
+
+// TestServer_EtcdAuditPrune: the chain in etcd is exported, then pruned
+// through a record the export holds while the server appends; it still
+// verifies, from the record after the anchor; a record deleted after the
+// anchor is reported.
+func TestServer_EtcdAuditPrune(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l := startReplicas(t, 1)[0]
+	bot := l.client(agentPrefix + "prune-bot")
+	for i := range 5 {
+		if _, err := bot.Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "42"}, Reason: fmt.Sprint("before the prune ", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	export := l.cli(ctx, nil, "audit", "export", "--config", l.config)
+	if export.code != 0 {
+		t.Fatalf("latch audit export: %s", export)
+	}
+	file := filepath.Join(l.dir, "audit.jsonl")
+	if err := os.WriteFile(file, []byte(export.stdout), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(export.stdout), "\n")
+	through := len(lines) - 2
+	if r := l.cli(ctx, nil, "audit", "prune", "--config", l.config, "--through", fmt.Sprint(len(lines)+1), "--export", file); r.code == 0 || !strings.Contains(r.stderr, "does not hold record") {
+		t.Fatalf("prune through a record the export does not hold: %s", r)
+	}
+	if r := l.cli(ctx, nil, "audit", "prune", "--config", l.config, "--through", fmt.Sprint(through), "--export", file); r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("pruned records 1 to %d", through)) {
+		t.Fatalf("latch audit prune on etcd: %s", r)
+	}
+	if _, err := bot.Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "42"}, Reason: "after the prune"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := l.cli(ctx, nil, "audit", "verify", "--config", l.config); r.code != 0 || !strings.Contains(r.stdout, fmt.Sprintf("from record %d", through+1)) {
+		t.Fatalf("latch audit verify after the prune: %s", r)
+	}
+	cli, err := st.Etcd.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Delete(ctx, fmt.Sprintf("%s/audit/e/%016x", storePrefix(t, l), through+1)); err != nil {
+		t.Fatal(err)
+	}
+	if r := l.cli(ctx, nil, "audit", "verify", "--config", l.config); r.code != 1 || !strings.Contains(r.stdout, "FAILED") {
+		t.Fatalf("latch audit verify after record %d was deleted: %s", through+1, r)
 	}
 }
