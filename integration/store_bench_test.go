@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -54,7 +55,9 @@ func BenchmarkStore_Issue(b *testing.B) {
 				stores = append(stores, s)
 			}
 			benchIssue(b, stores)
-			b.ReportMetric(float64(etcdBytes(b, prefix))/float64(b.N), "bytes/lease")
+			records, audit := etcdBytes(b, prefix)
+			b.ReportMetric(float64(records+audit)/float64(b.N), "bytes/lease")
+			b.ReportMetric(float64(audit)/float64(b.N), "audit-bytes/lease")
 		})
 	}
 }
@@ -104,7 +107,7 @@ func benchIssue(b *testing.B, stores []broker.Store) {
 }
 
 // etcdBytes sums the keys and values under prefix.
-func etcdBytes(b *testing.B, prefix string) int {
+func etcdBytes(b *testing.B, prefix string) (records, audit int) {
 	cli, err := st.Etcd.Client()
 	if err != nil {
 		b.Fatal(err)
@@ -114,9 +117,12 @@ func etcdBytes(b *testing.B, prefix string) int {
 	if err != nil {
 		b.Fatal(err)
 	}
-	n := 0
 	for _, kv := range res.Kvs {
-		n += len(kv.Key) + len(kv.Value)
+		if strings.HasPrefix(string(kv.Key), prefix+"/audit/") {
+			audit += len(kv.Key) + len(kv.Value)
+		} else {
+			records += len(kv.Key) + len(kv.Value)
+		}
 	}
-	return n
+	return records, audit
 }
