@@ -54,14 +54,8 @@ func checkConditions(tx *bolt.Tx, c *broker.Conditions) (*broker.ConditionFailed
 		return &broker.ConditionFailed{Reason: broker.ReasonIntentGone}, nil
 	}
 	if c.Approval != nil {
-		var a *broker.Approval
-		if v := tx.Bucket(bktApprovals).Get([]byte(c.Approval.ID)); v != nil {
-			if err := json.Unmarshal(v, &a); err != nil {
-				return nil, fmt.Errorf("%w: approval %s: %v", ErrCorrupt, c.Approval.ID, err)
-			}
-		}
-		if !c.Approval.Matches(a) {
-			return &broker.ConditionFailed{Reason: broker.ReasonApprovalChanged}, nil
+		if failed, err := checkApproval(tx, c.Approval); failed != nil || err != nil {
+			return failed, err
 		}
 	}
 	if c.Request != nil {
@@ -220,6 +214,20 @@ func checkRequest(tx *bolt.Tx, r *broker.RequestClaim) (*broker.ConditionFailed,
 		if l.State != broker.StateFailed && !l.Withheld {
 			return &broker.ConditionFailed{Reason: broker.ReasonRequestServed}, nil
 		}
+	}
+	return nil, nil
+}
+
+// checkApproval checks that the approval is stored as v.
+func checkApproval(tx *bolt.Tx, v *broker.ApprovalVersion) (*broker.ConditionFailed, error) {
+	var a *broker.Approval
+	if b := tx.Bucket(bktApprovals).Get([]byte(v.ID)); b != nil {
+		if err := json.Unmarshal(b, &a); err != nil {
+			return nil, fmt.Errorf("%w: approval %s: %v", ErrCorrupt, v.ID, err)
+		}
+	}
+	if !v.Matches(a) {
+		return &broker.ConditionFailed{Reason: broker.ReasonApprovalChanged}, nil
 	}
 	return nil, nil
 }

@@ -54,35 +54,8 @@ func (s *Store) Import(ctx context.Context, snap Snapshot, events func(func(brok
 		return n, err
 	}
 	im := &importer{s: s, ctx: ctx}
-	// Oldest first: a request index then points at a request's newest
-	// record, as putNewest keeps it.
-	slices.SortFunc(snap.Leases, func(a, b *broker.Lease) int { return strings.Compare(a.ID, b.ID) })
-	slices.SortFunc(snap.Approvals, func(a, b *broker.Approval) int { return strings.Compare(a.ID, b.ID) })
-	for _, l := range snap.Leases {
-		im.add(func(t *txn) error { return s.writeLeases(t, []*broker.Lease{l}) })
-	}
-	for _, l := range snap.Intents {
-		im.add(func(t *txn) error { return s.writeIntents(t, &broker.Change{PutIntents: []*broker.Lease{l}}) })
-	}
-	for _, r := range snap.Queue {
-		im.add(func(t *txn) error { return s.writeQueue(t, &broker.Change{Enqueue: []broker.Revocation{r}}) })
-	}
-	for _, a := range snap.Agents {
-		im.add(func(t *txn) error { return putJSON(t, s.k.agent(a.ID), "agent "+a.ID, a) })
-	}
-	for _, a := range snap.Approvals {
-		im.add(func(t *txn) error { return s.writeApprovals(t, []*broker.Approval{a}) })
-	}
-	im.add(func(t *txn) error {
-		return s.writeRecords(t, &broker.Change{Freeze: &snap.Freeze, Grants: snap.Grants})
-	})
-	for _, p := range snap.Deleting {
-		im.add(func(t *txn) error { t.put(s.k.deleting(p), []byte{1}); return nil })
-	}
-	for _, g := range snap.Retired {
-		im.add(func(t *txn) error {
-			return putJSON(t, s.k.retired(g.Group), "group "+g.Group, retiredMark{Backend: g.Backend, At: g.At.UTC()})
-		})
+	if err := im.records(snap); err != nil {
+		return n, err
 	}
 	var last *broker.Event
 	err := events(func(e broker.Event) error {
@@ -119,6 +92,48 @@ func (s *Store) Import(ctx context.Context, snap Snapshot, events func(func(brok
 		n.Events = last.Seq
 	}
 	return n, nil
+}
+
+// records writes snap: every record with its index entries.
+func (im *importer) records(snap Snapshot) error {
+	s := im.s
+	var err error
+	add := func(write func(*txn) error) {
+		if err == nil {
+			err = im.add(write)
+		}
+	}
+	// Oldest first: a request index then points at a request's newest
+	// record, as putNewest keeps it.
+	slices.SortFunc(snap.Leases, func(a, b *broker.Lease) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(snap.Approvals, func(a, b *broker.Approval) int { return strings.Compare(a.ID, b.ID) })
+	for _, l := range snap.Leases {
+		add(func(t *txn) error { return s.writeLeases(t, []*broker.Lease{l}) })
+	}
+	for _, l := range snap.Intents {
+		add(func(t *txn) error { return s.writeIntents(t, &broker.Change{PutIntents: []*broker.Lease{l}}) })
+	}
+	for _, r := range snap.Queue {
+		add(func(t *txn) error { return s.writeQueue(t, &broker.Change{Enqueue: []broker.Revocation{r}}) })
+	}
+	for _, a := range snap.Agents {
+		add(func(t *txn) error { return putJSON(t, s.k.agent(a.ID), "agent "+a.ID, a) })
+	}
+	for _, a := range snap.Approvals {
+		add(func(t *txn) error { return s.writeApprovals(t, []*broker.Approval{a}) })
+	}
+	add(func(t *txn) error {
+		return s.writeRecords(t, &broker.Change{Freeze: &snap.Freeze, Grants: snap.Grants})
+	})
+	for _, p := range snap.Deleting {
+		add(func(t *txn) error { t.put(s.k.deleting(p), []byte{1}); return nil })
+	}
+	for _, g := range snap.Retired {
+		add(func(t *txn) error {
+			return putJSON(t, s.k.retired(g.Group), "group "+g.Group, retiredMark{Backend: g.Backend, At: g.At.UTC()})
+		})
+	}
+	return err
 }
 
 // claimEmpty marks the prefix migrating if it holds no key at all.

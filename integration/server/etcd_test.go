@@ -50,12 +50,7 @@ func TestServer_ActiveActive(t *testing.T) {
 	e := setup(t)
 	r := startReplicas(t, 2)
 	a, b := r[0], r[1]
-	before := auditSince(t, b, 0) // both replicas' config loads
-	stream, err := b.admin().Events(ctx, api.EventsQuery{After: before[len(before)-1].Seq})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stream.Close()
+	stream, from := eventsFromNow(ctx, t, b)
 
 	bot := agentPrefix + "aa-bot"
 	issued, err := a.client(bot).Credentials(ctx, api.CredentialsRequest{Task: "close-ticket", Params: map[string]string{"ticket": "7"}, Reason: "on A"})
@@ -71,7 +66,7 @@ func TestServer_ActiveActive(t *testing.T) {
 
 	// B's stream: every event so far, A's and B's, in order.
 	last := auditSince(t, b, 0)
-	for want := before[len(before)-1].Seq + 1; want <= last[len(last)-1].Seq; want++ {
+	for want := from + 1; want <= last[len(last)-1].Seq; want++ {
 		ev, err := stream.Next()
 		if err != nil {
 			t.Fatalf("B's event stream, at %d: %v", want, err)
@@ -130,6 +125,21 @@ func verifyInEtcd(ctx context.Context, t *testing.T, l *latch) {
 	if r := l.cli(ctx, nil, "audit", "verify", "--config", l.config); r.code != 1 || !strings.Contains(r.stdout, "FAILED") || !strings.Contains(r.stdout, "record 3") {
 		t.Fatalf("latch audit verify after an edit of record 3 in etcd: %s", r)
 	}
+}
+
+// eventsFromNow opens an event stream on l after its last event (the
+// replicas' config loads), closed with the test, and returns that event's
+// sequence number.
+func eventsFromNow(ctx context.Context, t *testing.T, l *latch) (*client.EventStream, uint64) {
+	t.Helper()
+	before := auditSince(t, l, 0)
+	from := before[len(before)-1].Seq
+	stream, err := l.admin().Events(ctx, api.EventsQuery{After: from})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stream.Close() })
+	return stream, from
 }
 
 // pauseAcross pauses bot through a and expects b to refuse it before
