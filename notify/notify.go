@@ -91,6 +91,23 @@ type Config struct {
 	Poll time.Duration
 	// Metrics counts deliveries and watches the outbox (optional).
 	Metrics Metrics
+	// Handoff, when set, is shared by the replicas that take turns
+	// running the notifier (latch on etcd): see Handoff.
+	Handoff Handoff
+}
+
+// Handoff keeps, where every replica reads it, the sequence number up to
+// which each delivery is done (sent or dead-lettered): the replica that
+// runs the notifier next starts after it. What a replica that died had
+// queued is then sent again by the next, and some deliveries it had sent
+// may be sent twice, with the same delivery ID (X-Latch-Delivery): a
+// receiver drops repeats by it. Events are never skipped.
+type Handoff interface {
+	// LoadDone returns the sequence number saved last; ok is false when
+	// none was.
+	LoadDone(ctx context.Context) (seq uint64, ok bool, err error)
+	// SaveDone saves seq.
+	SaveDone(ctx context.Context, seq uint64) error
 }
 
 // DefaultDeadLetterTTL is how long dead letters are kept by default: 30
@@ -172,6 +189,7 @@ type Notifier struct {
 	poll    time.Duration
 	wakes   []chan struct{} // one per webhook: new deliveries in the outbox
 	metrics Metrics
+	handoff Handoff // nil: the outbox is this process's alone
 }
 
 // New checks cfg, opens (or creates) the outbox and returns the notifier.
@@ -182,7 +200,7 @@ func New(cfg Config) (*Notifier, error) {
 	}
 	n := &Notifier{
 		log: cfg.Logger, now: cfg.Now, hc: cfg.Client, minBack: cfg.MinBackoff, maxBack: cfg.MaxBackoff,
-		maxTry: cfg.MaxAttempts, deadTTL: cfg.DeadLetterTTL, poll: cfg.Poll, metrics: cfg.Metrics,
+		maxTry: cfg.MaxAttempts, deadTTL: cfg.DeadLetterTTL, poll: cfg.Poll, metrics: cfg.Metrics, handoff: cfg.Handoff,
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -39,8 +40,18 @@ type item struct {
 
 // loadCursor returns the last sequence number whose events are all in
 // the outbox. On first use it starts at the audit log's end: a new
-// webhook is not sent the past.
+// webhook is not sent the past. With a Handoff that holds a number, it
+// starts after that: where the replica before left off.
 func (n *Notifier) loadCursor(ctx context.Context, src Source) (uint64, error) {
+	if n.handoff != nil {
+		done, ok, err := n.handoff.LoadDone(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("notify: read where the replica before left off: %w", err)
+		}
+		if ok {
+			return done, n.db.Update(func(tx *bolt.Tx) error { return takeOver(tx, done) })
+		}
+	}
 	var cur uint64
 	var found bool
 	err := n.db.View(func(tx *bolt.Tx) error {
@@ -64,6 +75,25 @@ func (n *Notifier) loadCursor(ctx context.Context, src Source) (uint64, error) {
 		return 0, fmt.Errorf("notify: save the outbox cursor: %w", err)
 	}
 	return last, nil
+}
+
+// takeOver moves the cursor to done, where the replica before left off,
+// and drops what this outbox still holds of events up to it, left from
+// an earlier turn: the replicas since sent them.
+func takeOver(tx *bolt.Tx, done uint64) error {
+	end := []byte(fmt.Sprintf("%020d.", done)) // '.' is past '-': every key of seq done
+	b := tx.Bucket(bucketOutbox)
+	var old [][]byte
+	c := b.Cursor()
+	for k, _ := c.First(); k != nil && bytes.Compare(k, end) < 0; k, _ = c.Next() {
+		old = append(old, bytes.Clone(k))
+	}
+	for _, k := range old {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return putCursor(tx, done)
 }
 
 func putCursor(tx *bolt.Tx, c uint64) error {
@@ -150,18 +180,21 @@ func (n *Notifier) outbox(keep func(item) bool) ([]item, error) {
 // nothing against a TTL of days.
 const pruneEvery = time.Hour
 
-// reportLoop reports the outbox's depth every poll, and deletes expired
-// dead letters every pruneEvery, until ctx ends.
+// reportLoop reports the outbox's depth every poll, saves how far every
+// delivery is done to the Handoff, and deletes expired dead letters every
+// pruneEvery, until ctx ends.
 func (n *Notifier) reportLoop(ctx context.Context) {
 	tick := time.NewTicker(n.poll)
 	defer tick.Stop()
 	pruned := n.now() // Run has just pruned
+	var saved uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 			n.reportOutbox()
+			saved = n.handOff(ctx, saved)
 			if now := n.now(); now.Sub(pruned) >= pruneEvery {
 				n.pruneDead()
 				pruned = now
@@ -269,4 +302,48 @@ func (n *Notifier) finish(it item, delivered bool) {
 	if err != nil {
 		n.log.Error("update the webhook outbox", "delivery", it.Delivery, "err", err)
 	}
+}
+
+// handOff saves to the Handoff how far every delivery is done, when it
+// moved past saved, and returns what is saved.
+func (n *Notifier) handOff(ctx context.Context, saved uint64) uint64 {
+	if n.handoff == nil {
+		return saved
+	}
+	done, err := n.doneThrough()
+	if err != nil {
+		n.log.Error("read the webhook outbox", "err", err)
+		return saved
+	}
+	if done == saved {
+		return saved
+	}
+	if err := n.handoff.SaveDone(ctx, done); err != nil {
+		n.log.Warn("save where the webhook outbox is for the next replica", "err", err)
+		return saved
+	}
+	return done
+}
+
+// doneThrough is the sequence number up to which every delivery is done:
+// the one before the oldest still in the outbox (keys start with the
+// event's sequence number), or the cursor when it is empty.
+func (n *Notifier) doneThrough() (uint64, error) {
+	var done uint64
+	err := n.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(keyCursor); len(v) == 8 {
+			done = binary.BigEndian.Uint64(v)
+		}
+		k, _ := tx.Bucket(bucketOutbox).Cursor().First()
+		if k == nil {
+			return nil
+		}
+		seq, err := strconv.ParseUint(string(k[:min(len(k), 20)]), 10, 64)
+		if err != nil || seq == 0 {
+			return fmt.Errorf("outbox key %q", k)
+		}
+		done = min(done, seq-1)
+		return nil
+	})
+	return done, err
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/latchbroker/latch/broker/etcdstore"
+	"github.com/latchbroker/latch/notify"
 )
 
 // etcdSessionTTL is how long a dead replica's session outlives it: within
@@ -125,6 +127,34 @@ func (e *etcdStore) elect(ctx context.Context) (context.Context, error) {
 	}
 	fence := &etcdstore.Fence{Cmp: clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())}
 	return etcdstore.WithFence(ctx, fence), nil
+}
+
+// handoff is the webhook outbox's notify.Handoff between the replicas
+// that run the duties in turn: <prefix>/notify/done.
+func (e *etcdStore) handoff() notify.Handoff {
+	return notifyHandoff{cli: e.cli, key: e.prefix + "/notify/done"}
+}
+
+type notifyHandoff struct {
+	cli *clientv3.Client
+	key string
+}
+
+func (h notifyHandoff) LoadDone(ctx context.Context) (uint64, bool, error) {
+	res, err := h.cli.Get(ctx, h.key)
+	if err != nil || len(res.Kvs) == 0 {
+		return 0, false, err
+	}
+	seq, err := strconv.ParseUint(string(res.Kvs[0].Value), 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("%s holds %q, not a sequence number", h.key, res.Kvs[0].Value)
+	}
+	return seq, true, nil
+}
+
+func (h notifyHandoff) SaveDone(ctx context.Context, seq uint64) error {
+	_, err := h.cli.Put(ctx, h.key, strconv.FormatUint(seq, 10))
+	return err
 }
 
 // lost is closed when the replica's session ends (etcd unreachable for

@@ -178,18 +178,7 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	if err != nil {
 		return nil, err
 	}
-	bc := broker.Config{Store: s.store, Policy: cfg.Policy, Backends: backends,
-		Logger: log, Metrics: s.metrics, ApprovalTTL: cfg.Approvals.PendingTTL, PickupTTL: cfg.Approvals.PickupTTL,
-		CoalesceAfter: cfg.Refusals.AuditEach, CoalesceWindow: cfg.Refusals.Window}
-	if es, ok := s.store.(*etcdStore); ok {
-		bc.Replica, bc.LiveReplicas = es.replica, es.liveReplicas
-		bc.KeepEnded = cmp.Or(cfg.Store.Etcd.KeepEnded, defaultKeepEnded)
-	}
-	s.service, err = broker.NewService(ctx, bc)
-	if err != nil {
-		return nil, err
-	}
-	if s.notifier, err = newNotifier(cfg, log, s.metrics); err != nil {
+	if err := s.openService(ctx, cfg, backends); err != nil {
 		return nil, err
 	}
 	// The drift record: every load names each template's version.
@@ -197,6 +186,25 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 		return nil, err
 	}
 	return s, nil
+}
+
+// openService builds the service and the webhook notifier on the store;
+// on etcd, as one replica among others.
+func (s *Server) openService(ctx context.Context, cfg *Config, backends map[string]broker.Backend) (err error) {
+	bc := broker.Config{Store: s.store, Policy: cfg.Policy, Backends: backends,
+		Logger: s.log, Metrics: s.metrics, ApprovalTTL: cfg.Approvals.PendingTTL, PickupTTL: cfg.Approvals.PickupTTL,
+		CoalesceAfter: cfg.Refusals.AuditEach, CoalesceWindow: cfg.Refusals.Window}
+	var handoff notify.Handoff
+	if es, ok := s.store.(*etcdStore); ok {
+		bc.Replica, bc.LiveReplicas = es.replica, es.liveReplicas
+		bc.KeepEnded = cmp.Or(cfg.Store.Etcd.KeepEnded, defaultKeepEnded)
+		handoff = es.handoff()
+	}
+	if s.service, err = broker.NewService(ctx, bc); err != nil {
+		return err
+	}
+	s.notifier, err = newNotifier(cfg, s.log, s.metrics, handoff)
+	return err
 }
 
 // vaultJWT is latch's own JWT-SVID for Vault's JWT auth, audience "vault".
@@ -385,7 +393,7 @@ func openStore(ctx context.Context, cfg *Config, log *slog.Logger) (broker.Store
 
 // newNotifier builds the webhook notifier from notify.webhooks; its outbox
 // sits beside the store, in a file of its own.
-func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics) (*notify.Notifier, error) {
+func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics, handoff notify.Handoff) (*notify.Notifier, error) {
 	if len(cfg.Notify.Webhooks) == 0 {
 		return nil, nil
 	}
@@ -402,5 +410,5 @@ func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics) (*notify
 		hooks = append(hooks, h)
 	}
 	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cmp.Or(cfg.Store.Outbox, cfg.Store.Path+".outbox"), DeadLetterTTL: cfg.Notify.DeadLetterTTL,
-		Logger: log, Metrics: metrics})
+		Logger: log, Metrics: metrics, Handoff: handoff})
 }

@@ -299,3 +299,41 @@ func TestServer_EtcdAuditPrune(t *testing.T) {
 		t.Fatalf("latch audit verify after record %d was deleted: %s", through+1, r)
 	}
 }
+
+// TestServer_EtcdWebhookFailover: the replica that runs the webhook
+// outbox (A) dies with deliveries queued that its receiver refused; the
+// replica elected after it (B) sends them, starting where A's outbox had
+// everything done.
+func TestServer_EtcdWebhookFailover(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	hook := newWebhookReceiver(t)
+	store := strings.Replace(etcdStoreLine(t), " } }", " }, outbox: outbox.db }", 1)
+	var r []*latch
+	for range 2 {
+		r = append(r, startLatchWith(t, latchOptions{Store: store, Operators: approvalOperators, Agents: approvalAgents,
+			Templates: approvalTemplates, Notify: hook.notifyYAML(t)}))
+	}
+	a, b := r[0], r[1]
+	hook.down.Store(true)
+	agent := b.client(hitlPrefix + "webhook-bot")
+	var ids []string
+	for i := range 3 {
+		res, err := agent.Credentials(ctx, api.CredentialsRequest{Task: "ticket-high", Params: map[string]string{"ticket": "42"}, Reason: fmt.Sprint("while the receiver is down ", i)})
+		if err != nil || res.Approval == nil {
+			t.Fatalf("request %d: %+v, %v", i, res, err)
+		}
+		ids = append(ids, res.Approval.ID)
+	}
+	vaultenv.Eventually(t, 30*time.Second, func() error {
+		if hook.refused.Load() < 3 {
+			return fmt.Errorf("A tried %d deliveries, want the 3 approval_requested", hook.refused.Load())
+		}
+		return nil
+	})
+	a.kill9()
+	hook.down.Store(false)
+	for _, id := range ids {
+		hook.await("approval_requested", id)
+	}
+}
