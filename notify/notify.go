@@ -304,6 +304,9 @@ func (n *Notifier) Run(ctx context.Context, src Source) error {
 	if err != nil {
 		return err
 	}
+	// Saved before anything is queued: a replica that dies before its
+	// first report still leaves where the next must start.
+	saved := n.handOff(ctx, ^uint64(0))
 	n.dropUnconfigured()
 	n.pruneDead()
 	// One sender per webhook, so that a slow or hanging receiver delays
@@ -312,7 +315,7 @@ func (n *Notifier) Run(ctx context.Context, src Source) error {
 	for i, w := range n.hooks {
 		wg.Go(func() { n.deliverLoop(ctx, w, n.wakes[i]) })
 	}
-	wg.Go(func() { n.reportLoop(ctx) })
+	wg.Go(func() { n.reportLoop(ctx, saved) })
 	defer wg.Wait()
 	// Every type: the cursor then moves over the events no webhook wants,
 	// and a restart does not read them again.

@@ -183,11 +183,10 @@ const pruneEvery = time.Hour
 // reportLoop reports the outbox's depth every poll, saves how far every
 // delivery is done to the Handoff, and deletes expired dead letters every
 // pruneEvery, until ctx ends.
-func (n *Notifier) reportLoop(ctx context.Context) {
+func (n *Notifier) reportLoop(ctx context.Context, saved uint64) {
 	tick := time.NewTicker(n.poll)
 	defer tick.Stop()
 	pruned := n.now() // Run has just pruned
-	var saved uint64
 	for {
 		select {
 		case <-ctx.Done():

@@ -46,7 +46,7 @@ func TestServer_EtcdKill9(t *testing.T) {
 		}
 	}()
 
-	load := newChaosLoad(t, a, b)
+	load := newChaosLoad(t, a, b, agentPrefix+"kill9-bot")
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	load.run(loadCtx, &wg)
@@ -98,8 +98,7 @@ type chaosLoad struct {
 	noRevokes bool // issue only
 }
 
-func newChaosLoad(t *testing.T, a, b *latch) *chaosLoad {
-	bot := agentPrefix + "chaos-bot"
+func newChaosLoad(t *testing.T, a, b *latch, bot string) *chaosLoad {
 	return &chaosLoad{
 		agent: bot, start: time.Now(),
 		agents: [2]*client.Client{a.client(bot), b.client(bot)},
@@ -415,7 +414,7 @@ func TestServer_EtcdLeaderKilled(t *testing.T) {
 	defer cancel()
 	e := setup(t)
 	r := startReplicas(t, 2)
-	load := newChaosLoad(t, r[0], r[1])
+	load := newChaosLoad(t, r[0], r[1], agentPrefix+"leader-bot")
 	load.noRevokes = true
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
