@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -75,17 +76,23 @@ func (s *core) fromReplicas(events []Event) {
 	}
 }
 
-// reload reads the agent states and the freeze from the store.
+// reload reads the agent states and the freeze again (loadStates).
 func (s *core) reload(ctx context.Context) {
+	if err := s.loadStates(ctx); err != nil {
+		s.log.Warn("reload the agent states and the freeze", "err", err)
+	}
+}
+
+// loadStates reads the agent states and the freeze from the store into
+// the copies every request reads.
+func (s *core) loadStates(ctx context.Context) error {
 	records, err := s.store.Agents(ctx)
 	if err != nil {
-		s.log.Warn("reload the agent states", "err", err)
-		return
+		return fmt.Errorf("broker: load agent states: %w", err)
 	}
 	fr, err := s.store.Freeze(ctx)
 	if err != nil {
-		s.log.Warn("reload the freeze", "err", err)
-		return
+		return fmt.Errorf("broker: load freeze: %w", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -93,4 +100,5 @@ func (s *core) reload(ctx context.Context) {
 		s.agents[r.ID] = r.State
 	}
 	s.frozen = fr.Active
+	return nil
 }

@@ -187,18 +187,9 @@ func NewService(ctx context.Context, cfg Config) (*Service, error) {
 		entropy:     ulid.Monotonic(rand.Reader, 0),
 	}
 	s.policy.Store(cfg.Policy)
-	records, err := cfg.Store.Agents(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("broker: load agent states: %w", err)
+	if err := s.loadStates(ctx); err != nil {
+		return nil, err
 	}
-	for _, r := range records {
-		s.agents[r.ID] = r.State
-	}
-	fr, err := cfg.Store.Freeze(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("broker: load freeze: %w", err)
-	}
-	s.frozen = fr.Active
 	// The template versions that leases commit against (Conditions).
 	if _, err := s.apply(ctx, Change{Templates: templateVersions(cfg.Policy)}); err != nil {
 		return nil, fmt.Errorf("broker: record the templates: %w", err)

@@ -40,7 +40,8 @@ func (s *Store) Anchor(ctx context.Context) (seq uint64, hash string, err error)
 // the anchor the rest of the chain links to, while replicas append. The
 // anchor is written first, in a transaction that checks record through
 // and the old anchor: a prune that stops part way leaves records the
-// anchor covers, which readers skip and the next prune deletes.
+// anchor covers, still chained, which verify starts after and the next
+// prune deletes.
 func (s *Store) PruneAudit(ctx context.Context, through uint64, hash string) (from uint64, err error) {
 	if err := s.ready(); err != nil {
 		return 0, err

@@ -76,11 +76,7 @@ func (s *Store) Events(ctx context.Context, after uint64, fn func(broker.Event) 
 	if err := s.ready(); err != nil {
 		return err
 	}
-	anchor, _, err := s.Anchor(ctx)
-	if err != nil {
-		return err
-	}
-	return s.audit.events(ctx, max(after, anchor), fn)
+	return s.audit.events(ctx, after, fn)
 }
 
 // LastEvent implements broker.Store.

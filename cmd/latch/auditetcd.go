@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/boltstore"
@@ -33,14 +32,9 @@ func etcdOfConfig(c *cli.Context) *EtcdConfig {
 // openEtcdReader dials store.etcd to read the audit log: no session, and
 // the replicas do not see it.
 func openEtcdReader(ctx context.Context, cfg *EtcdConfig) (*etcdstore.Store, func(), error) {
-	tlsCfg, err := etcdTLS(cfg)
+	cli, err := dialEtcd(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, TLS: tlsCfg, DialTimeout: cmp.Or(cfg.DialTimeout, 5*time.Second),
-		MaxCallSendMsgSize: etcdstore.ClientMaxSend, Context: ctx})
-	if err != nil {
-		return nil, nil, fmt.Errorf("store.etcd: %w", err)
 	}
 	st, err := etcdstore.New(cli, cmp.Or(cfg.Prefix, "/latch"), etcdstore.Options{})
 	if err != nil {

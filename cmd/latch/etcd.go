@@ -40,14 +40,9 @@ type etcdStore struct {
 // replica.
 func openEtcdStore(ctx context.Context, cfg *EtcdConfig, log *slog.Logger) (*etcdStore, error) {
 	prefix := cmp.Or(cfg.Prefix, "/latch")
-	tlsCfg, err := etcdTLS(cfg)
+	cli, err := dialEtcd(ctx, cfg)
 	if err != nil {
 		return nil, err
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, TLS: tlsCfg, DialTimeout: cmp.Or(cfg.DialTimeout, 5*time.Second),
-		MaxCallSendMsgSize: etcdstore.ClientMaxSend, Context: ctx})
-	if err != nil {
-		return nil, fmt.Errorf("store.etcd: %w", err)
 	}
 	session, err := concurrency.NewSession(cli, concurrency.WithTTL(int(etcdSessionTTL/time.Second)))
 	if err != nil {
@@ -71,6 +66,21 @@ func openEtcdStore(ctx context.Context, cfg *EtcdConfig, log *slog.Logger) (*etc
 	}
 	log.Info("serving from etcd", "prefix", prefix, "endpoints", cfg.Endpoints, "replica", e.replica)
 	return e, nil
+}
+
+// dialEtcd is a client of store.etcd: TLS 1.3 when configured, and room
+// for the store's largest batches.
+func dialEtcd(ctx context.Context, cfg *EtcdConfig) (*clientv3.Client, error) {
+	tlsCfg, err := etcdTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: cfg.Endpoints, TLS: tlsCfg, DialTimeout: cmp.Or(cfg.DialTimeout, 5*time.Second),
+		MaxCallSendMsgSize: etcdstore.ClientMaxSend, Context: ctx})
+	if err != nil {
+		return nil, fmt.Errorf("store.etcd: %w", err)
+	}
+	return cli, nil
 }
 
 // replicaName names this start of the process: a restarted replica does

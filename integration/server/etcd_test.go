@@ -28,10 +28,16 @@ func etcdStoreLine(t *testing.T) string {
 // startReplicas starts n latch servers on one etcd prefix, with the
 // approvers, the hitl agents and their templates; all of them serve.
 func startReplicas(t *testing.T, n int) []*latch {
-	store := etcdStoreLine(t)
+	return startReplicasWith(t, n, latchOptions{Store: etcdStoreLine(t)})
+}
+
+// startReplicasWith is startReplicas with o (its Store, Notify...) for
+// each.
+func startReplicasWith(t *testing.T, n int, o latchOptions) []*latch {
+	o.Operators, o.Agents, o.Templates = approvalOperators, approvalAgents, approvalTemplates
 	var out []*latch
 	for range n {
-		out = append(out, startLatchWith(t, latchOptions{Store: store, Operators: approvalOperators, Agents: approvalAgents, Templates: approvalTemplates}))
+		out = append(out, startLatchWith(t, o))
 	}
 	return out
 }
@@ -309,11 +315,7 @@ func TestServer_EtcdWebhookFailover(t *testing.T) {
 	defer cancel()
 	hook := newWebhookReceiver(t)
 	store := strings.Replace(etcdStoreLine(t), " } }", " }, outbox: outbox.db }", 1)
-	var r []*latch
-	for range 2 {
-		r = append(r, startLatchWith(t, latchOptions{Store: store, Operators: approvalOperators, Agents: approvalAgents,
-			Templates: approvalTemplates, Notify: hook.notifyYAML(t)}))
-	}
+	r := startReplicasWith(t, 2, latchOptions{Store: store, Notify: hook.notifyYAML(t)})
 	a, b := r[0], r[1]
 	hook.down.Store(true)
 	agent := b.client(hitlPrefix + "webhook-bot")
