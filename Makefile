@@ -12,6 +12,8 @@ VAULT         := $(TOOLS)/vault-$(VAULT_VERSION)/vault
 SPIRE_SERVER  := $(TOOLS)/spire-$(SPIRE_VERSION)/spire-server
 SPIRE_AGENT   := $(TOOLS)/spire-$(SPIRE_VERSION)/spire-agent
 ETCD          := $(TOOLS)/etcd-$(ETCD_VERSION)/etcd
+OIDC_VERSION  := zitadel-3.52.0
+OIDC          := $(TOOLS)/oidc-$(OIDC_VERSION)/latch-oidc-provider
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -21,7 +23,7 @@ FUZZTIME  ?= 30s
 # The integration harness finds the tools here.
 export LATCH_TOOLS_BIN := $(TOOLS)/bin
 
-.PHONY: help build test tools postgres demo demo-ha up bench bench-pinned migrate-100k fuzz stress clean distclean
+.PHONY: help build test tools postgres chromium demo demo-ha up bench bench-pinned migrate-100k fuzz stress clean distclean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,13 +40,14 @@ test: tools ## gofmt check, go vet, go test -race ./... with the integration tes
 	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) $$($(GO) list ./... | grep -v '/integration/server$$')
 	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) ./integration/server
 
-tools: $(VAULT) $(SPIRE_SERVER) $(SPIRE_AGENT) $(ETCD) postgres ## Build Vault, SPIRE and etcd into .tools/ (once per version), install PostgreSQL
+tools: $(VAULT) $(SPIRE_SERVER) $(SPIRE_AGENT) $(ETCD) $(OIDC) postgres chromium ## Build Vault, SPIRE, etcd and the test OpenID Provider into .tools/ (once per version), install PostgreSQL and Chromium
 	@mkdir -p $(TOOLS)/bin
 	@ln -sfn $(VAULT) $(TOOLS)/bin/vault
 	@ln -sfn $(SPIRE_SERVER) $(TOOLS)/bin/spire-server
 	@ln -sfn $(SPIRE_AGENT) $(TOOLS)/bin/spire-agent
 	@ln -sfn $(ETCD) $(TOOLS)/bin/etcd
-	@echo "tools ready: vault $(VAULT_VERSION), spire $(SPIRE_VERSION), etcd $(ETCD_VERSION), $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"
+	@ln -sfn $(OIDC) $(TOOLS)/bin/latch-oidc-provider
+	@echo "tools ready: vault $(VAULT_VERSION), spire $(SPIRE_VERSION), etcd $(ETCD_VERSION), oidc $(OIDC_VERSION), $$(ls -d /usr/lib/postgresql/*/bin | tail -1), $$(chromium --version)"
 
 # Vault, SPIRE and etcd are built from the Go module proxy in modules of
 # their own (tools/vault, tools/spire, tools/etcd) so their dependency graphs
@@ -63,6 +66,19 @@ $(SPIRE_SERVER) $(SPIRE_AGENT):
 $(ETCD):
 	@echo "building etcd $(ETCD_VERSION) (first time only) ..."
 	cd tools/etcd && $(GO) build -trimpath -ldflags "-s -w" -o $@ go.etcd.io/etcd/server/v3
+
+# The OpenID Provider of the browser tests: zitadel/oidc's certified
+# provider library with users from a file (tools/oidc). Rebuilt when its
+# source changes.
+$(OIDC): tools/oidc/main.go tools/oidc/go.mod tools/oidc/go.sum
+	@echo "building the test OpenID Provider ($(OIDC_VERSION)) ..."
+	cd tools/oidc && $(GO) build -trimpath -ldflags "-s -w" -o $@ .
+
+chromium: ## Install Chromium from Debian when missing (the console's browser tests drive it headless)
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing Chromium from Debian ..."; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
 
 postgres: ## Install PostgreSQL from Debian when its server binaries are missing
 	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
@@ -100,7 +116,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
 	done
 
 clean: ## Remove bin/ and test output (keeps .tools/, which is slow to rebuild)
-	rm -rf bin/ coverage.out *.test
+	rm -rf bin/ coverage.out *.test test-output/
 
 distclean: clean ## Also remove .tools/
 	rm -rf $(TOOLS)

@@ -85,7 +85,7 @@ func (s *core) authorizeReopen(ctx context.Context, actor, subject, reason strin
 	if strings.TrimSpace(reason) == "" {
 		return Errorf(EINVALID, "resuming an agent or ending a freeze needs a reason")
 	}
-	if err := Authorize(s.policy.Load(), actor, ActionReopen, ""); err != nil {
+	if err := authorizeIn(ctx, s, actor, ActionReopen, ""); err != nil {
 		return s.refuse(ctx, Event{Actor: actor, Subject: subject}, err.(*Error))
 	}
 	return nil

@@ -60,7 +60,8 @@ const MaxReviewReason = 1024
 
 // Review is one approver's decision on an approval.
 type Review struct {
-	Approver string         `json:"approver"` // operator SPIFFE ID, or AdminSocketActor for a deny
+	Approver string         `json:"approver"`        // operator SPIFFE ID, a person's ID (Person.ID), or AdminSocketActor for a deny
+	Email    string         `json:"email,omitempty"` // a person's verified email, shown beside their ID
 	Decision ReviewDecision `json:"decision"`
 	Reason   string         `json:"reason"`
 	At       time.Time      `json:"at"`
@@ -372,7 +373,7 @@ func (s Approvals) Review(ctx context.Context, approver, approvalID string, appr
 	if approve {
 		action = ActionApprove
 	}
-	if err := Authorize(s.policy.Load(), approver, action, "a review"); err != nil {
+	if err := authorizeIn(ctx, s.core, approver, action, "a review"); err != nil {
 		return nil, s.refuse(ctx, Event{Actor: approver}, err.(*Error))
 	}
 
@@ -418,6 +419,9 @@ func (s Approvals) reviewOnce(ctx context.Context, approver, approvalID string, 
 		owner = entry.Owner
 	}
 	review := Review{Approver: approver, Decision: ReviewDeny, Reason: reason, At: s.now()}
+	if p := personFrom(ctx, approver); p != nil {
+		review.Email = p.Email
+	}
 	if approve {
 		review.Decision = ReviewApprove
 	}
@@ -452,7 +456,7 @@ func ApplyReview(a *Approval, r Review, owner string, pickupTTL time.Duration) (
 		return nil, Event{}, Errorf(ECONFLICT, "approval %s is %s; only a pending approval can be reviewed", a.ID, a.Status)
 	case r.Decision == ReviewApprove && r.Approver == a.Agent:
 		return nil, Event{}, forbidden("self_approval", "an agent can never approve its own request")
-	case r.Decision == ReviewApprove && (r.Approver == a.Owner || r.Approver == owner):
+	case r.Decision == ReviewApprove && (r.Approver == a.Owner || r.Approver == owner || r.ownsBy(a.Owner) || r.ownsBy(owner)):
 		return nil, Event{}, forbidden("owner_approval", fmt.Sprintf("%s owns agent %s and can never approve its requests", r.Approver, a.Agent))
 	case a.reviewedBy(r.Approver):
 		return nil, Event{}, Errorf(ECONFLICT, "%s has already reviewed approval %s", r.Approver, a.ID)
@@ -472,10 +476,19 @@ func ApplyReview(a *Approval, r Review, owner string, pickupTTL time.Duration) (
 		"status":      string(next.Status),
 		"approvals":   fmt.Sprintf("%d/%d", len(next.Approvers()), next.Required),
 	}}
+	if r.Email != "" {
+		ev.Details["actor_email"] = r.Email
+	}
 	if next.Status == ApprovalApproved {
 		ev.Details["pickup_by"] = next.PickupBy.UTC().Format(time.RFC3339)
 	}
 	return &next, ev, nil
+}
+
+// ownsBy reports whether owner names the reviewer by their verified
+// email: an agent's owner may be a person's email.
+func (r Review) ownsBy(owner string) bool {
+	return r.Email != "" && strings.EqualFold(r.Email, owner)
 }
 
 // refuseReview audits a review that the rules forbid, as a violation, and

@@ -52,6 +52,16 @@ var roleFor = map[Action]templates.Role{
 // (admin_socket_approval, admin_socket_reopen, agent_via_admin_socket,
 // missing_role:ROLE) in Reasons.
 func Authorize(p *templates.Policy, actor string, action Action, what string) error {
+	return authorize(p, actor, nil, action, what)
+}
+
+// AuthorizePerson is Authorize for a person signed in through the OpenID
+// Provider: their roles are those of every operators: entry naming them.
+func AuthorizePerson(p *templates.Policy, person *Person, action Action, what string) error {
+	return authorize(p, person.ID(), person, action, what)
+}
+
+func authorize(p *templates.Policy, actor string, person *Person, action Action, what string) error {
 	if what == "" {
 		what = string(action)
 	}
@@ -75,6 +85,9 @@ func Authorize(p *templates.Policy, actor string, action Action, what string) er
 		return forbidden("unknown_action", what+" is not open to anyone")
 	}
 	op, isOperator := p.Operator(actor)
+	if person != nil {
+		op, isOperator = p.Person(actor, person.Subject, person.Email, person.Groups)
+	}
 	if isOperator && (op.Has(role) || op.Has(templates.RoleAdmin)) {
 		return nil
 	}

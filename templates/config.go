@@ -21,10 +21,16 @@ type PolicyConfig struct {
 	RiskTiers     map[string]TierConfig   `yaml:"risk_tiers"`
 }
 
-// OperatorConfig is one entry of operators:.
+// OperatorConfig is one entry of operators:. It names exactly one of: a
+// SPIFFE ID (id), or a person signed in through the oidc: provider by
+// their subject (the ID token's sub), their verified email, or a group
+// they belong to (the oidc: groups claim).
 type OperatorConfig struct {
-	ID    string   `yaml:"id"`
-	Roles []string `yaml:"roles"`
+	ID      string   `yaml:"id"`
+	Subject string   `yaml:"subject"`
+	Email   string   `yaml:"email"`
+	Group   string   `yaml:"group"`
+	Roles   []string `yaml:"roles"`
 
 	At      strictyaml.Pos   `yaml:",pos"`
 	IDAt    strictyaml.Pos   `yaml:"id,pos"`

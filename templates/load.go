@@ -103,22 +103,13 @@ func (l *loader) loadOperators() {
 	first := map[string]strictyaml.Pos{}
 	for i, oc := range l.src.Policy.Operators {
 		path := fmt.Sprintf("operators[%d]", i)
-		op := &Operator{ID: oc.ID}
-		ok := true
-		switch {
-		case oc.ID == "":
-			l.errorf(oc.At, "%s: id is required (the operator's SPIFFE ID)", path)
+		key, ok := l.operatorKey(path, oc)
+		op := &Operator{ID: key}
+		if p, dup := first[key]; ok && dup {
+			l.errorf(oc.At, "%s: duplicate operator %q (first at line %d)", path, key, p.Line)
 			ok = false
-		default:
-			if _, err := spiffeid.FromString(oc.ID); err != nil {
-				l.errorf(oc.IDAt, "%s.id: invalid SPIFFE ID %q: %v", path, oc.ID, err)
-				ok = false
-			} else if p, dup := first[oc.ID]; dup {
-				l.errorf(oc.IDAt, "%s.id: duplicate operator %q (first at line %d)", path, oc.ID, p.Line)
-				ok = false
-			} else {
-				first[oc.ID] = oc.IDAt
-			}
+		} else if ok {
+			first[key] = oc.At
 		}
 		if len(oc.Roles) == 0 {
 			l.errorf(oc.At, "%s: roles is required; allowed: %s", path, strings.Join(roleNames, ", "))
@@ -145,6 +136,52 @@ func (l *loader) loadOperators() {
 	}
 }
 
+// operatorKey is the key of an operators: entry: its SPIFFE ID, or
+// "subject:S", "email:E" (lower case) or "group:G" for people.
+func (l *loader) operatorKey(path string, oc OperatorConfig) (string, bool) {
+	named := 0
+	for _, v := range []string{oc.ID, oc.Subject, oc.Email, oc.Group} {
+		if v != "" {
+			named++
+		}
+	}
+	switch {
+	case named != 1:
+		l.errorf(oc.At, "%s: name exactly one of id (a SPIFFE ID), subject, email or group (a person signed in through oidc:)", path)
+		return "", false
+	case oc.Subject != "":
+		return "subject:" + oc.Subject, true
+	case oc.Email != "":
+		if !validEmail(oc.Email) {
+			l.errorf(oc.At, "%s.email: %q is not an email address", path, oc.Email)
+			return "", false
+		}
+		return "email:" + strings.ToLower(oc.Email), true
+	case oc.Group != "":
+		return "group:" + oc.Group, true
+	}
+	if _, err := spiffeid.FromString(oc.ID); err != nil {
+		l.errorf(oc.IDAt, "%s.id: invalid SPIFFE ID %q: %v", path, oc.ID, err)
+		return "", false
+	}
+	return oc.ID, true
+}
+
+// validEmail accepts what an owner or operator email plausibly is: one @,
+// something on each side, no spaces or control characters.
+func validEmail(s string) bool {
+	at := strings.IndexByte(s, '@')
+	if at <= 0 || at != strings.LastIndexByte(s, '@') || at == len(s)-1 || len(s) > 254 {
+		return false
+	}
+	for _, r := range s {
+		if r <= ' ' || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
 func (l *loader) loadAgents() {
 	first := map[string]strictyaml.Pos{}
 	for i, ac := range l.src.Policy.Agents {
@@ -165,10 +202,15 @@ func (l *loader) loadAgents() {
 			first[ac.ID] = ac.IDAt
 		}
 		if ac.Owner == "" {
-			l.errorf(ac.At, "%s: owner is required (the SPIFFE ID of the person or team answerable for the agent)", path)
+			l.errorf(ac.At, "%s: owner is required (the SPIFFE ID or email of the person or team answerable for the agent)", path)
 			ok = false
+		} else if strings.Contains(ac.Owner, "@") && !strings.Contains(ac.Owner, "://") {
+			if !validEmail(ac.Owner) {
+				l.errorf(ac.OwnerAt, "%s.owner: %q is not an email address", path, ac.Owner)
+				ok = false
+			}
 		} else if _, err := spiffeid.FromString(ac.Owner); err != nil {
-			l.errorf(ac.OwnerAt, "%s.owner: invalid SPIFFE ID %q: %v", path, ac.Owner, err)
+			l.errorf(ac.OwnerAt, "%s.owner: invalid SPIFFE ID %q (or an email): %v", path, ac.Owner, err)
 			ok = false
 		}
 		if len(ac.Templates) == 0 {

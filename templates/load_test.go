@@ -3,6 +3,7 @@ package templates
 import (
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -104,12 +105,14 @@ func TestLoad_Invalid(t *testing.T) {
 		{"policy-agent-star-middle.yaml", `testdata/invalid/policy-agent-star-middle.yaml:2:9: agents[0].id: "*" may only end a prefix, as in spiffe://example.org/agent/report-*; got "spiffe://example.org/agent/*/reports"`},
 		{"policy-agent-unknown-template.yaml", `testdata/invalid/policy-agent-unknown-template.yaml:4:17: agents[0].templates[0]: unknown template "nightly-reprot"`},
 		{"policy-bad-cron.yaml", `testdata/invalid/policy-bad-cron.yaml:2:26: freeze_windows.billing-close.cron: invalid cron "0 0 28 *": expected exactly 5 fields, found 4: [0 0 28 *] (fields: minute hour day-of-month month day-of-week)`},
-		{"policy-bad-owner.yaml", `testdata/invalid/policy-bad-owner.yaml:2:48: agents[0].owner: invalid SPIFFE ID "bob": scheme is missing or invalid`},
+		{"policy-bad-owner.yaml", `testdata/invalid/policy-bad-owner.yaml:2:48: agents[0].owner: invalid SPIFFE ID "bob" (or an email): scheme is missing or invalid`},
 		{"policy-bad-rate.yaml", `testdata/invalid/policy-bad-rate.yaml:2:113: agents[0].rate: expected N/s, N/m or N/h, such as 30/m, got "30/d"`},
 		{"policy-bad-timezone.yaml", `testdata/invalid/policy-bad-timezone.yaml:2:66: freeze_windows.billing-close.timezone: unknown time zone "Europe/Berln"`},
 		{"policy-cron-never-fires.yaml", `testdata/invalid/policy-cron-never-fires.yaml:2:17: freeze_windows.leap.cron: "0 0 30 2 *" never fires`},
 		{"policy-duplicate-agent.yaml", `testdata/invalid/policy-duplicate-agent.yaml:3:11: agents[1].id: duplicate agent "spiffe://example.org/agent/a" (first at line 2)`},
 		{"policy-tier-fewer-approvals.yaml", `testdata/invalid/policy-tier-fewer-approvals.yaml:2:26: risk_tiers.critical.approvals: 0 is fewer than high's 1; a higher tier may not need fewer approvals`},
+		{"policy-operator-bad-email.yaml", `testdata/invalid/policy-operator-bad-email.yaml:2:5: operators[0].email: "alice at example.org" is not an email address`},
+		{"policy-operator-two-names.yaml", `testdata/invalid/policy-operator-two-names.yaml:2:5: operators[0]: name exactly one of id (a SPIFFE ID), subject, email or group (a person signed in through oidc:)`},
 		{"policy-unknown-role.yaml", `testdata/invalid/policy-unknown-role.yaml:2:51: operators[0].roles[0]: unknown role "approve"; allowed: viewer, approver, revoker, admin`},
 		{"policy-unknown-section.yaml", `testdata/invalid/policy-unknown-section.yaml:1:1: unknown key "agent"; allowed: operators, agents, freeze_windows, risk_tiers`},
 		{"policy-unknown-tier.yaml", `testdata/invalid/policy-unknown-tier.yaml:2:3: risk_tiers.urgent: unknown tier "urgent"; allowed: low, medium, high, critical`},
@@ -347,5 +350,41 @@ func TestLoad_BackendPathErrors(t *testing.T) {
 	want := `latch.yaml:9:40: path: path:1: unclosed action`
 	if err == nil || err.Error() != want {
 		t.Fatalf("got %v, want %s", err, want)
+	}
+}
+
+// A person holds the roles of every entry that names their subject, their
+// verified email or one of their groups, and nothing through an entry
+// that names someone else; a person's entry key is never a caller's ID.
+func TestPolicy_Person(t *testing.T) {
+	src := `operators:
+  - { id: spiffe://example.org/ops/alice, roles: [viewer] }
+  - { subject: carol-id, roles: [approver] }
+  - { email: Carol@Example.org, roles: [revoker] }
+  - { group: sec-admins, roles: [admin] }
+  - { group: viewers, roles: [viewer] }
+`
+	p := loadPolicyYAML(t, src)
+	tests := []struct {
+		name, subject, email string
+		groups               []string
+		want                 []Role
+		found                bool
+	}{
+		{"subject and email", "carol-id", "carol@example.org", nil, []Role{RoleApprover, RoleRevoker}, true},
+		{"group", "dave-id", "", []string{"viewers", "sec-admins"}, []Role{RoleAdmin, RoleViewer}, true},
+		{"unverified email counts for nothing", "x", "", nil, nil, false},
+		{"someone else", "bob-id", "bob@example.org", []string{"eng"}, nil, false},
+	}
+	for _, tt := range tests {
+		op, found := p.Person("actor", tt.subject, tt.email, tt.groups)
+		slices.Sort(op.Roles)
+		slices.Sort(tt.want)
+		if found != tt.found || !slices.Equal(op.Roles, tt.want) || op.ID != "actor" {
+			t.Errorf("%s: %+v %v, want roles %v %v", tt.name, op, found, tt.want, tt.found)
+		}
+	}
+	if _, ok := p.Operator("group:sec-admins"); ok {
+		t.Error("a group entry answered as an operator ID")
 	}
 }

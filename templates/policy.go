@@ -70,8 +70,11 @@ const (
 
 var roleNames = []string{string(RoleViewer), string(RoleApprover), string(RoleRevoker), string(RoleAdmin)}
 
-// Operator is one entry of operators:.
+// Operator is one entry of operators:, or the roles a person holds
+// through every entry that names them (Policy.Person).
 type Operator struct {
+	// ID is the SPIFFE ID; for a person's entry, "subject:S",
+	// "email:E" or "group:G", and for a person, their actor ID.
 	ID    string
 	Roles []Role
 }
@@ -211,8 +214,40 @@ func (p *Policy) Operators() []*Operator { return append([]*Operator(nil), p.ope
 
 // Operator returns the operator with SPIFFE ID id.
 func (p *Policy) Operator(id string) (*Operator, bool) {
+	if strings.Contains(id, ":") && !strings.HasPrefix(id, "spiffe://") {
+		return nil, false // a person's entry key, never a caller's ID
+	}
 	o, ok := p.operators[id]
 	return o, ok
+}
+
+// Person returns the roles of a person signed in through the OpenID
+// Provider: every role of every entry that names their subject, their
+// email (only when the provider verified it: pass "" otherwise) or one of
+// their groups. actor is the ID the returned Operator carries.
+func (p *Policy) Person(actor, subject, email string, groups []string) (*Operator, bool) {
+	keys := []string{"subject:" + subject}
+	if email != "" {
+		keys = append(keys, "email:"+strings.ToLower(email))
+	}
+	for _, g := range groups {
+		keys = append(keys, "group:"+g)
+	}
+	person := &Operator{ID: actor}
+	found := false
+	for _, k := range keys {
+		o, ok := p.operators[k]
+		if !ok {
+			continue
+		}
+		found = true
+		for _, r := range o.Roles {
+			if !person.Has(r) {
+				person.Roles = append(person.Roles, r)
+			}
+		}
+	}
+	return person, found
 }
 
 // Window returns the named freeze window.

@@ -43,6 +43,8 @@ type Config struct {
 	AutoPause              AutoPauseConfig `yaml:"auto_pause"`
 	Refusals               RefusalsConfig  `yaml:"refusals"`
 	Audit                  AuditConfig     `yaml:"audit"`
+	OIDC                   *OIDCConfig     `yaml:"oidc"`
+	Console                *ConsoleConfig  `yaml:"console"`
 	TemplatesDir           string          `yaml:"templates_dir"`
 
 	// Policy is the compiled policy; LoadConfig sets it.
@@ -415,6 +417,7 @@ func (c *Config) validate() strictyaml.Errors {
 	}
 
 	c.validateNotify(add)
+	c.validateConsole(add)
 	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
 		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
 	}
@@ -482,6 +485,11 @@ func (c *Config) resolvePaths() {
 		&c.SPIFFE.SVIDCert, &c.SPIFFE.SVIDKey, &c.SPIFFE.Bundle,
 		&c.Vault.CACert, &c.Vault.Auth.TokenFile, &c.Vault.Auth.RoleIDFile, &c.Vault.Auth.SecretIDFile,
 	} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(base, *p)
+		}
+	}
+	for _, p := range c.consolePaths() {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(base, *p)
 		}

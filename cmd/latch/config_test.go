@@ -119,7 +119,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		want   []string // lines, with FILE for the config path and DIR for its directory
 	}{
 		{"unknown top-level key", minimalConfigYAML + "servr: {}\n", nil, []string{
-			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, audit, templates_dir`,
+			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, audit, oidc, console, templates_dir`,
 		}},
 		{"store path and etcd", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { path: latch.db, etcd: { endpoints: [\"http://127.0.0.1:2379\"] } }", 1), nil, []string{
 			`FILE:3:32: store: set path or etcd, not both`,

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,7 @@ import (
 	"github.com/latchbroker/latch/broker/boltstore"
 	"github.com/latchbroker/latch/broker/httpapi"
 	"github.com/latchbroker/latch/broker/promstats"
+	"github.com/latchbroker/latch/console"
 	"github.com/latchbroker/latch/notify"
 )
 
@@ -105,11 +107,12 @@ type Server struct {
 	verifier *attest.Verifier
 	metrics  *promstats.Metrics
 	notifier *notify.Notifier // nil without webhooks
+	console  *console.Console // nil without console:
 
 	// Listeners are opened by Run (listen), first thing and before
 	// anything is served, so that a bind error fails the start; APIAddr
 	// and MetricsAddr report what they bound, once Run has listened.
-	apiLn, adminLn, metricsLn net.Listener
+	apiLn, adminLn, metricsLn, consoleLn net.Listener
 
 	ready    chan struct{} // closed once reconciliation is done
 	runErr   chan error
@@ -181,6 +184,9 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	if err := s.openService(ctx, cfg, backends); err != nil {
 		return nil, err
 	}
+	if err := s.openConsole(cfg); err != nil {
+		return nil, err
+	}
 	// The drift record: every load names each template's version.
 	if err := s.service.SetPolicy(ctx, cfg.Policy, "latch"); err != nil {
 		return nil, err
@@ -249,7 +255,7 @@ func (s *Server) Run(ctx context.Context) error {
 			IdleTimeout: sc.IdleTimeout, MaxHeaderBytes: sc.MaxHeaderBytes, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)},
 		{Handler: s.metricsMux(), ReadHeaderTimeout: 10 * time.Second},
 	}
-	serveErr := make(chan error, 3)
+	serveErr := make(chan error, 4)
 	go func() { serveErr <- servers[0].ServeTLS(netutil.LimitListener(s.apiLn, sc.MaxConnections), "", "") }()
 	go func() { serveErr <- servers[1].Serve(s.metricsLn) }()
 	if s.adminLn != nil {
@@ -260,6 +266,13 @@ func (s *Server) Run(ctx context.Context) error {
 		as := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
 		servers = append(servers, as)
 		go func() { serveErr <- as.Serve(s.adminLn) }()
+	}
+	if s.console != nil {
+		cs, err := s.serveConsole(serveErr)
+		if err != nil {
+			return err
+		}
+		servers = append(servers, cs)
 	}
 	s.log.Info("listening", "api", s.apiLn.Addr().String(), "metrics", s.metricsLn.Addr().String(), "admin_socket", s.cfg.Server.AdminSocket)
 
@@ -288,6 +301,11 @@ func (s *Server) listen() error {
 	}
 	if s.metricsLn, err = net.Listen("tcp", s.cfg.Server.MetricsListen); err != nil {
 		return fmt.Errorf("server.metrics_listen: %w", err)
+	}
+	if s.console != nil {
+		if s.consoleLn, err = net.Listen("tcp", s.cfg.Console.Listen); err != nil {
+			return fmt.Errorf("console.listen: %w", err)
+		}
 	}
 	if p := s.cfg.Server.AdminSocket; p != "" {
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
@@ -352,7 +370,7 @@ func (s *Server) Close() {
 		s.stopBg()
 		s.bg.Wait()
 	}
-	for _, l := range []net.Listener{s.apiLn, s.metricsLn, s.adminLn} {
+	for _, l := range []net.Listener{s.apiLn, s.metricsLn, s.adminLn, s.consoleLn} {
 		if l != nil {
 			l.Close() // already closed by Shutdown after Run; harmless
 		}
@@ -411,4 +429,35 @@ func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics, handoff 
 	}
 	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cmp.Or(cfg.Store.Outbox, cfg.Store.Path+".outbox"), DeadLetterTTL: cfg.Notify.DeadLetterTTL,
 		Logger: log, Metrics: metrics, Handoff: handoff})
+}
+
+// openConsole builds the web console when console: and oidc: are set.
+func (s *Server) openConsole(cfg *Config) error {
+	cc, on, err := cfg.consoleConfig()
+	if err != nil || !on {
+		return err
+	}
+	if cfg.Console.SessionKeyFile == "" {
+		s.log.Info("console: no session_key_file, so sessions end when this process stops and no other replica accepts them")
+	}
+	s.console, err = console.New(cc, s.service, s.log)
+	return err
+}
+
+// serveConsole serves the console on its listener, TLS 1.3 only, with
+// the certificate console: names.
+func (s *Server) serveConsole(serveErr chan<- error) (*http.Server, error) {
+	k := s.cfg.Console
+	cert, err := tls.LoadX509KeyPair(k.TLSCert, k.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("console: tls_cert and tls_key: %w", err)
+	}
+	srv := &http.Server{Handler: s.console, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
+		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
+		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
+	go func() {
+		serveErr <- srv.ServeTLS(netutil.LimitListener(s.consoleLn, s.cfg.Server.MaxConnections), "", "")
+	}()
+	s.log.Info("console listening", "addr", s.consoleLn.Addr().String(), "url", k.URL)
+	return srv, nil
 }

@@ -1,0 +1,303 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/latchbroker/latch/broker/api"
+	"github.com/latchbroker/latch/integration/stack"
+)
+
+// The console's tests: people sign in through a real OpenID Provider
+// (stack.StartOIDC) in a real browser (headless Chromium) and act on a
+// real latch server.
+
+const (
+	payPrefix = "spiffe://example.org/payments/"
+	// consoleOperators give roles by the provider's groups claim.
+	consoleOperators = `  - { group: approvers, roles: [approver, viewer] }
+  - { group: viewers, roles: [viewer] }
+`
+	// consoleAgents are owned by bob, a person, by his email.
+	consoleAgents = `  - id: ` + payPrefix + `*
+    owner: bob@example.org
+    templates: [payment]
+`
+)
+
+var consoleTemplates = map[string]string{
+	"payment.yaml": `name: payment
+description: Pay one invoice from the ticket's account; two people approve.
+backend: tokens
+params:
+  ticket: { pattern: "^[0-9]{1,9}$" }
+policy: |
+  path "secret/data/tickets/{{ .params.ticket }}" { capabilities = ["read"] }
+ttl: 5m
+risk: critical
+`,
+}
+
+// consoleEnv is a latch server with its console, the provider people sign
+// in through, and a browser.
+type consoleEnv struct {
+	*latch
+	op  *stack.OIDC
+	url string // the console: https://127.0.0.1:port
+	b   *browser
+}
+
+// startConsole starts the provider, then latch with oidc: and console:
+// (extra adds console: keys, indented two spaces), then the browser.
+func startConsole(t *testing.T, extra string) *consoleEnv {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	listen := freePort(t)
+	consoleURL := "https://" + listen
+	op, err := stack.StartOIDC(ctx, dir, consoleURL+"/callback")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("OpenID Provider log:\n%s", tailOf(op.Log(), 4000))
+		}
+		op.Stop()
+	})
+	cert, key, err := op.LoopbackCert(dir, "console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`oidc:
+  issuer: %s
+  client_id: %s
+  client_secret_file: %s
+  scopes: [openid, email, profile, groups]
+  ca_cert: %s
+console:
+  listen: %s
+  url: %s
+  tls_cert: %s
+  tls_key: %s
+%s`, op.Issuer, op.ClientID, op.SecretFile, op.CAFile, listen, consoleURL, cert, key, extra)
+	l := startLatchWith(t, latchOptions{Operators: consoleOperators, Agents: consoleAgents, Templates: consoleTemplates, Extra: cfg})
+	return &consoleEnv{latch: l, op: op, url: consoleURL, b: newBrowser(t)}
+}
+
+func tailOf(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// approvalRequired matches the line `latch fetch --wait` prints on a 202.
+var approvalRequired = regexp.MustCompile(`approval required: ([0-9A-Z]{26})`)
+
+// waitingFetch starts `latch fetch --wait` for a payment as agent and
+// returns the approval ID it waits on and a channel with its end.
+func (e *consoleEnv) waitingFetch(ctx context.Context, t *testing.T, agent, ticket, reason string) (string, <-chan cliResult) {
+	t.Helper()
+	args := append([]string{"fetch", "--task", "payment", "--param", "ticket=" + ticket, "--reason", reason, "--wait", "120s", "-o", "json"},
+		e.svidFiles(agent)...)
+	cmd, stdout, stderr := e.command(ctx, nil, args...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan cliResult, 1)
+	go func() {
+		err := cmd.Wait()
+		r := cliResult{stdout: stdout.String(), stderr: stderr.String()}
+		if err != nil {
+			r.code = cmd.ProcessState.ExitCode()
+		}
+		done <- r
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if m := approvalRequired.FindStringSubmatch(stderr.String()); m != nil {
+			return m[1], done
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("latch fetch --wait named no approval:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// personID is the actor latch records for a person of the provider.
+func (e *consoleEnv) personID(name string) string { return e.op.Issuer + "#" + stack.People[name].ID }
+
+// approve reviews the approval page open in tb with a reason.
+func (tb *tab) review(decision, reason string) {
+	tb.b.t.Helper()
+	tb.run(decision,
+		chromedp.SendKeys(chromedp.CSS("#reason"), reason),
+		chromedp.Click(chromedp.CSS("button."+decision)),
+		chromedp.WaitVisible(chromedp.CSS("p.notice")))
+}
+
+// TestConsole_CriticalApprovedByTwoPeople: alice signs in through the
+// provider, sees the pending critical payment with its rendered policy
+// and the agent's reason, and approves it; carol does the same in a
+// browser of her own; the agent waiting in `latch fetch --wait` gets a
+// working credential, and the audit names both by issuer and subject,
+// with their emails.
+func TestConsole_CriticalApprovedByTwoPeople(t *testing.T) {
+	e := startConsole(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	agent := payPrefix + "invoice-bot"
+	id, fetched := e.waitingFetch(ctx, t, agent, "42", "pay invoice 42 to ACME, requested by the month-end run")
+
+	alice := e.b.person("alice")
+	alice.signIn(e.url+"/approvals", "alice")
+	if got := alice.text("table.queue tbody"); !strings.Contains(got, id) || !strings.Contains(got, "payment") || !strings.Contains(got, "critical") {
+		t.Fatalf("alice's queue does not list %s as a critical payment:\n%s", id, got)
+	}
+	t.Logf("approvals queue: %s", alice.screenshot("approvals-queue"))
+	alice.run("open the approval", chromedp.Click(chromedp.CSS(`a[href="/approvals/`+id+`"]`)), chromedp.WaitVisible(chromedp.CSS("form.review")))
+	page := alice.text("main")
+	for _, want := range []string{`path "secret/data/tickets/42"`, "pay invoice 42 to ACME", "requested by the month-end run", "bob@example.org",
+		agent, "0 of 2 approvals, 2 more needed"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("alice's approval page lacks %q:\n%s", want, page)
+		}
+	}
+	t.Logf("approval detail: %s", alice.screenshot("approval-detail"))
+	alice.review("approve", "invoice 42 matches the purchase order")
+
+	carol := e.b.person("carol")
+	carol.signIn(e.url+"/approvals/"+id, "carol")
+	if got := carol.text("main"); !strings.Contains(got, "1 of 2 approvals, 1 more needed") || !strings.Contains(got, "alice@example.org") {
+		t.Fatalf("carol's page does not show alice's approval:\n%s", got)
+	}
+	carol.review("approve", "second pair of eyes: fine")
+
+	var r cliResult
+	select {
+	case r = <-fetched:
+	case <-ctx.Done():
+		t.Fatal("latch fetch --wait did not end after two approvals")
+	}
+	got := parseFetch(t, r)
+	if r.code != 0 || got.Lease.Agent != agent {
+		t.Fatalf("latch fetch --wait: %s", r)
+	}
+	readsTicket(ctx, t, got.Secret["token"], "42", "43")
+
+	audit, err := e.admin().Audit(ctx, api.AuditQuery{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reviewers := map[string]string{}
+	for _, ev := range audit.Events {
+		if (ev.Type == "approval_review" || ev.Type == "approval_approved") && ev.Details["approval_id"] == id {
+			reviewers[ev.Actor] = ev.Details["actor_email"]
+		}
+	}
+	if reviewers[e.personID("alice")] != "alice@example.org" || reviewers[e.personID("carol")] != "carol@example.org" || len(reviewers) != 2 {
+		t.Fatalf("audited reviewers = %v, want alice and carol by issuer#subject with their emails", reviewers)
+	}
+	if strings.Contains(alice.html(), got.Secret["token"]) {
+		t.Fatal("the console shows the minted secret")
+	}
+}
+
+// postReview is a forged review POST from tb's page, with the CSRF
+// token given (the page's own, or none); it returns the status.
+func (tb *tab) postReview(id, csrf string) int {
+	tb.b.t.Helper()
+	js := fmt.Sprintf(`fetch("/approvals/%s/review", {method: "POST", redirect: "manual",
+		body: new URLSearchParams({csrf: %q, decision: "approve", reason: "forged"})}).then(r => r.status)`, url.PathEscape(id), csrf)
+	return must(tb, "forge a review", chromedp.Evaluate[int](js, chromedp.EvalAwaitPromise))
+}
+
+// csrfToken is the CSRF token of the page's forms.
+func (tb *tab) csrfToken() string {
+	tb.b.t.Helper()
+	return must(tb, "read the CSRF token", chromedp.Evaluate[string](`document.querySelector('input[name="csrf"]').value`))
+}
+
+// TestConsole_WhoMayAct: bob owns the agent and sees the request without
+// an Approve button, and a forged approval with his session and token is
+// refused; a POST without the CSRF token is refused; viewer sees the
+// queue and no button, and is refused too; nothing of it counts.
+func TestConsole_WhoMayAct(t *testing.T) {
+	e := startConsole(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	id, _ := e.waitingFetch(ctx, t, payPrefix+"owned-bot", "43", "pay invoice 43")
+
+	bob := e.b.person("bob")
+	bob.signIn(e.url+"/approvals/"+id, "bob")
+	if bob.has("button.approve") || !strings.Contains(bob.text("main"), "you own agent") {
+		t.Fatalf("bob, the owner, has an Approve button or no reason why not:\n%s", bob.text("main"))
+	}
+	if !bob.has("button.deny") {
+		t.Error("bob may deny (refusing is always easy) but has no Deny button")
+	}
+	if status := bob.postReview(id, bob.csrfToken()); status != 403 {
+		t.Fatalf("bob's forged approval = %d, want 403", status)
+	}
+	if status := bob.postReview(id, ""); status != 403 {
+		t.Fatalf("a review without the CSRF token = %d, want 403", status)
+	}
+
+	viewer := e.b.person("viewer")
+	viewer.signIn(e.url+"/approvals", "viewer")
+	if !strings.Contains(viewer.text("table.queue"), id) {
+		t.Fatalf("viewer does not see %s in the queue", id)
+	}
+	viewer.run("open the approval", chromedp.Navigate(e.url+"/approvals/"+id), chromedp.WaitVisible(chromedp.CSS("h1")))
+	if viewer.has("button.approve") || viewer.has("button.deny") {
+		t.Fatal("viewer has review buttons")
+	}
+	if status := viewer.postReview(id, viewer.csrfToken()); status != 403 {
+		t.Fatalf("viewer's forged approval = %d, want 403", status)
+	}
+
+	a, err := e.admin().Approval(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Status != "pending" || len(a.Reviews) != 0 {
+		t.Fatalf("after refused reviews the approval is %s with %v", a.Status, a.Reviews)
+	}
+	audit, err := e.admin().Audit(ctx, api.AuditQuery{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := map[string]int{}
+	for _, ev := range audit.Events {
+		if ev.Type == "violation" && len(ev.Reasons) > 0 {
+			refused[ev.Actor+" "+ev.Reasons[0]]++
+		}
+	}
+	for _, want := range []string{e.personID("bob") + " owner_approval", e.personID("bob") + " csrf_token", e.personID("viewer") + " missing_role"} {
+		if refused[want] == 0 {
+			t.Errorf("no violation audited for %s (violations: %v)", want, refused)
+		}
+	}
+}
+
+// TestConsole_SessionExpires: a session past its idle timeout is sent
+// back to sign in.
+func TestConsole_SessionExpires(t *testing.T) {
+	e := startConsole(t, "  idle_timeout: 2s\n")
+	dave := e.b.person("dave")
+	dave.signIn(e.url+"/approvals", "dave")
+	// The idle timeout is the signal here: only time passing expires a
+	// session, so the test waits it out.
+	time.Sleep(3 * time.Second)
+	dave.run("reload", chromedp.Navigate(e.url+"/approvals"), chromedp.WaitVisible(chromedp.CSS("#username")))
+}
