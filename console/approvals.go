@@ -2,6 +2,7 @@ package console
 
 import (
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -55,7 +56,7 @@ func (c *Console) view(req *request, a *broker.Approval) approvalView {
 	if entry, ok := p.Agent(a.Agent); ok {
 		owner = entry.Owner
 	}
-	mayApprove := broker.AuthorizePerson(p, req.person, broker.ActionApprove, "") == nil
+	mayApprove := c.may(req, broker.ActionApprove)
 	switch {
 	case !pending:
 		v.WhyNot = "this request is " + string(a.Status)
@@ -69,7 +70,7 @@ func (c *Console) view(req *request, a *broker.Approval) approvalView {
 		v.CanApprove = true
 		v.StepUp = a.Tier == "critical" && c.stale(req.s)
 	}
-	v.CanDeny = pending && !reviewed && broker.AuthorizePerson(p, req.person, broker.ActionDeny, "") == nil
+	v.CanDeny = pending && !reviewed && c.may(req, broker.ActionDeny)
 	return v
 }
 
@@ -98,7 +99,7 @@ func (c *Console) review(req *request) error {
 			return err
 		}
 		if a.Tier == "critical" && c.stale(req.s) {
-			c.toSignIn(req.w, req.r, true)
+			c.toSignIn(req.w, req.r, "/approvals/"+url.PathEscape(id), true)
 			return nil
 		}
 	}
@@ -109,7 +110,7 @@ func (c *Console) review(req *request) error {
 	if approve {
 		done = "approved"
 	}
-	http.Redirect(req.w, req.r, "/approvals/"+id+"?done="+done, http.StatusSeeOther)
+	http.Redirect(req.w, req.r, "/approvals/"+url.PathEscape(id)+"?done="+done, http.StatusSeeOther)
 	return nil
 }
 

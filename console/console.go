@@ -65,6 +65,9 @@ func (c *Console) routes() {
 	m.HandleFunc("GET /approvals", c.signedIn(c.approvals))
 	m.HandleFunc("GET /approvals/{id}", c.signedIn(c.approval))
 	m.HandleFunc("POST /approvals/{id}/review", c.signedIn(c.review))
+	m.HandleFunc("GET /leases", c.signedIn(c.leases))
+	m.HandleFunc("GET /revoke", c.signedIn(c.confirmRevoke))
+	m.HandleFunc("POST /revoke", c.signedIn(c.revoke))
 	m.HandleFunc("GET /live", c.signedIn(c.live))
 	m.HandleFunc("GET /events", c.signedIn(c.events))
 	c.mux = m
@@ -110,7 +113,11 @@ func (c *Console) signedIn(h func(*request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s, err := c.cookies.session(r)
 		if err != nil {
-			c.toSignIn(w, r, false)
+			next := "/approvals" // a form's target is no page to return to
+			if r.Method == http.MethodGet {
+				next = r.URL.RequestURI()
+			}
+			c.toSignIn(w, r, next, false)
 			return
 		}
 		p := s.person()
@@ -155,13 +162,9 @@ func (c *Console) violation(req *request, reason, msg string) error {
 	return &broker.Error{Code: broker.EFORBIDDEN, Message: msg, Reasons: []string{reason}}
 }
 
-// toSignIn sends a person without a session to the provider, back to the
-// page they asked for (for a POST, the page it came from).
-func (c *Console) toSignIn(w http.ResponseWriter, r *http.Request, stepUp bool) {
-	next := r.URL.RequestURI()
-	if r.Method != http.MethodGet {
-		next = r.URL.Path
-	}
+// toSignIn sends a person to the provider (a step-up asks it to
+// authenticate them again), and back to next.
+func (c *Console) toSignIn(w http.ResponseWriter, r *http.Request, next string, stepUp bool) {
 	q := url.Values{"next": {next}}
 	if stepUp {
 		q.Set("step_up", "1")

@@ -19,4 +19,7 @@ var funcs = template.FuncMap{
 	},
 	"rfc3339": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"clock":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
+	"states": func() []string {
+		return []string{"pending", "active", "revoking", "revoked", "expired", "failed", "irrevocable"}
+	},
 }

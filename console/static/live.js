@@ -24,7 +24,7 @@
     row.dataset.seq = ev.seq;
     row.className = "event event-" + ev.type;
     cell(row, String(ev.seq));
-    cell(row, ev.time.replace("T", " ").replace("Z", " UTC"));
+    cell(row, ev.time.slice(0, 19).replace("T", " ") + " UTC");
     cell(row, ev.type);
     cell(row, ev.actor);
     cell(row, ev.subject);

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/latchbroker/latch/broker/api"
 	"github.com/latchbroker/latch/integration/stack"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 // The console's tests: people sign in through a real OpenID Provider
@@ -24,6 +26,7 @@ const (
 	// consoleOperators give roles by the provider's groups claim.
 	consoleOperators = `  - { group: approvers, roles: [approver, viewer] }
   - { group: viewers, roles: [viewer] }
+  - { email: dave@example.org, roles: [revoker] }
 `
 	// consoleAgents are owned by bob, a person, by his email.
 	consoleAgents = `  - id: ` + payPrefix + `*
@@ -300,4 +303,95 @@ func TestConsole_SessionExpires(t *testing.T) {
 	// session, so the test waits it out.
 	time.Sleep(3 * time.Second)
 	dave.run("reload", chromedp.Navigate(e.url+"/approvals"), chromedp.WaitVisible(chromedp.CSS("#username")))
+}
+
+// TestConsole_StepUp: approving a critical request with an
+// authentication older than step_up_max_age sends alice back to the
+// provider first; nothing is recorded until she has signed in again, and
+// her approval goes through after.
+func TestConsole_StepUp(t *testing.T) {
+	e := startConsole(t, "  step_up_max_age: 2s\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id, _ := e.waitingFetch(ctx, t, payPrefix+"stepup-bot", "44", "pay invoice 44")
+	alice := e.b.person("alice")
+	alice.signIn(e.url+"/approvals/"+id, "alice")
+	// The step-up age is what is tested: only time makes a sign-in old.
+	time.Sleep(2500 * time.Millisecond)
+	alice.run("reload", chromedp.Navigate(e.url+"/approvals/"+id), chromedp.WaitVisible(chromedp.CSS("form.review")))
+	if !alice.has("p.stepup") {
+		t.Fatal("the page does not say that approving needs a fresh sign-in")
+	}
+	alice.run("approve with an old sign-in",
+		chromedp.SendKeys(chromedp.CSS("#reason"), "approve after step-up"),
+		chromedp.Click(chromedp.CSS("button.approve")),
+		chromedp.WaitVisible(chromedp.CSS("#username")))
+	if a, err := e.admin().Approval(ctx, id); err != nil || len(a.Reviews) != 0 {
+		t.Fatalf("before the step-up: %v %v, want no review recorded", a, err)
+	}
+	alice.providerLogin(stack.People["alice"])
+	if alice.has("p.stepup") {
+		t.Fatal("still asked for a step-up right after signing in again")
+	}
+	alice.review("approve", "approve after step-up")
+	a, err := e.admin().Approval(ctx, id)
+	if err != nil || len(a.Reviews) != 1 || a.Reviews[0].Approver != e.personID("alice") {
+		t.Fatalf("after the step-up: %+v %v, want alice's approval", a, err)
+	}
+}
+
+// TestConsole_LiveAndRevoke: the live page shows a new issue event within
+// a second of the fetch; dave (a revoker by his email) revokes the lease
+// from the Leases page after a confirmation that shows the count, and
+// the token stops working in Vault.
+func TestConsole_LiveAndRevoke(t *testing.T) {
+	e := startConsole(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	agent := agentPrefix + "live-bot"
+	viewer := e.b.person("viewer")
+	viewer.signIn(e.url+"/live", "viewer")
+	must(viewer, "wait for the stream", chromedp.Poll[bool](`document.getElementById("live-status").textContent.startsWith("Live")`))
+
+	res := fetch(ctx, t, e.client(agent), "close-ticket", map[string]string{"ticket": "42"})
+	fetched := time.Now()
+	seen := fmt.Sprintf(`[...document.querySelectorAll("tr.event-issue")].some(r => r.textContent.includes(%q))`, agent)
+	for !must(viewer, "look for the issue event", chromedp.Evaluate[bool](seen)) {
+		if time.Since(fetched) > time.Second {
+			t.Fatalf("the live page shows no issue event for %s a second after the fetch:\n%s", agent, viewer.text("table.events"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("issue event on the live page %v after the fetch returned", time.Since(fetched).Round(time.Millisecond))
+	t.Logf("live page: %s", viewer.screenshot("live"))
+	if viewer.has("a.revoke") {
+		t.Error("viewer, who may not revoke, has Revoke links")
+	}
+
+	dave := e.b.person("dave")
+	dave.signIn(e.url+"/leases?agent="+url.QueryEscape(agent), "dave")
+	dave.run("revoke the lease", chromedp.Click(chromedp.CSS(`tr[data-lease="`+res.Lease.ID+`"] a.revoke`)),
+		chromedp.WaitVisible(chromedp.CSS("button.confirm-revoke")))
+	if h := dave.text("h1"); h != "Revoke 1 lease" {
+		t.Fatalf("confirmation says %q, want the count: Revoke 1 lease", h)
+	}
+	dave.run("confirm", chromedp.SendKeys(chromedp.CSS("#reason"), "leaked in a log"), chromedp.Click(chromedp.CSS("button.confirm-revoke")),
+		chromedp.WaitVisible(chromedp.CSS("p.notice")))
+	vc, err := setup(t).ClientWithToken(res.Secret["token"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	vaultenv.Eventually(t, 30*time.Second, func() error {
+		if _, err := vc.Auth().Token().LookupSelfWithContext(ctx); vaultenv.StatusOf(err) != http.StatusForbidden {
+			return fmt.Errorf("the revoked token still answers: %v", err)
+		}
+		return nil
+	})
+	l, err := e.admin().Lease(ctx, res.Lease.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.State != api.StateRevoked && l.State != api.StateRevoking {
+		t.Fatalf("lease %s is %s after the console's revoke", l.ID, l.State)
+	}
 }
