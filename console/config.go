@@ -74,9 +74,3 @@ func (c *Config) check() error {
 
 // base is URL without a trailing slash.
 func (c *Config) base() string { return strings.TrimSuffix(c.URL, "/") }
-
-// ApprovalURL is the console page of one approval, for the links that
-// notifications carry.
-func ApprovalURL(consoleURL, id string) string {
-	return strings.TrimSuffix(consoleURL, "/") + "/approvals/" + url.PathEscape(id)
-}

@@ -172,7 +172,7 @@ func FuzzPayload(f *testing.F) {
 				e.Details[k] = v
 			}
 		}
-		body, err := render(e, false)
+		body, err := render(e, false, "")
 		if y := e.Time.UTC().Year(); y < 0 || y > 9999 {
 			if err == nil {
 				t.Fatalf("rendered an event of year %d: %s", y, body)
@@ -211,7 +211,7 @@ func FuzzPayload(f *testing.F) {
 			t.Fatalf("payload carries the hash chain: %s", body)
 		}
 
-		slack, err := render(e, true)
+		slack, err := render(e, true, "")
 		if err != nil {
 			t.Fatalf("render slack: %v", err)
 		}

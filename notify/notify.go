@@ -94,6 +94,10 @@ type Config struct {
 	// Handoff, when set, is shared by the replicas that take turns
 	// running the notifier (latch on etcd): see Handoff.
 	Handoff Handoff
+	// ConsoleURL, when set, is the web console's base URL: deliveries of
+	// approval events link to the approval's page (Payload.URL, and a
+	// link at the end of a Slack text).
+	ConsoleURL string
 }
 
 // Handoff keeps, where every replica reads it, the sequence number up to
@@ -172,11 +176,15 @@ type Payload struct {
 	Reasons []string          `json:"reasons,omitempty"`
 	Details map[string]string `json:"details,omitempty"`
 	Text    string            `json:"text"`
+	// URL is the web console's page of the approval an approval event is
+	// about, when latch has a console.
+	URL string `json:"url,omitempty"`
 }
 
 // Notifier delivers audit events to webhooks. It is safe for concurrent
 // use; Run it once.
 type Notifier struct {
+	console string // the console's base URL, or ""
 	hooks   []Webhook
 	db      *bolt.DB
 	log     *slog.Logger
@@ -201,6 +209,7 @@ func New(cfg Config) (*Notifier, error) {
 	n := &Notifier{
 		log: cfg.Logger, now: cfg.Now, hc: cfg.Client, minBack: cfg.MinBackoff, maxBack: cfg.MaxBackoff,
 		maxTry: cfg.MaxAttempts, deadTTL: cfg.DeadLetterTTL, poll: cfg.Poll, metrics: cfg.Metrics, handoff: cfg.Handoff,
+		console: strings.TrimSuffix(cfg.ConsoleURL, "/"),
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)

@@ -114,7 +114,7 @@ func (n *Notifier) enqueue(events []broker.Event, cursor uint64) error {
 				continue
 			}
 			got[i] = true
-			body, err := render(e, w.Slack)
+			body, err := render(e, w.Slack, approvalLink(n.console, e))
 			if err != nil {
 				return err
 			}

@@ -3,6 +3,7 @@ package notify
 import (
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,15 +48,32 @@ var (
 	slackMrkdwn = format{value: slackValue}
 )
 
-// render builds a delivery's body.
-func render(e broker.Event, slack bool) ([]byte, error) {
+// render builds a delivery's body; link is the console page of the
+// approval the event is about, or "".
+func render(e broker.Event, slack bool, link string) ([]byte, error) {
 	if slack {
+		text := SlackText(e)
+		if link != "" {
+			// Slack's link syntax; link is latch's own URL with a
+			// path-escaped approval ID, and & < > escaped as Slack asks.
+			text += " <" + slackEscaper.Replace(link) + "|Open in the latch console>"
+		}
 		return json.Marshal(struct {
 			Text string `json:"text"`
-		}{SlackText(e)})
+		}{text})
 	}
 	return json.Marshal(Payload{Seq: e.Seq, Time: e.Time.UTC(), Type: string(e.Type), Actor: e.Actor, Subject: e.Subject,
-		Task: e.Task, Lease: e.Lease, Outcome: e.Outcome, Reasons: e.Reasons, Details: e.Details, Text: Summary(e)})
+		Task: e.Task, Lease: e.Lease, Outcome: e.Outcome, Reasons: e.Reasons, Details: e.Details, Text: Summary(e), URL: link})
+}
+
+// approvalLink is the console page of the approval e is about: for the
+// approval events, when latch has a console.
+func approvalLink(console string, e broker.Event) string {
+	id := e.Details["approval_id"]
+	if console == "" || id == "" || !strings.HasPrefix(string(e.Type), "approval_") {
+		return ""
+	}
+	return console + "/approvals/" + url.PathEscape(id)
 }
 
 // Summary is the one-line plain text of an event, the Payload's Text.

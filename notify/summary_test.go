@@ -116,7 +116,7 @@ func TestSummary_Examples(t *testing.T) {
 // words, outside the spans, the same whatever the event's values are.
 func checkSlack(t *testing.T, e broker.Event) {
 	t.Helper()
-	body, err := render(e, true)
+	body, err := render(e, true, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func checkSlack(t *testing.T, e broker.Event) {
 // one printable line.
 func checkPlain(t *testing.T, e broker.Event) {
 	t.Helper()
-	body, err := render(e, false)
+	body, err := render(e, false, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,4 +256,39 @@ func ExampleSlackText() {
 	fmt.Println(SlackText(broker.Event{Type: broker.EventPause, Actor: "latch", Subject: "spiffe://example.org/agent/a",
 		Outcome: "paused", Details: map[string]string{"reason": "<!channel> *approve* `now`"}}))
 	// Output: latch: pause: `spiffe://example.org/agent/a` by `latch` [`paused`] — `&lt;!channel&gt; *approve* ˋnowˋ`
+}
+
+// Approval events link to the approval's console page, when latch has a
+// console; the ID is path-escaped and a Slack text ends with the link.
+func TestRender_ConsoleLink(t *testing.T) {
+	e := broker.Event{Seq: 3, Type: broker.EventApprovalRequested, Actor: "spiffe://example.org/agent/a", Task: "payment",
+		Details: map[string]string{"approval_id": "01J/../x"}}
+	link := approvalLink("https://latch.example.org:8444", e)
+	if link != "https://latch.example.org:8444/approvals/01J%2F..%2Fx" {
+		t.Fatalf("link = %q", link)
+	}
+	body, err := render(e, false, link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p Payload
+	if err := json.Unmarshal(body, &p); err != nil || p.URL != link {
+		t.Fatalf("payload URL = %q (%v), want %q", p.URL, err, link)
+	}
+	slack, err := render(e, true, link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(slack, &m); err != nil || !strings.HasSuffix(m["text"], " <"+link+"|Open in the latch console>") {
+		t.Fatalf("slack text = %q (%v)", m["text"], err)
+	}
+	for _, other := range []broker.Event{{Type: broker.EventIssue, Details: map[string]string{"approval_id": "x"}}, {Type: broker.EventApprovalApproved}} {
+		if l := approvalLink("https://latch.example.org", other); l != "" {
+			t.Errorf("%s event links to %q", other.Type, l)
+		}
+	}
+	if l := approvalLink("", e); l != "" {
+		t.Errorf("without a console: %q", l)
+	}
 }

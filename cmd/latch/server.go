@@ -427,8 +427,12 @@ func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics, handoff 
 		}
 		hooks = append(hooks, h)
 	}
-	return notify.New(notify.Config{Webhooks: hooks, OutboxPath: cmp.Or(cfg.Store.Outbox, cfg.Store.Path+".outbox"), DeadLetterTTL: cfg.Notify.DeadLetterTTL,
-		Logger: log, Metrics: metrics, Handoff: handoff})
+	nc := notify.Config{Webhooks: hooks, OutboxPath: cmp.Or(cfg.Store.Outbox, cfg.Store.Path+".outbox"), DeadLetterTTL: cfg.Notify.DeadLetterTTL,
+		Logger: log, Metrics: metrics, Handoff: handoff}
+	if cfg.Console != nil {
+		nc.ConsoleURL = cfg.Console.URL
+	}
+	return notify.New(nc)
 }
 
 // openConsole builds the web console when console: and oidc: are set.

@@ -52,9 +52,10 @@ risk: critical
 // in through, and a browser.
 type consoleEnv struct {
 	*latch
-	op  *stack.OIDC
-	url string // the console: https://127.0.0.1:port
-	b   *browser
+	op   *stack.OIDC
+	url  string // the console: https://127.0.0.1:port
+	b    *browser
+	hook *webhookReceiver // gets the approval events
 }
 
 // startConsole starts the provider, then latch with oidc: and console:
@@ -92,8 +93,10 @@ console:
   tls_cert: %s
   tls_key: %s
 %s`, op.Issuer, op.ClientID, op.SecretFile, op.CAFile, listen, consoleURL, cert, key, extra)
-	l := startLatchWith(t, latchOptions{Operators: consoleOperators, Agents: consoleAgents, Templates: consoleTemplates, Extra: cfg})
-	return &consoleEnv{latch: l, op: op, url: consoleURL, b: newBrowser(t)}
+	hook := newWebhookReceiver(t)
+	l := startLatchWith(t, latchOptions{Operators: consoleOperators, Agents: consoleAgents, Templates: consoleTemplates, Extra: cfg,
+		Notify: hook.notifyYAML(t)})
+	return &consoleEnv{latch: l, op: op, url: consoleURL, b: newBrowser(t), hook: hook}
 }
 
 func tailOf(s string, n int) string {
@@ -149,10 +152,11 @@ func (tb *tab) review(decision, reason string) {
 		chromedp.WaitVisible(chromedp.CSS("p.notice")))
 }
 
-// TestConsole_CriticalApprovedByTwoPeople: alice signs in through the
-// provider, sees the pending critical payment with its rendered policy
-// and the agent's reason, and approves it; carol does the same in a
-// browser of her own; the agent waiting in `latch fetch --wait` gets a
+// TestConsole_CriticalApprovedByTwoPeople: alice follows the link in the
+// approval_requested webhook, signs in through the provider, sees the
+// pending critical payment in the queue and on its page with its
+// rendered policy and the agent's reason, and approves it; carol does
+// the same in a browser of her own; the agent waiting in `latch fetch --wait` gets a
 // working credential, and the audit names both by issuer and subject,
 // with their emails.
 func TestConsole_CriticalApprovedByTwoPeople(t *testing.T) {
@@ -162,8 +166,13 @@ func TestConsole_CriticalApprovedByTwoPeople(t *testing.T) {
 	agent := payPrefix + "invoice-bot"
 	id, fetched := e.waitingFetch(ctx, t, agent, "42", "pay invoice 42 to ACME, requested by the month-end run")
 
+	link := e.hook.first("approval_requested").URL
+	if link != e.url+"/approvals/"+id {
+		t.Fatalf("the approval_requested webhook links to %q, want the console page of %s", link, id)
+	}
 	alice := e.b.person("alice")
-	alice.signIn(e.url+"/approvals", "alice")
+	alice.signIn(link, "alice")
+	alice.run("open the queue", chromedp.Navigate(e.url+"/approvals"), chromedp.WaitVisible(chromedp.CSS("table.queue")))
 	if got := alice.text("table.queue tbody"); !strings.Contains(got, id) || !strings.Contains(got, "payment") || !strings.Contains(got, "critical") {
 		t.Fatalf("alice's queue does not list %s as a critical payment:\n%s", id, got)
 	}
