@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 
@@ -58,6 +59,9 @@ func Authorize(p *templates.Policy, actor string, action Action, what string) er
 // AuthorizePerson is Authorize for a person signed in through the OpenID
 // Provider: their roles are those of every operators: entry naming them.
 func AuthorizePerson(p *templates.Policy, person *Person, action Action, what string) error {
+	if action == ActionAgent {
+		return forbidden("person_as_agent", "a person is an operator, never an agent: agents call "+cmp.Or(what, "this")+" with their SVID")
+	}
 	return authorize(p, person.ID(), person, action, what)
 }
 

@@ -68,6 +68,9 @@ func (c *Console) routes() {
 	m.HandleFunc("GET /leases", c.signedIn(c.leases))
 	m.HandleFunc("GET /revoke", c.signedIn(c.confirmRevoke))
 	m.HandleFunc("POST /revoke", c.signedIn(c.revoke))
+	m.HandleFunc("GET /cli/login", c.signedIn(c.cliLogin))
+	m.HandleFunc("POST /cli/login", c.signedIn(c.cliAllow))
+	m.HandleFunc("POST /cli/token", c.cliExchange)
 	m.HandleFunc("GET /live", c.signedIn(c.live))
 	m.HandleFunc("GET /events", c.signedIn(c.events))
 	c.mux = m

@@ -116,8 +116,9 @@ type ApprovalReason struct {
 
 // Review is one approver's decision.
 type Review struct {
-	Approver string    `json:"approver"`
-	Decision string    `json:"decision"` // approve, deny
+	Approver string    `json:"approver"`        // SPIFFE ID, or a person's issuer#subject
+	Email    string    `json:"email,omitempty"` // a person's verified email
+	Decision string    `json:"decision"`        // approve, deny
 	Reason   string    `json:"reason"`
 	At       time.Time `json:"at"`
 }
@@ -498,4 +499,20 @@ func setNonEmpty(v url.Values, k, s string) {
 	if s != "" {
 		v.Set(k, s)
 	}
+}
+
+// Kinds of identity (WhoAmI.Kind).
+const (
+	KindSPIFFE      = "spiffe"       // an X.509- or JWT-SVID
+	KindPerson      = "person"       // a person signed in with latch login
+	KindAdminSocket = "admin_socket" // latch's local admin socket
+)
+
+// WhoAmI is GET /v1/whoami: who latch takes the caller for.
+type WhoAmI struct {
+	ID    string   `json:"id"` // SPIFFE ID, issuer#subject, or admin-socket
+	Kind  string   `json:"kind"`
+	Email string   `json:"email,omitempty"`
+	Roles []string `json:"roles,omitempty"` // operator roles, now
+	Agent bool     `json:"agent,omitempty"` // an agents: entry governs the ID
 }

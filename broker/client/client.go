@@ -170,6 +170,12 @@ func (c *Client) Audit(ctx context.Context, q api.AuditQuery) (*api.AuditRespons
 	return send[api.AuditResponse](ctx, c, http.MethodGet, "/v1/audit", q.Values(), nil)
 }
 
+// WhoAmI asks who the server takes the caller for.
+func (c *Client) WhoAmI(ctx context.Context) (*api.WhoAmI, error) {
+	var out api.WhoAmI
+	return &out, c.do(ctx, http.MethodGet, "/v1/whoami", nil, nil, &out)
+}
+
 // Health checks /healthz.
 func (c *Client) Health(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/healthz", nil, nil, &api.Health{})

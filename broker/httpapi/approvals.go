@@ -18,6 +18,10 @@ func (h *Handler) readsApprovals(c *call) bool {
 		return true
 	}
 	op, ok := h.svc.Policy().Operator(c.who.id)
+	if c.who.person != nil {
+		p := c.who.person
+		op, ok = h.svc.Policy().Person(p.ID(), p.Subject, p.Email, p.Groups)
+	}
 	return ok && (op.Has(templates.RoleViewer) || op.Has(templates.RoleApprover) || op.Has(templates.RoleAdmin))
 }
 

@@ -11,8 +11,9 @@ import (
 
 // caller is a request's verified identity.
 type caller struct {
-	id          string // SPIFFE ID, or AdminSocketActor
+	id          string // SPIFFE ID, a person's ID, or AdminSocketActor
 	adminSocket bool
+	person      *broker.Person // a person signed in with latch login
 }
 
 // identify sets c.who from the admin socket or the request's credential.
@@ -23,6 +24,9 @@ func (h *Handler) identify(c *call) error {
 	if h.admin {
 		c.who = caller{id: AdminSocketActor, adminSocket: true}
 		return nil
+	}
+	if h.people != nil {
+		return h.identifyPerson(c)
 	}
 	id, err := h.verifier.Identify(c.r)
 	if err == nil {
@@ -37,6 +41,26 @@ func (h *Handler) identify(c *call) error {
 		// latch cannot judge right now: not the caller's fault.
 		h.log.Warn("cannot verify a credential", "request_id", c.requestID, "err", err)
 		return err
+	}
+	if lerr := h.budget.exhausted(callerKey(c), h.now()); lerr != nil {
+		return h.overBudgetAt(c, lerr)
+	}
+	h.refuseUnidentified(c.r.Context(), broker.Refusal{Endpoint: c.route, Reason: string(ae.Kind), Message: ae.Message, Remote: c.r.RemoteAddr})
+	return err
+}
+
+// identifyPerson sets c.who from the request's latch session, and puts
+// the person in the request's context for the Service's own guards.
+func (h *Handler) identifyPerson(c *call) error {
+	p, err := h.people.Person(c.r)
+	if err == nil {
+		c.who = caller{id: p.ID(), person: p}
+		c.r = c.r.WithContext(broker.WithPerson(c.r.Context(), p))
+		return h.overBudgetAt(c, h.budget.exhausted(c.who.id, h.now()))
+	}
+	var ae *attest.Error
+	if !errors.As(err, &ae) {
+		return &broker.Error{Code: broker.EINTERNAL, Message: "cannot verify the session", Err: err}
 	}
 	if lerr := h.budget.exhausted(callerKey(c), h.now()); lerr != nil {
 		return h.overBudgetAt(c, lerr)
@@ -83,6 +107,9 @@ func (h *Handler) refuseUnidentified(ctx context.Context, r broker.Refusal) {
 // audited as a violation.
 func (h *Handler) authorize(c *call, p perm) error {
 	err := broker.Authorize(h.svc.Policy(), c.who.id, p, c.route)
+	if c.who.person != nil {
+		err = broker.AuthorizePerson(h.svc.Policy(), c.who.person, p, c.route)
+	}
 	var e *broker.Error
 	if err == nil || !errors.As(err, &e) || len(e.Reasons) == 0 || !strings.HasPrefix(e.Reasons[0], "missing_role") {
 		return err

@@ -138,7 +138,7 @@ func approvalOut(a *broker.Approval) api.Approval {
 		out.Reasons = append(out.Reasons, api.ApprovalReason{Code: r.Code, Message: r.Message, Window: r.Window})
 	}
 	for _, r := range a.Reviews {
-		out.Reviews = append(out.Reviews, api.Review{Approver: r.Approver, Decision: string(r.Decision), Reason: r.Reason, At: utc(r.At)})
+		out.Reviews = append(out.Reviews, api.Review{Approver: r.Approver, Email: r.Email, Decision: string(r.Decision), Reason: r.Reason, At: utc(r.At)})
 	}
 	return out
 }

@@ -32,6 +32,13 @@ type Identifier interface {
 
 var _ Identifier = (*attest.Verifier)(nil)
 
+// People identifies people by their latch session (the console's
+// listener, where `latch login` sessions call the operator API). A
+// refusal is an *attest.Error: 401 with its kind.
+type People interface {
+	Person(r *http.Request) (*broker.Person, error)
+}
+
 // Metrics receives what the handler measures. broker/promstats implements
 // it. Methods must be cheap and safe for concurrent use.
 type Metrics interface {
@@ -61,6 +68,10 @@ type Config struct {
 	// is its authentication, so the handler refuses to answer on anything
 	// but a unix socket.
 	AdminSocket bool
+	// People, instead of Verifier, makes the handler one for people
+	// signed in with `latch login`: they call the operator routes, never
+	// an agent's.
+	People People
 
 	Logger  *slog.Logger
 	Metrics Metrics
@@ -97,6 +108,7 @@ type Config struct {
 type Handler struct {
 	svc       *broker.Service
 	verifier  Identifier
+	people    People
 	admin     bool
 	log       *slog.Logger
 	metrics   Metrics
@@ -119,14 +131,15 @@ func New(cfg Config) (*Handler, error) {
 	switch {
 	case cfg.Service == nil:
 		return nil, errors.New("httpapi: Config.Service is required")
-	case cfg.Verifier == nil && !cfg.AdminSocket:
-		return nil, errors.New("httpapi: Config.Verifier is required (or set AdminSocket for the admin socket's handler)")
+	case cfg.Verifier == nil && cfg.People == nil && !cfg.AdminSocket:
+		return nil, errors.New("httpapi: Config.Verifier is required (or People, or AdminSocket for the admin socket's handler)")
 	case cfg.MaxBodyBytes < 0 || cfg.Heartbeat < 0 || cfg.RefusalAuditRate < 0 || cfg.MaxEventStreams < 0 || cfg.MaxEventStreamsPerCaller < 0 || cfg.RefusalsPerCaller < 0:
 		return nil, errors.New("httpapi: negative limit in Config")
 	}
 	h := &Handler{
 		svc:       cfg.Service,
 		verifier:  cfg.Verifier,
+		people:    cfg.People,
 		admin:     cfg.AdminSocket,
 		log:       cfg.Logger,
 		metrics:   cfg.Metrics,

@@ -37,10 +37,38 @@ func (h *Handler) routes() {
 	h.handle("GET /v1/report", permRead, h.report)
 
 	// Approvals (approvals.go).
+	h.handle("GET /v1/whoami", permIdentified, h.whoami)
 	h.handle("GET /v1/approvals", permIdentified, h.approvals)
 	h.handle("GET /v1/approvals/{id}", permIdentified, h.approval)
 	h.handle("POST /v1/approvals/{id}/approve", permApprove, h.approve)
 	h.handle("POST /v1/approvals/{id}/deny", permDeny, h.deny)
+}
+
+// whoami says who latch takes the caller for, and the operator roles
+// that identity holds now.
+func (h *Handler) whoami(c *call) error {
+	if _, err := query(c); err != nil {
+		return err
+	}
+	out := api.WhoAmI{ID: c.who.id, Kind: api.KindSPIFFE}
+	p := h.svc.Policy()
+	op, ok := p.Operator(c.who.id)
+	switch {
+	case c.who.adminSocket:
+		out.Kind = api.KindAdminSocket
+	case c.who.person != nil:
+		out.Kind, out.Email = api.KindPerson, c.who.person.Email
+		op, ok = p.Person(c.who.id, c.who.person.Subject, c.who.person.Email, c.who.person.Groups)
+	}
+	if ok {
+		for _, r := range op.Roles {
+			out.Roles = append(out.Roles, string(r))
+		}
+	}
+	if _, isAgent := p.Agent(c.who.id); isAgent && c.who.person == nil {
+		out.Agent = true
+	}
+	return c.writeJSON(http.StatusOK, out)
 }
 
 func (h *Handler) healthz(c *call) error {

@@ -46,6 +46,9 @@ func newApp() *cli.App {
 			agentCommand(),
 			freezeCommand(),
 			reportCommand(),
+			loginCommand(),
+			logoutCommand(),
+			whoamiCommand(),
 		},
 	}
 }

@@ -90,6 +90,13 @@ func dial(c *cli.Context) (cl *client.Client, closeFn func(), err error) {
 		}
 		return client.NewUnix(p), func() {}, nil
 	}
+	if s, err := sessionFor(c); s != nil || err != nil {
+		if err != nil {
+			return nil, nil, err
+		}
+		cl, err := s.client()
+		return cl, func() {}, err
+	}
 	sid, err := spiffeid.FromString(c.String("server-id"))
 	if err != nil {
 		return nil, nil, usageErrorf("--server-id %q: %v", c.String("server-id"), err)
@@ -139,6 +146,21 @@ func dial(c *cli.Context) (cl *client.Client, closeFn func(), err error) {
 		return nil, nil, err
 	}
 	return cl, func() { src.Close() }, nil
+}
+
+// sessionFor returns the session latch login kept, for an operator
+// command that names no other identity (SVID files, or the Workload API
+// when no session is kept); nil when there is none to use.
+func sessionFor(c *cli.Context) (*savedSession, error) {
+	if !hasFlag(c.Command, "admin-socket") {
+		return nil, nil // agents' commands: agents have SVIDs
+	}
+	for _, f := range []string{"cert", "key", "bundle", "jwt-svid"} {
+		if c.String(f) != "" {
+			return nil, nil
+		}
+	}
+	return loadSession()
 }
 
 // usageError is a mistake in the command line: exit status 2.

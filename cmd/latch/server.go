@@ -448,15 +448,26 @@ func (s *Server) openConsole(cfg *Config) error {
 	return err
 }
 
-// serveConsole serves the console on its listener, TLS 1.3 only, with
-// the certificate console: names.
+// serveConsole serves the console, and under /v1/ the operator API for
+// people signed in with latch login, on the console's listener: TLS 1.3
+// only, with the certificate console: names.
 func (s *Server) serveConsole(serveErr chan<- error) (*http.Server, error) {
 	k := s.cfg.Console
 	cert, err := tls.LoadX509KeyPair(k.TLSCert, k.TLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("console: tls_cert and tls_key: %w", err)
 	}
-	srv := &http.Server{Handler: s.console, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
+	// The operator API, for people signed in with latch login.
+	people, err := httpapi.New(httpapi.Config{Service: s.service, People: s.console, Logger: s.log, Metrics: s.metrics, Ready: s.Ready,
+		MaxEventStreams: s.cfg.Server.MaxEventStreams, MaxEventStreamsPerCaller: s.cfg.Server.MaxEventStreamsPerCaller,
+		RefusalsPerCaller: s.cfg.Refusals.PerCaller})
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", people)
+	mux.Handle("/", s.console)
+	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
 		ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)}
 	go func() {

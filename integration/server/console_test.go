@@ -404,3 +404,69 @@ func TestConsole_LiveAndRevoke(t *testing.T) {
 		t.Fatalf("lease %s is %s after the console's revoke", l.ID, l.State)
 	}
 }
+
+// TestConsole_LatchLogin: carol runs latch login; the browser leg (the
+// provider's sign-in, then Allow) comes back to the CLI's loopback
+// listener; then latch whoami, approval list and approval approve act
+// as carol, by the session alone, and latch logout forgets it.
+func TestConsole_LatchLogin(t *testing.T) {
+	e := startConsole(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	id, _ := e.waitingFetch(ctx, t, payPrefix+"login-bot", "45", "pay invoice 45")
+	home := []string{"HOME=" + t.TempDir(), "XDG_CONFIG_HOME="}
+
+	login, stdout, stderr := e.command(ctx, home, "login", "--console", e.url, "--ca", e.op.CAFile)
+	if err := login.Start(); err != nil {
+		t.Fatal(err)
+	}
+	loginDone := make(chan error, 1)
+	go func() { loginDone <- login.Wait() }()
+	var start string
+	deadline := time.Now().Add(20 * time.Second)
+	for start == "" {
+		for line := range strings.Lines(stderr.String()) {
+			if s, ok := strings.CutPrefix(strings.TrimSpace(line), e.url+"/cli/login?"); ok {
+				start = e.url + "/cli/login?" + s
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("latch login printed no sign-in address:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	carol := e.b.person("carol")
+	carol.signIn(start, "carol")
+	// The browser goes on to the CLI's loopback listener: latch login
+	// ending signed in is the proof.
+	carol.run("allow the CLI", chromedp.Click(chromedp.CSS("button.allow-cli")))
+	select {
+	case err := <-loginDone:
+		if err != nil || !strings.Contains(stdout.String(), "signed in as carol@example.org") {
+			t.Fatalf("latch login: %v\nstdout: %s\nstderr: %s", err, stdout.String(), stderr.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("latch login did not end:\n%s", stderr.String())
+	}
+
+	who := e.cli(ctx, home, "whoami")
+	if who.code != 0 || !strings.Contains(who.stdout, e.personID("carol")+" (person) carol@example.org") || !strings.Contains(who.stdout, "approver") {
+		t.Fatalf("latch whoami after login: %s", who)
+	}
+	if r := e.cli(ctx, home, "approval", "list"); r.code != 0 || !strings.Contains(r.stdout, id) {
+		t.Fatalf("latch approval list as carol: %s", r)
+	}
+	if r := e.cli(ctx, home, "approval", "approve", id, "--reason", "carol approves from the CLI"); r.code != 0 {
+		t.Fatalf("latch approval approve as carol: %s", r)
+	}
+	a, err := e.admin().Approval(ctx, id)
+	if err != nil || len(a.Reviews) != 1 || a.Reviews[0].Approver != e.personID("carol") || a.Reviews[0].Email != "carol@example.org" {
+		t.Fatalf("after carol's CLI approval: %+v %v", a, err)
+	}
+	if r := e.cli(ctx, home, "logout"); r.code != 0 {
+		t.Fatalf("latch logout: %s", r)
+	}
+	if r := e.cli(ctx, home, "whoami"); r.code == 0 {
+		t.Fatalf("latch whoami after logout succeeded: %s", r)
+	}
+}
