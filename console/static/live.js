@@ -12,9 +12,12 @@
   });
   var maxRows = 500;
 
+  var labels = ["#", "Time", "Type", "Actor", "Subject", "Task", "Outcome"];
+
   function cell(row, text) {
     var td = row.insertCell();
     td.textContent = text || "";
+    td.dataset.label = labels[td.cellIndex];
     return td;
   }
 

@@ -72,7 +72,13 @@ func (b *browser) personSized(name string, width, height int) *tab {
 		cancel()
 		cancelAlloc()
 	})
-	if err := chromedp.Do(ctx); err != nil {
+	// The viewport, emulated: headless Chromium keeps a window at least
+	// 500 pixels wide.
+	var mobile []chromedp.EmulateViewportOption
+	if width < 600 {
+		mobile = append(mobile, chromedp.EmulateMobile)
+	}
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(int64(width), int64(height), mobile...)); err != nil {
 		b.t.Fatalf("start chromium for %s: %v", name, err)
 	}
 	return tb

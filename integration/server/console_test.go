@@ -470,3 +470,84 @@ func TestConsole_LatchLogin(t *testing.T) {
 		t.Fatalf("latch whoami after logout succeeded: %s", r)
 	}
 }
+
+// fitsWidth fails when the page is wider than the window: nothing to
+// scroll sideways for (tables scroll within their own box).
+func (tb *tab) fitsWidth(page string) {
+	tb.b.t.Helper()
+	js := `[document.documentElement.scrollWidth, window.innerWidth]`
+	w := must(tb, "measure "+page, chromedp.Evaluate[[]int](js))
+	if w[0] > w[1] {
+		tb.b.t.Errorf("%s: %s is %d px wide in a %d px window", tb.name, page, w[0], w[1])
+	}
+}
+
+// TestConsole_AgentsReportAudit: dave (a revoker) quarantines an agent
+// from the Agents page, which revokes its lease in Vault; alice (an
+// approver) has no such buttons; viewer reads the report and the audit
+// page, which says the chain verifies; the pages fit a phone's 390-pixel
+// width and a 1280-pixel window.
+func TestConsole_AgentsReportAudit(t *testing.T) {
+	e := startConsole(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	agent := agentPrefix + "ops-bot"
+	res := fetch(ctx, t, e.client(agent), "close-ticket", map[string]string{"ticket": "42"})
+	id, _ := e.waitingFetch(ctx, t, payPrefix+"phone-bot", "46", "pay invoice 46, a long reason that has to wrap on a phone screen")
+
+	dave := e.b.person("dave")
+	dave.signIn(e.url+"/agents", "dave")
+	row := `tr[data-agent="` + agent + `"] `
+	dave.run("quarantine", chromedp.SendKeys(chromedp.CSS(row+`input[name="reason"]`), "credential seen in a log"),
+		chromedp.Click(chromedp.CSS(row+`button[value="quarantined"]`)), chromedp.WaitVisible(chromedp.CSS("p.notice")))
+	if dave.has(row + `button[value="active"]`) {
+		t.Error("dave, a revoker without the admin role, has a Resume button")
+	}
+	vc, err := setup(t).ClientWithToken(res.Secret["token"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	vaultenv.Eventually(t, 30*time.Second, func() error {
+		if _, err := vc.Auth().Token().LookupSelfWithContext(ctx); vaultenv.StatusOf(err) != http.StatusForbidden {
+			return fmt.Errorf("the quarantined agent's token still answers: %v", err)
+		}
+		return nil
+	})
+	agents, err := e.admin().Agents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range agents.Agents {
+		if a.ID == agent && (a.State != "quarantined" || a.Actor != e.personID("dave")) {
+			t.Fatalf("agent record after the console's quarantine: %+v", a)
+		}
+	}
+
+	alice := e.b.person("alice")
+	alice.signIn(e.url+"/agents", "alice")
+	if alice.has("button.deny") || alice.has(`button[value="active"]`) {
+		t.Error("alice, an approver, has agent buttons")
+	}
+
+	viewer := e.b.person("viewer")
+	viewer.signIn(e.url+"/report", "viewer")
+	if got := viewer.text("table.grants"); !strings.Contains(got, "close-ticket") || !strings.Contains(got, agentPrefix+"*") {
+		t.Fatalf("the report lacks the close-ticket grant:\n%s", got)
+	}
+	viewer.run("audit", chromedp.Navigate(e.url+"/audit"), chromedp.WaitVisible(chromedp.CSS("table.events")))
+	if !viewer.has("p.chain-ok") || !strings.Contains(viewer.text("table.events"), "quarantine") {
+		t.Fatalf("the audit page does not show a verified chain with the quarantine:\n%s", viewer.text("main"))
+	}
+	for _, page := range []string{"/approvals", "/approvals/" + id, "/leases", "/agents", "/live", "/report", "/audit"} {
+		viewer.run("open "+page, chromedp.Navigate(e.url+page), chromedp.WaitVisible(chromedp.CSS("main h1")))
+		viewer.fitsWidth(page)
+	}
+
+	phone := e.b.personSized("carol-phone", 390, 844)
+	phone.signIn(e.url+"/approvals", "carol")
+	phone.fitsWidth("/approvals")
+	t.Logf("approvals queue on a phone: %s", phone.screenshot("approvals-queue-phone"))
+	phone.run("open the approval", chromedp.Navigate(e.url+"/approvals/"+id), chromedp.WaitVisible(chromedp.CSS("form.review")))
+	phone.fitsWidth("/approvals/" + id)
+	t.Logf("approval detail on a phone: %s", phone.screenshot("approval-detail-phone"))
+}
