@@ -136,4 +136,3 @@ func (c *Console) checkAudit(ctx context.Context) (*auditView, error) {
 	v.Events = v.Events[:min(len(v.Events), 100)]
 	return v, nil
 }
-
