@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/templates"
 )
 
 // approvals is the queue: every pending request, oldest first.
@@ -30,6 +31,10 @@ type approvalView struct {
 	CanDeny     bool
 	WhyNot      string // why this person has no Approve button
 	StepUp      bool   // approving needs a fresh sign-in first
+	// Now is the request evaluated again as the policy stands: its
+	// rule-by-rule trace, and whether the template changed since.
+	Now             templates.Decision
+	TemplateChanged bool
 }
 
 // approval is one request with everything an approver needs, and the
@@ -47,6 +52,8 @@ func (c *Console) approval(req *request) error {
 func (c *Console) view(req *request, a *broker.Approval) approvalView {
 	p := c.svc.Policy()
 	v := approvalView{Approval: a, Needed: max(0, a.Required-len(a.Approvers()))}
+	v.Now = c.svc.Explain(broker.IssueRequest{Agent: a.Agent, Task: a.Task, Params: a.Params, TTL: a.TTL})
+	v.TemplateChanged = v.Now.TemplateVersion != "" && v.Now.TemplateVersion != a.TemplateVersion
 	if t, ok := p.Template(a.Task); ok {
 		v.Description = t.Description
 	}

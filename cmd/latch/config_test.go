@@ -121,6 +121,17 @@ func TestLoadConfig_Errors(t *testing.T) {
 		{"unknown top-level key", minimalConfigYAML + "servr: {}\n", nil, []string{
 			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, audit, oidc, console, templates_dir`,
 		}},
+		{"console without oidc", minimalConfigYAML + "console: { listen: \"127.0.0.1:8444\", url: \"https://latch.example.org\", tls_cert: c.pem, tls_key: k.pem }\n", nil, []string{
+			`FILE:10:1: console: needs an oidc: section (the OpenID Provider people sign in through)`,
+		}},
+		{"oidc and console wrong", minimalConfigYAML + "oidc: { issuer: \"http://idp.example.org\", client_id: latch }\n" +
+			"console: { listen: \"127.0.0.1:8443\", url: \"https://latch.example.org/console\" }\n", nil, []string{
+			`FILE:10:1: oidc: client_id and client_secret_file are required (latch's client at the provider)`,
+			`FILE:10:17: oidc.issuer: expected the provider's https URL, such as https://idp.example.org/, got "http://idp.example.org"`,
+			`FILE:11:1: console: tls_cert and tls_key are required (a certificate browsers trust for console.url's host)`,
+			`FILE:11:20: console.listen: must differ from server.listen and server.metrics_listen`,
+			`FILE:11:43: console.url: expected the https address people open, such as https://latch.example.org:8444, got "https://latch.example.org/console"`,
+		}},
 		{"store path and etcd", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { path: latch.db, etcd: { endpoints: [\"http://127.0.0.1:2379\"] } }", 1), nil, []string{
 			`FILE:3:32: store: set path or etcd, not both`,
 		}},

@@ -180,7 +180,7 @@ func TestConsole_CriticalApprovedByTwoPeople(t *testing.T) {
 	alice.run("open the approval", chromedp.Click(chromedp.CSS(`a[href="/approvals/`+id+`"]`)), chromedp.WaitVisible(chromedp.CSS("form.review")))
 	page := alice.text("main")
 	for _, want := range []string{`path "secret/data/tickets/42"`, "pay invoice 42 to ACME", "requested by the month-end run", "bob@example.org",
-		agent, "0 of 2 approvals, 2 more needed"} {
+		agent, "0 of 2 approvals, 2 more needed", "Decision trace", "approval_required"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("alice's approval page lacks %q:\n%s", want, page)
 		}
