@@ -78,11 +78,11 @@ func (c *Console) report(req *request) error {
 
 // parseDays reads 30d, 12h or 90m.
 func parseDays(s string) (time.Duration, error) {
-	if n, ok := strings.CutSuffix(s, "d"); ok {
-		d, err := time.ParseDuration(n + "h")
-		return d * 24, err
-	}
 	d, err := time.ParseDuration(s)
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		d, err = time.ParseDuration(n + "h")
+		d *= 24
+	}
 	if err != nil || d < 0 {
 		return 0, broker.Errorf(broker.EINVALID, "unused=%q: want a duration such as 30d or 12h", clip(s, 20))
 	}

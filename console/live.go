@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/httpapi"
 )
 
 // liveBacklog is how many recent events the live page starts with.
@@ -22,22 +23,6 @@ func (c *Console) live(req *request) error {
 	c.render(req.w, http.StatusOK, "live", c.page(req, "live", map[string]any{
 		"Agent": q.Get("agent"), "Task": q.Get("task"), "Type": q.Get("type"), "Types": broker.EventTypes}))
 	return nil
-}
-
-// eventView is an audit event as the live page gets it: the fields a
-// person reads, no hashes. Every value is text the page's script puts in
-// with textContent, never as markup.
-type eventView struct {
-	Seq     uint64            `json:"seq"`
-	Time    time.Time         `json:"time"`
-	Type    string            `json:"type"`
-	Actor   string            `json:"actor,omitempty"`
-	Subject string            `json:"subject,omitempty"`
-	Task    string            `json:"task,omitempty"`
-	Lease   string            `json:"lease,omitempty"`
-	Outcome string            `json:"outcome,omitempty"`
-	Reasons []string          `json:"reasons,omitempty"`
-	Details map[string]string `json:"details,omitempty"`
 }
 
 // events streams the audit events as Server-Sent Events (unnamed: the
@@ -75,8 +60,9 @@ func (c *Console) events(req *request) error {
 			if task != "" && e.Task != task {
 				continue
 			}
-			b, err := json.Marshal(eventView{Seq: e.Seq, Time: e.Time.UTC(), Type: string(e.Type), Actor: e.Actor, Subject: e.Subject,
-				Task: e.Task, Lease: e.Lease, Outcome: e.Outcome, Reasons: e.Reasons, Details: e.Details})
+			// The page's script puts every value in with textContent,
+			// never as markup.
+			b, err := json.Marshal(httpapi.EventOut(e))
 			if err != nil {
 				return err
 			}

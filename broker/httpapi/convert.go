@@ -45,7 +45,9 @@ func leaseOut(l *broker.Lease) api.Lease {
 	}
 }
 
-func eventOut(e broker.Event) api.Event {
+// EventOut is an audit event on the wire, as GET /v1/events and the
+// console's live view send it.
+func EventOut(e broker.Event) api.Event {
 	return api.Event{
 		Seq:      e.Seq,
 		Time:     e.Time.UTC(),

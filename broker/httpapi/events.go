@@ -126,7 +126,7 @@ func (s *sseStream) serve(h *Handler, cursor uint64, f broker.EventFilter) error
 			s.buf.WriteString(": keepalive\n\n")
 		case evs := <-batches:
 			for _, e := range evs {
-				b, _ := json.Marshal(eventOut(e)) // strings, times, integers: cannot fail
+				b, _ := json.Marshal(EventOut(e)) // strings, times, integers: cannot fail
 				fmt.Fprintf(&s.buf, "id: %d\ndata: %s\n\n", e.Seq, b)
 			}
 		}

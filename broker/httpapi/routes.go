@@ -382,7 +382,7 @@ func (h *Handler) audit(c *call) error {
 		scanned++
 		resp.Next = e.Seq
 		if f.Match(e) {
-			resp.Events = append(resp.Events, eventOut(e))
+			resp.Events = append(resp.Events, EventOut(e))
 		}
 		return true, nil
 	})

@@ -349,6 +349,21 @@ func TestConsole_StepUp(t *testing.T) {
 	}
 }
 
+// tokenDies waits until Vault refuses token: revoked.
+func tokenDies(ctx context.Context, t *testing.T, token string) {
+	t.Helper()
+	vc, err := setup(t).ClientWithToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vaultenv.Eventually(t, 30*time.Second, func() error {
+		if _, err := vc.Auth().Token().LookupSelfWithContext(ctx); vaultenv.StatusOf(err) != http.StatusForbidden {
+			return fmt.Errorf("the token still answers: %v", err)
+		}
+		return nil
+	})
+}
+
 // TestConsole_LiveAndRevoke: the live page shows a new issue event within
 // a second of the fetch; dave (a revoker by his email) revokes the lease
 // from the Leases page after a confirmation that shows the count, and
@@ -386,16 +401,7 @@ func TestConsole_LiveAndRevoke(t *testing.T) {
 	}
 	dave.run("confirm", chromedp.SendKeys(chromedp.CSS("#reason"), "leaked in a log"), chromedp.Click(chromedp.CSS("button.confirm-revoke")),
 		chromedp.WaitVisible(chromedp.CSS("p.notice")))
-	vc, err := setup(t).ClientWithToken(res.Secret["token"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	vaultenv.Eventually(t, 30*time.Second, func() error {
-		if _, err := vc.Auth().Token().LookupSelfWithContext(ctx); vaultenv.StatusOf(err) != http.StatusForbidden {
-			return fmt.Errorf("the revoked token still answers: %v", err)
-		}
-		return nil
-	})
+	tokenDies(ctx, t, res.Secret["token"])
 	l, err := e.admin().Lease(ctx, res.Lease.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -503,16 +509,7 @@ func TestConsole_AgentsReportAudit(t *testing.T) {
 	if dave.has(row + `button[value="active"]`) {
 		t.Error("dave, a revoker without the admin role, has a Resume button")
 	}
-	vc, err := setup(t).ClientWithToken(res.Secret["token"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	vaultenv.Eventually(t, 30*time.Second, func() error {
-		if _, err := vc.Auth().Token().LookupSelfWithContext(ctx); vaultenv.StatusOf(err) != http.StatusForbidden {
-			return fmt.Errorf("the quarantined agent's token still answers: %v", err)
-		}
-		return nil
-	})
+	tokenDies(ctx, t, res.Secret["token"])
 	agents, err := e.admin().Agents(ctx)
 	if err != nil {
 		t.Fatal(err)
