@@ -149,6 +149,9 @@ func (c *Console) admit(req *request) error {
 	if req.r.Method == http.MethodPost && !sameToken(req.r.PostFormValue("csrf"), req.s.CSRF) {
 		return c.violation(req, "csrf_token", "the form carries no valid CSRF token: reload the page and try again")
 	}
+	if req.r.URL.Path == "/logout" {
+		return nil // anyone signed in may sign out, roles or none
+	}
 	if err := broker.AuthorizePerson(c.svc.Policy(), req.person, broker.ActionRead, "the console"); err != nil {
 		var e *broker.Error
 		if errors.As(err, &e) {
@@ -189,7 +192,11 @@ func (c *Console) fail(req *request, err error) {
 	} else {
 		c.log.Error("console", "route", req.r.Method+" "+req.r.URL.Path, "err", err)
 	}
-	c.render(req.w, status, "error", map[string]any{"Status": status, "Message": msg, "Who": display(req.s)})
+	data := map[string]any{"Status": status, "Message": msg, "Current": ""}
+	if req.s != nil {
+		data["Who"], data["PersonID"], data["CSRF"] = display(req.s), req.person.ID(), req.s.CSRF
+	}
+	c.render(req.w, status, "error", data)
 }
 
 func (c *Console) render(w http.ResponseWriter, status int, page string, data any) {
