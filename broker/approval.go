@@ -479,6 +479,9 @@ func ApplyReview(a *Approval, r Review, owner string, pickupTTL time.Duration) (
 	if r.Email != "" {
 		ev.Details["actor_email"] = r.Email
 	}
+	if a.TraceID != "" {
+		ev.Details["trace_id"] = a.TraceID
+	}
 	if next.Status == ApprovalApproved {
 		ev.Details["pickup_by"] = next.PickupBy.UTC().Format(time.RFC3339)
 	}
@@ -630,6 +633,9 @@ func (s *core) expireApproval(ctx context.Context, a *Approval) error {
 	next.Status, next.DecidedAt = ApprovalExpired, s.now()
 	ev := Event{Type: EventApprovalExpired, Actor: "latch", Subject: a.Agent, Task: a.Task, Outcome: string(ApprovalExpired),
 		Details: map[string]string{"approval_id": a.ID, "was": string(was), "deadline": deadline.UTC().Format(time.RFC3339)}}
+	if a.TraceID != "" {
+		ev.Details["trace_id"] = a.TraceID
+	}
 	if _, err := s.apply(ctx, Change{PutApprovals: []*Approval{&next}, Events: []Event{ev}, Conditions: &Conditions{Approval: a.Version()}}); err != nil {
 		return err
 	}

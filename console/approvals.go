@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/latchbroker/latch/broker"
+	"github.com/latchbroker/latch/broker/api"
 	"github.com/latchbroker/latch/templates"
 )
 
@@ -35,6 +36,7 @@ type approvalView struct {
 	// rule-by-rule trace, and whether the template changed since.
 	Now             templates.Decision
 	TemplateChanged bool
+	TraceLink       string // the agent's trace, when telemetry.trace_url is set
 }
 
 // approval is one request with everything an approver needs, and the
@@ -54,6 +56,7 @@ func (c *Console) view(req *request, a *broker.Approval) approvalView {
 	v := approvalView{Approval: a, Needed: max(0, a.Required-len(a.Approvers()))}
 	v.Now = c.svc.Explain(broker.IssueRequest{Agent: a.Agent, Task: a.Task, Params: a.Params, TTL: a.TTL})
 	v.TemplateChanged = v.Now.TemplateVersion != "" && v.Now.TemplateVersion != a.TemplateVersion
+	v.TraceLink = api.TraceLink(c.cfg.TraceURL, a.TraceID)
 	if t, ok := p.Template(a.Task); ok {
 		v.Description = t.Description
 	}

@@ -36,6 +36,8 @@ type Config struct {
 	SessionLifetime time.Duration
 	IdleTimeout     time.Duration
 	StepUpAge       time.Duration
+	// TraceURL links a request's trace ID (api.TraceLink); optional.
+	TraceURL string
 	// SessionKeys sign (first 32 bytes) and encrypt (last 32) the
 	// session cookies: 64 bytes, the same on every replica.
 	SessionKeys []byte

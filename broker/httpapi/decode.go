@@ -36,6 +36,7 @@ const (
 	reasonBadQuery     = "bad_query"
 	reasonBadPath      = "bad_path"
 	reasonUnexpected   = "unexpected_body"
+	reasonBadTrace     = "bad_trace_context"
 )
 
 // maxDepth bounds the nesting of a request body. Requests are an object

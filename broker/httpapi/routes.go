@@ -90,6 +90,9 @@ func (h *Handler) credentials(c *call) error {
 	if err := c.decode(&req, false); err != nil {
 		return err
 	}
+	if err := traceContext(c, &req); err != nil {
+		return err
+	}
 	res, err := h.svc.Issue(c.r.Context(), issueRequest(c.who.id, &req))
 	if err != nil {
 		return err
@@ -121,6 +124,28 @@ type credentialsWire struct {
 	Secret   map[string]string `json:"secret,omitempty"`
 	Approval *api.Approval     `json:"approval,omitempty"`
 	Replayed bool              `json:"replayed,omitempty"`
+}
+
+// traceContext takes the request's W3C trace context: the traceparent
+// header's trace ID becomes the request's trace_id (a body that names
+// another is refused), and tracestate is checked for size.
+func traceContext(c *call, req *api.CredentialsRequest) error {
+	tp := c.r.Header.Get(api.HeaderTraceparent)
+	if len(c.r.Header.Get(api.HeaderTracestate)) > api.MaxTracestate {
+		return invalid(reasonBadTrace, "the tracestate header is longer than %d bytes", api.MaxTracestate)
+	}
+	if tp == "" {
+		return nil
+	}
+	tc, err := api.ParseTraceparent(tp)
+	if err != nil {
+		return invalid(reasonBadTrace, "%v", err)
+	}
+	if req.TraceID != "" && req.TraceID != tc.TraceID {
+		return invalid(reasonBadTrace, "trace_id %q and the traceparent header's trace ID %s differ: send one", truncate(req.TraceID, 40), tc.TraceID)
+	}
+	req.TraceID = tc.TraceID
+	return nil
 }
 
 func issueRequest(agent string, req *api.CredentialsRequest) broker.IssueRequest {

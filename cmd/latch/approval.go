@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -36,7 +37,9 @@ func approvalCommand() *cli.Command {
 				"latch approval show ID [-o table|json]",
 				"Shows the agent and its owner, the task and params, the agent's reason and\n"+
 					"trace id, the tier and why, the TTL, the reviews so far, and exactly what\n"+
-					"would be minted: the rendered Vault policy, path or certificate names.",
+					"would be minted: the rendered Vault policy, path or certificate names.\n"+
+					"With $LATCH_TRACE_URL (a link template such as\n"+
+					"https://jaeger.example.org/trace/{trace_id}) it links the agent's trace.",
 				[]cli.Flag{outputFlag("table", "json")}, runApprovalShow),
 			operatorCommand("approve", "approve a pending request",
 				"latch approval approve ID --reason \"...\"",
@@ -156,6 +159,7 @@ func printApproval(c *cli.Context, a *api.Approval) error {
 	row("Params", kvString(a.Params))
 	row("Agent's reason", a.Reason)
 	row("Trace ID", a.TraceID)
+	row("Trace", api.TraceLink(os.Getenv("LATCH_TRACE_URL"), a.TraceID))
 	row("Tier", a.Tier+" ("+strings.Join(a.TierWhy, "; ")+")")
 	for _, r := range a.Reasons {
 		row("Needs approval", r.Code+": "+r.Message)
@@ -163,7 +167,11 @@ func printApproval(c *cli.Context, a *api.Approval) error {
 	row("TTL", fmt.Sprintf("%s (max %s)", a.TTL, a.MaxTTL))
 	row("Approvals", fmt.Sprintf("%d of %d", approvals(*a), a.Required))
 	for _, r := range a.Reviews {
-		row("Review", fmt.Sprintf("%s %s at %s: %s", r.Approver, r.Decision, fmtTime(r.At), r.Reason))
+		who := r.Approver
+		if r.Email != "" {
+			who += " (" + r.Email + ")"
+		}
+		row("Review", fmt.Sprintf("%s %s at %s: %s", who, r.Decision, fmtTime(r.At), r.Reason))
 	}
 	row("Created", fmtTime(a.CreatedAt))
 	row("Expires", fmtTime(a.ExpiresAt))

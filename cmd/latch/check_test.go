@@ -51,7 +51,7 @@ func TestCheck_PrintsEveryError(t *testing.T) {
 		t.Fatalf("stdout = %q", out)
 	}
 	dir := strings.TrimSuffix(path, "latch.yaml")
-	want := path + `:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, audit, oidc, console, templates_dir` + "\n" +
+	want := path + `:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, audit, oidc, console, telemetry, templates_dir` + "\n" +
 		dir + `templates/read.yaml:5:1: unknown key "max_tll"; allowed: name, description, backend, params, vars, policy, names, ttl, max_ttl, risk, escalate, windows, max_active` + "\n"
 	if errOut != want {
 		t.Fatalf("stderr =\n%s\nwant\n%s", errOut, want)

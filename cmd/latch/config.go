@@ -45,6 +45,7 @@ type Config struct {
 	Audit                  AuditConfig     `yaml:"audit"`
 	OIDC                   *OIDCConfig     `yaml:"oidc"`
 	Console                *ConsoleConfig  `yaml:"console"`
+	Telemetry              TelemetryConfig `yaml:"telemetry"`
 	TemplatesDir           string          `yaml:"templates_dir"`
 
 	// Policy is the compiled policy; LoadConfig sets it.
@@ -259,6 +260,14 @@ type WebhookConfig struct {
 	EventsAt strictyaml.Pos `yaml:"events,pos"`
 }
 
+// TelemetryConfig is telemetry:, how latch links to the agents' traces.
+type TelemetryConfig struct {
+	// TraceURL is a link template with {trace_id}: the console links a
+	// request's trace ID with it.
+	TraceURL   string         `yaml:"trace_url"`
+	TraceURLAt strictyaml.Pos `yaml:"trace_url,pos"`
+}
+
 // Defaults applied before the file.
 const (
 	defaultListen        = "127.0.0.1:8443"
@@ -418,6 +427,11 @@ func (c *Config) validate() strictyaml.Errors {
 
 	c.validateNotify(add)
 	c.validateConsole(add)
+	if u := c.Telemetry.TraceURL; u != "" {
+		if pu, err := url.Parse(strings.ReplaceAll(u, "{trace_id}", "x")); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || !strings.Contains(u, "{trace_id}") {
+			add(c.Telemetry.TraceURLAt, "telemetry.trace_url: expected an http(s) link with {trace_id} in it, such as https://jaeger.example.org/trace/{trace_id}, got %q", u)
+		}
+	}
 	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
 		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
 	}

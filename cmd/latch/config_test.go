@@ -119,7 +119,7 @@ func TestLoadConfig_Errors(t *testing.T) {
 		want   []string // lines, with FILE for the config path and DIR for its directory
 	}{
 		{"unknown top-level key", minimalConfigYAML + "servr: {}\n", nil, []string{
-			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, audit, oidc, console, templates_dir`,
+			`FILE:10:1: unknown key "servr"; allowed: server, spiffe, store, vault, backends, operators, agents, freeze_windows, risk_tiers, notify, approvals, auto_pause, refusals, audit, oidc, console, telemetry, templates_dir`,
 		}},
 		{"console without oidc", minimalConfigYAML + "console: { listen: \"127.0.0.1:8444\", url: \"https://latch.example.org\", tls_cert: c.pem, tls_key: k.pem }\n", nil, []string{
 			`FILE:10:1: console: needs an oidc: section (the OpenID Provider people sign in through)`,

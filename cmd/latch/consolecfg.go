@@ -111,7 +111,8 @@ func (c *Config) consoleConfig() (console.Config, bool, error) {
 		RedirectURL: o.RedirectURL, Scopes: o.Scopes, GroupsClaim: cmp.Or(o.GroupsClaim, "groups"),
 		SessionLifetime: cmp.Or(k.SessionLifetime, console.DefaultSessionLifetime),
 		IdleTimeout:     cmp.Or(k.IdleTimeout, console.DefaultIdleTimeout),
-		StepUpAge:       cmp.Or(k.StepUpMaxAge, console.DefaultStepUpAge)}
+		StepUpAge:       cmp.Or(k.StepUpMaxAge, console.DefaultStepUpAge),
+		TraceURL:        c.Telemetry.TraceURL}
 	if len(cc.Scopes) == 0 {
 		cc.Scopes = []string{"openid", "email", "profile"}
 	}

@@ -36,7 +36,8 @@ func requestFlags() []cli.Flag {
 const requestHelp = "The secret's fields become environment variables: LATCH_LEASE_ID and\n" +
 	"LATCH_LEASE_EXPIRES_AT, then one variable per field, upper-cased and prefixed\n" +
 	"(username → LATCH_USERNAME, private_key → LATCH_PRIVATE_KEY); --env-prefix\n" +
-	"changes LATCH_.\n\n" +
+	"changes LATCH_. A W3C trace context in $TRACEPARENT ties the lease to the\n" +
+	"agent's trace (its trace ID is recorded); exec's command inherits it.\n\n" +
 	"A high-risk task waits for approval: latch prints the approval ID on stderr\n" +
 	"and exits 4. With --wait D it waits on the approval (one long-poll at a\n" +
 	"time, a progress line on stderr each) until it is granted (then picks it\n" +
@@ -90,6 +91,16 @@ func credentialsRequest(c *cli.Context) (api.CredentialsRequest, error) {
 	}
 	if pf, ok := c.Generic("param").(*paramFlag); ok {
 		req.Params = pf.m
+	}
+	// The agent's own trace (W3C Trace Context): its trace ID goes on the
+	// lease, the approval and their audit events. exec's command inherits
+	// TRACEPARENT with the rest of the environment.
+	if tp := os.Getenv("TRACEPARENT"); tp != "" {
+		tc, err := api.ParseTraceparent(tp)
+		if err != nil {
+			return req, usageErrorf("TRACEPARENT: %v", err)
+		}
+		req.TraceID = tc.TraceID
 	}
 	if req.Task == "" {
 		return req, usageErrorf("--task is required")

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -46,7 +47,9 @@ func leaseCommand() *cli.Command {
 			operatorCommand("show", "show one lease",
 				"latch lease show ID [-o table|json]",
 				"Shows everything latch recorded of one lease: agent, task, template\n"+
-					"version, params, reason, Vault references, times and state.",
+					"version, params, reason, trace id, Vault references, times and state.\n"+
+					"With $LATCH_TRACE_URL (a link template such as\n"+
+					"https://jaeger.example.org/trace/{trace_id}) it links the agent's trace.",
 				[]cli.Flag{outputFlag("table", "json")}, runLeaseShow),
 		},
 	}
@@ -119,6 +122,7 @@ func runLeaseShow(c *cli.Context, args []string, connect connector) error {
 	row("Approval", l.ApprovalID)
 	row("Request ID", l.RequestID)
 	row("Trace ID", l.TraceID)
+	row("Trace", api.TraceLink(os.Getenv("LATCH_TRACE_URL"), l.TraceID))
 	row("Issued", fmtTime(l.IssuedAt))
 	row("Expires", fmtTime(l.ExpiresAt))
 	row("Max expires", fmtTime(l.MaxExpiresAt))

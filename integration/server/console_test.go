@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -92,7 +94,9 @@ console:
   url: %s
   tls_cert: %s
   tls_key: %s
-%s`, op.Issuer, op.ClientID, op.SecretFile, op.CAFile, listen, consoleURL, cert, key, extra)
+%s
+telemetry: { trace_url: "https://traces.example.org/trace/{trace_id}" }
+`, op.Issuer, op.ClientID, op.SecretFile, op.CAFile, listen, consoleURL, cert, key, extra)
 	hook := newWebhookReceiver(t)
 	l := startLatchWith(t, latchOptions{Operators: consoleOperators, Agents: consoleAgents, Templates: consoleTemplates, Extra: cfg,
 		Notify: hook.notifyYAML(t)})
@@ -115,7 +119,7 @@ func (e *consoleEnv) waitingFetch(ctx context.Context, t *testing.T, agent, tick
 	t.Helper()
 	args := append([]string{"fetch", "--task", "payment", "--param", "ticket=" + ticket, "--reason", reason, "--wait", "120s", "-o", "json"},
 		e.svidFiles(agent)...)
-	cmd, stdout, stderr := e.command(ctx, nil, args...)
+	cmd, stdout, stderr := e.command(ctx, []string{"TRACEPARENT=00-" + traceOf(agent) + "-00f067aa0ba902b7-01"}, args...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +142,13 @@ func (e *consoleEnv) waitingFetch(ctx context.Context, t *testing.T, agent, tick
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// traceOf is the trace ID an agent's waitingFetch runs in: its
+// TRACEPARENT.
+func traceOf(agent string) string {
+	sum := sha256.Sum256([]byte(agent))
+	return hex.EncodeToString(sum[:16])
 }
 
 // personID is the actor latch records for a person of the provider.
@@ -185,6 +196,9 @@ func TestConsole_CriticalApprovedByTwoPeople(t *testing.T) {
 			t.Errorf("alice's approval page lacks %q:\n%s", want, page)
 		}
 	}
+	if href := must(alice, "read the trace link", chromedp.Evaluate[string](`document.querySelector("a.trace").href`)); href != "https://traces.example.org/trace/"+traceOf(agent) {
+		t.Errorf("the trace link is %q, want telemetry.trace_url with the TRACEPARENT's trace ID", href)
+	}
 	t.Logf("approval detail: %s", alice.screenshot("approval-detail"))
 	alice.review("approve", "invoice 42 matches the purchase order")
 
@@ -216,6 +230,12 @@ func TestConsole_CriticalApprovedByTwoPeople(t *testing.T) {
 		if (ev.Type == "approval_review" || ev.Type == "approval_approved") && ev.Details["approval_id"] == id {
 			reviewers[ev.Actor] = ev.Details["actor_email"]
 		}
+		if (ev.Details["approval_id"] == id || ev.Lease == got.Lease.ID) && ev.Details["trace_id"] != traceOf(agent) {
+			t.Errorf("%s event of the request has trace_id %q, want %s", ev.Type, ev.Details["trace_id"], traceOf(agent))
+		}
+	}
+	if l, err := e.admin().Lease(ctx, got.Lease.ID); err != nil || l.TraceID != traceOf(agent) {
+		t.Errorf("the lease's trace ID = %v %v, want %s from TRACEPARENT", l, err, traceOf(agent))
 	}
 	if reviewers[e.personID("alice")] != "alice@example.org" || reviewers[e.personID("carol")] != "carol@example.org" || len(reviewers) != 2 {
 		t.Fatalf("audited reviewers = %v, want alice and carol by issuer#subject with their emails", reviewers)
