@@ -46,7 +46,9 @@ func ParseTraceparent(s string) (TraceContext, error) {
 }
 
 // String is the traceparent header of tc (version 00).
-func (tc TraceContext) String() string { return "00-" + tc.TraceID + "-" + tc.ParentID + "-" + tc.Flags }
+func (tc TraceContext) String() string {
+	return "00-" + tc.TraceID + "-" + tc.ParentID + "-" + tc.Flags
+}
 
 func lowerHex(s string, n int) bool {
 	if len(s) != n {
