@@ -516,3 +516,30 @@ type WhoAmI struct {
 	Roles []string `json:"roles,omitempty"` // operator roles, now
 	Agent bool     `json:"agent,omitempty"` // an agents: entry governs the ID
 }
+
+// TasksResponse is GET /v1/tasks: the tasks the calling agent may ask for.
+type TasksResponse struct {
+	Tasks []Task `json:"tasks"`
+}
+
+// Task is one task template granted to the caller, as an agent (or the
+// model behind it) needs it to ask well.
+type Task struct {
+	Name        string      `json:"name"`
+	Description string      `json:"description,omitempty"`
+	Risk        string      `json:"risk"` // the template's base tier; escalation may raise it
+	Params      []TaskParam `json:"params,omitempty"`
+	// Approval says whether a request would wait for people now: "yes",
+	// "no", "denied" (it would be denied now: a freeze, a pause), or
+	// "depends" when the parameters decide (one has no default).
+	Approval string `json:"approval"`
+}
+
+// TaskParam is one parameter of a task and what it admits.
+type TaskParam struct {
+	Name        string   `json:"name"`
+	Description string   `json:"description,omitempty"`
+	Enum        []string `json:"enum,omitempty"`
+	Pattern     string   `json:"pattern,omitempty"`
+	Default     string   `json:"default,omitempty"`
+}

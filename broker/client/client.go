@@ -170,6 +170,12 @@ func (c *Client) Audit(ctx context.Context, q api.AuditQuery) (*api.AuditRespons
 	return send[api.AuditResponse](ctx, c, http.MethodGet, "/v1/audit", q.Values(), nil)
 }
 
+// Tasks lists the tasks the calling agent may ask for.
+func (c *Client) Tasks(ctx context.Context) (*api.TasksResponse, error) {
+	var out api.TasksResponse
+	return &out, c.do(ctx, http.MethodGet, "/v1/tasks", nil, nil, &out)
+}
+
 // WhoAmI asks who the server takes the caller for.
 func (c *Client) WhoAmI(ctx context.Context) (*api.WhoAmI, error) {
 	var out api.WhoAmI

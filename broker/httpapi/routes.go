@@ -22,6 +22,7 @@ func (h *Handler) routes() {
 	// Agents.
 	h.handle("POST /v1/credentials", permAgent, h.credentials)
 	h.handle("POST /v1/explain", permAgent, h.explain)
+	h.handle("GET /v1/tasks", permAgent, h.tasks)
 	h.handle("POST /v1/leases/{id}/renew", permAgent, h.renew)
 	h.handle("DELETE /v1/leases/{id}", permAgent, h.release)
 
@@ -181,6 +182,61 @@ func (h *Handler) explain(c *call) error {
 		}
 	}
 	return c.writeJSON(http.StatusOK, api.ExplainResponse{Decision: decisionOut(d.ForCaller())})
+}
+
+// tasks lists the templates granted to the calling agent. An
+// unregistered caller is refused, as its credentials requests are, and
+// audited as a violation.
+func (h *Handler) tasks(c *call) error {
+	if _, err := query(c); err != nil {
+		return err
+	}
+	p := h.svc.Policy()
+	entry, ok := p.Agent(c.who.id)
+	if !ok {
+		msg := c.who.id + " is not a registered agent"
+		if err := h.svc.Audit().Violation(c.r.Context(), broker.Refusal{Actor: c.who.id, Endpoint: c.route, Reason: string(templates.ReasonUnknownAgent),
+			Message: msg, Remote: c.r.RemoteAddr}); err != nil {
+			h.log.Error("audit a task listing", "request_id", c.requestID, "err", err)
+		}
+		return &broker.Error{Code: broker.EFORBIDDEN, Message: msg, Reasons: []string{string(templates.ReasonUnknownAgent)}}
+	}
+	out := api.TasksResponse{Tasks: []api.Task{}}
+	for _, name := range entry.Templates {
+		if t, ok := p.Template(name); ok {
+			out.Tasks = append(out.Tasks, h.taskOut(c.who.id, t))
+		}
+	}
+	return c.writeJSON(http.StatusOK, out)
+}
+
+// taskOut is a granted template as GET /v1/tasks shows it; whether it
+// needs approval now is evaluated with each parameter's default (or only
+// value), and "depends" when a parameter has neither.
+func (h *Handler) taskOut(agent string, t *templates.Template) api.Task {
+	out := api.Task{Name: t.Name, Description: t.Description, Risk: t.Risk, Approval: "depends"}
+	params := map[string]string{}
+	for _, p := range t.Params {
+		out.Params = append(out.Params, api.TaskParam{Name: p.Name, Description: p.Description, Enum: p.Enum, Pattern: p.Pattern, Default: p.Default})
+		switch {
+		case p.HasDefault:
+			params[p.Name] = p.Default
+		case len(p.Enum) == 1:
+			params[p.Name] = p.Enum[0]
+		}
+	}
+	if len(params) == len(t.Params) {
+		d := h.svc.Explain(broker.IssueRequest{Agent: agent, Task: t.Name, Params: params})
+		out.Approval = map[templates.Outcome]string{templates.ApprovalRequired: "yes", templates.Allow: "no", templates.Deny: "denied"}[d.Outcome]
+		return out
+	}
+	// Escalation only raises a tier: one that needs approval always does.
+	for _, tier := range h.svc.Policy().Tiers() {
+		if tier.Name == t.Risk && tier.Approvals > 0 {
+			out.Approval = "yes"
+		}
+	}
+	return out
 }
 
 func (h *Handler) renew(c *call) error {

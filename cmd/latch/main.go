@@ -41,6 +41,7 @@ func newApp() *cli.App {
 			storeCommand(),
 			fetchCommand(),
 			execCommand(),
+			mcpCommand(),
 			leaseCommand(),
 			revokeCommand(),
 			agentCommand(),
