@@ -14,6 +14,8 @@ SPIRE_AGENT   := $(TOOLS)/spire-$(SPIRE_VERSION)/spire-agent
 ETCD          := $(TOOLS)/etcd-$(ETCD_VERSION)/etcd
 OIDC_VERSION  := zitadel-3.52.0
 OIDC          := $(TOOLS)/oidc-$(OIDC_VERSION)/latch-oidc-provider
+# The MCP TypeScript SDK's client of the MCP tests, pinned by its lockfile.
+MCP_TS        := integration/server/testdata/mcp-ts
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -40,7 +42,7 @@ test: tools ## gofmt check, go vet, go test -race ./... with the integration tes
 	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) $$($(GO) list ./... | grep -v '/integration/server$$')
 	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) ./integration/server
 
-tools: $(VAULT) $(SPIRE_SERVER) $(SPIRE_AGENT) $(ETCD) $(OIDC) postgres chromium ## Build Vault, SPIRE, etcd and the test OpenID Provider into .tools/ (once per version), install PostgreSQL and Chromium
+tools: $(VAULT) $(SPIRE_SERVER) $(SPIRE_AGENT) $(ETCD) $(OIDC) $(MCP_TS)/node_modules/.package-lock.json postgres chromium ## Build Vault, SPIRE, etcd and the test OpenID Provider into .tools/ (once per version), install PostgreSQL, Chromium and the MCP TypeScript SDK (npm ci)
 	@mkdir -p $(TOOLS)/bin
 	@ln -sfn $(VAULT) $(TOOLS)/bin/vault
 	@ln -sfn $(SPIRE_SERVER) $(TOOLS)/bin/spire-server
@@ -73,6 +75,9 @@ $(ETCD):
 $(OIDC): tools/oidc/main.go tools/oidc/go.mod tools/oidc/go.sum
 	@echo "building the test OpenID Provider ($(OIDC_VERSION)) ..."
 	cd tools/oidc && $(GO) build -trimpath -ldflags "-s -w" -o $@ .
+
+$(MCP_TS)/node_modules/.package-lock.json: $(MCP_TS)/package-lock.json
+	cd $(MCP_TS) && npm ci --no-audit --no-fund
 
 chromium: ## Install Chromium from Debian when missing (the console's browser tests drive it headless)
 	@if ! command -v chromium >/dev/null 2>&1; then \

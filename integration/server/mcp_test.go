@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -205,4 +206,92 @@ func TestMCP_GoClient(t *testing.T) {
 	if status.Status != "pending" || !strings.Contains(status.Next, "A person must approve") {
 		t.Fatalf("request_status = %+v", status)
 	}
+}
+
+// TestMCP_TypeScriptClient: the official MCP TypeScript SDK's client (a
+// client nobody here wrote) does what the go-sdk client does: lists the
+// tools, runs the database query and reads its result with the
+// credential in no message either way (a tee on each side of latch mcp
+// records them), gets the ungranted task as a tool error and the
+// critical one pending.
+func TestMCP_TypeScriptClient(t *testing.T) {
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(root, "integration/server/testdata/mcp-ts/client.mjs")
+	if _, err := os.Stat(filepath.Join(filepath.Dir(script), "node_modules/@modelcontextprotocol/sdk")); err != nil {
+		t.Fatalf("the MCP TypeScript SDK is not installed: run make tools (npm ci in %s): %v", filepath.Dir(script), err)
+	}
+	l := startLatchWith(t, latchOptions{Agents: `  - id: ` + mcpAgentPrefix + `*
+    owner: spiffe://example.org/ops/bob
+    templates: [nightly-report, ticket-critical]
+`, Templates: map[string]string{"ticket-critical.yaml": approvalTemplates["ticket-critical.yaml"]}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := strings.NewReplacer("{{port}}", fmt.Sprint(st.Postgres.Port), "{{dir}}", l.dir).Replace(mcpConfigYAML)
+	path := filepath.Join(l.dir, "mcp.yaml")
+	writeFile(t, path, []byte(cfg))
+	calls, _ := json.Marshal(map[string]any{
+		"tasks": map[string]any{"name": "list_tasks", "arguments": map[string]any{}},
+		"run": map[string]any{"name": "run_with_credential", "arguments": map[string]any{"task": "nightly-report", "params": map[string]string{"region": "us"},
+			"reason": "sum for the report", "command": "query", "args": []string{"SELECT 40 + 2"}}},
+		"denied":  map[string]any{"name": "run_with_credential", "arguments": map[string]any{"task": "deploy", "reason": "x", "command": "read"}},
+		"pending": map[string]any{"name": "run_with_credential", "arguments": map[string]any{"task": "ticket-critical", "params": map[string]string{"ticket": "7"}, "reason": "rotate", "command": "read"}},
+	})
+	in, out := filepath.Join(l.dir, "wire-in"), filepath.Join(l.dir, "wire-out")
+	// sh: tee what the client sends, run latch mcp, tee what it answers.
+	tee := `tee -a "$WIRE_IN" | "$0" "$@" | tee -a "$WIRE_OUT"`
+	args := append([]string{script, "/bin/sh", "-c", tee, latchBin, "mcp", "--config", path}, l.svidFiles(mcpAgentPrefix+"ts-bot")...)
+	cmd, stdout, stderr := l.command(ctx, []string{"MCP_CALLS=" + string(calls), "WIRE_IN=" + in, "WIRE_OUT=" + out}, "")
+	cmd.Path, cmd.Args = mustLookPath(t, "node"), append([]string{"node"}, args...)
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("node client.mjs: %v\nstderr: %s", err, stderr.String())
+	}
+	var got struct {
+		Tools               []string
+		Run, Denied, Pending struct {
+			IsError           bool `json:"isError"`
+			Content           []struct{ Text string }
+			StructuredContent map[string]any `json:"structuredContent"`
+		}
+	}
+	if err := json.Unmarshal([]byte(stdout.String()), &got); err != nil {
+		t.Fatalf("the client's output %q: %v", stdout.String(), err)
+	}
+	if strings.Join(got.Tools, ",") != "list_tasks,request_status,run_with_credential" {
+		t.Errorf("tools = %v", got.Tools)
+	}
+	if got.Run.IsError || !strings.Contains(fmt.Sprint(got.Run.StructuredContent["output"]), "42") {
+		t.Errorf("run_with_credential: %+v", got.Run)
+	}
+	if !got.Denied.IsError || !strings.Contains(fmt.Sprint(got.Denied.Content), "task_not_granted") {
+		t.Errorf("the ungranted task: %+v, want a tool error naming task_not_granted", got.Denied)
+	}
+	if got.Pending.IsError || got.Pending.StructuredContent["status"] != "pending" {
+		t.Errorf("the critical task: %+v, want pending", got.Pending)
+	}
+	leaked, err := os.ReadFile(filepath.Join(l.dir, "leaked"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, password, _ := strings.Cut(strings.TrimSpace(string(leaked)), "\n")
+	for f, must := range map[string]string{in: `"run_with_credential"`, out: "connecting as [redacted]"} {
+		wire, err := os.ReadFile(f)
+		if err != nil || !strings.Contains(string(wire), must) {
+			t.Fatalf("%s lacks %q, so the scan would see nothing: %v (%d bytes)", f, must, err, len(wire))
+		}
+		if len(password) < 8 || strings.Contains(string(wire), password) || strings.Contains(string(wire), user) {
+			t.Fatalf("%s holds the database credential", filepath.Base(f))
+		}
+	}
+}
+
+func mustLookPath(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed (Node.js 20 runs the MCP TypeScript SDK client): %v", name, err)
+	}
+	return p
 }
