@@ -249,7 +249,7 @@ func TestMCP_TypeScriptClient(t *testing.T) {
 		t.Fatalf("node client.mjs: %v\nstderr: %s", err, stderr.String())
 	}
 	var got struct {
-		Tools               []string
+		Tools                []string
 		Run, Denied, Pending struct {
 			IsError           bool `json:"isError"`
 			Content           []struct{ Text string }
