@@ -41,14 +41,25 @@ tasks:
       read: { run: [/bin/true] }
 `
 
-// mcpSession starts latch mcp as agent (its SVID in files) under a
-// go-sdk client, and returns the session and every JSON-RPC message
-// both ways.
-func mcpSession(ctx context.Context, t *testing.T, l *latch, agent string) (*sdk.ClientSession, *brokertest.SyncBuffer) {
+// startMCPLatch starts latch with the MCP agents granted nightly-report
+// and ticket-critical, and writes latch mcp's config (mcpConfigYAML).
+func startMCPLatch(t *testing.T) (*latch, string) {
 	t.Helper()
+	l := startLatchWith(t, latchOptions{Agents: `  - id: ` + mcpAgentPrefix + `*
+    owner: spiffe://example.org/ops/bob
+    templates: [nightly-report, ticket-critical]
+`, Templates: map[string]string{"ticket-critical.yaml": approvalTemplates["ticket-critical.yaml"]}})
 	cfg := strings.NewReplacer("{{port}}", fmt.Sprint(st.Postgres.Port), "{{dir}}", l.dir).Replace(mcpConfigYAML)
 	path := filepath.Join(l.dir, "mcp.yaml")
 	writeFile(t, path, []byte(cfg))
+	return l, path
+}
+
+// mcpSession starts latch mcp as agent (its SVID in files) under a
+// go-sdk client, and returns the session and every JSON-RPC message
+// both ways.
+func mcpSession(ctx context.Context, t *testing.T, l *latch, path, agent string) (*sdk.ClientSession, *brokertest.SyncBuffer) {
+	t.Helper()
 	cmd, _, stderr := l.command(ctx, nil, append([]string{"mcp", "--config", path}, l.svidFiles(agent)...)...)
 	cmd.Stdout = nil // the transport's pipe
 	wire := new(brokertest.SyncBuffer)
@@ -100,14 +111,11 @@ func resultText(r *sdk.CallToolResult) string {
 // issued, an ungranted task is a tool error with its reason, and a
 // critical task comes back pending without minting.
 func TestMCP_GoClient(t *testing.T) {
-	l := startLatchWith(t, latchOptions{Agents: `  - id: ` + mcpAgentPrefix + `*
-    owner: spiffe://example.org/ops/bob
-    templates: [nightly-report, ticket-critical]
-`, Templates: map[string]string{"ticket-critical.yaml": approvalTemplates["ticket-critical.yaml"]}})
+	l, path := startMCPLatch(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	agent := mcpAgentPrefix + "llm-bot"
-	s, wire := mcpSession(ctx, t, l, agent)
+	s, wire := mcpSession(ctx, t, l, path, agent)
 
 	tools, err := s.ListTools(ctx, nil)
 	if err != nil {
@@ -223,15 +231,9 @@ func TestMCP_TypeScriptClient(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(filepath.Dir(script), "node_modules/@modelcontextprotocol/sdk")); err != nil {
 		t.Fatalf("the MCP TypeScript SDK is not installed: run make tools (npm ci in %s): %v", filepath.Dir(script), err)
 	}
-	l := startLatchWith(t, latchOptions{Agents: `  - id: ` + mcpAgentPrefix + `*
-    owner: spiffe://example.org/ops/bob
-    templates: [nightly-report, ticket-critical]
-`, Templates: map[string]string{"ticket-critical.yaml": approvalTemplates["ticket-critical.yaml"]}})
+	l, path := startMCPLatch(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cfg := strings.NewReplacer("{{port}}", fmt.Sprint(st.Postgres.Port), "{{dir}}", l.dir).Replace(mcpConfigYAML)
-	path := filepath.Join(l.dir, "mcp.yaml")
-	writeFile(t, path, []byte(cfg))
 	calls, _ := json.Marshal(map[string]any{
 		"tasks": map[string]any{"name": "list_tasks", "arguments": map[string]any{}},
 		"run": map[string]any{"name": "run_with_credential", "arguments": map[string]any{"task": "nightly-report", "params": map[string]string{"region": "us"},
