@@ -144,7 +144,10 @@ func (s *core) decide(ctx context.Context, req IssueRequest) (*Issued, error) {
 	if req.ApprovalID != "" {
 		return s.pickup(ctx, req)
 	}
+	_, span := startSpan(ctx, "latch.evaluate", attrAgent.String(req.Agent), attrTask.String(req.Task))
 	d := s.policy.Load().Evaluate(s.templatesRequest(req))
+	span.SetAttributes(attrOutcome.String(string(d.Outcome)))
+	endSpan(span, nil)
 	switch d.Outcome {
 	case templates.Deny:
 		// A denial spends the agent's rate too: past it, a flood of bad

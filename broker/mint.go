@@ -59,7 +59,10 @@ func (s *core) mintOnce(ctx context.Context, req IssueRequest, d templates.Decis
 		}
 	}
 	failpoint("issue-before-mint")
-	minted, err := backend.Mint(mctx, mreq)
+	sctx, span := startSpan(mctx, "latch.mint", attrAgent.String(req.Agent), attrTask.String(req.Task), attrLease.String(lease.ID),
+		attrBackend.String(lease.Backend))
+	minted, err := backend.Mint(sctx, mreq)
+	endSpan(span, err)
 	if err != nil {
 		return nil, s.mintFailed(ctx, lease, req, d, err)
 	}
@@ -209,7 +212,9 @@ func (s *core) commit(ctx context.Context, lease *Lease, req IssueRequest, d tem
 		c.PutApprovals = []*Approval{&used}
 		c.Conditions.Approval = approval.Version()
 	}
-	_, err := s.apply(ctx, c)
+	sctx, span := startSpan(ctx, "latch.commit", attrAgent.String(req.Agent), attrTask.String(req.Task), attrLease.String(lease.ID))
+	_, err := s.apply(sctx, c)
+	endSpan(span, err)
 	var failed *ConditionFailed
 	switch {
 	case errors.As(err, &failed):

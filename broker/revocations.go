@@ -81,7 +81,10 @@ func (s *core) revokeOne(ctx context.Context, r Revocation) int {
 		err = errors.New("backend " + l.Backend + " is not configured")
 	} else {
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
-		err = backend.Revoke(rctx, l.Refs)
+		sctx, span := startSpan(rctx, "latch.revoke", attrAgent.String(l.Agent), attrTask.String(l.Task), attrLease.String(l.ID),
+			attrBackend.String(l.Backend))
+		err = backend.Revoke(sctx, l.Refs)
+		endSpan(span, err)
 		cancel()
 	}
 	result := "ok"

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/latchbroker/latch/broker"
 	"github.com/latchbroker/latch/broker/api"
@@ -94,7 +95,9 @@ func (h *Handler) credentials(c *call) error {
 	if err := traceContext(c, &req); err != nil {
 		return err
 	}
-	res, err := h.svc.Issue(c.r.Context(), issueRequest(c.who.id, &req))
+	// latch's spans are children of the agent's (checked above).
+	ctx := propagation.TraceContext{}.Extract(c.r.Context(), propagation.HeaderCarrier(c.r.Header))
+	res, err := h.svc.Issue(ctx, issueRequest(c.who.id, &req))
 	if err != nil {
 		return err
 	}

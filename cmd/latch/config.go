@@ -266,6 +266,10 @@ type TelemetryConfig struct {
 	// request's trace ID with it.
 	TraceURL   string         `yaml:"trace_url"`
 	TraceURLAt strictyaml.Pos `yaml:"trace_url,pos"`
+	// OTLPEndpoint, when set, is where latch exports its spans
+	// (OTLP over HTTP, such as http://collector:4318/v1/traces).
+	OTLPEndpoint   string         `yaml:"otlp_endpoint"`
+	OTLPEndpointAt strictyaml.Pos `yaml:"otlp_endpoint,pos"`
 }
 
 // Defaults applied before the file.
@@ -427,6 +431,11 @@ func (c *Config) validate() strictyaml.Errors {
 
 	c.validateNotify(add)
 	c.validateConsole(add)
+	if u := c.Telemetry.OTLPEndpoint; u != "" {
+		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
+			add(c.Telemetry.OTLPEndpointAt, "telemetry.otlp_endpoint: expected the OTLP/HTTP traces URL, such as http://127.0.0.1:4318/v1/traces, got %q", u)
+		}
+	}
 	if u := c.Telemetry.TraceURL; u != "" {
 		if pu, err := url.Parse(strings.ReplaceAll(u, "{trace_id}", "x")); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || !strings.Contains(u, "{trace_id}") {
 			add(c.Telemetry.TraceURLAt, "telemetry.trace_url: expected an http(s) link with {trace_id} in it, such as https://jaeger.example.org/trace/{trace_id}, got %q", u)

@@ -108,6 +108,8 @@ type Server struct {
 	metrics  *promstats.Metrics
 	notifier *notify.Notifier // nil without webhooks
 	console  *console.Console // nil without console:
+	// stopTracing flushes and stops the span export (telemetry.otlp_endpoint).
+	stopTracing func(context.Context) error
 
 	// Listeners are opened by Run (listen), first thing and before
 	// anything is served, so that a bind error fails the start; APIAddr
@@ -139,6 +141,10 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	serverID, err := spiffeid.FromString(cfg.Server.ID)
 	if err != nil {
 		return nil, fmt.Errorf("server.id: %w", err)
+	}
+	host, _ := os.Hostname()
+	if s.stopTracing, err = startTracing(ctx, cfg.Telemetry.OTLPEndpoint, fmt.Sprintf("%s-%d", host, os.Getpid())); err != nil {
+		return nil, err
 	}
 	if s.store, err = openStore(ctx, cfg, log); err != nil {
 		return nil, err
@@ -377,6 +383,13 @@ func (s *Server) Close() {
 	}
 	if s.notifier != nil {
 		s.notifier.Close()
+	}
+	if s.stopTracing != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := s.stopTracing(ctx); err != nil {
+			s.log.Warn("flush the spans", "err", err)
+		}
+		cancel()
 	}
 	if s.vault != nil {
 		s.vault.Close()
