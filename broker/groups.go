@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // Groups (Grouper): a bulk revocation revokes each group's parent once.
@@ -192,7 +194,9 @@ func (s *core) revokeGroup(ctx context.Context, r Revocation, members []*Lease) 
 		refs[i] = l.Refs
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.MintTimeout)
-	err := g.RevokeGroup(rctx, r.Group, refs)
+	sctx, span := startSpan(rctx, "latch.revoke", attrBackend.String(r.Backend), attribute.Int("latch.leases", len(members)))
+	err := g.RevokeGroup(sctx, r.Group, refs)
+	endSpan(span, err)
 	cancel()
 	if err != nil {
 		s.groupRevocationFailed(ctx, r, err)
