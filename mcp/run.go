@@ -50,7 +50,8 @@ func (s *Server) runWithCredential(ctx context.Context, req *sdk.CallToolRequest
 	if err != nil {
 		return refuse(err.Error()), RunOutput{}, nil
 	}
-	creq := api.CredentialsRequest{Task: in.Task, Params: in.Params, Reason: s.reasonOf(req, in.Reason), ApprovalID: in.ApprovalID}
+	creq := api.CredentialsRequest{Task: in.Task, Params: in.Params, Reason: s.reasonOf(req, in.Reason), ApprovalID: in.ApprovalID,
+		TraceID: traceOf(req)}
 	res, err := s.broker.Credentials(ctx, creq)
 	if err != nil {
 		return toolError(err), RunOutput{}, nil
@@ -67,6 +68,17 @@ func (s *Server) runWithCredential(ctx context.Context, req *sdk.CallToolRequest
 		s.log.Warn("release the lease after the command", "lease", res.Lease.ID, "err", err)
 	}
 	return nil, out, nil
+}
+
+// traceOf is the trace ID of the call's W3C trace context, which MCP
+// clients that trace put in _meta.traceparent; "" without one.
+func traceOf(req *sdk.CallToolRequest) string {
+	tp, _ := req.Params.GetMeta()["traceparent"].(string)
+	tc, err := api.ParseTraceparent(tp)
+	if err != nil {
+		return ""
+	}
+	return tc.TraceID
 }
 
 // reasonOf is the model's reason, with the MCP client's name: the audit

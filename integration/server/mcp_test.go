@@ -157,6 +157,16 @@ func TestMCP_GoClient(t *testing.T) {
 		ExitCode int    `json:"exit_code"`
 		Output   string `json:"output"`
 	}
+	const traceID = "5bf92f3577b34da6a3ce929d0e0e4736"
+	r0, err := s.CallTool(ctx, &sdk.CallToolParams{Name: "run_with_credential", Arguments: query,
+		Meta: sdk.Meta{"traceparent": "00-" + traceID + "-00f067aa0ba902b7-01"}})
+	if err != nil || r0.IsError {
+		t.Fatalf("run_with_credential with a traceparent: %v %s", err, resultText(r0))
+	}
+	traced, err := l.admin().Leases(ctx, api.LeaseQuery{Agent: agent})
+	if err != nil || len(traced.Leases) != 1 || traced.Leases[0].TraceID != traceID || !strings.Contains(traced.Leases[0].Reason, "(via MCP client latch-test-client)") {
+		t.Fatalf("the lease of an MCP call: %+v %v, want its trace ID and the client's name in its reason", traced, err)
+	}
 	if r := call(ctx, t, s, "run_with_credential", query, &ran); r.IsError || ran.Status != "ran" || ran.ExitCode != 0 || !strings.Contains(ran.Output, "42") {
 		t.Fatalf("run_with_credential: %s %+v", resultText(r), ran)
 	}
@@ -174,8 +184,8 @@ func TestMCP_GoClient(t *testing.T) {
 	if strings.Contains(wire.String(), password) || strings.Contains(wire.String(), user) {
 		t.Fatal("a JSON-RPC message holds the database credential")
 	}
-	if n := leases(); n != 1 {
-		t.Fatalf("after one run: %d leases, want 1", n)
+	if n := leases(); n != 2 {
+		t.Fatalf("after two runs: %d leases, want 2", n)
 	}
 
 	for name, args := range map[string]map[string]any{
@@ -186,8 +196,8 @@ func TestMCP_GoClient(t *testing.T) {
 			t.Errorf("%s: %s, want a refusal before issuing", name, resultText(r))
 		}
 	}
-	if n := leases(); n != 1 {
-		t.Fatalf("refused calls issued: %d leases, want still 1", n)
+	if n := leases(); n != 2 {
+		t.Fatalf("refused calls issued: %d leases, want still 2", n)
 	}
 	denied := call(ctx, t, s, "run_with_credential", map[string]any{"task": "deploy", "reason": "x", "command": "read"}, nil)
 	if !denied.IsError || !strings.Contains(resultText(denied), "task_not_granted") {
@@ -206,7 +216,7 @@ func TestMCP_GoClient(t *testing.T) {
 		pending.Link != "https://console.example.org/approvals/"+pending.ApprovalID {
 		t.Fatalf("a critical task: %s %+v, want pending with its console link", resultText(r), pending)
 	}
-	if n := leases(); n != 1 {
+	if n := leases(); n != 2 {
 		t.Fatalf("a pending request minted: %d leases", n)
 	}
 	var status struct{ Status, Next string }
