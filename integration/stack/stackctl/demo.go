@@ -40,10 +40,18 @@ vault: { address: %s, auth: { method: approle, role_id_file: %s, secret_id_file:
 backends:
   tokens: { type: vault-token }
   app-db: { type: vault-lease, path: "database/creds/{{ .vars.role }}" }
+operators:
+  - { id: spiffe://example.org/ops/alice, roles: [approver] }
+  - { id: spiffe://example.org/ops/carol, roles: [approver] }
 agents:
   - id: spiffe://example.org/agent/report-bot
     owner: spiffe://example.org/ops/bob
-    templates: [nightly-report, close-ticket]
+    templates: [nightly-report, close-ticket, deploy, payment]
+  - id: spiffe://example.org/agent/mcp-bot
+    owner: spiffe://example.org/ops/bob
+    templates: [nightly-report]
+freeze_windows:
+  maintenance: { from: "%s", until: "%s" }
 templates_dir: templates
 `
 
@@ -68,6 +76,26 @@ policy: |
 ttl: 5m
 max_ttl: 15m
 risk: low
+`,
+	"deploy.yaml": `name: deploy
+description: Read the deploy key; never during maintenance.
+backend: tokens
+policy: |
+  path "secret/data/deploy" { capabilities = ["read"] }
+ttl: 5m
+risk: low
+windows:
+  - { window: maintenance, effect: deny }
+`,
+	"payment.yaml": `name: payment
+description: Pay one invoice from a ticket's account; two people approve.
+backend: tokens
+params:
+  ticket: { pattern: "^[0-9]{1,9}$" }
+policy: |
+  path "secret/data/tickets/{{ .params.ticket }}" { capabilities = ["read"] }
+ttl: 5m
+risk: critical
 `,
 }
 
@@ -153,6 +181,9 @@ echo "  ticket 42: $(%s kv get -field=body secret/tickets/42)"
 	if _, err := d.run(append([]string{"report"}, admin...)...); err != nil {
 		return err
 	}
+	if err := d.story(ctx); err != nil {
+		return err
+	}
 	d.stopServer(server)
 	step("The audit chain verifies offline")
 	_, err = d.run("audit", "verify", "--db", filepath.Join(d.dir, "latch.db"))
@@ -176,6 +207,10 @@ func (d *demo) writeIdentity(ctx context.Context) error {
 	}
 	agentSVID, err := d.st.SPIRE.MintX509SVID(ctx, spiffeid.RequireFromString("spiffe://example.org/agent/report-bot"), time.Hour)
 	if err != nil {
+		return err
+	}
+	if err := d.writeSVIDs(ctx, "alice", "spiffe://example.org/ops/alice", "carol", "spiffe://example.org/ops/carol",
+		"mcp-bot", "spiffe://example.org/agent/mcp-bot"); err != nil {
 		return err
 	}
 	bundle, err := d.st.SPIRE.Bundle(ctx)
@@ -210,7 +245,9 @@ func (d *demo) writeConfig(env *vaultenv.Env, store string) error {
 	d.api, d.metrics, d.sock = api, metrics, filepath.Join(d.dir, "admin.sock")
 	d.agentFlags = []string{"--addr", "https://" + api, "--cert", filepath.Join(d.dir, "agent-svid.pem"),
 		"--key", filepath.Join(d.dir, "agent-key.pem"), "--bundle", filepath.Join(d.dir, "bundle.pem")}
-	cfg := fmt.Sprintf(demoConfig, api, d.sock, metrics, store, d.st.Vault.Addr, env.RoleIDFile, env.SecretIDFile)
+	now := time.Now().UTC().Truncate(time.Second)
+	cfg := fmt.Sprintf(demoConfig, api, d.sock, metrics, store, d.st.Vault.Addr, env.RoleIDFile, env.SecretIDFile,
+		now.Add(-10*time.Minute).Format(time.RFC3339), now.Add(50*time.Minute).Format(time.RFC3339))
 	if err := os.WriteFile(filepath.Join(d.dir, "latch.yaml"), []byte(cfg), 0o600); err != nil {
 		return err
 	}
