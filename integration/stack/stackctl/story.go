@@ -94,7 +94,7 @@ func (d *demo) criticalApproval() error {
 	}
 	var got struct {
 		Lease  struct{ ID string } `json:"lease"`
-		Secret map[string]string  `json:"secret"`
+		Secret map[string]string   `json:"secret"`
 	}
 	if err := json.Unmarshal([]byte(stdout.String()), &got); err != nil || got.Secret["token"] == "" {
 		return fmt.Errorf("latch fetch --wait's output: %v", err)
