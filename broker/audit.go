@@ -33,6 +33,7 @@ const (
 	EventReconcile   EventType = "reconcile" // restart reconciliation completed or revoked an intent
 	EventConfigLoad  EventType = "config_load"
 	EventCheckpoint  EventType = "checkpoint" // a signed checkpoint of the chain: details seq, hash, jws
+	EventToolCall    EventType = "tool_call"  // an agent's MCP server reports a tool call of its model: details client, tool, trace_id
 
 	EventApprovalRequested EventType = "approval_requested" // a request needs approval: a pending approval was created
 	EventApprovalReview    EventType = "approval_review"    // an approver approved, and more approvals are needed
@@ -46,7 +47,7 @@ const (
 var EventTypes = []EventType{
 	EventRequest, EventIssue, EventAlert, EventDeny, EventViolation, EventRejected, EventFail,
 	EventRelease, EventRenew, EventRevoke, EventRevoked, EventExpire, EventIrrevocable,
-	EventPause, EventQuarantine, EventResume, EventFreeze, EventUnfreeze, EventReconcile, EventConfigLoad, EventCheckpoint,
+	EventPause, EventQuarantine, EventResume, EventFreeze, EventUnfreeze, EventReconcile, EventConfigLoad, EventCheckpoint, EventToolCall,
 	EventApprovalRequested, EventApprovalReview, EventApprovalApproved, EventApprovalDenied, EventApprovalExpired,
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"unicode"
+
+	"github.com/latchbroker/latch/templates"
 )
 
 // Refusal is a request the HTTP layer refused before the Service decided
@@ -37,6 +39,27 @@ const (
 // event, and nothing else. Errors: EUNAVAILABLE.
 func (s Audit) Reject(ctx context.Context, r Refusal) error {
 	return s.auditRefusal(ctx, r.event(EventRejected, "rejected"))
+}
+
+// ToolCall records a tool call that an agent's MCP server (latch mcp)
+// reports before it acts on it: which agent, which MCP client (as the
+// client named itself), which tool and task, and the call's trace ID.
+// Only a registered agent may report; its rate limit counts the calls.
+// Errors: EFORBIDDEN for an unknown agent, ELIMIT, EUNAVAILABLE.
+func (s Audit) ToolCall(ctx context.Context, agent, client, tool, task, traceID string) error {
+	if _, ok := s.policy.Load().Agent(agent); !ok {
+		return forbidden(string(templates.ReasonUnknownAgent), agent+" is not a registered agent")
+	}
+	if err := s.checkRate(agent); err != nil {
+		return err
+	}
+	ev := Event{Type: EventToolCall, Actor: agent, Task: clean(task, maxRefusalField), Outcome: "called",
+		Details: map[string]string{"client": clean(client, maxRefusalField), "tool": clean(tool, maxRefusalField)}}
+	if traceID != "" {
+		ev.Details["trace_id"] = traceID
+	}
+	_, err := s.apply(ctx, Change{Events: []Event{ev}})
+	return err
 }
 
 // Violation records a refusal that points at misuse — a credential that

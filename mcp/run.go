@@ -40,7 +40,9 @@ type RunOutput struct {
 }
 
 func (s *Server) runWithCredential(ctx context.Context, req *sdk.CallToolRequest, in RunInput) (*sdk.CallToolResult, RunOutput, error) {
-	s.logCall(req, "run_with_credential", in.Task)
+	if err := s.audit(ctx, req, "run_with_credential", in.Task); err != nil {
+		return toolError(err), RunOutput{}, nil
+	}
 	// Everything the configuration decides, before any credential exists.
 	cmd, ok := s.cfg.Tasks[in.Task].Commands[in.Command]
 	if !ok {

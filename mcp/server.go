@@ -19,6 +19,7 @@ type Broker interface {
 	Credentials(ctx context.Context, req api.CredentialsRequest) (*api.CredentialsResponse, error)
 	Release(ctx context.Context, leaseID string) error
 	Approval(ctx context.Context, id string) (*api.Approval, error)
+	ToolCall(ctx context.Context, call api.ToolCall) error
 }
 
 var _ Broker = (*client.Client)(nil)
@@ -72,7 +73,9 @@ type ListTasksOutput struct {
 }
 
 func (s *Server) listTasks(ctx context.Context, req *sdk.CallToolRequest, _ struct{}) (*sdk.CallToolResult, ListTasksOutput, error) {
-	s.logCall(req, "list_tasks", "")
+	if err := s.audit(ctx, req, "list_tasks", ""); err != nil {
+		return toolError(err), ListTasksOutput{}, nil
+	}
 	res, err := s.broker.Tasks(ctx)
 	if err != nil {
 		return toolError(err), ListTasksOutput{}, nil
@@ -112,7 +115,9 @@ type StatusOutput struct {
 }
 
 func (s *Server) requestStatus(ctx context.Context, req *sdk.CallToolRequest, in StatusInput) (*sdk.CallToolResult, StatusOutput, error) {
-	s.logCall(req, "request_status", "")
+	if err := s.audit(ctx, req, "request_status", ""); err != nil {
+		return toolError(err), StatusOutput{}, nil
+	}
 	a, err := s.broker.Approval(ctx, in.ApprovalID)
 	if err != nil {
 		return toolError(err), StatusOutput{}, nil
@@ -141,14 +146,24 @@ func (s *Server) link(approvalID string) string {
 	return strings.TrimSuffix(s.cfg.ConsoleURL, "/") + "/approvals/" + approvalID
 }
 
-// logCall records a tool call on stderr (the MCP client's log): which
-// client, which tool; never an argument, which may hold anything.
-func (s *Server) logCall(req *sdk.CallToolRequest, tool, task string) {
+// audit has latch record the tool call (which MCP client, tool, task and
+// trace) before the server acts on it: a call that cannot be audited is
+// not made. It logs it on stderr too, never an argument.
+func (s *Server) audit(ctx context.Context, req *sdk.CallToolRequest, tool, task string) error {
 	name := ""
 	if ci := req.ClientInfo(); ci != nil {
 		name = ci.Name
 	}
 	s.log.Info("mcp tool call", "tool", tool, "task", task, "client", name)
+	return s.broker.ToolCall(ctx, api.ToolCall{Client: clipName(name), Tool: tool, Task: task, TraceID: traceOf(req)})
+}
+
+// clipName bounds a client's name to what latch records.
+func clipName(s string) string {
+	if len(s) > api.MaxClientNameLen {
+		return strings.ToValidUTF8(s[:api.MaxClientNameLen], "")
+	}
+	return s
 }
 
 // toolError is a failed call as the model sees it: latch's message and

@@ -543,3 +543,17 @@ type TaskParam struct {
 	Pattern     string   `json:"pattern,omitempty"`
 	Default     string   `json:"default,omitempty"`
 }
+
+// ToolCall is POST /v1/tool-calls: an agent's MCP server (latch mcp)
+// reports a tool call of its model, audited before it acts on it.
+type ToolCall struct {
+	Client  string `json:"client"` // the MCP client's name, as it gave it
+	Tool    string `json:"tool"`
+	Task    string `json:"task,omitempty"`
+	TraceID string `json:"trace_id,omitempty"`
+}
+
+// ToolCallResponse answers a ToolCall once it is in the audit log.
+type ToolCallResponse struct {
+	Audited bool `json:"audited"`
+}

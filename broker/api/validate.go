@@ -76,6 +76,24 @@ func (r *CredentialsRequest) Validate() error {
 	return nil
 }
 
+// MaxClientNameLen bounds ToolCall.Client.
+const MaxClientNameLen = 128
+
+// Validate checks the report: a client name and a tool, a task name when
+// set, a token of a trace ID.
+func (r *ToolCall) Validate() error {
+	if err := text("client", r.Client, MaxClientNameLen, false); err != nil {
+		return err
+	}
+	if err := name("tool", r.Tool, true); err != nil {
+		return err
+	}
+	if err := name("task", r.Task, false); err != nil {
+		return err
+	}
+	return token("trace_id", r.TraceID)
+}
+
 // Validate checks the request.
 func (r *RenewRequest) Validate() error {
 	if r.TTL < 0 {

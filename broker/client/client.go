@@ -170,6 +170,12 @@ func (c *Client) Audit(ctx context.Context, q api.AuditQuery) (*api.AuditRespons
 	return send[api.AuditResponse](ctx, c, http.MethodGet, "/v1/audit", q.Values(), nil)
 }
 
+// ToolCall reports a tool call of the agent's model, to be audited.
+func (c *Client) ToolCall(ctx context.Context, call api.ToolCall) error {
+	var out api.ToolCallResponse
+	return c.do(ctx, http.MethodPost, "/v1/tool-calls", nil, call, &out)
+}
+
 // Tasks lists the tasks the calling agent may ask for.
 func (c *Client) Tasks(ctx context.Context) (*api.TasksResponse, error) {
 	var out api.TasksResponse

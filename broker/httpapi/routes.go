@@ -24,6 +24,7 @@ func (h *Handler) routes() {
 	h.handle("POST /v1/credentials", permAgent, h.credentials)
 	h.handle("POST /v1/explain", permAgent, h.explain)
 	h.handle("GET /v1/tasks", permAgent, h.tasks)
+	h.handle("POST /v1/tool-calls", permAgent, h.toolCall)
 	h.handle("POST /v1/leases/{id}/renew", permAgent, h.renew)
 	h.handle("DELETE /v1/leases/{id}", permAgent, h.release)
 
@@ -211,6 +212,18 @@ func (h *Handler) tasks(c *call) error {
 		}
 	}
 	return c.writeJSON(http.StatusOK, out)
+}
+
+// toolCall audits a tool call that the agent's MCP server reports.
+func (h *Handler) toolCall(c *call) error {
+	var req api.ToolCall
+	if err := c.decode(&req, false); err != nil {
+		return err
+	}
+	if err := h.svc.Audit().ToolCall(c.r.Context(), c.who.id, req.Client, req.Tool, req.Task, req.TraceID); err != nil {
+		return err
+	}
+	return c.writeJSON(http.StatusOK, api.ToolCallResponse{Audited: true})
 }
 
 // taskOut is a granted template as GET /v1/tasks shows it; whether it

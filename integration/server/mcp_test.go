@@ -224,6 +224,23 @@ func TestMCP_GoClient(t *testing.T) {
 	if status.Status != "pending" || !strings.Contains(status.Next, "A person must approve") {
 		t.Fatalf("request_status = %+v", status)
 	}
+
+	audit, err := l.admin().Audit(ctx, api.AuditQuery{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := map[string]int{}
+	for _, ev := range audit.Events {
+		if ev.Type == "tool_call" && ev.Actor == agent && ev.Details["client"] == "latch-test-client" {
+			calls[ev.Details["tool"]]++
+			if ev.Details["trace_id"] == traceID {
+				calls["traced"]++
+			}
+		}
+	}
+	if calls["list_tasks"] != 1 || calls["run_with_credential"] != 6 || calls["request_status"] != 1 || calls["traced"] != 1 {
+		t.Fatalf("audited tool calls = %v, want every call (1 list_tasks, 6 run_with_credential, 1 request_status), one with its trace", calls)
+	}
 }
 
 // TestMCP_TypeScriptClient: the official MCP TypeScript SDK's client (a
