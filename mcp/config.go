@@ -3,6 +3,7 @@ package mcp
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -80,12 +81,12 @@ func (c *Config) check() error {
 	if len(c.Tasks) == 0 {
 		errs = append(errs, errors.New("tasks: name at least one task, with the commands it may run"))
 	}
-	for _, task := range sortedKeys(c.Tasks) {
+	for _, task := range slices.Sorted(maps.Keys(c.Tasks)) {
 		t := c.Tasks[task]
 		if len(t.Commands) == 0 {
 			errs = append(errs, fmt.Errorf("tasks.%s.commands: name at least one command", task))
 		}
-		for _, name := range sortedKeys(t.Commands) {
+		for _, name := range slices.Sorted(maps.Keys(t.Commands)) {
 			cmd := t.Commands[name]
 			errs = append(errs, cmd.check(fmt.Sprintf("tasks.%s.commands.%s", task, name))...)
 			t.Commands[name] = cmd
@@ -112,7 +113,7 @@ func (cmd *CommandConfig) check(path string) []error {
 		}
 		a.re = re
 	}
-	for _, v := range append(sortedKeys(cmd.Env), sortedKeys(cmd.SetEnv)...) {
+	for _, v := range append(slices.Sorted(maps.Keys(cmd.Env)), slices.Sorted(maps.Keys(cmd.SetEnv))...) {
 		if !validEnvName(v) {
 			errs = append(errs, fmt.Errorf("%s: %q is not an environment variable name", path, v))
 		}
@@ -158,13 +159,4 @@ func validEnvName(s string) bool {
 		}
 	}
 	return true
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -100,10 +101,10 @@ func (s *Server) run(ctx context.Context, cmd CommandConfig, argv []string, secr
 	defer cancel()
 	c := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	c.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
-	for _, k := range sortedKeys(cmd.SetEnv) {
+	for _, k := range slices.Sorted(maps.Keys(cmd.SetEnv)) {
 		c.Env = append(c.Env, k+"="+cmd.SetEnv[k])
 	}
-	for _, k := range sortedKeys(cmd.Env) {
+	for _, k := range slices.Sorted(maps.Keys(cmd.Env)) {
 		c.Env = append(c.Env, k+"="+secret[cmd.Env[k]])
 	}
 	buf := &capped{max: cmd.MaxOutput + longest(secret)}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 
 	sdk "github.com/modelcontextprotocol/go-sdk/mcp"
@@ -87,7 +89,7 @@ func (s *Server) listTasks(ctx context.Context, req *sdk.CallToolRequest, _ stru
 			continue // granted, but not offered to the model
 		}
 		info := TaskInfo{Task: t}
-		for _, name := range sortedKeys(tc.Commands) {
+		for _, name := range slices.Sorted(maps.Keys(tc.Commands)) {
 			c := tc.Commands[name]
 			ci := CommandInfo{Name: name, Description: c.Description}
 			for _, a := range c.Args {
