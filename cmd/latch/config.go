@@ -431,6 +431,18 @@ func (c *Config) validate() strictyaml.Errors {
 
 	c.validateNotify(add)
 	c.validateConsole(add)
+	c.validateTelemetry(add)
+	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
+		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
+	}
+	if c.TemplatesDir == "" {
+		add(c.TemplatesDirAt, "templates_dir must not be empty")
+	}
+	return errs
+}
+
+// validateTelemetry checks telemetry:'s URLs.
+func (c *Config) validateTelemetry(add func(p strictyaml.Pos, format string, args ...any)) {
 	if u := c.Telemetry.OTLPEndpoint; u != "" {
 		if pu, err := url.Parse(u); err != nil || (pu.Scheme != "https" && pu.Scheme != "http") || pu.Host == "" {
 			add(c.Telemetry.OTLPEndpointAt, "telemetry.otlp_endpoint: expected the OTLP/HTTP traces URL, such as http://127.0.0.1:4318/v1/traces, got %q", u)
@@ -441,13 +453,6 @@ func (c *Config) validate() strictyaml.Errors {
 			add(c.Telemetry.TraceURLAt, "telemetry.trace_url: expected an http(s) link with {trace_id} in it, such as https://jaeger.example.org/trace/{trace_id}, got %q", u)
 		}
 	}
-	if ap := c.AutoPause; ap.Enabled() && (ap.Denials < 1 || ap.Window <= 0) {
-		add(ap.At, "auto_pause: needs denials ≥ 1 and a window > 0, such as { denials: 5, window: 10m }; leave auto_pause out to never pause automatically")
-	}
-	if c.TemplatesDir == "" {
-		add(c.TemplatesDirAt, "templates_dir must not be empty")
-	}
-	return errs
 }
 
 // validateNotify checks notify:; add records an error as validate does.

@@ -132,6 +132,10 @@ func TestLoadConfig_Errors(t *testing.T) {
 			`FILE:11:20: console.listen: must differ from server.listen and server.metrics_listen`,
 			`FILE:11:43: console.url: expected the https address people open, such as https://latch.example.org:8444, got "https://latch.example.org/console"`,
 		}},
+		{"telemetry wrong", minimalConfigYAML + "telemetry: { trace_url: \"https://traces.example.org/x\", otlp_endpoint: \"ftp://c:4318\" }\n", nil, []string{
+			`FILE:10:25: telemetry.trace_url: expected an http(s) link with {trace_id} in it, such as https://jaeger.example.org/trace/{trace_id}, got "https://traces.example.org/x"`,
+			`FILE:10:72: telemetry.otlp_endpoint: expected the OTLP/HTTP traces URL, such as http://127.0.0.1:4318/v1/traces, got "ftp://c:4318"`,
+		}},
 		{"store path and etcd", strings.Replace(minimalConfigYAML, "store: { path: latch.db }", "store: { path: latch.db, etcd: { endpoints: [\"http://127.0.0.1:2379\"] } }", 1), nil, []string{
 			`FILE:3:32: store: set path or etcd, not both`,
 		}},
