@@ -62,7 +62,7 @@ func (r *CredentialsRequest) Validate() error {
 			return err
 		}
 	}
-	if err := text("reason", r.Reason, MaxReasonLen, false); err != nil {
+	if err := multiline("reason", r.Reason, MaxReasonLen); err != nil {
 		return err
 	}
 	if r.TTL < 0 {
@@ -213,6 +213,21 @@ func token(field, s string) error {
 		if !(c < utf8.RuneSelf && (c == '.' || c == '_' || c == ':' || c == '-' || unicode.IsLetter(c) || unicode.IsDigit(c))) {
 			return fieldErr(field, "may hold only letters, digits and . _ : - (found %q)", c)
 		}
+	}
+	return nil
+}
+
+// multiline checks free text of several lines, such as an LLM agent's
+// reason: as text, with newlines allowed too (every place a reason is
+// shown escapes or breaks them for where it goes).
+func multiline(field, s string, max int) *FieldError {
+	for line := range strings.SplitSeq(s, "\n") {
+		if err := text(field, strings.TrimSuffix(line, "\r"), max, false); err != nil {
+			return err
+		}
+	}
+	if len(s) > max {
+		return fieldErr(field, "is %d bytes long, at most %d", len(s), max)
 	}
 	return nil
 }

@@ -30,6 +30,7 @@ func TestDecodeJSON(t *testing.T) {
 		{"Full", `{"task":"report","params":{"region":"eu"},"reason":"r","ttl":"5m","request_id":"a-1","trace_id":"t:1","approval_id":"x"}`, ""},
 		{"WhiteSpace", " \n\t{ \"task\" : \"report\" }\r\n ", ""},
 		{"EmptyParams", `{"task":"report","params":{}}`, ""},
+		{"MultiLineReason", `{"task":"report","reason":"an LLM's reason:\n- the ticket is open\n\t- and assigned to me\r\n"}`, ""},
 		{"NullParams", `{"task":"report","params":null}`, ""},
 		{"Empty", ``, reasonEmptyBody},
 		{"Blank", `   `, reasonEmptyBody},
@@ -54,7 +55,8 @@ func TestDecodeJSON(t *testing.T) {
 		{"NoTask", `{}`, reasonInvalidField},
 		{"TaskSpace", `{"task":"a b"}`, reasonInvalidField},
 		{"LongReason", `{"task":"a","reason":"` + strings.Repeat("r", api.MaxReasonLen+1) + `"}`, reasonInvalidField},
-		{"ControlInReason", `{"task":"a","reason":"line\nbreak"}`, reasonInvalidField},
+		{"ControlInReason", `{"task":"a","reason":"line\u001b[2Jbreak"}`, reasonInvalidField},
+		{"ControlInLineOfReason", `{"task":"a","reason":"one line\nand a bell\u0007"}`, reasonInvalidField},
 		{"TooManyParams", `{"task":"a","params":{` + manyParams(api.MaxParams+1) + `}}`, reasonInvalidField},
 	}
 	for _, tt := range tests {

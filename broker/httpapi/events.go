@@ -40,8 +40,9 @@ func eventFilter(agent, types string) (broker.EventFilter, error) {
 // stops reading is dropped instead of holding a goroutine forever.
 const sseWriteTimeout = 30 * time.Second
 
-// events streams audit events as Server-Sent Events: "id: <seq>" and
-// "data: <api.Event JSON>", with comment lines as heartbeats. Without
+// events streams audit events as Server-Sent Events: "event: <type>",
+// "id: <seq>" and "data: <api.Event JSON>", with comment lines as
+// heartbeats. Without
 // after (or Last-Event-ID) the stream starts at the newest event; with
 // it, the events after that sequence number are replayed first. The
 // Service's follower (Audit.Follow) makes the stream complete and in
@@ -127,7 +128,10 @@ func (s *sseStream) serve(h *Handler, cursor uint64, f broker.EventFilter) error
 		case evs := <-batches:
 			for _, e := range evs {
 				b, _ := json.Marshal(EventOut(e)) // strings, times, integers: cannot fail
-				fmt.Fprintf(&s.buf, "id: %d\ndata: %s\n\n", e.Seq, b)
+				// The type as the SSE event name, for
+				// EventSource.addEventListener("issue", …); no
+				// event type is "error", the stream's own.
+				fmt.Fprintf(&s.buf, "event: %s\nid: %d\ndata: %s\n\n", e.Type, e.Seq, b)
 			}
 		}
 		if err := s.flush(); err != nil {

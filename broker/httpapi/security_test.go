@@ -318,7 +318,7 @@ func TestAPI_EventsWire(t *testing.T) {
 		}
 		return lines.Text()
 	}
-	for _, want := range []string{": latch audit events", "", "id: 4"} {
+	for _, want := range []string{": latch audit events", "", "event: unfreeze", "id: 4"} {
 		if got := next(); got != want {
 			t.Fatalf("line %q, want %q", got, want)
 		}

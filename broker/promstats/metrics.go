@@ -121,6 +121,18 @@ func New() *Metrics {
 		}),
 		active: map[string]bool{},
 	}
+	// The outcomes alerts are written on exist from the start, at zero:
+	// a rule on irrevocable revocations or dead webhooks can be tested
+	// before the first one happens.
+	for _, r := range []string{"ok", "retry", "irrevocable", "expires"} {
+		m.revocations.WithLabelValues(r)
+	}
+	for _, r := range []string{"delivered", "failed", "dead", "dropped"} {
+		m.webhooks.WithLabelValues(r)
+	}
+	for _, o := range []string{"issued", "pending", "denied", "limited", "failed"} {
+		m.requests.WithLabelValues(o, "")
+	}
 	m.reg.MustRegister(
 		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations, m.refused,
 		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration, m.webhooks, m.outbox, m.approvals,

@@ -195,3 +195,19 @@ func TestWebhookMetrics(t *testing.T) {
 		}
 	}
 }
+
+// The outcome series alerts are written on are there at zero before
+// anything happens.
+func TestMetrics_OutcomesAtZero(t *testing.T) {
+	out := scrape(t, promstats.New())
+	for _, want := range []string{
+		`latch_revocations_total{result="irrevocable"} 0`, `latch_revocations_total{result="ok"} 0`,
+		`latch_revocations_total{result="retry"} 0`, `latch_revocations_total{result="expires"} 0`,
+		`latch_webhook_deliveries_total{result="dead"} 0`, `latch_webhook_deliveries_total{result="failed"} 0`,
+		`latch_requests_total{outcome="failed",reason=""} 0`, `latch_requests_total{outcome="denied",reason=""} 0`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("a new registry lacks %s", want)
+		}
+	}
+}

@@ -290,3 +290,13 @@ func TestLoadConfig_DeadLetterTTL(t *testing.T) {
 		})
 	}
 }
+
+func TestWebhookKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"SECRET\n": "SECRET", "SECRET\r\n": "SECRET", "SECRET": "SECRET", "SECRET\n\n": "SECRET\n", " SECRET \n": " SECRET ", "SECRET\r": "SECRET\r",
+	} {
+		if got := string(webhookKey([]byte(in))); got != want {
+			t.Errorf("webhookKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

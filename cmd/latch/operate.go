@@ -107,7 +107,8 @@ func runLeaseShow(c *cli.Context, args []string, connect connector) error {
 	tw := newTable(c.App.Writer)
 	row := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+			// A multi-line value (an agent's reason) goes on in its column.
+			fmt.Fprintf(tw, "%s:\t%s\n", k, strings.ReplaceAll(v, "\n", "\n\t"))
 		}
 	}
 	row("ID", l.ID)

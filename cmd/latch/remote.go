@@ -48,7 +48,7 @@ const connCategory = "Connection"
 func connFlags(operator bool) []cli.Flag {
 	fs := []cli.Flag{
 		&cli.StringFlag{Name: "addr", Category: connCategory, EnvVars: []string{"LATCH_ADDR"}, Value: defaultAddr,
-			Usage: "latch server `URL`"},
+			Usage: "latch server `URL`, or host:port as in server.listen (https implied)"},
 		&cli.StringFlag{Name: "server-id", Category: connCategory, EnvVars: []string{"LATCH_SERVER_ID"}, Value: defaultServerID,
 			Usage: "the latch server's SPIFFE `ID`: the server must prove it with its X.509-SVID"},
 		&cli.BoolFlag{Name: "jwt", Category: connCategory, EnvVars: []string{"LATCH_JWT"},
@@ -139,13 +139,22 @@ func dial(c *cli.Context) (cl *client.Client, closeFn func(), err error) {
 	}
 	hc, err := attest.NewHTTPClient(src, sid, method)
 	if err == nil {
-		cl, err = client.New(hc, c.String("addr"))
+		cl, err = client.New(hc, serverURL(c.String("addr")))
 	}
 	if err != nil {
 		src.Close()
 		return nil, nil, err
 	}
 	return cl, func() { src.Close() }, nil
+}
+
+// serverURL takes --addr as a URL, or as host:port as server.listen
+// writes it (https implied).
+func serverURL(addr string) string {
+	if strings.Contains(addr, "://") {
+		return addr
+	}
+	return "https://" + addr
 }
 
 // sessionFor returns the session latch login kept, for an operator

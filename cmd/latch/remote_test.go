@@ -775,7 +775,7 @@ func TestReport(t *testing.T) {
 	}
 	// Both were granted moments ago: none is unused for an hour.
 	table, errOut, code = e.run("", cmd([]string{"report", "--unused", "1h"}, e.as(rtViewer))...)
-	if code != 0 || strings.Contains(table, "report-*") || !strings.Contains(errOut, "0 grant(s) unused for 1h or more") {
+	if code != 0 || strings.Contains(table, "report-*") || !strings.Contains(errOut, "no grant unused for 1h or more: a grant counts from the day it was granted") {
 		t.Fatalf("report --unused 1h: exit %d\n%s%s", code, table, errOut)
 	}
 	if _, errOut, code := e.run("", cmd([]string{"report", "--unused", "30days"}, e.as(rtViewer))...); code != exitUsage || !strings.Contains(errOut, "30d") {
@@ -783,5 +783,32 @@ func TestReport(t *testing.T) {
 	}
 	if _, _, code := e.run("", cmd([]string{"report"}, e.as(rtAgent))...); code != 3 {
 		t.Fatalf("an agent reading the report: exit %d, want 3", code)
+	}
+}
+
+// The CLI reaches the server by --addr host:port, as server.listen
+// writes it.
+func TestFetch_AddrHostPort(t *testing.T) {
+	e := newRTEnv(t)
+	flags := e.as(rtAgent)
+	flags[1] = strings.TrimPrefix(e.url, "https://")
+	out := e.mustRun(cmd([]string{"fetch", "--task", "report", "-p", "region=eu", "--reason", "nightly run"}, flags)...)
+	if !strings.Contains(out, "export LATCH_LEASE_ID='") {
+		t.Fatalf("fetch --addr %s: %s", flags[1], out)
+	}
+}
+
+// --addr takes host:port as server.listen writes it, or a URL.
+func TestServerURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"127.0.0.1:8443":         "https://127.0.0.1:8443",
+		"latch.internal:8443":    "https://latch.internal:8443",
+		"https://127.0.0.1:8443": "https://127.0.0.1:8443",
+		"http://admin-socket":    "http://admin-socket",
+		"[::1]:8443":             "https://[::1]:8443",
+	} {
+		if got := serverURL(in); got != want {
+			t.Errorf("serverURL(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

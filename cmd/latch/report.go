@@ -59,6 +59,9 @@ func runReport(c *cli.Context, args []string, connect connector) error {
 		return err
 	}
 	switch {
+	case unused > 0 && len(res.Grants) == 0:
+		fmt.Fprintf(c.App.ErrWriter, "no grant unused for %s or more: a grant counts from the day it was granted (or last used), "+
+			"so a new one is listed only once it has gone unused that long\n", fmtAge(unused))
 	case unused > 0:
 		fmt.Fprintf(c.App.ErrWriter, "%d grant(s) unused for %s or more\n", len(res.Grants), fmtAge(unused))
 	default:

@@ -436,7 +436,7 @@ func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics, handoff 
 			if err != nil {
 				return nil, fmt.Errorf("notify.webhooks[%d].secret_file: %w", i, err)
 			}
-			h.Secret = []byte(strings.TrimSpace(string(secret)))
+			h.Secret = webhookKey(secret)
 		}
 		hooks = append(hooks, h)
 	}
@@ -446,6 +446,17 @@ func newNotifier(cfg *Config, log *slog.Logger, metrics notify.Metrics, handoff 
 		nc.ConsoleURL = cfg.Console.URL
 	}
 	return notify.New(nc)
+}
+
+// webhookKey is a secret_file's HMAC key: its contents less one trailing
+// newline (as echo SECRET > file leaves), as the README says; nothing
+// else is trimmed, so a receiver keyed by the README agrees.
+func webhookKey(file []byte) []byte {
+	s, ok := strings.CutSuffix(string(file), "\n")
+	if ok {
+		s = strings.TrimSuffix(s, "\r")
+	}
+	return []byte(s)
 }
 
 // openConsole builds the web console when console: and oidc: are set.

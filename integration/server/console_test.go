@@ -175,7 +175,7 @@ func TestConsole_CriticalApprovedByTwoPeople(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	agent := payPrefix + "invoice-bot"
-	id, fetched := e.waitingFetch(ctx, t, agent, "42", "pay invoice 42 to ACME, requested by the month-end run")
+	id, fetched := e.waitingFetch(ctx, t, agent, "42", "pay invoice 42 to ACME\nrequested by the month-end run")
 
 	link := e.hook.first("approval_requested").URL
 	if link != e.url+"/approvals/"+id {

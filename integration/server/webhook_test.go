@@ -2,11 +2,21 @@ package server
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/latchbroker/latch/broker/api"
+	"github.com/latchbroker/latch/integration/vaultenv"
 )
 
 // TestServer_WebhookOutage: while the webhook receiver is down, requests
@@ -84,5 +94,47 @@ func TestServer_Alert(t *testing.T) {
 	}
 	if alerts != 1 {
 		t.Fatalf("%d alert deliveries, want 1 (the low-tier lease raises none)", alerts)
+	}
+}
+
+// TestServer_WebhookReceiverFromREADME: a receiver written from the
+// README's words alone — HMAC-SHA256 of timestamp + "." + body, keyed
+// with the secret file's contents less one trailing newline — verifies
+// every delivery of a key file written by echo SECRET > file.
+func TestServer_WebhookReceiverFromREADME(t *testing.T) {
+	key := " s3cret from echo " // spaces are the key's: only the newline goes
+	var verified, refused atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mac := hmac.New(sha256.New, []byte(key))
+		mac.Write([]byte(r.Header.Get("X-Latch-Timestamp") + "." + string(body)))
+		want := "sha256=" + hex.EncodeToString(mac.Sum(nil))
+		if !hmac.Equal([]byte(want), []byte(r.Header.Get("X-Latch-Signature"))) {
+			refused.Add(1)
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		verified.Add(1)
+	}))
+	t.Cleanup(srv.Close)
+	keyFile := filepath.Join(t.TempDir(), "webhook.key")
+	writeFile(t, keyFile, []byte(key+"\n")) // what echo leaves
+	l := startLatchWith(t, latchOptions{Notify: fmt.Sprintf("notify:\n  webhooks:\n    - { url: %q, secret_file: %q, events: [violation] }\n", srv.URL, keyFile)})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for i := range 3 {
+		// An agent asking for a task it is not granted: a violation each.
+		if _, err := l.client(agentPrefix+"hook-bot").Credentials(ctx, api.CredentialsRequest{Task: "deploy", Reason: fmt.Sprint(i)}); err == nil {
+			t.Fatal("deploy was granted")
+		}
+	}
+	vaultenv.Eventually(t, 30*time.Second, func() error {
+		if n := verified.Load(); n < 3 {
+			return fmt.Errorf("%d deliveries verified, %d refused", n, refused.Load())
+		}
+		return nil
+	})
+	if n := refused.Load(); n != 0 {
+		t.Fatalf("%d deliveries did not verify as the README describes", n)
 	}
 }
