@@ -1,9 +1,12 @@
 package api
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/url"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -15,7 +18,7 @@ type CredentialsRequest struct {
 	// Task is the template name.
 	Task string `json:"task"`
 	// Params are the template's parameters.
-	Params map[string]string `json:"params,omitempty"`
+	Params Params `json:"params,omitempty"`
 	// Reason says why the agent needs the credential: audited, and shown
 	// to approvers.
 	Reason string `json:"reason,omitempty"`
@@ -556,4 +559,48 @@ type ToolCall struct {
 // ToolCallResponse answers a ToolCall once it is in the audit log.
 type ToolCallResponse struct {
 	Audited bool `json:"audited"`
+}
+
+// Params are a request's task parameters: names to string values. A
+// value that is not a JSON string is refused naming the parameter
+// (params.ticket), not the whole map.
+type Params map[string]string
+
+// UnmarshalJSON decodes the parameters one by one.
+func (p *Params) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	if raw == nil {
+		*p = nil
+		return nil
+	}
+	out := make(Params, len(raw))
+	for k, v := range raw {
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return &json.UnmarshalTypeError{Value: jsonKind(v), Type: reflect.TypeFor[string](), Field: k} // encoding/json puts "params." before it
+		}
+		out[k] = s
+	}
+	*p = out
+	return nil
+}
+
+// jsonKind names the kind of a JSON value, as encoding/json's errors do.
+func jsonKind(v json.RawMessage) string {
+	switch v = bytes.TrimSpace(v); {
+	case len(v) == 0:
+		return "value"
+	case v[0] == '{':
+		return "object"
+	case v[0] == '[':
+		return "array"
+	case v[0] == 't' || v[0] == 'f':
+		return "bool"
+	case v[0] == '"':
+		return "string"
+	}
+	return "number"
 }

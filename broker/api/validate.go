@@ -58,8 +58,14 @@ func (r *CredentialsRequest) Validate() error {
 			err.Problem = "parameter name: " + err.Problem
 			return err
 		}
-		if err := text("params."+k, v, MaxParamValueLen, false); err != nil {
-			return err
+		// Only the size and the encoding here: what a value may hold is
+		// the template's to say (a control character is refused there,
+		// as param_constraint, like any value outside the constraint).
+		if len(v) > MaxParamValueLen {
+			return fieldErr("params."+k, "is %d bytes long, at most %d", len(v), MaxParamValueLen)
+		}
+		if !utf8.ValidString(v) {
+			return fieldErr("params."+k, "is not valid UTF-8")
 		}
 	}
 	if err := multiline("reason", r.Reason, MaxReasonLen); err != nil {

@@ -55,7 +55,7 @@ func TestAPI_Malformed(t *testing.T) {
 		{"Null", "POST", "/v1/credentials", json, `null`, 400, "not_an_object", "must be a JSON object"},
 		{"DuplicateKey", "POST", "/v1/credentials", json, `{"task":"report","task":"admin"}`, 400, "duplicate_key", `duplicate key "task"`},
 		{"DuplicateParam", "POST", "/v1/credentials", json, `{"task":"report","params":{"region":"eu","region":"us"}}`, 400, "duplicate_key", `"params"`},
-		{"WrongType", "POST", "/v1/credentials", json, `{"task":"report","params":{"region":1}}`, 400, "wrong_type", `field "params": want a string, got JSON number`},
+		{"WrongType", "POST", "/v1/credentials", json, `{"task":"report","params":{"region":1}}`, 400, "wrong_type", `field "params.region": want a string, got JSON number`},
 		{"TTLNumber", "POST", "/v1/credentials", json, `{"task":"report","ttl":600}`, 400, "wrong_type", `"ttl"`},
 		{"TTLNegative", "POST", "/v1/credentials", json, `{"task":"report","ttl":"-5m"}`, 400, "invalid_field", `"ttl"`},
 		{"MissingTask", "POST", "/v1/credentials", json, `{"params":{"region":"eu"}}`, 400, "invalid_field", `"task": is required`},

@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/latchbroker/latch/broker/api"
@@ -53,6 +54,30 @@ func TestCredentials_Traceparent(t *testing.T) {
 		status, b := send(tc.traceparent, tc.body)
 		if got := apiError(t, b); status != 400 || len(got.Reasons) == 0 || got.Reasons[0] != "bad_trace_context" {
 			t.Errorf("%s: %d %s, want 400 bad_trace_context", name, status, b)
+		}
+	}
+}
+
+// A bad parameter value is one class whatever is wrong with it: a
+// control character and a quote are both the template's refusal
+// (403 param_constraint, naming the parameter); a value that is no
+// string at all is malformed, naming the parameter too.
+func TestCredentials_BadParamValues(t *testing.T) {
+	e := newEnv(t)
+	for name, tc := range map[string]struct {
+		body   string
+		status int
+		reason string
+		names  string
+	}{
+		"control character": {`{"task":"report","params":{"region":"eu\u0000"}}`, 403, "param_constraint", "region"},
+		"quote":             {`{"task":"report","params":{"region":"eu\""}}`, 403, "param_constraint", "region"},
+		"number":            {`{"task":"report","params":{"region":7}}`, 400, "wrong_type", "params.region"},
+	} {
+		status, _, b := e.raw(reportBot, "POST", "/v1/credentials", "application/json", []byte(tc.body))
+		got := apiError(t, b)
+		if status != tc.status || len(got.Reasons) == 0 || got.Reasons[0] != tc.reason || !strings.Contains(got.Message, tc.names) {
+			t.Errorf("%s: %d %+v, want %d %s naming %s", name, status, got, tc.status, tc.reason, tc.names)
 		}
 	}
 }
