@@ -62,9 +62,11 @@ func lowerHex(s string, n int) bool {
 	return true
 }
 
+// clipTrace keeps enough of a header for a message: quoted (%q), even
+// 40 bytes of control characters stay short.
 func clipTrace(s string) string {
-	if len(s) > 80 {
-		return s[:80] + "…"
+	if len(s) > 40 {
+		return strings.ToValidUTF8(s[:40], "") + "…"
 	}
 	return s
 }
