@@ -55,7 +55,7 @@ func TestServer_Report(t *testing.T) {
 	if !after.Grants[0].LastUsed.Equal(before.Grants[0].LastUsed) || !after.Grants[1].Since.Equal(before.Grants[1].Since) {
 		t.Fatalf("report changed across a restart:\nbefore %+v\nafter  %+v", before.Grants, after.Grants)
 	}
-	if r := l.cli(ctx, nil, "report", "--unused", "1h", "--admin-socket", l.socket); r.code != 0 || !strings.Contains(r.stderr, "0 grant(s) unused for 1h") {
+	if r := l.cli(ctx, nil, "report", "--unused", "1h", "--admin-socket", l.socket); r.code != 0 || !strings.Contains(r.stderr, "no grant unused for 1h or more") {
 		t.Fatalf("latch report --unused 1h over the admin socket: %s", r)
 	}
 }
