@@ -292,6 +292,12 @@ func runExec(c *cli.Context) error {
 		ctx, cancel := context.WithTimeout(context.Background(), remoteCallTimeout)
 		err := cl.Release(ctx, res.Lease.ID)
 		cancel()
+		if ce, ok := errors.AsType[*client.Error](err); ok && ce.Code == api.CodeConflict {
+			// Revoked or expired while the command ran (a quarantine, a
+			// revoke): there is nothing left to release.
+			fmt.Fprintf(c.App.ErrWriter, "latch: lease %s ended while the command ran (%s); nothing to release\n", res.Lease.ID, ce.Message)
+			err = nil
+		}
 		if err != nil {
 			fmt.Fprintf(c.App.ErrWriter, "latch: WARNING: release lease %s: %v; it stays valid until %s unless revoked (latch revoke %s --reason ...)\n",
 				res.Lease.ID, err, fmtTime(res.Lease.ExpiresAt), res.Lease.ID)

@@ -576,6 +576,34 @@ func TestExec_RunsWithSecretAndReleases(t *testing.T) {
 	}
 }
 
+// A lease revoked while its command runs (an operator's quarantine) is
+// no failure of exec's: it says the lease ended and keeps the command's
+// exit status.
+func TestExec_LeaseRevokedWhileRunning(t *testing.T) {
+	e := newRTEnv(t)
+	dir := t.TempDir()
+	started, revoked := filepath.Join(dir, "started"), filepath.Join(dir, "revoked")
+	script := `echo "$LATCH_LEASE_ID" > ` + started + `; while [ ! -e ` + revoked + ` ]; do sleep 0.05; done; exit 0`
+	go func() {
+		for {
+			id, err := os.ReadFile(started)
+			if err == nil && len(id) > 1 {
+				_, err := e.svc.Leases().Revoke(context.Background(), "admin-socket", "test", broker.RevokeSelector{Lease: strings.TrimSpace(string(id))})
+				if err != nil {
+					t.Error(err)
+				}
+				os.WriteFile(revoked, nil, 0o600)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	_, errOut, code := e.run("", cmd([]string{"exec", "--task", "report", "-p", "region=us", "--reason", "job"}, e.as(rtAgent), []string{"--", "sh", "-c", script})...)
+	if code != 0 || !strings.Contains(errOut, "ended while the command ran") || strings.Contains(errOut, "WARNING") {
+		t.Fatalf("exec after its lease was revoked: exit %d\n%s", code, errOut)
+	}
+}
+
 func TestAuditTail(t *testing.T) {
 	e := newRTEnv(t)
 	for range 3 {
