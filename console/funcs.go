@@ -4,6 +4,8 @@ import (
 	"html/template"
 	"maps"
 	"time"
+
+	"github.com/latchbroker/latch/broker/api"
 )
 
 // funcs are the pages' template functions.
@@ -19,7 +21,5 @@ var funcs = template.FuncMap{
 	},
 	"rfc3339": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"clock":   func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05 UTC") },
-	"states": func() []string {
-		return []string{"pending", "active", "revoking", "revoked", "expired", "failed", "irrevocable"}
-	},
+	"states":  func() []string { return api.LeaseStates },
 }

@@ -55,18 +55,17 @@ type loginState struct {
 
 // cookies encodes and decodes the console's cookies.
 type cookies struct {
-	codec     *securecookie.SecureCookie
-	lifetime  time.Duration
-	idle      time.Duration
-	now       func() time.Time
-	sameSiteL http.SameSite // the login cookie's: it must survive the provider's redirect back
+	codec    *securecookie.SecureCookie
+	lifetime time.Duration
+	idle     time.Duration
+	now      func() time.Time
 }
 
 func newCookies(keys []byte, lifetime, idle time.Duration, now func() time.Time) *cookies {
 	codec := securecookie.New(keys[:32], keys[32:])
 	codec.SetSerializer(securecookie.JSONEncoder{})
 	codec.MaxAge(int(lifetime / time.Second))
-	return &cookies{codec: codec, lifetime: lifetime, idle: idle, now: now, sameSiteL: http.SameSiteLaxMode}
+	return &cookies{codec: codec, lifetime: lifetime, idle: idle, now: now}
 }
 
 // errNoSession is a request without a live session: sign in.
@@ -109,7 +108,9 @@ func (c *cookies) setLogin(w http.ResponseWriter, l *loginState) error {
 		return err
 	}
 	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: v, Path: "/", MaxAge: int(loginTTL / time.Second),
-		Secure: true, HttpOnly: true, SameSite: c.sameSiteL})
+		// Lax, not Strict: it must come back with the provider's
+		// redirect, a navigation from another site.
+		Secure: true, HttpOnly: true, SameSite: http.SameSiteLaxMode})
 	return nil
 }
 

@@ -121,9 +121,20 @@ func New() *Metrics {
 		}),
 		active: map[string]bool{},
 	}
-	// The outcomes alerts are written on exist from the start, at zero:
-	// a rule on irrevocable revocations or dead webhooks can be tested
-	// before the first one happens.
+	m.outcomesAtZero()
+	m.reg.MustRegister(
+		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations, m.refused,
+		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration, m.webhooks, m.outbox, m.approvals,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// outcomesAtZero makes the outcome series alerts are written on exist
+// from the start, at zero: a rule on irrevocable revocations or dead
+// webhooks can be tested before the first one happens.
+func (m *Metrics) outcomesAtZero() {
 	for _, r := range []string{"ok", "retry", "irrevocable", "expires"} {
 		m.revocations.WithLabelValues(r)
 	}
@@ -133,13 +144,6 @@ func New() *Metrics {
 	for _, o := range []string{"issued", "pending", "denied", "limited", "failed"} {
 		m.requests.WithLabelValues(o, "")
 	}
-	m.reg.MustRegister(
-		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations, m.refused,
-		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration, m.webhooks, m.outbox, m.approvals,
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
-	return m
 }
 
 // Registry is the registry the metrics live on, for callers that add

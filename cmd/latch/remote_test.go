@@ -581,22 +581,25 @@ func TestExec_RunsWithSecretAndReleases(t *testing.T) {
 // exit status.
 func TestExec_LeaseRevokedWhileRunning(t *testing.T) {
 	e := newRTEnv(t)
+	// Two FIFOs carry the signals: the command writes its lease ID to
+	// one, the test revokes the lease and answers on the other.
 	dir := t.TempDir()
 	started, revoked := filepath.Join(dir, "started"), filepath.Join(dir, "revoked")
-	script := `echo "$LATCH_LEASE_ID" > ` + started + `; while [ ! -e ` + revoked + ` ]; do sleep 0.05; done; exit 0`
-	go func() {
-		for {
-			id, err := os.ReadFile(started)
-			if err == nil && len(id) > 1 {
-				_, err := e.svc.Leases().Revoke(context.Background(), "admin-socket", "test", broker.RevokeSelector{Lease: strings.TrimSpace(string(id))})
-				if err != nil {
-					t.Error(err)
-				}
-				os.WriteFile(revoked, nil, 0o600)
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
+	for _, p := range []string{started, revoked} {
+		if err := syscall.Mkfifo(p, 0o600); err != nil {
+			t.Fatal(err)
 		}
+	}
+	script := `echo "$LATCH_LEASE_ID" > ` + started + `; read done < ` + revoked + `; exit 0`
+	go func() {
+		id, err := os.ReadFile(started)
+		if err == nil {
+			_, err = e.svc.Leases().Revoke(context.Background(), "admin-socket", "test", broker.RevokeSelector{Lease: strings.TrimSpace(string(id))})
+		}
+		if err != nil {
+			t.Error(err)
+		}
+		_ = os.WriteFile(revoked, []byte("revoked\n"), 0o600)
 	}()
 	_, errOut, code := e.run("", cmd([]string{"exec", "--task", "report", "-p", "region=us", "--reason", "job"}, e.as(rtAgent), []string{"--", "sh", "-c", script})...)
 	if code != 0 || !strings.Contains(errOut, "ended while the command ran") || strings.Contains(errOut, "WARNING") {

@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -120,6 +122,8 @@ func (e *consoleEnv) waitingFetch(ctx context.Context, t *testing.T, agent, tick
 	args := append([]string{"fetch", "--task", "payment", "--param", "ticket=" + ticket, "--reason", reason, "--wait", "120s", "-o", "json"},
 		e.svidFiles(agent)...)
 	cmd, stdout, stderr := e.command(ctx, []string{"TRACEPARENT=00-" + traceOf(agent) + "-00f067aa0ba902b7-01"}, args...)
+	required := newLineMatch(approvalRequired)
+	cmd.Stderr = io.MultiWriter(cmd.Stderr, required)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -132,16 +136,45 @@ func (e *consoleEnv) waitingFetch(ctx context.Context, t *testing.T, agent, tick
 		}
 		done <- r
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if m := approvalRequired.FindStringSubmatch(stderr.String()); m != nil {
-			return m[1], done
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("latch fetch --wait named no approval:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	select {
+	case m := <-required.found:
+		return m[1], done
+	case <-time.After(20 * time.Second):
+		t.Fatalf("latch fetch --wait named no approval:\n%s", stderr.String())
+		return "", nil
 	}
+}
+
+// lineMatch is an io.Writer that reports on found, once, the submatches
+// of the first line written to it that re matches: a process's output
+// line as the signal a test waits for.
+type lineMatch struct {
+	re    *regexp.Regexp
+	found chan []string
+	mu    sync.Mutex
+	line  []byte
+	done  bool
+}
+
+func newLineMatch(re *regexp.Regexp) *lineMatch {
+	return &lineMatch{re: re, found: make(chan []string, 1)}
+}
+
+func (m *lineMatch) Write(p []byte) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, b := range p {
+		if b != '\n' {
+			m.line = append(m.line, b)
+			continue
+		}
+		if sub := m.re.FindStringSubmatch(string(m.line)); sub != nil && !m.done {
+			m.done = true
+			m.found <- sub
+		}
+		m.line = m.line[:0]
+	}
+	return len(p), nil
 }
 
 // traceOf is the trace ID an agent's waitingFetch runs in: its
@@ -400,11 +433,10 @@ func TestConsole_LiveAndRevoke(t *testing.T) {
 	res := fetch(ctx, t, e.client(agent), "close-ticket", map[string]string{"ticket": "42"})
 	fetched := time.Now()
 	seen := fmt.Sprintf(`[...document.querySelectorAll("tr.event-issue")].some(r => r.textContent.includes(%q))`, agent)
-	for !must(viewer, "look for the issue event", chromedp.Evaluate[bool](seen)) {
-		if time.Since(fetched) > time.Second {
-			t.Fatalf("the live page shows no issue event for %s a second after the fetch:\n%s", agent, viewer.text("table.events"))
-		}
-		time.Sleep(10 * time.Millisecond)
+	// Checked on every change of the page, for at most the second the
+	// acceptance allows.
+	if _, err := chromedp.Run(viewer.ctx, chromedp.Poll[bool](seen, chromedp.WithPollingMutation(), chromedp.WithPollingTimeout(time.Second))); err != nil {
+		t.Fatalf("the live page shows no issue event for %s a second after the fetch (%v):\n%s", agent, err, viewer.text("table.events"))
 	}
 	t.Logf("issue event on the live page %v after the fetch returned", time.Since(fetched).Round(time.Millisecond))
 	t.Logf("live page: %s", viewer.screenshot("live"))
@@ -443,23 +475,19 @@ func TestConsole_LatchLogin(t *testing.T) {
 	home := []string{"HOME=" + t.TempDir(), "XDG_CONFIG_HOME="}
 
 	login, stdout, stderr := e.command(ctx, home, "login", "--console", e.url, "--ca", e.op.CAFile)
+	address := newLineMatch(regexp.MustCompile(`^\s*(` + regexp.QuoteMeta(e.url+"/cli/login?") + `\S+)$`))
+	login.Stderr = io.MultiWriter(login.Stderr, address)
 	if err := login.Start(); err != nil {
 		t.Fatal(err)
 	}
 	loginDone := make(chan error, 1)
 	go func() { loginDone <- login.Wait() }()
 	var start string
-	deadline := time.Now().Add(20 * time.Second)
-	for start == "" {
-		for line := range strings.Lines(stderr.String()) {
-			if s, ok := strings.CutPrefix(strings.TrimSpace(line), e.url+"/cli/login?"); ok {
-				start = e.url + "/cli/login?" + s
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("latch login printed no sign-in address:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	select {
+	case m := <-address.found:
+		start = m[1]
+	case <-time.After(20 * time.Second):
+		t.Fatalf("latch login printed no sign-in address:\n%s", stderr.String())
 	}
 	carol := e.b.person("carol")
 	carol.signIn(start, "carol")
