@@ -17,10 +17,12 @@ func (h *Handler) readsApprovals(c *call) bool {
 	if c.who.adminSocket {
 		return true
 	}
-	op, ok := h.svc.Policy().Operator(c.who.id)
-	if c.who.person != nil {
-		p := c.who.person
+	var op *templates.Operator
+	var ok bool
+	if p := c.who.person; p != nil {
 		op, ok = h.svc.Policy().Person(p.ID(), p.Subject, p.Email, p.Groups)
+	} else {
+		op, ok = h.svc.Policy().Operator(c.who.id)
 	}
 	return ok && (op.Has(templates.RoleViewer) || op.Has(templates.RoleApprover) || op.Has(templates.RoleAdmin))
 }

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strings"
 
 	"github.com/latchbroker/latch/attest"
@@ -25,12 +26,13 @@ func (h *Handler) identify(c *call) error {
 		c.who = caller{id: AdminSocketActor, adminSocket: true}
 		return nil
 	}
-	if h.people != nil {
-		return h.identifyPerson(c)
-	}
-	id, err := h.verifier.Identify(c.r)
+	who, err := h.verify(c.r)
 	if err == nil {
-		c.who = caller{id: id.ID.String()}
+		c.who = who
+		if who.person != nil {
+			// The Service's own guards read the person's roles from it.
+			c.r = c.r.WithContext(broker.WithPerson(c.r.Context(), who.person))
+		}
 		return h.overBudgetAt(c, h.budget.exhausted(c.who.id, h.now()))
 	}
 	var ae *attest.Error
@@ -49,24 +51,21 @@ func (h *Handler) identify(c *call) error {
 	return err
 }
 
-// identifyPerson sets c.who from the request's latch session, and puts
-// the person in the request's context for the Service's own guards.
-func (h *Handler) identifyPerson(c *call) error {
-	p, err := h.people.Person(c.r)
-	if err == nil {
-		c.who = caller{id: p.ID(), person: p}
-		c.r = c.r.WithContext(broker.WithPerson(c.r.Context(), p))
-		return h.overBudgetAt(c, h.budget.exhausted(c.who.id, h.now()))
+// verify is the request's verified identity: a person by their latch
+// session on the console's listener (People), else a SPIFFE ID.
+func (h *Handler) verify(r *http.Request) (caller, error) {
+	if h.people != nil {
+		p, err := h.people.Person(r)
+		if err != nil {
+			return caller{}, err
+		}
+		return caller{id: p.ID(), person: p}, nil
 	}
-	var ae *attest.Error
-	if !errors.As(err, &ae) {
-		return &broker.Error{Code: broker.EINTERNAL, Message: "cannot verify the session", Err: err}
+	id, err := h.verifier.Identify(r)
+	if err != nil {
+		return caller{}, err
 	}
-	if lerr := h.budget.exhausted(callerKey(c), h.now()); lerr != nil {
-		return h.overBudgetAt(c, lerr)
-	}
-	h.refuseUnidentified(c.r.Context(), broker.Refusal{Endpoint: c.route, Reason: string(ae.Kind), Message: ae.Message, Remote: c.r.RemoteAddr})
-	return err
+	return caller{id: id.ID.String()}, nil
 }
 
 // overBudgetAt counts a refusal for a spent budget (err, when not nil)
@@ -106,9 +105,11 @@ func (h *Handler) refuseUnidentified(ctx context.Context, r broker.Refusal) {
 // (broker.Authorize says who may do what). A refusal for a missing role is
 // audited as a violation.
 func (h *Handler) authorize(c *call, p perm) error {
-	err := broker.Authorize(h.svc.Policy(), c.who.id, p, c.route)
+	var err error
 	if c.who.person != nil {
 		err = broker.AuthorizePerson(h.svc.Policy(), c.who.person, p, c.route)
+	} else {
+		err = broker.Authorize(h.svc.Policy(), c.who.id, p, c.route)
 	}
 	var e *broker.Error
 	if err == nil || !errors.As(err, &e) || len(e.Reasons) == 0 || !strings.HasPrefix(e.Reasons[0], "missing_role") {
