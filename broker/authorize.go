@@ -40,6 +40,13 @@ var roleFor = map[Action]templates.Role{
 	ActionReopen:  templates.RoleAdmin,
 }
 
+// ReadsApprovals reports whether op may read every approval, not only its
+// own: viewers, and approvers (who must see what they are asked to
+// approve), and admins.
+func ReadsApprovals(op *templates.Operator) bool {
+	return op.Has(templates.RoleViewer) || op.Has(templates.RoleApprover) || op.Has(templates.RoleAdmin)
+}
+
 // Authorize decides whether actor may take action under policy p: the one
 // place that says who may do what, used by the HTTP API for every route
 // and by the Service for the actions it guards itself. The admin socket

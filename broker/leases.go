@@ -1,8 +1,10 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"strings"
 )
 
 // RevokeSelector says which leases to revoke; exactly one field is set.
@@ -10,8 +12,11 @@ type RevokeSelector struct {
 	Lease    string
 	Agent    string
 	Task     string
-	Template string // a template version hash (sha256:...): everything issued under it
+	Template string // a template's name: everything issued under any of its versions
 	All      bool
+	// Version narrows Template to one version: its hash (sha256:...), or
+	// a prefix of it as latch lease list prints it.
+	Version string
 }
 
 func (sel RevokeSelector) validate() error {
@@ -23,6 +28,9 @@ func (sel RevokeSelector) validate() error {
 	}
 	if n != 1 {
 		return Errorf(EINVALID, "say which leases to revoke: exactly one of a lease ID, agent, task, template or all")
+	}
+	if sel.Version != "" && sel.Template == "" {
+		return Errorf(EINVALID, "a template version narrows a template: name the template too")
 	}
 	return nil
 }
@@ -64,13 +72,15 @@ func (s Leases) Selected(ctx context.Context, sel RevokeSelector) ([]*Lease, err
 		}
 		return []*Lease{l}, nil
 	}
-	all, err := s.List(ctx, LeaseFilter{Agent: sel.Agent, Task: sel.Task, State: StateActive})
-	if err != nil {
-		return nil, err
+	// A task is the template of the same name.
+	task := cmp.Or(sel.Task, sel.Template)
+	all, err := s.List(ctx, LeaseFilter{Agent: sel.Agent, Task: task, State: StateActive})
+	if err != nil || sel.Version == "" {
+		return all, err
 	}
 	var out []*Lease
 	for _, l := range all {
-		if sel.Template == "" || l.TemplateVersion == sel.Template {
+		if strings.HasPrefix(l.TemplateVersion, sel.Version) {
 			out = append(out, l)
 		}
 	}

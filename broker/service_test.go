@@ -377,12 +377,44 @@ func TestService_RevokeSelectors(t *testing.T) {
 			}
 		})
 	}
+	// A template's name takes every version of it; a version (or the
+	// prefix lease list prints) narrows to one.
 	t.Run("Template", func(t *testing.T) {
 		f := newFixture(t)
-		a := f.issue(t, reportBot, "report", map[string]string{"region": "eu"})
-		n, err := f.svc.Leases().Revoke(ctx, operator, "drift", broker.RevokeSelector{Template: a.Lease.TemplateVersion})
-		if err != nil || n != 1 {
-			t.Fatalf("Revoke by template version = %d, %v", n, err)
+		v1 := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
+		tmpls := maps.Clone(brokertest.Templates)
+		tmpls["report.yaml"] = strings.Replace(tmpls["report.yaml"], "ttl: 10m\n", "ttl: 9m\n", 1)
+		must(t, f.svc.SetPolicy(ctx, brokertest.LoadPolicy(t, brokertest.Policy, tmpls), "test"))
+		v2 := f.issue(t, reportBot, "report", map[string]string{"region": "eu"}).Lease
+		v2b := f.issue(t, reportBot, "report", map[string]string{"region": "us"}).Lease
+		if v1.TemplateVersion == v2.TemplateVersion {
+			t.Fatal("the reload did not change report's version")
+		}
+		for _, step := range []struct {
+			sel  broker.RevokeSelector
+			want []*broker.Lease
+		}{
+			{broker.RevokeSelector{Template: "report", Version: "sha256:00000000"}, nil},
+			{broker.RevokeSelector{Template: "report", Version: v1.TemplateVersion[:len("sha256:")+12]}, []*broker.Lease{v1}},
+			{broker.RevokeSelector{Template: "nightly"}, nil},
+			{broker.RevokeSelector{Template: "report"}, []*broker.Lease{v2, v2b}},
+		} {
+			n, err := f.svc.Leases().Revoke(ctx, operator, "drift", step.sel)
+			if err != nil || n != len(step.want) {
+				t.Fatalf("Revoke(%+v) = %d, %v; want %d", step.sel, n, err, len(step.want))
+			}
+			if _, err := f.svc.Leases().ProcessRevocations(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range step.want {
+				if f.backend.Alive(l.ID) {
+					t.Errorf("Revoke(%+v): lease %s still alive in the backend", step.sel, l.ID)
+				}
+			}
+		}
+		_, err := f.svc.Leases().Revoke(ctx, operator, "x", broker.RevokeSelector{All: true, Version: v1.TemplateVersion})
+		if broker.ErrorCode(err) != broker.EINVALID {
+			t.Fatalf("a version without a template: err = %v, want invalid", err)
 		}
 	})
 	t.Run("ErrNotFound", func(t *testing.T) {

@@ -260,11 +260,14 @@ type RevokeRequest struct {
 	Lease string `json:"lease,omitempty"`
 	Agent string `json:"agent,omitempty"`
 	Task  string `json:"task,omitempty"`
-	// Template is a template version hash (sha256:...): every lease
-	// issued under that version.
+	// Template is a template's name: every lease issued under any of its
+	// versions, or under Version only.
 	Template string `json:"template,omitempty"`
 	All      bool   `json:"all,omitempty"`
-	Reason   string `json:"reason"`
+	// Version narrows Template to one version: its hash (sha256:...) or
+	// a prefix of at least 8 hex digits.
+	Version string `json:"version,omitempty"`
+	Reason  string `json:"reason"`
 	// DryRun lists the active leases the selector matches and revokes
 	// nothing, so a caller can show what a bulk revoke will hit.
 	DryRun bool `json:"dry_run,omitempty"`

@@ -136,11 +136,33 @@ func (r *RevokeRequest) Validate() error {
 			return err
 		}
 	case r.Template != "":
+		if strings.HasPrefix(r.Template, "sha256:") {
+			return fieldErr("template", "takes the template's name (the task); a version hash narrows it in version")
+		}
 		if err := name("template", r.Template, true); err != nil {
 			return err
 		}
 	}
+	if r.Version != "" {
+		if r.Template == "" {
+			return fieldErr("version", "narrows a template: name the template too")
+		}
+		if err := templateVersion(r.Version); err != nil {
+			return err
+		}
+	}
 	return reason(r.Reason)
+}
+
+// templateVersion checks a template version hash or a prefix of it as
+// latch lease list prints it: sha256: and 8 to 64 hex digits, so a
+// prefix is long enough not to match two versions of one template.
+func templateVersion(v string) error {
+	digits, ok := strings.CutPrefix(v, "sha256:")
+	if !ok || len(digits) < 8 || len(digits) > 64 || strings.Trim(digits, "0123456789abcdef") != "" {
+		return fieldErr("version", "%q is not a template version: sha256: and 8 to 64 hex digits, as latch lease list prints it", truncate(v))
+	}
+	return nil
 }
 
 // Validate checks that a reason is given.

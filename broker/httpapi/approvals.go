@@ -11,8 +11,7 @@ import (
 )
 
 // readsApprovals reports whether the caller may read every approval: the
-// admin socket, and operators with the viewer, approver or admin role
-// (an approver must see what it is asked to approve).
+// admin socket, and operators broker.ReadsApprovals lets.
 func (h *Handler) readsApprovals(c *call) bool {
 	if c.who.adminSocket {
 		return true
@@ -24,7 +23,7 @@ func (h *Handler) readsApprovals(c *call) bool {
 	} else {
 		op, ok = h.svc.Policy().Operator(c.who.id)
 	}
-	return ok && (op.Has(templates.RoleViewer) || op.Has(templates.RoleApprover) || op.Has(templates.RoleAdmin))
+	return ok && broker.ReadsApprovals(op)
 }
 
 // approvals lists approvals, newest first, for operators.

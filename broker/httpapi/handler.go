@@ -195,8 +195,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // perm is what a route requires of its caller: the broker.Action that
 // broker.Authorize decides on, or permNone for /healthz and /readyz (no
-// identity). Resuming an agent and ending a freeze are stops at the route;
-// the Service then asks for ActionReopen.
+// identity).
 type perm = broker.Action
 
 const (

@@ -15,36 +15,54 @@ import (
 	"github.com/latchbroker/latch/templates"
 )
 
-// routes is the route table.
-func (h *Handler) routes() {
-	h.handle("GET /healthz", permNone, h.healthz)
-	h.handle("GET /readyz", permNone, h.readyz)
+// Route is one route of the API and what it requires of its caller: the
+// table the server enforces, and the one README's roles table is checked
+// against.
+type Route struct {
+	Pattern string        // as http.ServeMux reads it: "GET /v1/leases"
+	Needs   broker.Action // what broker.Authorize decides on; "" for none
+	serve   func(*Handler, *call) error
+}
+
+// Routes is the route table. Resuming an agent and ending a freeze are
+// stops at the route; the Service then asks for ActionReopen. The
+// approvals routes are open to any identity: an agent reads its own,
+// operators who broker.ReadsApprovals read all (approvals.go).
+var Routes = []Route{
+	{"GET /healthz", permNone, (*Handler).healthz},
+	{"GET /readyz", permNone, (*Handler).readyz},
 
 	// Agents.
-	h.handle("POST /v1/credentials", permAgent, h.credentials)
-	h.handle("POST /v1/explain", permAgent, h.explain)
-	h.handle("GET /v1/tasks", permAgent, h.tasks)
-	h.handle("POST /v1/tool-calls", permAgent, h.toolCall)
-	h.handle("POST /v1/leases/{id}/renew", permAgent, h.renew)
-	h.handle("DELETE /v1/leases/{id}", permAgent, h.release)
+	{"POST /v1/credentials", permAgent, (*Handler).credentials},
+	{"POST /v1/explain", permAgent, (*Handler).explain},
+	{"GET /v1/tasks", permAgent, (*Handler).tasks},
+	{"POST /v1/tool-calls", permAgent, (*Handler).toolCall},
+	{"POST /v1/leases/{id}/renew", permAgent, (*Handler).renew},
+	{"DELETE /v1/leases/{id}", permAgent, (*Handler).release},
 
 	// Operators.
-	h.handle("GET /v1/leases", permRead, h.leases)
-	h.handle("GET /v1/leases/{id}", permRead, h.lease)
-	h.handle("POST /v1/revoke", permAct, h.revoke)
-	h.handle("GET /v1/agents", permRead, h.agents)
-	h.handle("POST /v1/agents/{id}/{action}", permAct, h.agentAction)
-	h.handle("POST /v1/freeze", permAct, h.freeze)
-	h.handle("GET /v1/audit", permRead, h.audit)
-	h.handle("GET /v1/events", permRead, h.events)
-	h.handle("GET /v1/report", permRead, h.report)
+	{"GET /v1/leases", permRead, (*Handler).leases},
+	{"GET /v1/leases/{id}", permRead, (*Handler).lease},
+	{"POST /v1/revoke", permAct, (*Handler).revoke},
+	{"GET /v1/agents", permRead, (*Handler).agents},
+	{"POST /v1/agents/{id}/{action}", permAct, (*Handler).agentAction},
+	{"POST /v1/freeze", permAct, (*Handler).freeze},
+	{"GET /v1/audit", permRead, (*Handler).audit},
+	{"GET /v1/events", permRead, (*Handler).events},
+	{"GET /v1/report", permRead, (*Handler).report},
 
 	// Approvals (approvals.go).
-	h.handle("GET /v1/whoami", permIdentified, h.whoami)
-	h.handle("GET /v1/approvals", permIdentified, h.approvals)
-	h.handle("GET /v1/approvals/{id}", permIdentified, h.approval)
-	h.handle("POST /v1/approvals/{id}/approve", permApprove, h.approve)
-	h.handle("POST /v1/approvals/{id}/deny", permDeny, h.deny)
+	{"GET /v1/whoami", permIdentified, (*Handler).whoami},
+	{"GET /v1/approvals", permIdentified, (*Handler).approvals},
+	{"GET /v1/approvals/{id}", permIdentified, (*Handler).approval},
+	{"POST /v1/approvals/{id}/approve", permApprove, (*Handler).approve},
+	{"POST /v1/approvals/{id}/deny", permDeny, (*Handler).deny},
+}
+
+func (h *Handler) routes() {
+	for _, r := range Routes {
+		h.handle(r.Pattern, r.Needs, func(c *call) error { return r.serve(h, c) })
+	}
 }
 
 // whoami says who latch takes the caller for, and the operator roles
@@ -344,7 +362,7 @@ func (h *Handler) revoke(c *call) error {
 			return err
 		}
 	}
-	sel := broker.RevokeSelector{Lease: req.Lease, Agent: req.Agent, Task: req.Task, Template: req.Template, All: req.All}
+	sel := broker.RevokeSelector{Lease: req.Lease, Agent: req.Agent, Task: req.Task, Template: req.Template, Version: req.Version, All: req.All}
 	if req.DryRun {
 		ls, err := h.svc.Leases().Selected(c.r.Context(), sel)
 		if err != nil {

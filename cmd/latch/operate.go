@@ -73,9 +73,9 @@ func runLeaseList(c *cli.Context, args []string, connect connector) error {
 		return writeJSON(c.App.Writer, res)
 	}
 	tw := newTable(c.App.Writer)
-	fmt.Fprintln(tw, "ID\tAGENT\tTASK\tSTATE\tISSUED\tEXPIRES\tREASON")
+	fmt.Fprintln(tw, "ID\tAGENT\tTASK\tVERSION\tSTATE\tISSUED\tEXPIRES\tREASON")
 	for _, l := range res.Leases {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.Agent, l.Task, l.State, fmtTime(l.IssuedAt), fmtTime(l.ExpiresAt), oneLine(l.Reason, 40))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.ID, l.Agent, l.Task, shortVersion(l.TemplateVersion), l.State, fmtTime(l.IssuedAt), fmtTime(l.ExpiresAt), oneLine(l.Reason, 40))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -115,7 +115,7 @@ func runLeaseShow(c *cli.Context, args []string, connect connector) error {
 	row("State", l.State)
 	row("Agent", l.Agent)
 	row("Task", l.Task)
-	row("Template version", l.TemplateVersion)
+	row("Template", l.Task+" "+l.TemplateVersion)
 	row("Backend", l.Backend)
 	row("Params", kvString(l.Params))
 	row("Reason", l.Reason)
@@ -139,12 +139,23 @@ func runLeaseShow(c *cli.Context, args []string, connect connector) error {
 	return tw.Flush()
 }
 
+// shortVersion is a template version as lease list prints it: sha256:
+// and 12 hex digits, which latch revoke --version takes.
+func shortVersion(v string) string {
+	const short = len("sha256:") + 12
+	if len(v) > short {
+		return v[:short]
+	}
+	return v
+}
+
 func revokeCommand() *cli.Command {
 	return operatorCommand("revoke", "revoke one lease, or every lease of an agent, task or template, or all (revoker)",
-		"latch revoke LEASE | --agent ID | --task T | --template VERSION | --all  --reason \"...\" [--yes] [-o table|json]",
+		"latch revoke LEASE | --agent ID | --task T | --template NAME [--version HASH] | --all  --reason \"...\" [--yes] [-o table|json]",
 		"Queues the revocation of leases: latch revokes them in Vault, retrying until\n"+
 			"Vault confirms. One lease by its ID, or in bulk: every active lease of an\n"+
-			"agent, of a task, of a template version (sha256:...), or all of them.\n\n"+
+			"agent, of a task, of a template (every version of it, or the one --version\n"+
+			"names: the hash latch lease list and lease show print), or all of them.\n\n"+
 			"A bulk revoke first asks the server what it would hit (a dry run), shows it,\n"+
 			"and asks for confirmation on the terminal; --yes skips the question, and is\n"+
 			"required when stdin is not a terminal.\n\n"+
@@ -152,7 +163,8 @@ func revokeCommand() *cli.Command {
 		[]cli.Flag{
 			&cli.StringFlag{Name: "agent", Usage: "revoke every active lease of this agent (SPIFFE `ID`)"},
 			&cli.StringFlag{Name: "task", Usage: "revoke every active lease of this `TASK`"},
-			&cli.StringFlag{Name: "template", Usage: "revoke every active lease issued under this template `VERSION` (sha256:...)"},
+			&cli.StringFlag{Name: "template", Usage: "revoke every active lease issued under any version of the template `NAME`"},
+			&cli.StringFlag{Name: "version", Usage: "with --template: only leases of this template version `HASH` (sha256:..., or the prefix lease list prints)"},
 			&cli.BoolFlag{Name: "all", Usage: "revoke every active lease"},
 			reasonFlag("why: goes to the audit log"),
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "do not ask before a bulk revoke"},
@@ -161,7 +173,7 @@ func revokeCommand() *cli.Command {
 }
 
 func runRevoke(c *cli.Context, args []string, connect connector) error {
-	req := api.RevokeRequest{Agent: c.String("agent"), Task: c.String("task"), Template: c.String("template"), All: c.Bool("all")}
+	req := api.RevokeRequest{Agent: c.String("agent"), Task: c.String("task"), Template: c.String("template"), Version: c.String("version"), All: c.Bool("all")}
 	if len(args) > 1 {
 		return usageErrorf("expected at most one lease ID, got %q", args)
 	}
@@ -170,6 +182,9 @@ func runRevoke(c *cli.Context, args []string, connect connector) error {
 	}
 	if req.Selectors() != 1 {
 		return usageErrorf("name exactly one of: a lease ID, --agent, --task, --template, --all")
+	}
+	if req.Version != "" && req.Template == "" {
+		return usageErrorf("--version narrows --template: name the template too (--template NAME --version HASH)")
 	}
 	reason, err := requireReason(c)
 	if err != nil {

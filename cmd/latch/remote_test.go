@@ -446,11 +446,12 @@ func TestRevoke_LeaseWithFlagsAfterArgument(t *testing.T) {
 func TestRevoke_Usage(t *testing.T) {
 	e := newRTEnv(t)
 	for name, args := range map[string][]string{
-		"no selector":  {"revoke", "--reason", "x", "--admin-socket", e.socket},
-		"two":          {"revoke", "--agent", rtAgent.String(), "--all", "--reason", "x", "--admin-socket", e.socket},
-		"no reason":    {"revoke", "--all", "--admin-socket", e.socket},
-		"flag no val":  {"revoke", "--all", "--admin-socket", e.socket, "--reason"},
-		"unknown flag": {"revoke", "01J0000000000000000000000A", "--bogus"},
+		"no selector":   {"revoke", "--reason", "x", "--admin-socket", e.socket},
+		"two":           {"revoke", "--agent", rtAgent.String(), "--all", "--reason", "x", "--admin-socket", e.socket},
+		"no reason":     {"revoke", "--all", "--admin-socket", e.socket},
+		"flag no val":   {"revoke", "--all", "--admin-socket", e.socket, "--reason"},
+		"unknown flag":  {"revoke", "01J0000000000000000000000A", "--bogus"},
+		"version alone": {"revoke", "--all", "--version", "sha256:0123456789ab", "--reason", "x", "--admin-socket", e.socket},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, errOut, code := e.run("", args...)
@@ -458,6 +459,37 @@ func TestRevoke_Usage(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want 2", code, errOut)
 			}
 		})
+	}
+}
+
+// TestRevoke_TemplateByName: --template takes the name an operator knows;
+// --version narrows it to the hash lease list prints, and lease show
+// prints name and full hash.
+func TestRevoke_TemplateByName(t *testing.T) {
+	e := newRTEnv(t)
+	id := e.fetchJSON().Lease.ID
+	version := e.lease(id).TemplateVersion
+	short := version[:len("sha256:")+12]
+	if out := e.mustRun("lease", "list", "--admin-socket", e.socket); !strings.Contains(out, "VERSION") || !strings.Contains(out, short) {
+		t.Fatalf("lease list does not print the short version %s:\n%s", short, out)
+	}
+	if out := e.mustRun("lease", "show", id, "--admin-socket", e.socket); !strings.Contains(out, "report "+version) {
+		t.Fatalf("lease show does not print the template's name and version:\n%s", out)
+	}
+	_, errOut, code := e.run("", "revoke", "--template", version, "--reason", "x", "--yes", "--admin-socket", e.socket)
+	if code == exitOK || !strings.Contains(errOut, "name") || !strings.Contains(errOut, "version") {
+		t.Fatalf("revoke --template HASH: exit %d, stderr %q; want a refusal pointing at --version", code, errOut)
+	}
+	out := e.mustRun("revoke", "--template", "report", "--version", "sha256:000000000000", "--reason", "x", "--yes", "--admin-socket", e.socket)
+	if !strings.Contains(out, "nothing to revoke") {
+		t.Fatalf("revoke of another version: %q", out)
+	}
+	out = e.mustRun("revoke", "--template", "report", "--version", short, "--reason", "drift", "--yes", "--admin-socket", e.socket)
+	if !strings.Contains(out, "queued 1 lease") {
+		t.Fatalf("revoke --template report --version %s: %q", short, out)
+	}
+	if e.lease(id).State == api.StateActive {
+		t.Fatal("lease still active after revoke by template")
 	}
 }
 

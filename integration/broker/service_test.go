@@ -280,7 +280,7 @@ func TestService_RevokeSelectors(t *testing.T) {
 		revoked []*broker.Lease
 	}{
 		{"Agent", broker.RevokeSelector{Agent: bob}, []*broker.Lease{bob1, bobDB, bob2}},
-		{"Template", broker.RevokeSelector{Template: v1.TemplateVersion}, []*broker.Lease{v1}},
+		{"TemplateVersion", broker.RevokeSelector{Template: taskToken, Version: v1.TemplateVersion}, []*broker.Lease{v1}},
 		{"Task", broker.RevokeSelector{Task: taskDB}, []*broker.Lease{db}},
 		{"All", broker.RevokeSelector{All: true}, []*broker.Lease{cert, v2}},
 	}

@@ -826,7 +826,7 @@ func BenchmarkRevoke10k_Latch(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			return api.RevokeRequest{Template: lease.TemplateVersion}
+			return api.RevokeRequest{Template: lease.Task, Version: lease.TemplateVersion}
 		})
 	})
 }
