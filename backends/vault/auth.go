@@ -71,6 +71,14 @@ func (c *Client) loginLocked(ctx context.Context) error {
 		secret:   s,
 		at:       time.Now(),
 	}
+	if c.cfg.Auth.Method == AuthToken {
+		end, fullTTL := tokenEnd(s.Data, c.cfg.Now())
+		if old := c.auth.Load(); old != nil && old.accessor == a.accessor && end.IsZero() {
+			end = old.endTime() // the file still holds it: what a renewal told stays true
+		}
+		a.setEnd(end)
+		a.fullTTL = fullTTL
+	}
 	c.auth.Store(a)
 	select {
 	case c.authChanged <- struct{}{}:
@@ -78,6 +86,7 @@ func (c *Client) loginLocked(ctx context.Context) error {
 	}
 	c.cfg.Logger.Info("vault: logged in", "method", c.cfg.Auth.Method, "accessor", a.accessor,
 		"ttl", time.Duration(s.Auth.LeaseDuration)*time.Second, "renewable", s.Auth.Renewable)
+	c.noteEnd(a)
 	return nil
 }
 
@@ -94,7 +103,7 @@ func readCredentialFile(what, path string) (string, error) {
 }
 
 // loginToken reads the token file and looks the token up, to learn its TTL
-// and renewability for the LifetimeWatcher.
+// and renewability for the LifetimeWatcher, and its end (tokenEnd).
 func (c *Client) loginToken(ctx context.Context) (*vaultapi.Secret, error) {
 	tok, err := readCredentialFile("token_file", c.cfg.Auth.TokenFile)
 	if err != nil {
@@ -116,7 +125,7 @@ func (c *Client) loginToken(ctx context.Context) (*vaultapi.Secret, error) {
 	}
 	renewable, _ := s.TokenIsRenewable()
 	accessor, _ := s.TokenAccessor()
-	return &vaultapi.Secret{Auth: &vaultapi.SecretAuth{
+	return &vaultapi.Secret{Data: s.Data, Auth: &vaultapi.SecretAuth{
 		ClientToken:   tok,
 		Accessor:      accessor,
 		LeaseDuration: int(ttl.Seconds()),
@@ -200,7 +209,8 @@ func (c *Client) Run(ctx context.Context) error {
 }
 
 // watch renews a until renewal ends (true), or until ctx ends or another
-// login replaces a (false).
+// login replaces a (false). With a token file, it also reads the file
+// every TokenFileCheck and logs in with a new token found there.
 func (c *Client) watch(ctx context.Context, a *authState) bool {
 	select {
 	case <-c.authChanged: // stale signal from the login that produced a
@@ -209,22 +219,24 @@ func (c *Client) watch(ctx context.Context, a *authState) bool {
 	if c.auth.Load() != a {
 		return false
 	}
-	if a.secret.Auth.LeaseDuration <= 0 {
-		// A non-expiring token (a root token, or a token without TTL)
-		// needs no renewal.
-		select {
-		case <-ctx.Done():
-		case <-c.authChanged:
+	var fileCheck <-chan time.Time
+	if c.cfg.Auth.Method == AuthToken {
+		t := time.NewTicker(c.cfg.Auth.TokenFileCheck)
+		defer t.Stop()
+		fileCheck = t.C
+	}
+	var renewed <-chan *vaultapi.RenewOutput
+	var ended <-chan error
+	if a.secret.Auth.LeaseDuration > 0 {
+		w, err := c.api.NewLifetimeWatcher(&vaultapi.LifetimeWatcherInput{Secret: a.secret})
+		if err != nil {
+			c.cfg.Logger.Error("vault: cannot watch token", "error", err)
+			return true
 		}
-		return false
-	}
-	w, err := c.api.NewLifetimeWatcher(&vaultapi.LifetimeWatcherInput{Secret: a.secret})
-	if err != nil {
-		c.cfg.Logger.Error("vault: cannot watch token", "error", err)
-		return true
-	}
-	go w.Start()
-	defer w.Stop()
+		go w.Start()
+		defer w.Stop()
+		renewed, ended = w.RenewCh(), w.DoneCh()
+	} // else a non-expiring token (a root token, or one without TTL) needs no renewal
 	for {
 		select {
 		case <-ctx.Done():
@@ -233,19 +245,37 @@ func (c *Client) watch(ctx context.Context, a *authState) bool {
 			if c.auth.Load() != a {
 				return false
 			}
-		case err := <-w.DoneCh():
+		case <-fileCheck:
+			if c.tokenFileChanged(a) {
+				if err := c.relogin(ctx, a); err != nil {
+					c.cfg.Logger.Warn("vault: token_file holds a new token latch cannot log in with; keeping the old one", "error", err)
+				}
+			}
+		case err := <-ended:
 			if err != nil {
 				c.cfg.Logger.Warn("vault: token renewal failed; logging in again", "error", err, "accessor", a.accessor)
 			} else {
 				c.cfg.Logger.Info("vault: token renewal ended; logging in again", "accessor", a.accessor)
 			}
 			return true
-		case r := <-w.RenewCh():
-			if r != nil && r.Secret != nil && r.Secret.Auth != nil {
-				c.cfg.Logger.Debug("vault: token renewed", "accessor", a.accessor,
-					"ttl", time.Duration(r.Secret.Auth.LeaseDuration)*time.Second)
-			}
+		case r := <-renewed:
+			c.renewed(a, r)
 		}
+	}
+}
+
+// renewed notes a renewal of a. With a token file, a renewal that comes
+// back shorter than the token's full TTL has met the token's max TTL:
+// its end is known now.
+func (c *Client) renewed(a *authState, r *vaultapi.RenewOutput) {
+	if r == nil || r.Secret == nil || r.Secret.Auth == nil {
+		return
+	}
+	ttl := time.Duration(r.Secret.Auth.LeaseDuration) * time.Second
+	c.cfg.Logger.Debug("vault: token renewed", "accessor", a.accessor, "ttl", ttl)
+	if c.cfg.Auth.Method == AuthToken && a.endTime().IsZero() && ttl+time.Second < a.fullTTL {
+		a.setEnd(c.cfg.Now().Add(ttl))
+		c.noteEnd(a)
 	}
 }
 

@@ -35,6 +35,7 @@ type Client struct {
 	auth        atomic.Pointer[authState]
 	authChanged chan struct{} // wakes Run when Login replaced the token
 	loginMu     sync.Mutex    // one login at a time
+	warnedEnd   atomic.Value  // accessor of the token whose end was last warned of
 	stop        chan struct{}
 	stopOnce    sync.Once
 }
@@ -45,6 +46,11 @@ type authState struct {
 	accessor string
 	secret   *vaultapi.Secret // the login response, for the LifetimeWatcher
 	at       time.Time        // when it was obtained
+	// With a token file: when the token ends for good (Unix seconds, 0:
+	// no known end; a renewal may learn it later), and the TTL it was
+	// created with (tokenend.go).
+	end     atomic.Int64
+	fullTTL time.Duration
 }
 
 func (a *authState) value() string { return a.token.Reveal()["token"] }

@@ -41,6 +41,8 @@ func (r *recorder) ObserveVaultCall(op, outcome string, _ time.Duration) {
 	r.calls = append(r.calls, call{op, outcome})
 }
 
+func (r *recorder) VaultTokenEnd(time.Time) {}
+
 func (r *recorder) ops() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()

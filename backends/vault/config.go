@@ -23,6 +23,9 @@ const (
 	DefaultMaxRetries   = 2
 	DefaultRetryWaitMin = 100 * time.Millisecond
 	DefaultRetryWaitMax = 2 * time.Second
+	// DefaultTokenFileCheck is how often a token file is read for a
+	// rotated token.
+	DefaultTokenFileCheck = time.Minute
 )
 
 // JWTSource returns a fresh JWT for Vault's JWT auth: latch's own JWT-SVID
@@ -71,8 +74,12 @@ type AuthConfig struct {
 	// Method is AuthToken, AuthAppRole or AuthJWT.
 	Method string
 	// TokenFile holds latch's token (method token). It is read again on
-	// every re-login, so an external agent may rotate it.
+	// every re-login and every TokenFileCheck, so an external agent (or
+	// an operator) may rotate it.
 	TokenFile string
+	// TokenFileCheck is how often Run reads TokenFile for a new token;
+	// zero means DefaultTokenFileCheck.
+	TokenFileCheck time.Duration
 	// RoleIDFile and SecretIDFile hold the AppRole credentials (method
 	// approle), read on every login.
 	RoleIDFile, SecretIDFile string
@@ -169,6 +176,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Auth.Mount == "" {
 		c.Auth.Mount = c.Auth.Method
+	}
+	if c.Auth.TokenFileCheck == 0 {
+		c.Auth.TokenFileCheck = DefaultTokenFileCheck
 	}
 	return c
 }

@@ -15,11 +15,17 @@ import (
 // package: it satisfies Metrics by its method set alone.
 type Metrics interface {
 	ObserveVaultCall(op, outcome string, d time.Duration)
+	// VaultTokenEnd is when latch's own token ends for good, read from
+	// a token file: renewals cannot take it past this time, and latch
+	// cannot log in again by itself. Zero when there is no such end (a
+	// periodic token, or a method latch logs in with again).
+	VaultTokenEnd(at time.Time)
 }
 
 type nopMetrics struct{}
 
 func (nopMetrics) ObserveVaultCall(string, string, time.Duration) {}
+func (nopMetrics) VaultTokenEnd(time.Time)                        {}
 
 // Outcome names a call's result: "ok", "unavailable" (a retryable
 // failure) or "error".

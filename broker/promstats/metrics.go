@@ -39,6 +39,7 @@ type Metrics struct {
 	webhooks      *prometheus.CounterVec
 	outbox        prometheus.Gauge
 	approvals     prometheus.Gauge
+	tokenEnd      prometheus.Gauge
 
 	labels labelGuard
 
@@ -119,12 +120,17 @@ func New() *Metrics {
 			Name: "latch_approvals_pending",
 			Help: "Requests waiting for their reviews, counted from the store periodically (see TrackCounts).",
 		}),
+		tokenEnd: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "latch_vault_token_end_timestamp_seconds",
+			Help: "When latch's own Vault token, read from vault.auth.token_file, ends for good (Unix time): renewals cannot take it further, so a new token must be in the file before then. 0 when there is no such end: a periodic token, or AppRole and JWT auth, with which latch logs in again by itself.",
+		}),
 		active: map[string]bool{},
 	}
 	m.outcomesAtZero()
 	m.reg.MustRegister(
 		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations, m.refused,
 		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration, m.webhooks, m.outbox, m.approvals,
+		m.tokenEnd,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -202,6 +208,16 @@ func (m *Metrics) EventDropped() { m.eventsDropped.Inc() }
 // It is backends/vault's Metrics.
 func (m *Metrics) ObserveVaultCall(op, outcome string, d time.Duration) {
 	m.vault.WithLabelValues(m.labels.value("op", op), m.labels.value("outcome", outcome)).Observe(d.Seconds())
+}
+
+// VaultTokenEnd sets latch_vault_token_end_timestamp_seconds; it is
+// backends/vault's Metrics.
+func (m *Metrics) VaultTokenEnd(at time.Time) {
+	if at.IsZero() {
+		m.tokenEnd.Set(0)
+		return
+	}
+	m.tokenEnd.Set(float64(at.Unix()))
 }
 
 // HTTPRequest implements httpapi.Metrics.

@@ -1,6 +1,7 @@
 package backends
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,10 +11,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -250,6 +253,136 @@ func TestClient_Metrics(t *testing.T) {
 	for k := range seen {
 		if op, _, _ := strings.Cut(k, "/"); strings.Contains(op, "/") || strings.ContainsAny(op, "0123456789") {
 			t.Errorf("operation label %q is not a fixed name", op)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer a logger and the test share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// endRecorder is vault.Metrics that hands each VaultTokenEnd to the test.
+type endRecorder struct{ ends chan time.Time }
+
+func (endRecorder) ObserveVaultCall(string, string, time.Duration) {}
+func (r endRecorder) VaultTokenEnd(at time.Time)                   { r.ends <- at }
+
+// next waits for the next VaultTokenEnd.
+func (r endRecorder) next(t *testing.T, what string) time.Time {
+	t.Helper()
+	select {
+	case at := <-r.ends:
+		return at
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no VaultTokenEnd after %s", what)
+		return time.Time{}
+	}
+}
+
+// TestClient_TokenFileEnd: with a token file, latch tells in its metric
+// and its log when its token ends for good — an explicit max TTL read at
+// login, a max TTL met by a renewal — and picks up a new token written to
+// the file while the old one still lives; a periodic token has no end.
+func TestClient_TokenFileEnd(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	create := func(data map[string]any) *vaultapi.Secret {
+		t.Helper()
+		data["policies"], data["no_default_policy"] = []string{"latch"}, true
+		s, err := e.Root.Logical().WriteWithContext(ctx, "auth/token/create-orphan", data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	file := filepath.Join(t.TempDir(), "token")
+	write := func(s *vaultapi.Secret) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(s.Auth.ClientToken+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bounded := create(map[string]any{"ttl": "1h", "renewable": true, "explicit_max_ttl": "2h"})
+	write(bounded)
+	var logs syncBuffer
+	m := endRecorder{ends: make(chan time.Time, 16)}
+	c, err := vault.New(vault.Config{Address: st.Vault.Addr, Metrics: m, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Auth: vault.AuthConfig{Method: vault.AuthToken, TokenFile: file, TokenFileCheck: 50 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if end := m.next(t, "login"); end.Before(time.Now().Add(2*time.Hour-time.Minute)) || end.After(time.Now().Add(2*time.Hour)) {
+		t.Fatalf("end of a token with a 2h explicit max TTL: %s, want in 2h", end)
+	}
+	if !strings.Contains(logs.String(), "token_file before then") || strings.Contains(logs.String(), bounded.Auth.ClientToken) {
+		t.Fatalf("the log does not warn of the end (or shows the token):\n%s", logs.String())
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { _ = c.Run(runCtx); close(done) }()
+	defer func() { stop(); <-done }()
+
+	// A token whose end only its role's max TTL knows (an AppRole login
+	// here): a renewal that comes back short tells.
+	if _, err := e.Root.Logical().WriteWithContext(ctx, "auth/approle/role/latch-file", map[string]any{
+		"token_policies": "latch", "token_no_default_policy": true, "token_ttl": "4s", "token_max_ttl": "5s",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	roleID, err := e.Root.Logical().ReadWithContext(ctx, "auth/approle/role/latch-file/role-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secretID, err := e.Root.Logical().WriteWithContext(ctx, "auth/approle/role/latch-file/secret-id", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	capped, err := e.Root.Logical().WriteWithContext(ctx, "auth/approle/login", map[string]any{
+		"role_id": roleID.Data["role_id"], "secret_id": secretID.Data["secret_id"],
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(capped)
+	if end := m.next(t, "a new token in the file"); !end.IsZero() {
+		t.Fatalf("a token with only its role's max TTL has end %s at login, want none known", end)
+	}
+	if c.Accessor() != capped.Auth.Accessor {
+		t.Fatal("latch did not log in with the token written to its file")
+	}
+	end := m.next(t, "renewals up to the max TTL")
+	if end.IsZero() || end.After(time.Now().Add(5*time.Second)) {
+		t.Fatalf("end after a renewal met the max TTL: %s, want within 5s", end)
+	}
+	// Renewal ends; latch logs in again with the file's (same) token, and
+	// keeps what the renewal told.
+	if again := m.next(t, "the end of renewal"); !again.Equal(end) {
+		t.Fatalf("end after logging in again with the same token: %s, want %s", again, end)
+	}
+
+	periodic := create(map[string]any{"period": "1h"})
+	write(periodic)
+	for {
+		if end := m.next(t, "a periodic token in the file"); end.IsZero() && c.Accessor() == periodic.Auth.Accessor {
+			break
 		}
 	}
 }
