@@ -25,7 +25,7 @@ FUZZTIME  ?= 30s
 # The integration harness finds the tools here.
 export LATCH_TOOLS_BIN := $(TOOLS)/bin
 
-.PHONY: help build test tools postgres chromium demo demo-ha up bench bench-pinned migrate-100k fuzz stress clean distclean
+.PHONY: help build test tools postgres chromium clients demo demo-ha up bench bench-pinned migrate-100k fuzz stress clean distclean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,7 +42,7 @@ test: tools ## gofmt check, go vet, go test -race ./... with the integration tes
 	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) $$($(GO) list ./... | grep -v '/integration/server$$')
 	$(GO) test -race -count=1 -timeout 30m $(TESTFLAGS) ./integration/server
 
-tools: $(VAULT) $(SPIRE_SERVER) $(SPIRE_AGENT) $(ETCD) $(OIDC) $(MCP_TS)/node_modules/.package-lock.json postgres chromium ## Build Vault, SPIRE, etcd and the test OpenID Provider into .tools/ (once per version), install PostgreSQL, Chromium and the MCP TypeScript SDK (npm ci)
+tools: $(VAULT) $(SPIRE_SERVER) $(SPIRE_AGENT) $(ETCD) $(OIDC) $(MCP_TS)/node_modules/.package-lock.json postgres chromium clients ## Build Vault, SPIRE, etcd and the test OpenID Provider into .tools/ (once per version), install PostgreSQL, Chromium, curl and Python and the MCP TypeScript SDK (npm ci)
 	@mkdir -p $(TOOLS)/bin
 	@ln -sfn $(VAULT) $(TOOLS)/bin/vault
 	@ln -sfn $(SPIRE_SERVER) $(TOOLS)/bin/spire-server
@@ -83,6 +83,12 @@ chromium: ## Install Chromium from Debian when missing (the console's browser te
 	@if ! command -v chromium >/dev/null 2>&1; then \
 		echo "installing Chromium from Debian ..."; \
 		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+clients: ## Install curl and Python 3 from Debian when missing (the README's API examples are run as printed)
+	@if ! command -v curl >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then \
+		echo "installing curl and python3 from Debian ..."; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y curl python3; \
 	fi
 
 postgres: ## Install PostgreSQL from Debian when its server binaries are missing

@@ -165,6 +165,7 @@ type latchOptions struct {
 	ServerExtra string            // more keys of server:, indented two spaces
 	Templates   map[string]string // more template files
 	Store       string            // the store: value; { path: latch.db } when empty
+	DNSNames    []string          // DNS names in latch's SVID, beside its SPIFFE ID
 }
 
 // startLatchWith is startLatch with more operators, agents, templates,
@@ -180,7 +181,7 @@ func startLatchWith(t testing.TB, o latchOptions) *latch {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	svid, err := st.SPIRE.MintX509SVID(ctx, latchID, time.Hour)
+	svid, err := st.SPIRE.MintX509SVID(ctx, latchID, time.Hour, o.DNSNames...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -249,15 +249,18 @@ type X509SVID struct {
 }
 
 // MintX509SVID has the server sign an X.509-SVID for any ID, without a
-// registration entry (spire-server x509 mint).
-func (s *SPIRE) MintX509SVID(ctx context.Context, id spiffeid.ID, ttl time.Duration) (*X509SVID, error) {
+// registration entry (spire-server x509 mint), with DNS names if given.
+func (s *SPIRE) MintX509SVID(ctx context.Context, id spiffeid.ID, ttl time.Duration, dnsNames ...string) (*X509SVID, error) {
 	out := filepath.Join(s.dir, "mint-"+strconv.FormatInt(time.Now().UnixNano(), 36))
 	if err := os.Mkdir(out, 0o700); err != nil {
 		return nil, fmt.Errorf("stack: x509 mint: %w", err)
 	}
 	defer os.RemoveAll(out)
-	if _, err := s.serverCmd(ctx, "x509", "mint", "-spiffeID", id.String(),
-		"-ttl", ttl.String(), "-write", out); err != nil {
+	args := []string{"x509", "mint", "-spiffeID", id.String(), "-ttl", ttl.String(), "-write", out}
+	for _, n := range dnsNames {
+		args = append(args, "-dns", n)
+	}
+	if _, err := s.serverCmd(ctx, args...); err != nil {
 		return nil, err
 	}
 	var svid X509SVID
