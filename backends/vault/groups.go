@@ -121,14 +121,23 @@ func (gs *Groups) For(ctx context.Context, req broker.MintRequest) (*Group, erro
 	return g, nil
 }
 
+// ParentTTL is the TTL of a parent whose credentials live up to maxTTL:
+// how long it takes credentials, their max TTL, and the slack.
+func (gs *Groups) ParentTTL(maxTTL time.Duration) time.Duration {
+	return min(gs.maxFor, maxTTL/4) + maxTTL + min(GroupSlack, maxTTL/4)
+}
+
+// Role is the token role the parents are created through.
+func (gs *Groups) Role() string { return gs.role }
+
 func (gs *Groups) create(ctx context.Context, req broker.MintRequest) (*Group, error) {
 	maxTTL := req.EffectiveMaxTTL()
 	takesFor, slack := min(gs.maxFor, maxTTL/4), min(GroupSlack, maxTTL/4)
 	now := gs.c.Now()
 	tok, err := gs.c.CreateToken(ctx, "group.create", TokenRequest{
 		Role:           gs.role,
-		TTL:            takesFor + maxTTL + slack,
-		ExplicitMaxTTL: takesFor + maxTTL + slack,
+		TTL:            gs.ParentTTL(maxTTL),
+		ExplicitMaxTTL: gs.ParentTTL(maxTTL),
 		DisplayName:    gs.display + "-" + req.Task,
 		Meta: map[string]string{
 			"latch_agent":    req.Agent,

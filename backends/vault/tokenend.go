@@ -1,7 +1,6 @@
 package vault
 
 import (
-	"encoding/json"
 	"os"
 	"strings"
 	"time"
@@ -29,7 +28,7 @@ func tokenEnd(data map[string]any, now time.Time) (end time.Time, fullTTL time.D
 		end = now.Add(ttl)
 	}
 	if max := seconds(data["explicit_max_ttl"]); max > 0 {
-		created := time.Unix(int64(seconds(data["creation_time"])/time.Second), 0)
+		created := time.Unix(number(data["creation_time"]), 0)
 		if e := created.Add(max); end.IsZero() || e.Before(end) {
 			end = e
 		}
@@ -38,16 +37,7 @@ func tokenEnd(data map[string]any, now time.Time) (end time.Time, fullTTL time.D
 }
 
 // seconds reads a number of seconds from a Vault response field.
-func seconds(v any) time.Duration {
-	var n float64
-	switch v := v.(type) {
-	case json.Number:
-		n, _ = v.Float64()
-	case float64:
-		n = v
-	}
-	return time.Duration(n) * time.Second
-}
+func seconds(v any) time.Duration { return time.Duration(number(v)) * time.Second }
 
 // noteEnd shows a's end in the metric and, the first time an end is known
 // for a's token, warns: without a new token in the file latch loses

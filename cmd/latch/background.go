@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 func (s *Server) runBackground(ctx context.Context, pauser *notify.AutoPause) {
 	s.bg.Add(2)
 	go func() { defer s.bg.Done(); _ = s.vault.Run(ctx) }()
+	s.bg.Go(func() { s.watchSetup(ctx) })
 	go func() { defer s.bg.Done(); s.metrics.TrackCounts(ctx, s.store, 15*time.Second) }()
 	es, replicated := s.store.(*etcdStore)
 	if !replicated {
@@ -42,6 +44,51 @@ func (s *Server) runBackground(ctx context.Context, pauser *notify.AutoPause) {
 		go es.watchGone(dctx, s.service.ReplicaGone)
 		s.runDuties(dctx, pauser, func(ctx context.Context) error { return s.service.RunDuties(ctx, nil) })
 	})
+}
+
+// setupRecheck is how often a server whose Vault setup is incomplete
+// checks it again.
+const setupRecheck = 30 * time.Second
+
+// watchSetup checks latch's Vault setup (checkSetup) until it is
+// complete: till then the server is not ready, and each new set of
+// missing pieces is logged, one error line each, naming the fix.
+func (s *Server) watchSetup(ctx context.Context) {
+	last := ""
+	for {
+		checks, err := checkSetup(ctx, s.vault, s.backends, s.service.Policy())
+		problems := problemsOf(checks)
+		if err == nil && len(problems) == 0 {
+			s.setupErr.Store(nil)
+			s.log.Info("vault: everything latch needs is in place", "checks", len(checks))
+			return
+		}
+		var summary string
+		if err != nil {
+			summary = "cannot check latch's Vault setup: " + err.Error()
+		} else {
+			whats := make([]string, len(problems))
+			for i, p := range problems {
+				whats[i] = p.For + ": " + p.What
+			}
+			summary = "latch's Vault setup is incomplete: " + strings.Join(whats, "; ")
+		}
+		s.setupErr.Store(&summary)
+		if summary != last {
+			last = summary
+			for _, p := range problems {
+				s.log.Error("vault: latch lacks what it needs to mint; not ready", "for", p.For, "missing", p.What, "fix", p.Fix)
+			}
+			if err != nil {
+				s.log.Warn("vault: cannot check latch's setup; not ready", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(setupRecheck):
+		}
+	}
 }
 
 // runDuties runs what one replica at a time must run, until ctx ends:

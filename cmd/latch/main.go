@@ -34,6 +34,7 @@ func newApp() *cli.App {
 		HideHelpCommand: true,
 		Commands: []*cli.Command{
 			checkCommand(),
+			doctorCommand(),
 			explainCommand(),
 			serverCommand(),
 			approvalCommand(),

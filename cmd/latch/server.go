@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -117,6 +118,8 @@ type Server struct {
 	apiLn, adminLn, metricsLn, consoleLn net.Listener
 
 	ready    chan struct{} // closed once reconciliation is done
+	backends map[string]broker.Backend
+	setupErr atomic.Pointer[string] // what latch's Vault setup lacks; nil once complete (watchSetup)
 	runErr   chan error
 	stopBg   context.CancelFunc
 	bg       sync.WaitGroup
@@ -132,6 +135,8 @@ type Server struct {
 // opened is closed.
 func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, err error) {
 	s = &Server{cfg: cfg, log: log, ready: make(chan struct{}), runErr: make(chan error, 2), metrics: promstats.New()} // two senders: reconciliation, the etcd session
+	unchecked := "latch has not checked its Vault setup yet"
+	s.setupErr.Store(&unchecked)
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -149,45 +154,21 @@ func OpenServer(ctx context.Context, cfg *Config, log *slog.Logger) (s *Server, 
 	if s.store, err = openStore(ctx, cfg, log); err != nil {
 		return nil, err
 	}
-	if cfg.SPIFFE.WorkloadAPI != "" {
-		s.source, err = attest.OpenWorkloadAPI(ctx, attest.WorkloadAPIConfig{Addr: cfg.SPIFFE.WorkloadAPI, ID: serverID, Logger: log})
-	} else {
-		s.source, err = attest.OpenFiles(attest.FilesConfig{CertFile: cfg.SPIFFE.SVIDCert, KeyFile: cfg.SPIFFE.SVIDKey,
-			BundleFile: cfg.SPIFFE.Bundle, JWTBundleFile: cfg.SPIFFE.Bundle, Logger: log})
-	}
-	if err != nil {
-		return nil, fmt.Errorf("spiffe: %w", err)
+	if s.source, err = openSource(ctx, cfg, serverID, log); err != nil {
+		return nil, err
 	}
 	s.verifier, err = attest.NewVerifier(attest.Config{ID: serverID, TrustDomains: []spiffeid.TrustDomain{serverID.TrustDomain()},
 		X509Bundles: s.source, JWTBundles: s.source, ReplayCacheSize: cfg.Server.JWTReplayCache})
 	if err != nil {
 		return nil, err
 	}
-	s.vault, err = vault.New(vault.Config{
-		Owner:     cfg.Server.ID,
-		Address:   cfg.Vault.Address,
-		CACert:    cfg.Vault.CACert,
-		Namespace: cfg.Vault.Namespace,
-		Logger:    log,
-		Metrics:   s.metrics,
-		Auth: vault.AuthConfig{
-			Method: cfg.Vault.Auth.Method, TokenFile: cfg.Vault.Auth.TokenFile,
-			RoleIDFile: cfg.Vault.Auth.RoleIDFile, SecretIDFile: cfg.Vault.Auth.SecretIDFile,
-			Role: cfg.Vault.Auth.Role, Mount: cfg.Vault.Auth.Mount,
-			JWT: s.vaultJWT,
-		},
-	})
-	if err != nil {
+	if s.vault, err = openVault(ctx, cfg, log, s.metrics, s.vaultJWT); err != nil {
 		return nil, err
 	}
-	if err := s.vault.Login(ctx); err != nil {
-		return nil, fmt.Errorf("vault login: %w", err)
-	}
-	backends, err := cfg.backends.Build(s.vault)
-	if err != nil {
+	if s.backends, err = cfg.backends.Build(s.vault); err != nil {
 		return nil, err
 	}
-	if err := s.openService(ctx, cfg, backends); err != nil {
+	if err := s.openService(ctx, cfg, s.backends); err != nil {
 		return nil, err
 	}
 	if err := s.openConsole(cfg); err != nil {
@@ -217,6 +198,50 @@ func (s *Server) openService(ctx context.Context, cfg *Config, backends map[stri
 	}
 	s.notifier, err = newNotifier(cfg, s.log, s.metrics, handoff)
 	return err
+}
+
+// openSource opens latch's own SPIFFE identity: from the Workload API or
+// from files.
+func openSource(ctx context.Context, cfg *Config, id spiffeid.ID, log *slog.Logger) (*attest.Source, error) {
+	var src *attest.Source
+	var err error
+	if cfg.SPIFFE.WorkloadAPI != "" {
+		src, err = attest.OpenWorkloadAPI(ctx, attest.WorkloadAPIConfig{Addr: cfg.SPIFFE.WorkloadAPI, ID: id, Logger: log})
+	} else {
+		src, err = attest.OpenFiles(attest.FilesConfig{CertFile: cfg.SPIFFE.SVIDCert, KeyFile: cfg.SPIFFE.SVIDKey,
+			BundleFile: cfg.SPIFFE.Bundle, JWTBundleFile: cfg.SPIFFE.Bundle, Logger: log})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("spiffe: %w", err)
+	}
+	return src, nil
+}
+
+// openVault builds latch's Vault client from the config and logs in, so
+// bad Vault credentials fail here; jwt is latch's JWT-SVID for JWT auth.
+func openVault(ctx context.Context, cfg *Config, log *slog.Logger, metrics vault.Metrics, jwt vault.JWTSource) (*vault.Client, error) {
+	v, err := vault.New(vault.Config{
+		Owner:     cfg.Server.ID,
+		Address:   cfg.Vault.Address,
+		CACert:    cfg.Vault.CACert,
+		Namespace: cfg.Vault.Namespace,
+		Logger:    log,
+		Metrics:   metrics,
+		Auth: vault.AuthConfig{
+			Method: cfg.Vault.Auth.Method, TokenFile: cfg.Vault.Auth.TokenFile,
+			RoleIDFile: cfg.Vault.Auth.RoleIDFile, SecretIDFile: cfg.Vault.Auth.SecretIDFile,
+			Role: cfg.Vault.Auth.Role, Mount: cfg.Vault.Auth.Mount,
+			JWT: jwt,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := v.Login(ctx); err != nil {
+		v.Close()
+		return nil, fmt.Errorf("vault login: %w", err)
+	}
+	return v, nil
 }
 
 // vaultJWT is latch's own JWT-SVID for Vault's JWT auth, audience "vault".
@@ -343,8 +368,12 @@ func (s *Server) metricsMux() http.Handler {
 	return mux
 }
 
-// Ready reports nil once reconciliation has finished.
+// Ready reports nil once reconciliation has finished and latch's Vault
+// setup is complete (watchSetup).
 func (s *Server) Ready() error {
+	if e := s.setupErr.Load(); e != nil {
+		return errors.New(*e)
+	}
 	select {
 	case <-s.ready:
 		return nil

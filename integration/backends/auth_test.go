@@ -386,3 +386,35 @@ func TestClient_TokenFileEnd(t *testing.T) {
 		}
 	}
 }
+
+// TestBackends_CheckREADMESetup: on Vault set up as the README says, every
+// backend's Check (what latch doctor and the server's readiness run)
+// finds nothing missing, and latch's own token has what it needs.
+func TestBackends_CheckREADMESetup(t *testing.T) {
+	e := setup(t)
+	ctx := t.Context()
+	own, err := e.latch.CheckOwn(ctx)
+	if err != nil || len(own) > 0 {
+		t.Fatalf("CheckOwn = %v, %v", own, err)
+	}
+	for _, tt := range []struct {
+		name  string
+		c     vault.Checker
+		paths []string
+	}{
+		{"vault-token", e.tokens, nil},
+		{"vault-lease", e.leases, []string{dbMount + "/creds/" + dbRole}},
+		{"vault-lease/prefix only", e.leases, nil},
+		{"vault-pki", e.certs, nil},
+	} {
+		probs, err := tt.c.Check(ctx, tt.name, time.Hour, tt.paths)
+		if err != nil || len(probs) > 0 {
+			t.Errorf("%s: Check = %v, %v", tt.name, probs, err)
+		}
+	}
+	// A path latch_mint does not grant is named.
+	probs, err := e.leases.Check(ctx, "app-db", time.Hour, []string{dbMount + "/creds/other"})
+	if err != nil || len(probs) != 1 || !strings.Contains(probs[0].What, "lacks read on "+dbMount+"/creds/other") {
+		t.Fatalf("Check of an ungranted path = %v, %v", probs, err)
+	}
+}

@@ -51,9 +51,9 @@ vault:
   address: {{vault}}
   auth: { method: approle, role_id_file: {{role_id}}, secret_id_file: {{secret_id}} }
 backends:
-  tokens: { type: vault-token }
-  app-db: { type: vault-lease, path: "database/creds/{{ .vars.role }}" }
-operators:
+  tokens: { type: vault-token{{tokens}} }
+  app-db: { type: vault-lease, path: "database/creds/{{ .vars.role }}"{{appdb}} }
+{{backends}}operators:
   - { id: spiffe://example.org/ops/alice, roles: [revoker] }
   - { id: spiffe://example.org/ops/carol, roles: [viewer] }
   - { id: spiffe://example.org/ops/ada, roles: [admin] }
@@ -166,6 +166,11 @@ type latchOptions struct {
 	Templates   map[string]string // more template files
 	Store       string            // the store: value; { path: latch.db } when empty
 	DNSNames    []string          // DNS names in latch's SVID, beside its SPIFFE ID
+	AppRole     string            // the AppRole latch logs in with; "latch" when empty
+	Tokens      string            // more keys of backends.tokens, after a comma
+	AppDB       string            // more keys of backends.app-db, after a comma
+	Backends    string            // more entries of backends:, indented two spaces
+	NoWait      bool              // start it, and do not wait until it is ready
 }
 
 // startLatchWith is startLatch with more operators, agents, templates,
@@ -188,7 +193,7 @@ func startLatchWith(t testing.TB, o latchOptions) *latch {
 	writeFile(t, filepath.Join(dir, "svid.pem"), svid.CertPEM)
 	writeFile(t, filepath.Join(dir, "svid-key.pem"), svid.KeyPEM)
 	writeBundle(t, ctx, filepath.Join(dir, "bundle.json"))
-	roleID, secretID, err := e.AppRoleFiles(ctx, "latch")
+	roleID, secretID, err := e.AppRoleFiles(ctx, cmp.Or(o.AppRole, "latch"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,8 +216,13 @@ func startLatchWith(t testing.TB, o latchOptions) *latch {
 		cfg := strings.NewReplacer("{{listen}}", listen, "{{metrics}}", metrics, "{{dir}}", dir,
 			"{{vault}}", st.Vault.Addr, "{{role_id}}", roleID, "{{secret_id}}", secretID,
 			"{{operators}}", o.Operators, "{{agents}}", o.Agents, "{{notify}}", o.Notify, "{{extra}}", o.Extra, "{{serverextra}}", o.ServerExtra,
-			"{{store}}", cmp.Or(o.Store, "{ path: latch.db }")).Replace(configYAML)
+			"{{store}}", cmp.Or(o.Store, "{ path: latch.db }"),
+			"{{tokens}}", o.Tokens, "{{appdb}}", o.AppDB, "{{backends}}", o.Backends).Replace(configYAML)
 		writeFile(t, l.config, []byte(cfg))
+		if o.NoWait {
+			l.launch()
+			break
+		}
 		err := l.tryStart()
 		if err == nil {
 			break
