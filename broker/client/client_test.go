@@ -101,6 +101,8 @@ func TestClient_Errors(t *testing.T) {
 	}{
 		{"Denied", 403, nil, `{"error":{"code":"forbidden","message":"denied: window","reasons":["frozen:billing-close"],"next_allowed_at":"2026-03-03T00:00:00Z"}}`,
 			client.Error{Status: 403, Code: "forbidden", Message: "denied: window", Reasons: []string{"frozen:billing-close"}, NextAllowedAt: time.Date(2026, 3, 3, 0, 0, 0, 0, time.UTC)}},
+		{"Frozen", 403, nil, `{"error":{"code":"forbidden","message":"denied: nightly-report is frozen during window billing-close; next allowed at 2027-01-02T00:00:00+01:00","reasons":["frozen:billing-close"],"next_allowed_at":"2027-01-02T00:00:00+01:00"}}`,
+			client.Error{Status: 403, Code: "forbidden", Message: "denied: nightly-report is frozen during window billing-close; next allowed at 2027-01-02T00:00:00+01:00", Reasons: []string{"frozen:billing-close"}, NextAllowedAt: time.Date(2027, 1, 2, 0, 0, 0, 0, time.FixedZone("", 3600))}},
 		{"Limited", 429, map[string]string{"Retry-After": "30"}, `{"error":{"code":"limit","message":"slow","reasons":["rate_limited"],"retry_after":30}}`,
 			client.Error{Status: 429, Code: "limit", Message: "slow", Reasons: []string{"rate_limited"}, RetryAfter: 30 * time.Second}},
 		{"Internal", 500, map[string]string{"X-Request-Id": "abc"}, `{"error":{"code":"internal","message":"internal error (request abc)","reasons":[],"request_id":"abc"}}`,
@@ -131,6 +133,9 @@ func TestClient_Errors(t *testing.T) {
 			}
 			if client.Code(err) != tt.want.Code || !strings.Contains(err.Error(), fmt.Sprint(tt.status)) {
 				t.Fatalf("Code = %q, Error() = %q", client.Code(err), err.Error())
+			}
+			if n := strings.Count(err.Error(), "next allowed at"); n != min(1, strings.Count(tt.body, "next_allowed_at")) {
+				t.Fatalf("Error() = %q says the next allowed time %d times", err.Error(), n)
 			}
 		})
 	}

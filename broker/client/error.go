@@ -46,8 +46,10 @@ func (e *Error) Error() string {
 	if len(e.Reasons) > 0 {
 		b.WriteString(" (" + strings.Join(e.Reasons, ", ") + ")")
 	}
-	if !e.NextAllowedAt.IsZero() {
-		b.WriteString("; next allowed at " + e.NextAllowedAt.Format(time.RFC3339))
+	// A freeze's message names its next allowed time already; say it once.
+	next := "next allowed at " + e.NextAllowedAt.Format(time.RFC3339)
+	if !e.NextAllowedAt.IsZero() && !strings.Contains(e.Message, next) {
+		b.WriteString("; " + next)
 	}
 	if e.RetryAfter > 0 {
 		b.WriteString("; retry after " + e.RetryAfter.String())
