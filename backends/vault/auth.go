@@ -266,14 +266,16 @@ func (c *Client) watch(ctx context.Context, a *authState) bool {
 
 // renewed notes a renewal of a. With a token file, a renewal that comes
 // back shorter than the token's full TTL has met the token's max TTL:
-// its end is known now.
+// its end is known now. Vault renews an uncapped token to exactly its
+// full TTL, and counts a capped one from its creation second, so even one
+// second short is the cap (a 4s token of a 5s max renews to 3s at once).
 func (c *Client) renewed(a *authState, r *vaultapi.RenewOutput) {
 	if r == nil || r.Secret == nil || r.Secret.Auth == nil {
 		return
 	}
 	ttl := time.Duration(r.Secret.Auth.LeaseDuration) * time.Second
 	c.cfg.Logger.Debug("vault: token renewed", "accessor", a.accessor, "ttl", ttl)
-	if c.cfg.Auth.Method == AuthToken && a.endTime().IsZero() && ttl+time.Second < a.fullTTL {
+	if c.cfg.Auth.Method == AuthToken && a.endTime().IsZero() && ttl < a.fullTTL {
 		a.setEnd(c.cfg.Now().Add(ttl))
 		c.noteEnd(a)
 	}
