@@ -1,7 +1,6 @@
 package backends
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -16,7 +15,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,6 +23,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/latchbroker/latch/backends/vault"
+	"github.com/latchbroker/latch/broker/brokertest"
 )
 
 // TestLatch_RunsWithREADMEPolicyOnly: the client every other test uses is
@@ -257,24 +256,6 @@ func TestClient_Metrics(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer a logger and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // endRecorder is vault.Metrics that hands each VaultTokenEnd to the test.
 type endRecorder struct{ ends chan time.Time }
 
@@ -318,7 +299,7 @@ func TestClient_TokenFileEnd(t *testing.T) {
 	}
 	bounded := create(map[string]any{"ttl": "1h", "renewable": true, "explicit_max_ttl": "2h"})
 	write(bounded)
-	var logs syncBuffer
+	var logs brokertest.SyncBuffer
 	m := endRecorder{ends: make(chan time.Time, 16)}
 	c, err := vault.New(vault.Config{Address: st.Vault.Addr, Metrics: m, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
 		Auth: vault.AuthConfig{Method: vault.AuthToken, TokenFile: file, TokenFileCheck: 50 * time.Millisecond}})
