@@ -25,7 +25,7 @@ FUZZTIME  ?= 30s
 # The integration harness finds the tools here.
 export LATCH_TOOLS_BIN := $(TOOLS)/bin
 
-.PHONY: help build test tools postgres chromium clients demo demo-ha up bench bench-pinned migrate-100k fuzz stress clean distclean
+.PHONY: help build test tools postgres chromium clients demo demo-ha up bench bench-pinned profile migrate-100k fuzz stress clean distclean
 
 help: ## Show the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -108,6 +108,11 @@ up: tools ## Start the same stack and keep it running until Ctrl-C
 
 bench: tools ## Run every benchmark (integration benchmarks use the real stack)
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+
+profile: tools ## CPU and allocation profiles of latch serving BenchmarkIssue_LatchJWT (server.pprof), in test-output/profile/
+	LATCH_BENCH_PROFILE=$(CURDIR)/test-output/profile $(GO) test -run '^$$' -bench 'Issue_LatchJWT$$' -benchtime 15000x -count=1 ./integration/server/
+	$(GO) tool pprof -top -nodecount=40 test-output/profile/issue.cpu.pprof
+	$(GO) tool pprof -top -nodecount=25 -sample_index=alloc_space -base test-output/profile/issue.allocs.before.pprof test-output/profile/issue.allocs.pprof
 
 bench-pinned: tools ## Issuance vs Vault JWT login with Vault pinned to CPU 0 and latch to CPU 1 (taskset)
 	LATCH_BENCH_PIN=1 $(GO) test -run '^$$' -bench 'Issue_LatchJWT$$|VaultJWTLogin|VaultTokenCreate|Overhead' -count=1 ./integration/server/

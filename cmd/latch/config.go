@@ -90,6 +90,11 @@ type ServerConfig struct {
 	// time, remembering up to that many tokens until they expire. Off by
 	// default: see the README on SPIRE agents that cache JWT-SVIDs.
 	JWTReplayCache int `yaml:"jwt_replay_cache"`
+	// Pprof serves Go's runtime profiles under /debug/pprof/ on
+	// MetricsListen, to profile latch under load. Off by default: a
+	// profile holds code paths and sizes, not values, but whoever reaches
+	// metrics_listen may take one, and a CPU profile costs CPU.
+	Pprof bool `yaml:"pprof"`
 
 	At              strictyaml.Pos `yaml:",pos"`
 	ListenAt        strictyaml.Pos `yaml:"listen,pos"`

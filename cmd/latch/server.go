@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -365,7 +366,19 @@ func (s *Server) metricsMux() http.Handler {
 		}
 		w.Write([]byte("ready\n"))
 	})
+	if s.cfg.Server.Pprof {
+		servePprof(mux)
+	}
 	return mux
+}
+
+// servePprof adds net/http/pprof's handlers to mux (server.pprof).
+func servePprof(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }
 
 // Ready reports nil once reconciliation has finished and latch's Vault

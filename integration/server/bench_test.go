@@ -59,6 +59,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -208,6 +209,62 @@ func pinVault() error {
 		}
 	}
 	return nil
+}
+
+// With LATCH_BENCH_PROFILE=DIR (make profile), BenchmarkIssue_LatchJWT
+// starts latch with server.pprof and writes what latch did while the
+// callers ran to DIR: a CPU profile of benchProfileSeconds
+// (issue.cpu.pprof) and the allocations (issue.allocs.pprof, to read with
+// -base issue.allocs.before.pprof).
+const benchProfileSeconds = 5
+
+// benchLatchOptions turns server.pprof on when profiling.
+func benchLatchOptions() latchOptions {
+	if os.Getenv("LATCH_BENCH_PROFILE") == "" {
+		return latchOptions{}
+	}
+	return latchOptions{ServerExtra: "  pprof: true\n"}
+}
+
+// profileLatch starts profiling l, when asked to and b.N is worth it, and
+// returns the function that waits for the profiles and writes them.
+func profileLatch(b *testing.B, l *latch, name string) (wait func()) {
+	dir := os.Getenv("LATCH_BENCH_PROFILE")
+	if dir == "" || b.N < 1000 {
+		return func() {}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	// save runs on the profiling goroutine too: it returns its error.
+	save := func(file, path string) error {
+		resp, err := http.Get(l.metrics + path)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("GET %s: %s %s", path, resp.Status, body)
+		}
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, name+"."+file), body, 0o644)
+	}
+	if err := save("allocs.before.pprof", "/debug/pprof/allocs"); err != nil {
+		b.Fatal(err)
+	}
+	cpuErr := make(chan error, 1)
+	go func() {
+		cpuErr <- save("cpu.pprof", fmt.Sprintf("/debug/pprof/profile?seconds=%d", benchProfileSeconds))
+	}()
+	return func() {
+		if err := errors.Join(<-cpuErr, save("allocs.pprof", "/debug/pprof/allocs")); err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("profiles of latch in %s", dir)
+	}
 }
 
 // mintAgentJWTs has SPIRE sign a JWT-SVID for each bench agent.
@@ -656,12 +713,14 @@ func (m *cpuMeter) report(b *testing.B, ops int) {
 // vault-token lease) with their JWT-SVID over latch's TLS API.
 func BenchmarkIssue_LatchJWT(b *testing.B) {
 	benchEnv(b)
-	l := startLatch(b)
+	l := startLatchWith(b, benchLatchOptions())
 	hc := latchHTTPClient(l)
 	before := latchTimes(b, l)
 	cpu := newCPUMeter(b, "latch", l.pid(), "vault", st.Vault.Pid())
+	profiled := profileLatch(b, l, "issue")
 	leases := runCallers(b, benchCallers, 0, issueLatch(l, hc))
 	cpu.report(b, b.N)
+	profiled()
 	logLatchTimes(b, before, latchTimes(b, l), len(leases), "issue")
 	if n := revokeLatchAll(b, l); n != len(leases) {
 		b.Fatalf("revoke --all queued %d leases, the benchmark issued %d", n, len(leases))

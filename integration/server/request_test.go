@@ -67,6 +67,19 @@ func sumRequests(t testing.TB, metrics string) float64 {
 	return sum
 }
 
+// TestServer_Pprof: with server.pprof, metrics_listen serves Go's
+// profiles (TestServer_Metrics checks that it does not by default).
+func TestServer_Pprof(t *testing.T) {
+	l := startLatchWith(t, latchOptions{ServerExtra: "  pprof: true\n"})
+	if heap := get(t, l.metrics+"/debug/pprof/heap?debug=1"); !strings.HasPrefix(heap, "heap profile:") {
+		t.Fatalf("heap profile:\n%.200s", heap)
+	}
+	cpu := get(t, l.metrics+"/debug/pprof/profile?seconds=1")
+	if !strings.HasPrefix(cpu, "\x1f\x8b") {
+		t.Fatalf("a CPU profile is not the gzipped protobuf go tool pprof reads: %q", cpu[:min(len(cpu), 16)])
+	}
+}
+
 func TestServer_Metrics(t *testing.T) {
 	l := startLatch(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -91,6 +104,14 @@ func TestServer_Metrics(t *testing.T) {
 	}
 	if !strings.Contains(metrics, `reason="task_not_granted"`) {
 		t.Fatalf("/metrics does not count the denial by reason:\n%s", metrics)
+	}
+	resp, err := http.Get(l.metrics + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET /debug/pprof/ without server.pprof: %s, want 404", resp.Status)
 	}
 	for _, s := range secrets {
 		if len(s) >= 8 && strings.Contains(metrics, s) {
