@@ -53,88 +53,97 @@ var _ broker.EventDropCounter = (*Metrics)(nil)
 // New returns Metrics registered on a new registry, with the Go runtime
 // and process collectors beside latch's own.
 func New() *Metrics {
-	m := &Metrics{
-		reg: prometheus.NewRegistry(),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "latch_requests_total",
-			Help: "Credential requests by outcome (issued, denied, limited, failed) and reason code (empty when none).",
-		}, []string{"outcome", "reason"}),
-		issueDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "latch_issue_duration_seconds",
-			Help: "Time to issue a credential, from request to committed lease, for issued requests.",
-			// 1 ms to ~8 s: a local Vault mints in milliseconds, a PKI
-			// issue with RSA keys in seconds.
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
-		}),
-		activeLeases: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "latch_active_leases",
-			Help: "Active leases by template, counted from the store periodically (see TrackCounts).",
-		}, []string{"template"}),
-		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "latch_revocations_total",
-			Help: "Revocation attempts by result (ok, retry, irrevocable, expires: nothing to revoke, a never-delivered credential left to expire at its TTL).",
-		}, []string{"result"}),
-		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "latch_revocation_queue_depth",
-			Help: "Revocations queued and not yet confirmed by the backend.",
-		}),
-		violations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "latch_violations_total",
-			Help: "Refusals that point at misuse, by reason (unknown_agent, task_not_granted, expired, wrong_audience, missing_role, ...).",
-		}, []string{"reason"}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "latch_refused_total",
-			Help: "API requests refused for the caller's fault (4xx), by first reason (param_constraint, no_credential, too_many_refusals, ...).",
-		}, []string{"reason"}),
-		vault: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "latch_vault_request_duration_seconds",
-			Help:    "Duration of Vault API calls by operation and outcome (ok, unavailable, error), retries included.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
-		}, []string{"op", "outcome"}),
-		auditFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "latch_audit_append_failures_total",
-			Help: "Audit events that could not be written (the request they belong to failed closed).",
-		}),
-		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "latch_events_dropped_total",
-			Help: "Audit events dropped from the live feed of a slow subscriber (the event stream refills the gap from the audit log).",
-		}),
-		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "latch_http_requests_total",
-			Help: "HTTP API requests by route and status code.",
-		}, []string{"route", "code"}),
-		httpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "latch_http_request_duration_seconds",
-			Help:    "HTTP API request duration by route (event streams count their whole life).",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}, []string{"route"}),
-		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "latch_webhook_deliveries_total",
-			Help: "Webhook delivery attempts by result (delivered, failed and to be retried, dead after the last attempt, dropped for a removed webhook).",
-		}, []string{"result"}),
-		outbox: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "latch_webhook_outbox_depth",
-			Help: "Webhook deliveries waiting in the outbox (a receiver that is down makes it grow).",
-		}),
-		approvals: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "latch_approvals_pending",
-			Help: "Requests waiting for their reviews, counted from the store periodically (see TrackCounts).",
-		}),
-		tokenEnd: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "latch_vault_token_end_timestamp_seconds",
-			Help: "When latch's own Vault token, read from vault.auth.token_file, ends for good (Unix time): renewals cannot take it further, so a new token must be in the file before then. 0 when there is no such end: a periodic token, or AppRole and JWT auth, with which latch logs in again by itself.",
-		}),
-		active: map[string]bool{},
-	}
+	m := &Metrics{reg: prometheus.NewRegistry(), active: map[string]bool{}}
+	m.reg.MustRegister(m.requestMetrics()...)
+	m.reg.MustRegister(m.vaultMetrics()...)
+	m.reg.MustRegister(m.queueMetrics()...)
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.outcomesAtZero()
-	m.reg.MustRegister(
-		m.requests, m.issueDuration, m.activeLeases, m.revocations, m.queueDepth, m.violations, m.refused,
-		m.vault, m.auditFailures, m.eventsDropped, m.httpRequests, m.httpDuration, m.webhooks, m.outbox, m.approvals,
-		m.tokenEnd,
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
 	return m
+}
+
+// requestMetrics makes the metrics of the agents' requests and the HTTP API.
+func (m *Metrics) requestMetrics() []prometheus.Collector {
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latch_requests_total",
+		Help: "Credential requests by outcome (issued, denied, limited, failed) and reason code (empty when none).",
+	}, []string{"outcome", "reason"})
+	m.issueDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "latch_issue_duration_seconds",
+		Help: "Time to issue a credential, from request to committed lease, for issued requests.",
+		// 1 ms to ~8 s: a local Vault mints in milliseconds, a PKI
+		// issue with RSA keys in seconds.
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+	})
+	m.violations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latch_violations_total",
+		Help: "Refusals that point at misuse, by reason (unknown_agent, task_not_granted, expired, wrong_audience, missing_role, ...).",
+	}, []string{"reason"})
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latch_refused_total",
+		Help: "API requests refused for the caller's fault (4xx), by first reason (param_constraint, no_credential, too_many_refusals, ...).",
+	}, []string{"reason"})
+	m.httpRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latch_http_requests_total",
+		Help: "HTTP API requests by route and status code.",
+	}, []string{"route", "code"})
+	m.httpDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "latch_http_request_duration_seconds",
+		Help:    "HTTP API request duration by route (event streams count their whole life).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	}, []string{"route"})
+	return []prometheus.Collector{m.requests, m.issueDuration, m.violations, m.refused, m.httpRequests, m.httpDuration}
+}
+
+// vaultMetrics makes the metrics of leases, revocations and latch's calls to Vault and the audit log.
+func (m *Metrics) vaultMetrics() []prometheus.Collector {
+	m.activeLeases = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "latch_active_leases",
+		Help: "Active leases by template, counted from the store periodically (see TrackCounts).",
+	}, []string{"template"})
+	m.revocations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latch_revocations_total",
+		Help: "Revocation attempts by result (ok, retry, irrevocable, expires: nothing to revoke, a never-delivered credential left to expire at its TTL).",
+	}, []string{"result"})
+	m.queueDepth = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "latch_revocation_queue_depth",
+		Help: "Revocations queued and not yet confirmed by the backend.",
+	})
+	m.vault = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "latch_vault_request_duration_seconds",
+		Help:    "Duration of Vault API calls by operation and outcome (ok, unavailable, error), retries included.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+	}, []string{"op", "outcome"})
+	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "latch_audit_append_failures_total",
+		Help: "Audit events that could not be written (the request they belong to failed closed).",
+	})
+	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "latch_events_dropped_total",
+		Help: "Audit events dropped from the live feed of a slow subscriber (the event stream refills the gap from the audit log).",
+	})
+	m.tokenEnd = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "latch_vault_token_end_timestamp_seconds",
+		Help: "When latch's own Vault token, read from vault.auth.token_file, ends for good (Unix time): renewals cannot take it further, so a new token must be in the file before then. 0 when there is no such end: a periodic token, or AppRole and JWT auth, with which latch logs in again by itself.",
+	})
+	return []prometheus.Collector{m.activeLeases, m.revocations, m.queueDepth, m.vault, m.auditFailures, m.eventsDropped, m.tokenEnd}
+}
+
+// queueMetrics makes the metrics of the webhook outbox and the approvals waiting.
+func (m *Metrics) queueMetrics() []prometheus.Collector {
+	m.webhooks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "latch_webhook_deliveries_total",
+		Help: "Webhook delivery attempts by result (delivered, failed and to be retried, dead after the last attempt, dropped for a removed webhook).",
+	}, []string{"result"})
+	m.outbox = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "latch_webhook_outbox_depth",
+		Help: "Webhook deliveries waiting in the outbox (a receiver that is down makes it grow).",
+	})
+	m.approvals = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "latch_approvals_pending",
+		Help: "Requests waiting for their reviews, counted from the store periodically (see TrackCounts).",
+	})
+	return []prometheus.Collector{m.webhooks, m.outbox, m.approvals}
 }
 
 // outcomesAtZero makes the outcome series alerts are written on exist

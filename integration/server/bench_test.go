@@ -238,15 +238,7 @@ func profileLatch(b *testing.B, l *latch, name string) (wait func()) {
 	}
 	// save runs on the profiling goroutine too: it returns its error.
 	save := func(file, path string) error {
-		resp, err := http.Get(l.metrics + path)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("GET %s: %s %s", path, resp.Status, body)
-		}
+		body, err := tryGet(l.metrics+path, http.StatusOK)
 		if err != nil {
 			return err
 		}

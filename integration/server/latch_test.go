@@ -477,16 +477,26 @@ func post(t testing.TB, hc *http.Client, url string, body []byte, header http.He
 // get fetches url with a plain client.
 func get(t testing.TB, url string) string {
 	t.Helper()
-	resp, err := http.Get(url)
+	b, err := tryGet(url, http.StatusOK)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
-	}
 	return string(b)
+}
+
+// tryGet is get that returns its error instead of failing (for use off
+// the test's goroutine), and an answer other than status as one.
+func tryGet(url string, status int) ([]byte, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != status {
+		err = fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	return b, err
 }
 
 // tryPost is post that returns transport errors instead of failing.

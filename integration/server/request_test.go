@@ -105,13 +105,8 @@ func TestServer_Metrics(t *testing.T) {
 	if !strings.Contains(metrics, `reason="task_not_granted"`) {
 		t.Fatalf("/metrics does not count the denial by reason:\n%s", metrics)
 	}
-	resp, err := http.Get(l.metrics + "/debug/pprof/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Fatalf("GET /debug/pprof/ without server.pprof: %s, want 404", resp.Status)
+	if _, err := tryGet(l.metrics+"/debug/pprof/", http.StatusNotFound); err != nil {
+		t.Fatalf("without server.pprof, want 404: %v", err)
 	}
 	for _, s := range secrets {
 		if len(s) >= 8 && strings.Contains(metrics, s) {
