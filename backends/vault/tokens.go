@@ -52,40 +52,60 @@ func (c *Client) CreateToken(ctx context.Context, op string, r TokenRequest) (To
 	if r.Role == "" {
 		return Token{}, errors.New("vault: create token: no token role")
 	}
-	data := map[string]any{
+	body := tokenCreateBody{
 		// The default policy grants things like cubbyhole and
 		// sys/capabilities-self that a task token has no use for.
-		"no_default_policy": true,
-		"renewable":         r.Renewable,
-		"ttl":               Seconds(r.TTL),
-		"type":              "service", // batch tokens cannot be revoked
-	}
-	if len(r.Policies) > 0 {
-		data["policies"] = r.Policies
+		NoDefaultPolicy: true,
+		Renewable:       r.Renewable,
+		TTL:             Seconds(r.TTL),
+		Type:            "service", // batch tokens cannot be revoked
+		Policies:        r.Policies,
+		DisplayName:     r.DisplayName,
+		Meta:            r.Meta,
 	}
 	if r.ExplicitMaxTTL > 0 {
-		data["explicit_max_ttl"] = Seconds(r.ExplicitMaxTTL)
+		body.ExplicitMaxTTL = Seconds(r.ExplicitMaxTTL)
 	}
-	if r.DisplayName != "" {
-		data["display_name"] = r.DisplayName
-	}
-	if len(r.Meta) > 0 {
-		data["meta"] = r.Meta
-	}
-	s, err := c.Do(ctx, Request{Op: op, Method: http.MethodPut, Path: "auth/token/create/" + r.Role, Data: data, Token: r.Parent})
-	if err != nil {
+	var out tokenCreated
+	path := "auth/token/create/" + r.Role
+	if _, err := c.Do(ctx, Request{Op: op, Method: http.MethodPut, Path: path, Data: &body, Token: r.Parent, Into: &out}); err != nil {
 		return Token{}, err
 	}
-	if s == nil || s.Auth == nil || s.Auth.ClientToken == "" {
-		return Token{}, &Error{Op: op, Path: "auth/token/create/" + r.Role, Messages: []string{"Vault returned no token"}}
+	a := out.Auth
+	if a == nil || a.ClientToken == "" {
+		return Token{}, &Error{Op: op, Path: path, Messages: []string{"Vault returned no token"}}
 	}
 	return Token{
-		Secret:    broker.NewSecret(map[string]string{"token": s.Auth.ClientToken}),
-		Accessor:  s.Auth.Accessor,
-		TTL:       time.Duration(s.Auth.LeaseDuration) * time.Second,
-		Renewable: s.Auth.Renewable,
-		Policies:  s.Auth.Policies,
+		Secret:    broker.NewSecret(map[string]string{"token": a.ClientToken}),
+		Accessor:  a.Accessor,
+		TTL:       time.Duration(a.LeaseDuration) * time.Second,
+		Renewable: a.Renewable,
+		Policies:  a.Policies,
 	}, nil
+}
+
+// tokenCreateBody is the body of auth/token/create/<role>.
+type tokenCreateBody struct {
+	NoDefaultPolicy bool              `json:"no_default_policy"`
+	Renewable       bool              `json:"renewable"`
+	TTL             string            `json:"ttl"`
+	Type            string            `json:"type"`
+	Policies        []string          `json:"policies,omitempty"`
+	ExplicitMaxTTL  string            `json:"explicit_max_ttl,omitempty"`
+	DisplayName     string            `json:"display_name,omitempty"`
+	Meta            map[string]string `json:"meta,omitempty"`
+}
+
+// tokenCreated is the part of Vault's answer to a token create that latch
+// reads.
+type tokenCreated struct {
+	Auth *struct {
+		ClientToken   string   `json:"client_token"`
+		Accessor      string   `json:"accessor"`
+		Policies      []string `json:"policies"`
+		LeaseDuration int64    `json:"lease_duration"`
+		Renewable     bool     `json:"renewable"`
+	} `json:"auth"`
 }
 
 // RevokeAccessor revokes the token with this accessor and, with it, its

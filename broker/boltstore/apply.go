@@ -337,10 +337,19 @@ func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
 
 // writeIntents deletes, then puts intents, keeping the live index.
 func (w *write) writeIntents(tx *bolt.Tx) error {
-	intents := tx.Bucket(bktIntents)
+	intents, live := tx.Bucket(bktIntents), tx.Bucket(bktIdxLive)
 	for _, id := range w.deleteIntents {
 		old := intents.Get([]byte(id))
 		if old == nil {
+			continue
+		}
+		if agent, ok := w.leaseAgent(id); ok && live.Get(pairKey(agent, id)) != nil {
+			// The intent's lease is put below, by the same agent: its
+			// index call overwrites or deletes the live key, so the
+			// intent need not be decoded to find it.
+			if err := intents.Delete([]byte(id)); err != nil {
+				return err
+			}
 			continue
 		}
 		var ix leaseIndex
@@ -363,6 +372,16 @@ func (w *write) writeIntents(tx *bolt.Tx) error {
 		}
 	}
 	return nil
+}
+
+// leaseAgent is the agent of the lease with this ID that w puts, if any.
+func (w *write) leaseAgent(id string) (string, bool) {
+	for i := range w.leases {
+		if w.leases[i].id == id {
+			return w.leases[i].ix.Agent, true
+		}
+	}
+	return "", false
 }
 
 // writeAgents merges state changes and uses into the stored records

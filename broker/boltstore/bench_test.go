@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -463,4 +464,55 @@ func processCPU(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkApply_Issue is the store's part of BenchmarkIssue_LatchJWT in
+// integration/server, written as the Service writes it: 32 agents, 16
+// callers, each issue an intent with the budget and state conditions,
+// 1 ms for the mint, then the commit with the agent's use, the group and
+// the intent conditions and its audit event. cpu-ms/op is the process's
+// CPU per issue (the store's and the callers'), pages/tx and tx/op what
+// bbolt wrote: each page a transaction touches is read into memory and
+// written out again.
+func BenchmarkApply_Issue(b *testing.B) {
+	s := openTest(b, Options{})
+	ctx := context.Background()
+	g := newIDs()
+	const agents = 32
+	b.SetParallelism(8) // 2 cores × 8 = 16 callers
+	var n atomic.Int64
+	before, commits, start := s.db.Stats(), s.c.commits.Load(), processCPU(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			id := g.Next()
+			agent := fmt.Sprintf("spiffe://example.org/agent/bench-%d", n.Add(1)%agents)
+			l := lease(id, agent, "close-ticket", broker.StatePending, t0.Add(10*time.Minute))
+			l.Refs = broker.Refs{Policy: "latch-p-0123456789abcdef", Group: "g-" + agent}
+			cond := &broker.Conditions{Agent: agent, NotFrozen: true, Template: "close-ticket"}
+			if _, err := s.Apply(ctx, broker.Change{PutIntents: []*broker.Lease{l}, Conditions: cond}); err != nil {
+				b.Error(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+			l.State, l.Refs.TokenAccessor = broker.StateActive, "acc-"+id
+			if _, err := s.Apply(ctx, broker.Change{
+				DeleteIntents: []string{id},
+				PutLeases:     []*broker.Lease{l},
+				Uses:          []broker.Use{{Agent: agent, Template: "close-ticket", At: t0}},
+				Events:        []broker.Event{ev(broker.EventIssue, id)},
+				Conditions:    &broker.Conditions{Agent: agent, NotFrozen: true, Group: l.Refs.Group, Intent: id},
+			}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	after := s.db.Stats()
+	cpu, d, txs := processCPU(b)-start, after.Sub(&before), float64(s.c.commits.Load()-commits)
+	b.ReportMetric(float64(cpu)/float64(time.Millisecond)/float64(b.N), "cpu-ms/op")
+	b.ReportMetric(float64(d.TxStats.GetWrite())/txs, "pages/tx")
+	b.ReportMetric(txs/float64(b.N), "tx/op")
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -26,6 +27,9 @@ type committer struct {
 	db      *bolt.DB
 	linger  time.Duration
 	maxSize int
+
+	// commits counts transactions, for the benchmarks.
+	commits atomic.Int64
 
 	mu     sync.Mutex
 	queue  []*call
@@ -117,6 +121,7 @@ func (c *committer) loop() {
 // fails and running it alone.
 func (c *committer) run(batch []*call) {
 	for len(batch) > 0 {
+		c.commits.Add(1)
 		failed := -1
 		err := c.db.Update(func(tx *bolt.Tx) error {
 			for i, cl := range batch {
@@ -135,6 +140,7 @@ func (c *committer) run(batch []*call) {
 		}
 		cl := batch[failed]
 		batch = append(batch[:failed:failed], batch[failed+1:]...)
+		c.commits.Add(1)
 		cl.err <- c.db.Update(func(tx *bolt.Tx) error { return safely(cl.fn, tx) })
 	}
 }
