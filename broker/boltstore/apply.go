@@ -335,29 +335,28 @@ func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
 	return nil
 }
 
-// writeIntents deletes, then puts intents, keeping the live index.
+// writeIntents deletes, then puts intents, keeping the in-flight index.
 func (w *write) writeIntents(tx *bolt.Tx) error {
-	intents, live := tx.Bucket(bktIntents), tx.Bucket(bktIdxLive)
+	intents, inflight := tx.Bucket(bktIntents), tx.Bucket(bktIdxInflight)
 	for _, id := range w.deleteIntents {
 		old := intents.Get([]byte(id))
 		if old == nil {
 			continue
 		}
-		if agent, ok := w.leaseAgent(id); ok && live.Get(pairKey(agent, id)) != nil {
-			// The intent's lease is put below, by the same agent: its
-			// index call overwrites or deletes the live key, so the
-			// intent need not be decoded to find it.
-			if err := intents.Delete([]byte(id)); err != nil {
+		if agent, ok := w.leaseAgent(id); ok && inflight.Get(pairKey(agent, id)) != nil {
+			// The lease put below is the intent's, so its agent is the
+			// intent's: no need to decode the intent to find its key.
+			if err := inflight.Delete(pairKey(agent, id)); err != nil {
 				return err
 			}
-			continue
-		}
-		var ix leaseIndex
-		if err := json.Unmarshal(old, &ix); err != nil {
-			return fmt.Errorf("%w: intent %s: %v", ErrCorrupt, id, err)
-		}
-		if err := deleteLive(tx, ix.Agent, id); err != nil {
-			return err
+		} else {
+			var ix leaseIndex
+			if err := json.Unmarshal(old, &ix); err != nil {
+				return fmt.Errorf("%w: intent %s: %v", ErrCorrupt, id, err)
+			}
+			if err := deleteLive(tx, ix.Agent, id); err != nil {
+				return err
+			}
 		}
 		if err := intents.Delete([]byte(id)); err != nil {
 			return err
@@ -367,7 +366,7 @@ func (w *write) writeIntents(tx *bolt.Tx) error {
 		if err := intents.Put([]byte(p.id), p.val); err != nil {
 			return err
 		}
-		if err := putLive(tx, p.agent, p.id, p.task, p.policy, p.group); err != nil {
+		if err := putLive(tx, bktIdxInflight, p.agent, p.id, p.task, p.policy, p.group); err != nil {
 			return err
 		}
 	}

@@ -98,17 +98,19 @@ func checkAgentState(tx *bolt.Tx, agent string) (*broker.ConditionFailed, error)
 	return nil, nil
 }
 
-// checkBudgets counts what the agent holds from the live index: one key
-// per live lease or intent, whose value is its task.
+// checkBudgets counts what the agent holds from the live and in-flight
+// indexes: one key per live lease or intent, whose value is its task.
 func checkBudgets(tx *bolt.Tx, c *broker.Conditions) *broker.ConditionFailed {
 	all, ofTask := 0, 0
 	prefix := prefixKey(c.Agent)
 	task := []byte(c.Template)
-	cur := tx.Bucket(bktIdxLive).Cursor()
-	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-		all++
-		if t, _, _ := splitLive(v); bytes.Equal(t, task) {
-			ofTask++
+	for _, b := range liveBuckets(tx) {
+		cur := b.Cursor()
+		for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+			all++
+			if t, _, _ := splitLive(v); bytes.Equal(t, task) {
+				ofTask++
+			}
 		}
 	}
 	switch {
@@ -120,12 +122,27 @@ func checkBudgets(tx *bolt.Tx, c *broker.Conditions) *broker.ConditionFailed {
 	return nil
 }
 
-// putLive and deleteLive keep the live index: agent ␀ lease ID → task
-// (␀ shared policy, when it names one), for every intent and every lease
-// in a state that may still hold a credential. Budgets count it; policy
-// collection reads it.
-func putLive(tx *bolt.Tx, agent, id, task, policy, group string) error {
-	return tx.Bucket(bktIdxLive).Put(pairKey(agent, id), liveValue(task, policy, group))
+// The live index, agent ␀ lease ID → task (␀ shared policy (␀ group)),
+// has every lease in a state that may still hold a credential; the
+// in-flight index, in the same form, every intent. Budgets count both;
+// policy and group collection read both. Intents have their own small
+// index so that an issue's intent, written in one transaction and ended
+// in the next, touches one page of it rather than a page of the live
+// index (keyed by agent, so scattered) each time. (A file written before
+// idx_inflight existed keeps its intents' keys in idx_live: they are
+// counted the same, and the lease that ends the intent overwrites them.)
+func liveBuckets(tx *bolt.Tx) []*bolt.Bucket {
+	live := []*bolt.Bucket{tx.Bucket(bktIdxLive)}
+	if b := tx.Bucket(bktIdxInflight); b != nil { // nil in an older file opened read-only
+		live = append(live, b)
+	}
+	return live
+}
+
+// putLive puts a live lease's key in the live index, or an intent's in
+// the in-flight index.
+func putLive(tx *bolt.Tx, bkt []byte, agent, id, task, policy, group string) error {
+	return tx.Bucket(bkt).Put(pairKey(agent, id), liveValue(task, policy, group))
 }
 
 func liveValue(task, policy, group string) []byte {
@@ -146,19 +163,26 @@ func splitLive(v []byte) (task, policy, group []byte) {
 	return task, policy, group
 }
 
+// deleteLive deletes an intent's key from both indexes (see liveBuckets).
 func deleteLive(tx *bolt.Tx, agent, id string) error {
-	return tx.Bucket(bktIdxLive).Delete(pairKey(agent, id))
+	for _, b := range liveBuckets(tx) {
+		if err := b.Delete(pairKey(agent, id)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// buildLive fills the live index from the intents and the state index's
-// live leases: the migration to schema 2, and Reindex.
+// buildLive fills the in-flight index from the intents and the live
+// index from the state index's live leases: the migration to schema 2,
+// and Reindex.
 func buildLive(tx *bolt.Tx) error {
 	err := tx.Bucket(bktIntents).ForEach(func(k, v []byte) error {
 		var ix leaseIndex
 		if err := json.Unmarshal(v, &ix); err != nil {
 			return fmt.Errorf("%w: intent %s: %v", ErrCorrupt, k, err)
 		}
-		return putLive(tx, ix.Agent, string(k), ix.Task, ix.Refs.Policy, ix.Refs.Group)
+		return putLive(tx, bktIdxInflight, ix.Agent, string(k), ix.Task, ix.Refs.Policy, ix.Refs.Group)
 	})
 	if err != nil {
 		return err
@@ -173,7 +197,7 @@ func buildLive(tx *bolt.Tx) error {
 			if err := json.Unmarshal(leases.Get(id), &ix); err != nil {
 				return fmt.Errorf("%w: lease %s: %v", ErrCorrupt, id, err)
 			}
-			if err := putLive(tx, ix.Agent, string(id), ix.Task, ix.Refs.Policy, ix.Refs.Group); err != nil {
+			if err := putLive(tx, bktIdxLive, ix.Agent, string(id), ix.Task, ix.Refs.Policy, ix.Refs.Group); err != nil {
 				return err
 			}
 		}

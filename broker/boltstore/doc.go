@@ -60,7 +60,8 @@
 //	agents       agent ID      → broker.AgentRecord JSON
 //	freeze       "global"      → broker.FreezeState JSON
 //	templates    name          → template version (what leases commit against)
-//	idx_live     agent ␀ ID    → task (␀ shared policy (␀ group)), every intent and live lease (budgets, policy and group collection)
+//	idx_live     agent ␀ ID    → task (␀ shared policy (␀ group)), every live lease (budgets, policy and group collection)
+//	idx_inflight agent ␀ ID    → the same, every intent
 //	policies_deleting name     → empty, shared policies being deleted (made by the first mark)
 //	groups_retired group       → time marked (Unix ns), groups a bulk revocation retired (made by the first mark)
 //	audit        uint64 seq    → broker.Event JSON

@@ -34,18 +34,20 @@ func checkUnused(tx *bolt.Tx, names []string) *broker.ConditionFailed {
 	return nil
 }
 
-// liveRefs reads the policies and groups the live index names: one walk
-// of its keys, no record decoded.
+// liveRefs reads the policies and groups the live and in-flight indexes
+// name: one walk of their keys, no record decoded.
 func liveRefs(tx *bolt.Tx) (policies, groups map[string]bool) {
 	policies, groups = map[string]bool{}, map[string]bool{}
-	c := tx.Bucket(bktIdxLive).Cursor()
-	for k, v := c.First(); k != nil; k, v = c.Next() {
-		_, p, g := splitLive(v)
-		if len(p) > 0 {
-			policies[string(p)] = true
-		}
-		if len(g) > 0 {
-			groups[string(g)] = true
+	for _, b := range liveBuckets(tx) {
+		c := b.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			_, p, g := splitLive(v)
+			if len(p) > 0 {
+				policies[string(p)] = true
+			}
+			if len(g) > 0 {
+				groups[string(g)] = true
+			}
 		}
 	}
 	return policies, groups

@@ -23,7 +23,7 @@ const reindexChunkSize = 50_000
 
 // indexBuckets are the buckets Reindex derives; everything else is a
 // record.
-var indexBuckets = [][]byte{bktIdxLive, bktIdxAgent, bktIdxTask, bktIdxState, bktIdxExpiry, bktIdxRequest, bktIdxDue,
+var indexBuckets = [][]byte{bktIdxLive, bktIdxInflight, bktIdxAgent, bktIdxTask, bktIdxState, bktIdxExpiry, bktIdxRequest, bktIdxDue,
 	bktIdxApprovalStatus, bktIdxApprovalAgent, bktIdxApprovalRequest, bktIdxApprovalDeadline}
 
 // Reindex rebuilds every index of the database at path from the lease,

@@ -61,12 +61,13 @@ var (
 	bktFreeze      = []byte("freeze")
 	bktAudit       = []byte("audit")
 	bktIdxLive     = []byte("idx_live")
+	bktIdxInflight = []byte("idx_inflight")
 	bktTemplates   = []byte("templates")
 
 	allBuckets = [][]byte{
 		bktMeta, bktLeases, bktIntents, bktIdxAgent, bktIdxTask, bktIdxState,
 		bktIdxExpiry, bktIdxRequest, bktRevocations, bktIdxDue, bktAgents,
-		bktFreeze, bktAudit, bktIdxLive, bktTemplates,
+		bktFreeze, bktAudit, bktIdxLive, bktIdxInflight, bktTemplates,
 		bktApprovals, bktIdxApprovalStatus, bktIdxApprovalAgent, bktIdxApprovalRequest, bktIdxApprovalDeadline,
 	}
 
