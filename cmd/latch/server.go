@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,6 +68,7 @@ func runServer(c *cli.Context) error {
 	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	setGC()
 	log := slog.New(slog.NewJSONHandler(c.App.ErrWriter, nil))
 	cfg, err := LoadConfig(c.String("config"))
 	if err != nil {
@@ -92,6 +94,19 @@ func runServer(c *cli.Context) error {
 		}
 	}()
 	return srv.Run(ctx)
+}
+
+// serverGOGC is the server's GC target unless GOGC is set. latch's live
+// heap is small (the store is a mapped file, not heap) while an issue
+// allocates about 100 KB that dies with it, so at Go's default of 100 the
+// collector runs every few hundred issues: at 400 latch spends 6-10% less
+// CPU per issue for about 20 MB more resident memory (make profile).
+const serverGOGC = 400
+
+func setGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(serverGOGC)
+	}
 }
 
 // promstats takes backends/vault's Metrics by its method set alone.
