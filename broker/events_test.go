@@ -25,6 +25,7 @@ func (*hubMetrics) RequestDone(string, string, time.Duration) {}
 func (*hubMetrics) RevocationDone(string)                     {}
 func (*hubMetrics) QueueDepth(int)                            {}
 func (*hubMetrics) AuditAppendFailed()                        {}
+func (*hubMetrics) StoreWrite(time.Duration)                  {}
 func (m *hubMetrics) Violation(r string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -18,6 +18,9 @@ type Metrics interface {
 	QueueDepth(n int)
 	// AuditAppendFailed counts an audit event that could not be written.
 	AuditAppendFailed()
+	// StoreWrite times one durable write (Store.Apply), its wait for a
+	// group commit included: an issue makes two.
+	StoreWrite(d time.Duration)
 }
 
 type nopMetrics struct{}
@@ -27,3 +30,4 @@ func (nopMetrics) Violation(string)                          {}
 func (nopMetrics) RevocationDone(string)                     {}
 func (nopMetrics) QueueDepth(int)                            {}
 func (nopMetrics) AuditAppendFailed()                        {}
+func (nopMetrics) StoreWrite(time.Duration)                  {}

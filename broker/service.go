@@ -270,7 +270,9 @@ func (s *core) apply(ctx context.Context, c Change) ([]Event, error) {
 	}
 	done := make(chan result, 1)
 	go func() {
+		start := time.Now()
 		events, err := s.store.Apply(ctx, c)
+		s.metrics.StoreWrite(time.Since(start))
 		done <- result{events, err}
 	}()
 	var events []Event

@@ -33,6 +33,7 @@ type Metrics struct {
 	refused       *prometheus.CounterVec
 	vault         *prometheus.HistogramVec
 	auditFailures prometheus.Counter
+	storeWrites   prometheus.Histogram
 	eventsDropped prometheus.Counter
 	httpRequests  *prometheus.CounterVec
 	httpDuration  *prometheus.HistogramVec
@@ -118,6 +119,11 @@ func (m *Metrics) vaultMetrics() []prometheus.Collector {
 		Name: "latch_audit_append_failures_total",
 		Help: "Audit events that could not be written (the request they belong to failed closed).",
 	})
+	m.storeWrites = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "latch_store_write_duration_seconds",
+		Help:    "Duration of durable writes to the lease store, the wait for a group commit included (an issue makes two: its intent, then its lease).",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+	})
 	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "latch_events_dropped_total",
 		Help: "Audit events dropped from the live feed of a slow subscriber (the event stream refills the gap from the audit log).",
@@ -126,7 +132,7 @@ func (m *Metrics) vaultMetrics() []prometheus.Collector {
 		Name: "latch_vault_token_end_timestamp_seconds",
 		Help: "When latch's own Vault token, read from vault.auth.token_file, ends for good (Unix time): renewals cannot take it further, so a new token must be in the file before then. 0 when there is no such end: a periodic token, or AppRole and JWT auth, with which latch logs in again by itself.",
 	})
-	return []prometheus.Collector{m.activeLeases, m.revocations, m.queueDepth, m.vault, m.auditFailures, m.eventsDropped, m.tokenEnd}
+	return []prometheus.Collector{m.activeLeases, m.revocations, m.queueDepth, m.vault, m.auditFailures, m.storeWrites, m.eventsDropped, m.tokenEnd}
 }
 
 // queueMetrics makes the metrics of the webhook outbox and the approvals waiting.
@@ -208,6 +214,9 @@ func (m *Metrics) QueueDepth(n int) { m.queueDepth.Set(float64(n)) }
 
 // AuditAppendFailed implements broker.Metrics.
 func (m *Metrics) AuditAppendFailed() { m.auditFailures.Inc() }
+
+// StoreWrite implements broker.Metrics.
+func (m *Metrics) StoreWrite(d time.Duration) { m.storeWrites.Observe(d.Seconds()) }
 
 // EventDropped implements broker.EventDropCounter.
 func (m *Metrics) EventDropped() { m.eventsDropped.Inc() }

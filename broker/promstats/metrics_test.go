@@ -47,6 +47,7 @@ func TestMetrics(t *testing.T) {
 	m.RevocationDone("retry")
 	m.QueueDepth(7)
 	m.AuditAppendFailed()
+	m.StoreWrite(2 * time.Millisecond)
 	m.EventDropped()
 	m.ObserveVaultCall("token.create", "ok", 20*time.Millisecond)
 	m.ObserveVaultCall("token.create", "unavailable", 30*time.Millisecond)
@@ -64,6 +65,7 @@ func TestMetrics(t *testing.T) {
 		`latch_revocations_total{result="retry"} 1`,
 		`latch_revocation_queue_depth 7`,
 		`latch_audit_append_failures_total 1`,
+		`latch_store_write_duration_seconds_count 1`,
 		`latch_events_dropped_total 1`,
 		`latch_vault_request_duration_seconds_count{op="token.create",outcome="ok"} 1`,
 		`latch_vault_request_duration_seconds_count{op="token.create",outcome="unavailable"} 1`,

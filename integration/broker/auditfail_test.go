@@ -21,6 +21,7 @@ func (*countMetrics) Violation(string)                          {}
 func (*countMetrics) RevocationDone(string)                     {}
 func (*countMetrics) QueueDepth(int)                            {}
 func (m *countMetrics) AuditAppendFailed()                      { m.auditFailed.Add(1) }
+func (m *countMetrics) StoreWrite(time.Duration)                {}
 
 // TestAuditFailure_RevokesMinted makes the commit of an issued lease —
 // the lease record with its audit event — fail after the backend minted

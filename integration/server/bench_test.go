@@ -611,7 +611,7 @@ func assertGone(b *testing.B, accessors []string) {
 	}
 }
 
-var histLine = regexp.MustCompile(`(?m)^(latch_vault_request_duration_seconds|latch_issue_duration_seconds|latch_http_request_duration_seconds)_(sum|count)\{?([^}]*)\}? ([0-9.e+-]+)$`)
+var histLine = regexp.MustCompile(`(?m)^(latch_vault_request_duration_seconds|latch_issue_duration_seconds|latch_http_request_duration_seconds|latch_store_write_duration_seconds)_(sum|count)(?:\{([^}]*)\})? ([0-9.e+-]+)$`)
 
 // revocationsOK is latch's count of revocations Vault confirmed.
 var revocationsOK = regexp.MustCompile(`(?m)^latch_revocations_total\{result="ok"\} ([0-9.e+]+)$`)
