@@ -480,9 +480,15 @@ func openLeaseBuckets(tx *bolt.Tx) leaseBuckets {
 		request: tx.Bucket(bktIdxRequest),
 		live:    tx.Bucket(bktIdxLive),
 	}
-	// Lease IDs are ULIDs, so new leases land at the right edge: fuller
-	// pages waste less space when appends split them.
-	b.leases.FillPercent = 0.9
+	// Lease IDs are ULIDs, so new leases land at the right edge of the
+	// leases and of each range of the indexes (an agent's, a task's, a
+	// state's; expiry times grow too). When an append splits a page, a
+	// fuller left page wastes less space, and the page that takes the
+	// next appends starts nearly empty: every transaction reads the pages
+	// it touches into memory, key by key, so a lighter page costs less.
+	for _, bk := range []*bolt.Bucket{b.leases, b.agent, b.task, b.state, b.expiry, b.live} {
+		bk.FillPercent = 0.9
+	}
 	return b
 }
 
