@@ -337,26 +337,24 @@ func (w *write) write(tx *bolt.Tx, events []broker.Event) error {
 
 // writeIntents deletes, then puts intents, keeping the in-flight index.
 func (w *write) writeIntents(tx *bolt.Tx) error {
-	intents, inflight := tx.Bucket(bktIntents), tx.Bucket(bktIdxInflight)
+	intents := tx.Bucket(bktIntents)
 	for _, id := range w.deleteIntents {
 		old := intents.Get([]byte(id))
 		if old == nil {
 			continue
 		}
-		if agent, ok := w.leaseAgent(id); ok && inflight.Get(pairKey(agent, id)) != nil {
-			// The lease put below is the intent's, so its agent is the
-			// intent's: no need to decode the intent to find its key.
-			if err := inflight.Delete(pairKey(agent, id)); err != nil {
-				return err
-			}
-		} else {
+		// When the change puts the intent's lease, its agent is the
+		// intent's: no need to decode the intent to find its key.
+		agent, ok := w.leaseAgent(id)
+		if !ok {
 			var ix leaseIndex
 			if err := json.Unmarshal(old, &ix); err != nil {
 				return fmt.Errorf("%w: intent %s: %v", ErrCorrupt, id, err)
 			}
-			if err := deleteLive(tx, ix.Agent, id); err != nil {
-				return err
-			}
+			agent = ix.Agent
+		}
+		if err := deleteLive(tx, agent, id); err != nil {
+			return err
 		}
 		if err := intents.Delete([]byte(id)); err != nil {
 			return err

@@ -130,7 +130,7 @@ func checkBudgets(tx *bolt.Tx, c *broker.Conditions) *broker.ConditionFailed {
 // in the next, touches one page of it rather than a page of the live
 // index (keyed by agent, so scattered) each time. (A file written before
 // idx_inflight existed keeps its intents' keys in idx_live: they are
-// counted the same, and the lease that ends the intent overwrites them.)
+// counted the same, and deleteLive removes them from either.)
 func liveBuckets(tx *bolt.Tx) []*bolt.Bucket {
 	live := []*bolt.Bucket{tx.Bucket(bktIdxLive)}
 	if b := tx.Bucket(bktIdxInflight); b != nil { // nil in an older file opened read-only
